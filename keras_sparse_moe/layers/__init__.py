@@ -1,0 +1,21 @@
+"""Sparse mixture-of-experts layers: routers, experts, dispatch and SparseMoE."""
+
+from keras_sparse_moe.layers import aux_losses
+from keras_sparse_moe.layers import routing_ops
+from keras_sparse_moe.layers.expert_choice_router import ExpertChoiceRouter
+from keras_sparse_moe.layers.experts import Experts
+from keras_sparse_moe.layers.router_base import Router
+from keras_sparse_moe.layers.soft_router import SoftRouter
+from keras_sparse_moe.layers.sparse_moe import SparseMoE
+from keras_sparse_moe.layers.token_choice_router import TokenChoiceRouter
+
+__all__ = [
+    "aux_losses",
+    "routing_ops",
+    "ExpertChoiceRouter",
+    "Experts",
+    "Router",
+    "SoftRouter",
+    "SparseMoE",
+    "TokenChoiceRouter",
+]

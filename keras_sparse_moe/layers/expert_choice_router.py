@@ -1,0 +1,71 @@
+"""Expert choice router (Zhou et al. 2022)."""
+
+import keras
+from keras import ops
+
+from keras_sparse_moe.layers import aux_losses
+from keras_sparse_moe.layers.router_base import Router
+from keras_sparse_moe.layers.routing_ops import expert_choice_slots
+
+
+@keras.saving.register_keras_serializable(package="keras_sparse_moe")
+class ExpertChoiceRouter(Router):
+    """Each expert takes its `capacity` best tokens of the group.
+
+    Router scores are `softmax(x @ W)` over experts (float32). Expert `e`
+    fills its `C = ceil(S * top_k * capacity_factor / E)` slots with the
+    tokens of highest score for `e`; a token can be taken by several experts
+    or by none (it then gets nothing from the MoE; the residual carries it).
+    Load is perfectly balanced by construction, so only the z-loss applies.
+
+    Args:
+        num_experts: int >= 1.
+        top_k: int >= 1, average number of experts per token (Zhou et al.'s
+            capacity factor `c`, together with `capacity_factor`).
+        capacity_factor: float > 0.
+        eval_capacity_factor: float > 0 or None.
+        z_loss_weight: float >= 0.
+        kernel_initializer: initializer of the router kernel.
+
+    Returns (call):
+        A dict with `slot_token` (G, E, C), `slot_gates` (G, E, C),
+        `router_probs`, `aux_losses`, `aux_loss`, `dropped_fraction` (share of
+        tokens no expert took) and `expert_fraction`.
+
+    Example:
+    >>> import numpy as np
+    >>> router = ExpertChoiceRouter(num_experts=4, top_k=1, capacity_factor=1.0)
+    >>> out = router(np.random.rand(2, 8, 16).astype("float32"))
+    >>> tuple(out["slot_token"].shape)
+    (2, 4, 2)
+    """
+
+    def __init__(self, num_experts, top_k=1, capacity_factor=1.0, **kwargs):
+        if capacity_factor is None:
+            raise ValueError(
+                "Argument `capacity_factor` must be a number > 0 for expert choice "
+                "routing (every expert fills a fixed number of slots); received None."
+            )
+        super().__init__(num_experts, top_k=top_k, capacity_factor=capacity_factor, **kwargs)
+
+    def route(self, inputs, training=False):
+        logits = ops.matmul(ops.cast(inputs, "float32"), self.kernel)
+        probs = ops.softmax(logits, axis=-1)
+        capacity = self.capacity(training)
+        slot_token, slot_gates = expert_choice_slots(probs, capacity)
+        # Tokens taken by at least one expert.
+        taken = ops.max(
+            ops.one_hot(ops.reshape(slot_token, (-1, self.num_experts * capacity)),
+                        self.group_size, dtype="float32"),
+            axis=1,
+        )
+        losses = {"router_z_loss": aux_losses.router_z_loss(logits)}
+        return {
+            "slot_token": slot_token,
+            "slot_gates": slot_gates,
+            "router_probs": probs,
+            "aux_losses": losses,
+            "aux_loss": self.z_loss_weight * losses["router_z_loss"],
+            "dropped_fraction": 1.0 - ops.mean(taken),
+            "expert_fraction": ops.ones((self.num_experts,), "float32") / self.num_experts,
+        }

@@ -1,0 +1,115 @@
+"""Batched expert MLPs."""
+
+import keras
+from keras import ops
+
+from keras_sparse_moe.utils.validation import check_float
+from keras_sparse_moe.utils.validation import check_int
+
+
+@keras.saving.register_keras_serializable(package="keras_sparse_moe")
+class Experts(keras.layers.Layer):
+    """`num_experts` independent MLPs evaluated as one batched matmul.
+
+    Input `(E, N, D)`: for each expert, the `N` token slots routed to it.
+    Output `(E, N, D)`. Weights: `kernel_in` (E, D, H), `kernel_out` (E, H, D),
+    biases (E, H) and (E, D); with `gated=True` also `kernel_gate` (E, D, H)
+    and the hidden activation becomes `activation(x @ W_gate) * (x @ W_in)`
+    (SwiGLU when `activation="silu"`).
+
+    Args:
+        num_experts: int >= 1.
+        intermediate_dim: int >= 1, hidden width `H` of each expert.
+        activation: activation name or callable.
+        gated: bool, gated MLP (GLU family).
+        dropout: float in [0, 1), dropout on the hidden activations.
+        use_bias: bool.
+        kernel_initializer, bias_initializer: initializers.
+
+    Example:
+    >>> import numpy as np
+    >>> experts = Experts(num_experts=4, intermediate_dim=32)
+    >>> tuple(experts(np.zeros((4, 10, 16), "float32")).shape)
+    (4, 10, 16)
+    """
+
+    def __init__(
+        self,
+        num_experts,
+        intermediate_dim,
+        activation="gelu",
+        gated=False,
+        dropout=0.0,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_experts = check_int("num_experts", num_experts, minimum=1)
+        self.intermediate_dim = check_int("intermediate_dim", intermediate_dim, minimum=1)
+        self.activation = keras.activations.get(activation)
+        self.gated = bool(gated)
+        self.dropout = check_float("dropout", dropout, minimum=0.0)
+        if self.dropout >= 1.0:
+            raise ValueError(f"Argument `dropout` must be in [0, 1); received dropout={dropout}.")
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim is None:
+            raise ValueError(f"Experts need a known last dimension; received {input_shape}.")
+        e, h = self.num_experts, self.intermediate_dim
+        self.kernel_in = self.add_weight(
+            name="kernel_in", shape=(e, dim, h), initializer=self.kernel_initializer
+        )
+        if self.gated:
+            self.kernel_gate = self.add_weight(
+                name="kernel_gate", shape=(e, dim, h), initializer=self.kernel_initializer
+            )
+        self.kernel_out = self.add_weight(
+            name="kernel_out", shape=(e, h, dim), initializer=self.kernel_initializer
+        )
+        if self.use_bias:
+            self.bias_in = self.add_weight(
+                name="bias_in", shape=(e, h), initializer=self.bias_initializer
+            )
+            self.bias_out = self.add_weight(
+                name="bias_out", shape=(e, dim), initializer=self.bias_initializer
+            )
+
+    def call(self, inputs, training=None):
+        hidden = ops.matmul(inputs, self.kernel_in)
+        if self.use_bias:
+            hidden = hidden + ops.expand_dims(self.bias_in, 1)
+        if self.gated:
+            hidden = self.activation(ops.matmul(inputs, self.kernel_gate)) * hidden
+        else:
+            hidden = self.activation(hidden)
+        hidden = self.dropout_layer(hidden, training=training)
+        outputs = ops.matmul(hidden, self.kernel_out)
+        if self.use_bias:
+            outputs = outputs + ops.expand_dims(self.bias_out, 1)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_experts": self.num_experts,
+                "intermediate_dim": self.intermediate_dim,
+                "activation": keras.activations.serialize(self.activation),
+                "gated": self.gated,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config

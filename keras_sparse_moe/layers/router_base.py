@@ -1,0 +1,120 @@
+"""Common base of the routers: argument checks, capacity, config."""
+
+import keras
+
+from keras_sparse_moe.layers.routing_ops import compute_capacity
+from keras_sparse_moe.layers.routing_ops import to_dense
+from keras_sparse_moe.utils.validation import check_capacity_factor
+from keras_sparse_moe.utils.validation import check_int
+
+
+class Router(keras.layers.Layer):
+    """Base class of the routers.
+
+    A router maps grouped tokens `(G, S, D)` to a routing dictionary. It always
+    computes in float32 (the router is numerically sensitive and cheap), even
+    under a mixed-precision policy.
+
+    Subclasses implement `route(x, training)` returning the compact routing
+    dictionary (see `routing_ops`); `call(x, training, dense=True)` adds the
+    classic `dispatch_mask` / `combine_weights` tensors of shape
+    `(G, S, E, C)`.
+
+    Args:
+        num_experts: int >= 1.
+        top_k: int in [1, num_experts], experts per token (expert choice:
+            average experts per token, used for the capacity).
+        capacity_factor: float > 0 or None (dropless).
+        eval_capacity_factor: float > 0 or None (same as `capacity_factor`),
+            used when `training` is false.
+        kernel_initializer: initializer of the router projection.
+        z_loss_weight: float >= 0, weight of the ST-MoE router z-loss.
+    """
+
+    def __init__(
+        self,
+        num_experts,
+        top_k=1,
+        capacity_factor=1.25,
+        eval_capacity_factor=None,
+        kernel_initializer="glorot_uniform",
+        z_loss_weight=0.0,
+        **kwargs,
+    ):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.num_experts = check_int("num_experts", num_experts, minimum=1)
+        self.top_k = check_int("top_k", top_k, minimum=1)
+        if self.top_k > self.num_experts:
+            raise ValueError(
+                f"Argument `top_k` must be at most `num_experts` ({num_experts}); "
+                f"received top_k={top_k}."
+            )
+        self.capacity_factor = check_capacity_factor("capacity_factor", capacity_factor)
+        self.eval_capacity_factor = check_capacity_factor(
+            "eval_capacity_factor", eval_capacity_factor
+        )
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.z_loss_weight = float(z_loss_weight)
+        if self.z_loss_weight < 0:
+            raise ValueError(
+                f"Argument `z_loss_weight` must be >= 0; received {z_loss_weight}."
+            )
+        self.group_size = None
+        self.model_dim = None
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[1] is None or input_shape[-1] is None:
+            raise ValueError(
+                f"{type(self).__name__} expects grouped tokens of shape "
+                f"(groups, group_size, dim) with known group_size and dim; "
+                f"received input shape {tuple(input_shape)}."
+            )
+        self.group_size = int(input_shape[1])
+        self.model_dim = int(input_shape[-1])
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.model_dim, self.num_logits()),
+            initializer=self.kernel_initializer,
+        )
+
+    def num_logits(self):
+        """Width of the router projection (one logit per expert by default)."""
+        return self.num_experts
+
+    def capacity(self, training=False):
+        """Static per-expert capacity for the built group size."""
+        if self.group_size is None:
+            raise ValueError("The router is not built yet: call it on data first.")
+        factor = self.capacity_factor
+        if not training and self.eval_capacity_factor is not None:
+            factor = self.eval_capacity_factor
+        return compute_capacity(self.group_size, self.num_experts, self.top_k, factor)
+
+    def call(self, inputs, training=None, dense=True):
+        routing = self.route(inputs, training=bool(training))
+        if dense:
+            dispatch, combine = to_dense(
+                routing, self.group_size, self.num_experts, self.capacity(bool(training))
+            )
+            routing["dispatch_mask"] = dispatch
+            routing["combine_weights"] = combine
+        return routing
+
+    def route(self, inputs, training=False):
+        raise NotImplementedError
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("dtype", None)
+        config.update(
+            {
+                "num_experts": self.num_experts,
+                "top_k": self.top_k,
+                "capacity_factor": self.capacity_factor,
+                "eval_capacity_factor": self.eval_capacity_factor,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "z_loss_weight": self.z_loss_weight,
+            }
+        )
+        return config

@@ -1,0 +1,181 @@
+"""Pure routing math shared by the routers.
+
+Every function here takes and returns backend tensors and uses `keras.ops`
+only, so it runs unchanged on TensorFlow, JAX and PyTorch, under `jit`, and
+converts to LiteRT builtin ops. Shapes use these letters:
+
+- `G`: number of routing groups, `S`: tokens per group (group size),
+- `E`: number of experts, `C`: capacity (slots per expert and group),
+- `K`: experts chosen per token (top-k), `D`: model width.
+
+The *compact* routing description produced here is what `SparseMoE` uses to
+move tokens with gathers (cost per token independent of `E`); `to_dense`
+turns it into the classic `(G, S, E, C)` dispatch/combine tensors of
+GShard/V-MoE for analysis and for tests against a NumPy reference.
+"""
+
+import math
+
+from keras import ops
+
+
+def compute_capacity(group_size, num_experts, top_k, capacity_factor):
+    """Static per-expert capacity of one routing group.
+
+    `ceil(group_size * top_k * capacity_factor / num_experts)`, at least 1 and
+    at most `group_size` (a token never picks one expert twice, so no expert
+    can receive more than `group_size` tokens of a group). With
+    `capacity_factor=None` (dropless) the capacity is `group_size`.
+
+    Args:
+        group_size: int, tokens per routing group.
+        num_experts: int, number of experts.
+        top_k: int, experts per token (for expert choice: the average number
+            of experts per token).
+        capacity_factor: float or None.
+
+    Returns:
+        A Python int.
+
+    Example:
+    >>> compute_capacity(65, 8, 2, 1.25)
+    21
+    """
+    if capacity_factor is None:
+        return int(group_size)
+    capacity = math.ceil(group_size * top_k * capacity_factor / num_experts)
+    return int(max(1, min(capacity, group_size)))
+
+
+def _gather_rows(x, index):
+    """`x[g, index[g, ...]]` for `x` of shape (G, N, ...) and int `index` (G, M)."""
+    return ops.take_along_axis(x, index, axis=1)
+
+
+def token_choice_positions(expert_index, gates, num_experts, batch_priority):
+    """Position of each (token, choice) assignment in its expert's buffer.
+
+    Assignments are served in this order: all first choices, then all second
+    choices, and so on (GShard / V-MoE). Within one choice level tokens go in
+    their order in the group, or, with `batch_priority=True` (V-MoE's Batch
+    Priority Routing), by decreasing top-1 gate so that the most confident
+    tokens are kept when an expert overflows.
+
+    Args:
+        expert_index: int tensor (G, S, K), the chosen experts.
+        gates: float tensor (G, S, K), the gate of each choice (the first
+            column is used for the priority).
+        num_experts: int.
+        batch_priority: bool.
+
+    Returns:
+        int32 tensor (G, S, K): 0-based position of each assignment within
+        its expert, counting all earlier assignments of the group.
+    """
+    num_tokens = ops.shape(expert_index)[1]
+    top_k = ops.shape(expert_index)[2]
+    if batch_priority:
+        # Stable order by decreasing top-1 gate.
+        order = ops.argsort(-gates[:, :, 0], axis=-1)
+        expert_index = _gather_rows(expert_index, ops.expand_dims(order, -1))
+    # (G, K, S) -> (G, K*S): choice level major, token (priority) minor.
+    ordered = ops.reshape(ops.transpose(expert_index, (0, 2, 1)), (-1, top_k * num_tokens))
+    one_hot = ops.one_hot(ordered, num_experts, dtype="int32")
+    # Exclusive running count of earlier assignments to the same expert.
+    before = ops.cumsum(one_hot, axis=1) - one_hot
+    position = ops.sum(before * one_hot, axis=-1)
+    position = ops.transpose(ops.reshape(position, (-1, top_k, num_tokens)), (0, 2, 1))
+    if batch_priority:
+        inverse = ops.argsort(order, axis=-1)
+        position = _gather_rows(position, ops.expand_dims(inverse, -1))
+    return ops.cast(position, "int32")
+
+
+def slots_from_assignments(expert_index, position, keep, num_experts, capacity):
+    """Which token fills each expert slot, from the per-assignment view.
+
+    Args:
+        expert_index: int tensor (G, S, K).
+        position: int tensor (G, S, K), from `token_choice_positions`.
+        keep: bool tensor (G, S, K), `position < capacity`.
+        num_experts: int.
+        capacity: int.
+
+    Returns:
+        int32 tensor (G, E, C): the token (0..S-1) in each slot, or `S` for an
+        empty slot.
+    """
+    num_tokens = ops.shape(expert_index)[1]
+    top_k = ops.shape(expert_index)[2]
+    num_slots = num_experts * capacity
+    expert_index = ops.cast(expert_index, "int32")
+    slot_id = ops.where(keep, expert_index * capacity + position, num_slots)
+    slot_id = ops.reshape(slot_id, (-1, num_tokens * top_k))
+    # Sorting by slot id lists the kept assignments expert by expert; expert e
+    # owns sorted positions [start_e, start_e + count_e).
+    sorted_assignment = ops.cast(ops.argsort(slot_id, axis=-1), "int32")
+    kept_one_hot = ops.one_hot(
+        ops.reshape(ops.where(keep, expert_index, num_experts), (-1, num_tokens * top_k)),
+        num_experts + 1,
+        dtype="int32",
+    )[:, :, :num_experts]
+    count = ops.sum(kept_one_hot, axis=1)  # (G, E)
+    start = ops.cumsum(count, axis=1) - count
+    slot_range = ops.arange(capacity, dtype="int32")
+    sorted_pos = ops.expand_dims(start, -1) + ops.reshape(slot_range, (1, 1, capacity))
+    sorted_pos = ops.minimum(sorted_pos, num_tokens * top_k - 1)
+    assignment = _gather_rows(
+        sorted_assignment, ops.reshape(sorted_pos, (-1, num_slots))
+    )
+    token = ops.reshape(assignment // top_k, (-1, num_experts, capacity))
+    filled = ops.reshape(slot_range, (1, 1, capacity)) < ops.expand_dims(count, -1)
+    return ops.where(filled, token, num_tokens)
+
+
+def expert_choice_slots(probs, capacity):
+    """Expert choice routing (Zhou et al. 2022): each expert takes its
+    `capacity` highest-scoring tokens of the group.
+
+    Args:
+        probs: float tensor (G, S, E), router probabilities.
+        capacity: int, tokens taken by each expert.
+
+    Returns:
+        `(slot_token, slot_gates)`: int32 (G, E, C) token of every slot and
+        float (G, E, C) its gate. Every slot is filled.
+    """
+    by_expert = ops.transpose(probs, (0, 2, 1))  # (G, E, S)
+    slot_gates, slot_token = ops.top_k(by_expert, k=capacity, sorted=True)
+    return ops.cast(slot_token, "int32"), slot_gates
+
+
+def to_dense(routing, num_tokens, num_experts, capacity, dtype="float32"):
+    """Classic dense `(G, S, E, C)` dispatch and combine tensors.
+
+    Accepts the compact routing dictionaries returned by the routers
+    (`slot_token` plus either per-assignment `gates`/`expert_index`/
+    `expert_position` for token choice, or `slot_gates` for expert choice).
+    For analysis and tests: `SparseMoE` itself never materialises these for
+    the hard routers.
+
+    Returns:
+        `(dispatch, combine)`, each (G, S, E, C); `dispatch` is 0/1.
+    """
+    if "dispatch_weights" in routing:
+        return routing["dispatch_weights"], routing["combine_weights"]
+    slot_token = routing["slot_token"]  # (G, E, C), S = empty
+    # (G, E, C, S+1) one-hot of the token in each slot; drop the "empty" column.
+    dispatch = ops.one_hot(slot_token, num_tokens + 1, dtype=dtype)[..., :num_tokens]
+    dispatch = ops.transpose(dispatch, (0, 3, 1, 2))  # (G, S, E, C)
+    if "slot_gates" in routing:
+        gates = ops.cast(routing["slot_gates"], dtype)
+        combine = dispatch * ops.expand_dims(gates, 1)
+        return dispatch, combine
+    # Token choice: the gate of (s, e) is the gate of the choice of s that
+    # picked e (each token picks an expert at most once).
+    expert_one_hot = ops.one_hot(routing["expert_index"], num_experts, dtype=dtype)
+    gate_se = ops.sum(
+        expert_one_hot * ops.expand_dims(ops.cast(routing["gates"], dtype), -1), axis=2
+    )  # (G, S, E)
+    combine = dispatch * ops.expand_dims(gate_se, -1)
+    return dispatch, combine

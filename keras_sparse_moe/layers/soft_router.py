@@ -1,0 +1,94 @@
+"""Soft MoE router (Puigcerver et al. 2023)."""
+
+import keras
+from keras import ops
+
+from keras_sparse_moe.layers import aux_losses
+from keras_sparse_moe.layers.router_base import Router
+from keras_sparse_moe.utils.validation import check_int
+
+
+@keras.saving.register_keras_serializable(package="keras_sparse_moe")
+class SoftRouter(Router):
+    """Soft MoE: every slot is a convex combination of all tokens.
+
+    With per-slot parameters `phi` (D, E * n), logits are
+    `l2norm(x) @ (scale * l2norm(phi))` (the paper's normalisation, which
+    keeps the softmaxes well conditioned at large width). The dispatch
+    weights are a softmax over the tokens of the group (each slot mixes
+    tokens), the combine weights a softmax over all slots (each token mixes
+    slot outputs). No token is dropped; the cost grows with the number of
+    slots `E * n`, which is the point of choosing `n`.
+
+    Args:
+        num_experts: int >= 1.
+        slots_per_expert: int >= 1 (`n`); the capacity of each expert.
+        normalize: bool, apply the l2 normalisation and learned scale.
+        z_loss_weight: float >= 0 (z-loss of the dispatch logits).
+        kernel_initializer: initializer of `phi`.
+
+    Returns (call):
+        A dict with `dispatch_weights` and `combine_weights` (G, S, E, n),
+        `router_probs` (combine weights summed per expert), `aux_losses`,
+        `aux_loss`, `dropped_fraction` (always 0) and `expert_fraction`.
+
+    Example:
+    >>> import numpy as np
+    >>> router = SoftRouter(num_experts=4, slots_per_expert=2)
+    >>> out = router(np.random.rand(2, 8, 16).astype("float32"))
+    >>> tuple(out["dispatch_weights"].shape)
+    (2, 8, 4, 2)
+    """
+
+    def __init__(self, num_experts, slots_per_expert=1, normalize=True,
+                 kernel_initializer="lecun_normal", **kwargs):
+        kwargs.pop("top_k", None)
+        kwargs.pop("capacity_factor", None)
+        kwargs.pop("eval_capacity_factor", None)
+        super().__init__(num_experts, top_k=1, capacity_factor=1.0,
+                         kernel_initializer=kernel_initializer, **kwargs)
+        self.slots_per_expert = check_int("slots_per_expert", slots_per_expert, minimum=1)
+        self.normalize = bool(normalize)
+
+    def num_logits(self):
+        return self.num_experts * self.slots_per_expert
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.normalize:
+            self.scale = self.add_weight(name="scale", shape=(), initializer="ones")
+
+    def capacity(self, training=False):
+        return self.slots_per_expert
+
+    def route(self, inputs, training=False):
+        x = ops.cast(inputs, "float32")
+        phi = self.kernel
+        if self.normalize:
+            x = x / ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + 1e-6)
+            phi = self.scale * phi / ops.sqrt(
+                ops.sum(ops.square(phi), axis=0, keepdims=True) + 1e-6
+            )
+        logits = ops.matmul(x, phi)  # (G, S, E*n)
+        dispatch = ops.softmax(logits, axis=1)
+        combine = ops.softmax(logits, axis=-1)
+        shape = (-1, self.group_size, self.num_experts, self.slots_per_expert)
+        combine_4d = ops.reshape(combine, shape)
+        probs = ops.sum(combine_4d, axis=-1)
+        losses = {"router_z_loss": aux_losses.router_z_loss(logits)}
+        return {
+            "dispatch_weights": ops.reshape(dispatch, shape),
+            "combine_weights": combine_4d,
+            "router_probs": probs,
+            "aux_losses": losses,
+            "aux_loss": self.z_loss_weight * losses["router_z_loss"],
+            "dropped_fraction": ops.zeros((), "float32"),
+            "expert_fraction": ops.mean(probs, axis=(0, 1)),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("top_k", "capacity_factor", "eval_capacity_factor"):
+            config.pop(key, None)
+        config.update({"slots_per_expert": self.slots_per_expert, "normalize": self.normalize})
+        return config

@@ -1,0 +1,397 @@
+"""The sparse mixture-of-experts layer."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_sparse_moe.layers.dispatch import dense_combine
+from keras_sparse_moe.layers.dispatch import dense_dispatch
+from keras_sparse_moe.layers.dispatch import gather_combine
+from keras_sparse_moe.layers.dispatch import gather_dispatch
+from keras_sparse_moe.layers.expert_choice_router import ExpertChoiceRouter
+from keras_sparse_moe.layers.experts import Experts
+from keras_sparse_moe.layers.routing_ops import to_dense
+from keras_sparse_moe.layers.soft_router import SoftRouter
+from keras_sparse_moe.layers.token_choice_router import TokenChoiceRouter
+from keras_sparse_moe.utils.validation import check_capacity_factor
+from keras_sparse_moe.utils.validation import check_choice
+from keras_sparse_moe.utils.validation import check_int
+
+ROUTERS = ("token_choice", "expert_choice", "soft")
+
+
+@keras.saving.register_keras_serializable(package="keras_sparse_moe")
+class SparseMoE(keras.layers.Layer):
+    """Sparse mixture-of-experts MLP block.
+
+    Tokens are split into routing groups of `group_size` tokens (default: the
+    tokens of one example). Per group a router (float32) assigns tokens to
+    expert slots; each expert is an MLP that only sees the tokens routed to
+    it, so at fixed `top_k` the cost per token does not grow with
+    `num_experts` beyond the router. Every expert keeps at most
+    `capacity = ceil(group_size * top_k * capacity_factor / num_experts)`
+    tokens per group, a static Python int, so the layer works with a dynamic
+    batch size, under XLA, in torch and in LiteRT.
+
+    Routers (`router=`):
+
+    - `"token_choice"`: top-k softmax router (V-MoE/GShard/Switch) with noisy
+      gating, jitter, optional gate renormalisation and Batch Priority
+      Routing. Overflowing assignments are dropped (the token gets zero from
+      that expert; the residual around the block carries it).
+      `capacity_factor=None` is *dropless*: capacity = group size.
+    - `"expert_choice"`: each expert picks its best tokens (Zhou et al. 2022).
+    - `"soft"`: Soft MoE slots (Puigcerver et al. 2023), no dropping.
+
+    Auxiliary losses (V-MoE importance and load, Switch load balancing,
+    ST-MoE z-loss) are added with `add_loss` in training only, each scaled by
+    its weight. During training the layer records the last batch's
+    `dropped_fraction` and per-expert `expert_fraction` in non-trainable
+    variables (see `keras_sparse_moe.callbacks.RoutingStatistics` to log them
+    during `fit`); `routing_stats(x)` returns them for any input.
+
+    Args:
+        num_experts: int >= 1.
+        intermediate_dim: int >= 1, hidden width of each expert.
+        top_k: int in [1, num_experts], experts per token.
+        router: one of `"token_choice"`, `"expert_choice"`, `"soft"`.
+        capacity_factor: float > 0, or None for dropless token choice.
+        eval_capacity_factor: float > 0 or None (same as training); the
+            capacity factor used at inference.
+        group_size: int or None. Tokens per routing group; must divide the
+            number of tokens per example, or be a multiple of it (then the
+            batch must be divisible into groups).
+        activation: expert activation.
+        gated: bool, gated experts (SwiGLU with `activation="silu"`).
+        dropout: float in [0, 1), dropout inside the experts.
+        use_bias: bool, biases in the experts.
+        noise_std: float >= 0, token-choice gating noise (std = noise_std /
+            num_experts, training only).
+        jitter: float in [0, 1), token-choice multiplicative input jitter.
+        renormalize_gates: bool, token choice: renormalise top-k gates.
+        batch_priority: bool, token choice: Batch Priority Routing.
+        slots_per_expert: int >= 1, soft router slots per expert.
+        importance_loss_weight, load_loss_weight, load_balancing_loss_weight,
+            z_loss_weight: floats >= 0, auxiliary loss weights.
+        kernel_initializer: initializer of the expert kernels.
+        router_initializer: initializer of the router kernel.
+        seed: int or None, seed of the router noise.
+
+    Example:
+    >>> import numpy as np
+    >>> moe = SparseMoE(num_experts=8, intermediate_dim=64, top_k=2)
+    >>> y = moe(np.random.rand(2, 16, 32).astype("float32"))
+    >>> tuple(y.shape)
+    (2, 16, 32)
+    """
+
+    def __init__(
+        self,
+        num_experts,
+        intermediate_dim,
+        top_k=2,
+        router="token_choice",
+        capacity_factor=1.25,
+        eval_capacity_factor=None,
+        group_size=None,
+        activation="gelu",
+        gated=False,
+        dropout=0.0,
+        use_bias=True,
+        noise_std=1.0,
+        jitter=0.0,
+        renormalize_gates=False,
+        batch_priority=True,
+        slots_per_expert=1,
+        importance_loss_weight=0.005,
+        load_loss_weight=0.005,
+        load_balancing_loss_weight=0.0,
+        z_loss_weight=0.0,
+        kernel_initializer="glorot_uniform",
+        router_initializer=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_experts = check_int("num_experts", num_experts, minimum=1)
+        self.intermediate_dim = check_int("intermediate_dim", intermediate_dim, minimum=1)
+        self.top_k = check_int("top_k", top_k, minimum=1)
+        if self.top_k > self.num_experts:
+            raise ValueError(
+                f"Argument `top_k` must be between 1 and num_experts={num_experts}; "
+                f"received top_k={top_k}."
+            )
+        self.router_type = check_choice("router", router, ROUTERS)
+        self.capacity_factor = check_capacity_factor("capacity_factor", capacity_factor)
+        self.eval_capacity_factor = check_capacity_factor(
+            "eval_capacity_factor", eval_capacity_factor
+        )
+        self.group_size = (
+            None if group_size is None else check_int("group_size", group_size, minimum=1)
+        )
+        self.activation = activation
+        self.gated = bool(gated)
+        self.dropout = dropout
+        self.use_bias = bool(use_bias)
+        self.noise_std = noise_std
+        self.jitter = jitter
+        self.renormalize_gates = bool(renormalize_gates)
+        self.batch_priority = bool(batch_priority)
+        self.slots_per_expert = check_int("slots_per_expert", slots_per_expert, minimum=1)
+        self.importance_loss_weight = importance_loss_weight
+        self.load_loss_weight = load_loss_weight
+        self.load_balancing_loss_weight = load_balancing_loss_weight
+        self.z_loss_weight = z_loss_weight
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.router_initializer = (
+            None if router_initializer is None else keras.initializers.get(router_initializer)
+        )
+        self.seed = seed
+
+        router_kwargs = {"name": "router", "z_loss_weight": z_loss_weight}
+        if self.router_initializer is not None:
+            router_kwargs["kernel_initializer"] = self.router_initializer
+        if self.router_type == "token_choice":
+            self.router = TokenChoiceRouter(
+                num_experts=self.num_experts,
+                top_k=self.top_k,
+                capacity_factor=self.capacity_factor,
+                eval_capacity_factor=self.eval_capacity_factor,
+                noise_std=noise_std,
+                jitter=jitter,
+                renormalize_gates=renormalize_gates,
+                batch_priority=batch_priority,
+                importance_loss_weight=importance_loss_weight,
+                load_loss_weight=load_loss_weight,
+                load_balancing_loss_weight=load_balancing_loss_weight,
+                seed=seed,
+                **router_kwargs,
+            )
+        elif self.router_type == "expert_choice":
+            self.router = ExpertChoiceRouter(
+                num_experts=self.num_experts,
+                top_k=self.top_k,
+                capacity_factor=self.capacity_factor,
+                eval_capacity_factor=self.eval_capacity_factor,
+                **router_kwargs,
+            )
+        else:
+            self.router = SoftRouter(
+                num_experts=self.num_experts,
+                slots_per_expert=self.slots_per_expert,
+                **router_kwargs,
+            )
+        self.experts = Experts(
+            num_experts=self.num_experts,
+            intermediate_dim=self.intermediate_dim,
+            activation=activation,
+            gated=gated,
+            dropout=dropout,
+            use_bias=use_bias,
+            kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy,
+            name="experts",
+        )
+        self._tokens_per_example = None
+        self._input_rank = None
+
+    # ------------------------------------------------------------------ build
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) not in (2, 3):
+            raise ValueError(
+                "SparseMoE expects inputs of shape (batch, tokens, dim) or (batch, dim); "
+                f"received an input of rank {len(input_shape)} with shape {input_shape}."
+            )
+        dim = input_shape[-1]
+        if dim is None:
+            raise ValueError(
+                f"SparseMoE needs a known last (feature) dimension; received shape {input_shape}."
+            )
+        tokens = 1 if len(input_shape) == 2 else input_shape[1]
+        if tokens is None:
+            raise ValueError(
+                "SparseMoE needs a known number of tokens per example to make the expert "
+                f"capacity static; received shape {input_shape}. Give the Input a fixed "
+                "sequence length."
+            )
+        group_size = self.group_size or tokens
+        if tokens % group_size != 0 and group_size % tokens != 0:
+            raise ValueError(
+                f"Argument `group_size`={self.group_size} must divide the number of tokens "
+                f"per example ({tokens}) or be a multiple of it; allowed for example: "
+                f"{sorted(d for d in range(1, tokens + 1) if tokens % d == 0)} or "
+                f"{[tokens * m for m in (2, 4, 8)]}."
+            )
+        self._input_rank = len(input_shape)
+        self._tokens_per_example = tokens
+        self.router.build((None, group_size, dim))
+        self.experts.build((self.num_experts, None, dim))
+        self.stat_dropped_fraction = self.add_weight(
+            name="dropped_fraction", shape=(), initializer="zeros", trainable=False,
+            dtype="float32",
+        )
+        self.stat_expert_fraction = self.add_weight(
+            name="expert_fraction", shape=(self.num_experts,), initializer="zeros",
+            trainable=False, dtype="float32",
+        )
+
+    @property
+    def routing_group_size(self):
+        """Tokens per routing group (known after build)."""
+        return self.router.group_size
+
+    def capacity(self, training=False):
+        """Static per-expert capacity per group (after build)."""
+        return self.router.capacity(training)
+
+    # ------------------------------------------------------------------- call
+    def _check_inputs(self, x):
+        dtype = keras.backend.standardize_dtype(x.dtype)
+        if "float" not in dtype:
+            raise ValueError(
+                f"SparseMoE expects floating-point inputs; received dtype {dtype}. "
+                "Cast the input, e.g. `keras.ops.cast(x, 'float32')`."
+            )
+        rank = len(x.shape)
+        if rank != self._input_rank:
+            raise ValueError(
+                f"SparseMoE was built for inputs of rank {self._input_rank}; received "
+                f"rank {rank} with shape {tuple(x.shape)}."
+            )
+        batch = x.shape[0]
+        group_size = self.routing_group_size
+        if isinstance(batch, int) and (batch * self._tokens_per_example) % group_size:
+            raise ValueError(
+                f"The {batch * self._tokens_per_example} tokens of this batch (batch={batch} "
+                f"x tokens={self._tokens_per_example}) cannot be divided into groups of "
+                f"group_size={group_size}; use a batch size that is a multiple of "
+                f"{group_size // self._tokens_per_example}."
+            )
+
+    def _route(self, x, training):
+        """Grouped tokens, routing dict and expert outputs."""
+        dim = x.shape[-1]
+        groups = ops.reshape(x, (-1, self.routing_group_size, dim))
+        routing = self.router(groups, training=training, dense=False)
+        if self.router_type == "soft":
+            expert_inputs = dense_dispatch(groups, routing["dispatch_weights"])
+        else:
+            expert_inputs = gather_dispatch(groups, routing["slot_token"])
+        expert_outputs = self.experts(expert_inputs, training=training)
+        if self.router_type == "token_choice":
+            combined = gather_combine(
+                expert_outputs,
+                routing["expert_index"],
+                routing["expert_position"],
+                routing["gates"],
+                self.capacity(training),
+            )
+        else:
+            if self.router_type == "soft":
+                combine = routing["combine_weights"]
+            else:
+                _, combine = to_dense(
+                    routing, self.routing_group_size, self.num_experts,
+                    self.capacity(training),
+                )
+            combined = dense_combine(expert_outputs, combine)
+        return combined, routing
+
+    def call(self, inputs, training=None):
+        self._check_inputs(inputs)
+        training = bool(training)
+        combined, routing = self._route(inputs, training)
+        outputs = ops.reshape(combined, ops.shape(inputs))
+        if training:
+            self.add_loss(routing["aux_loss"])
+            self.stat_dropped_fraction.assign(ops.cast(routing["dropped_fraction"], "float32"))
+            self.stat_expert_fraction.assign(ops.cast(routing["expert_fraction"], "float32"))
+        # A NaN anywhere in a token's features makes that token's output NaN,
+        # even where routing dropped the token (which would otherwise give 0).
+        has_nan = ops.any(ops.not_equal(inputs, inputs), axis=-1, keepdims=True)
+        return ops.where(has_nan, ops.cast(float("nan"), outputs.dtype), outputs)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    # --------------------------------------------------------------- analysis
+    def routing_stats(self, inputs, training=False):
+        """Routing statistics of this layer for `inputs`, as NumPy values.
+
+        Args:
+            inputs: array of the layer's input shape.
+            training: bool, route as in training (noise, training capacity).
+
+        Returns:
+            A dict: `dropped_fraction` (share of assignments, or for expert
+            choice of tokens, that got no expert slot), `expert_fraction`
+            (E,) share of assignments per expert before capacity,
+            `load_imbalance` (`E * max(expert_fraction)`, 1 is perfect),
+            `capacity`, `router_probs` (G, S, E), `aux_losses` by name and,
+            for token choice, `expert_index` (G, S, K) and `gates` (G, S, K).
+
+        Example:
+        >>> import numpy as np
+        >>> moe = SparseMoE(num_experts=4, intermediate_dim=8, top_k=1)
+        >>> stats = moe.routing_stats(np.random.rand(2, 6, 8).astype("float32"))
+        >>> stats["expert_fraction"].shape
+        (4,)
+        """
+        x = ops.convert_to_tensor(inputs, dtype=self.compute_dtype)
+        if not self.built:
+            self.build(tuple(x.shape))
+        self._check_inputs(x)
+        groups = ops.reshape(x, (-1, self.routing_group_size, x.shape[-1]))
+        routing = self.router(groups, training=training, dense=False)
+        fraction = ops.convert_to_numpy(routing["expert_fraction"])
+        stats = {
+            "dropped_fraction": float(ops.convert_to_numpy(routing["dropped_fraction"])),
+            "expert_fraction": fraction,
+            "load_imbalance": float(self.num_experts * np.max(fraction)),
+            "capacity": self.capacity(training),
+            "router_probs": ops.convert_to_numpy(routing["router_probs"]),
+            "aux_losses": {
+                k: float(ops.convert_to_numpy(v)) for k, v in routing["aux_losses"].items()
+            },
+        }
+        for key in ("expert_index", "gates"):
+            if key in routing:
+                stats[key] = ops.convert_to_numpy(routing[key])
+        return stats
+
+    # ----------------------------------------------------------------- config
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_experts": self.num_experts,
+                "intermediate_dim": self.intermediate_dim,
+                "top_k": self.top_k,
+                "router": self.router_type,
+                "capacity_factor": self.capacity_factor,
+                "eval_capacity_factor": self.eval_capacity_factor,
+                "group_size": self.group_size,
+                "activation": self.activation
+                if isinstance(self.activation, str)
+                else keras.activations.serialize(self.activation),
+                "gated": self.gated,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "noise_std": self.noise_std,
+                "jitter": self.jitter,
+                "renormalize_gates": self.renormalize_gates,
+                "batch_priority": self.batch_priority,
+                "slots_per_expert": self.slots_per_expert,
+                "importance_loss_weight": self.importance_loss_weight,
+                "load_loss_weight": self.load_loss_weight,
+                "load_balancing_loss_weight": self.load_balancing_loss_weight,
+                "z_loss_weight": self.z_loss_weight,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "router_initializer": None
+                if self.router_initializer is None
+                else keras.initializers.serialize(self.router_initializer),
+                "seed": self.seed,
+            }
+        )
+        return config

@@ -1,0 +1,187 @@
+"""Token choice top-k router (V-MoE / GShard / Switch)."""
+
+import keras
+from keras import ops
+
+from keras_sparse_moe.layers import aux_losses
+from keras_sparse_moe.layers.router_base import Router
+from keras_sparse_moe.layers.routing_ops import slots_from_assignments
+from keras_sparse_moe.layers.routing_ops import token_choice_positions
+from keras_sparse_moe.utils.validation import check_float
+
+
+@keras.saving.register_keras_serializable(package="keras_sparse_moe")
+class TokenChoiceRouter(Router):
+    """Each token picks its top-k experts; experts keep at most `capacity`.
+
+    The router probabilities are `softmax(x @ W)` computed in float32. In
+    training, Gaussian noise with std `noise_std / num_experts` is added to
+    the logits (V-MoE noisy gating) and, optionally, router inputs are
+    multiplied by uniform jitter in `[1 - jitter, 1 + jitter]` (Switch).
+    Assignments are served first choices first; with `batch_priority=True`
+    tokens with a larger top-1 gate are served first (V-MoE Batch Priority
+    Routing). Assignments beyond an expert's capacity are dropped: their
+    gate becomes 0, so the token gets nothing from that expert (the residual
+    connection around the MoE block carries it).
+
+    Args:
+        num_experts: int >= 1.
+        top_k: int in [1, num_experts].
+        capacity_factor: float > 0, or None for dropless routing (capacity =
+            group size).
+        eval_capacity_factor: float > 0 or None, capacity factor when not
+            training (None: same as `capacity_factor`).
+        noise_std: float >= 0. Std of the gating noise is
+            `noise_std / num_experts` (training only).
+        jitter: float in [0, 1). Multiplicative input jitter (training only).
+        renormalize_gates: bool. Divide the top-k gates by their sum
+            (Mixtral); needed for exact sparse upcycling.
+        batch_priority: bool, Batch Priority Routing.
+        importance_loss_weight: float >= 0, V-MoE importance loss weight.
+        load_loss_weight: float >= 0, V-MoE load loss weight (only active
+            when `noise_std > 0`).
+        load_balancing_loss_weight: float >= 0, Switch/GShard loss weight.
+        z_loss_weight: float >= 0, ST-MoE router z-loss weight.
+        kernel_initializer: initializer of the `(dim, num_experts)` kernel.
+        seed: int or None, seed of the noise.
+
+    Call arguments:
+        inputs: (G, S, D) grouped tokens.
+        training: bool.
+        dense: bool, also return the `(G, S, E, C)` `dispatch_mask` and
+            `combine_weights`.
+
+    Returns:
+        A dict with `expert_index`, `expert_position`, `gates` (G, S, K; 0 for
+        dropped assignments), `slot_token` (G, E, C; S marks an empty slot),
+        `router_probs` (G, S, E), `aux_losses` (unweighted, by name),
+        `aux_loss` (weighted sum), `dropped_fraction` and `expert_fraction`
+        (share of assignments per expert, before capacity).
+
+    Example:
+    >>> import numpy as np
+    >>> router = TokenChoiceRouter(num_experts=4, top_k=2, capacity_factor=1.0)
+    >>> out = router(np.random.rand(3, 8, 16).astype("float32"))
+    >>> tuple(out["combine_weights"].shape)
+    (3, 8, 4, 4)
+    """
+
+    def __init__(
+        self,
+        num_experts,
+        top_k=2,
+        capacity_factor=1.25,
+        eval_capacity_factor=None,
+        noise_std=1.0,
+        jitter=0.0,
+        renormalize_gates=False,
+        batch_priority=True,
+        importance_loss_weight=0.005,
+        load_loss_weight=0.005,
+        load_balancing_loss_weight=0.0,
+        z_loss_weight=0.0,
+        kernel_initializer="glorot_uniform",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(
+            num_experts=num_experts,
+            top_k=top_k,
+            capacity_factor=capacity_factor,
+            eval_capacity_factor=eval_capacity_factor,
+            kernel_initializer=kernel_initializer,
+            z_loss_weight=z_loss_weight,
+            **kwargs,
+        )
+        self.noise_std = check_float("noise_std", noise_std, minimum=0.0)
+        self.jitter = check_float("jitter", jitter, minimum=0.0)
+        if self.jitter >= 1.0:
+            raise ValueError(f"Argument `jitter` must be in [0, 1); received jitter={jitter}.")
+        self.renormalize_gates = bool(renormalize_gates)
+        self.batch_priority = bool(batch_priority)
+        self.importance_loss_weight = check_float(
+            "importance_loss_weight", importance_loss_weight, minimum=0.0
+        )
+        self.load_loss_weight = check_float("load_loss_weight", load_loss_weight, minimum=0.0)
+        self.load_balancing_loss_weight = check_float(
+            "load_balancing_loss_weight", load_balancing_loss_weight, minimum=0.0
+        )
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def route(self, inputs, training=False):
+        x = ops.cast(inputs, "float32")
+        if training and self.jitter > 0:
+            x = x * keras.random.uniform(
+                ops.shape(x), 1.0 - self.jitter, 1.0 + self.jitter, seed=self.seed_generator
+            )
+        logits = ops.matmul(x, self.kernel)
+        noise_std = self.noise_std / self.num_experts
+        noisy_logits = logits
+        if training and noise_std > 0:
+            noisy_logits = logits + noise_std * keras.random.normal(
+                ops.shape(logits), seed=self.seed_generator
+            )
+        probs = ops.softmax(noisy_logits, axis=-1)
+        gates, expert_index = ops.top_k(probs, k=self.top_k, sorted=True)
+        expert_index = ops.cast(expert_index, "int32")
+        if self.renormalize_gates:
+            gates = gates / ops.sum(gates, axis=-1, keepdims=True)
+
+        capacity = self.capacity(training)
+        position = token_choice_positions(
+            expert_index, gates, self.num_experts, self.batch_priority
+        )
+        keep = position < capacity
+        slot_token = slots_from_assignments(
+            expert_index, position, keep, self.num_experts, capacity
+        )
+        kept_gates = ops.where(keep, gates, ops.zeros_like(gates))
+
+        losses = {
+            "importance_loss": aux_losses.importance_loss(probs),
+            "load_balancing_loss": aux_losses.load_balancing_loss(
+                probs, expert_index, self.num_experts
+            ),
+            "router_z_loss": aux_losses.router_z_loss(logits),
+        }
+        total = (
+            self.importance_loss_weight * losses["importance_loss"]
+            + self.load_balancing_loss_weight * losses["load_balancing_loss"]
+            + self.z_loss_weight * losses["router_z_loss"]
+        )
+        if noise_std > 0:
+            losses["load_loss"] = aux_losses.load_loss(
+                logits, noisy_logits, noise_std, self.top_k
+            )
+            total = total + self.load_loss_weight * losses["load_loss"]
+
+        assigned = ops.one_hot(expert_index, self.num_experts, dtype="float32")
+        expert_fraction = ops.mean(ops.sum(assigned, axis=2), axis=(0, 1)) / self.top_k
+        return {
+            "expert_index": expert_index,
+            "expert_position": position,
+            "gates": kept_gates,
+            "slot_token": slot_token,
+            "router_probs": probs,
+            "aux_losses": losses,
+            "aux_loss": total,
+            "dropped_fraction": 1.0 - ops.mean(ops.cast(keep, "float32")),
+            "expert_fraction": expert_fraction,
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "noise_std": self.noise_std,
+                "jitter": self.jitter,
+                "renormalize_gates": self.renormalize_gates,
+                "batch_priority": self.batch_priority,
+                "importance_loss_weight": self.importance_loss_weight,
+                "load_loss_weight": self.load_loss_weight,
+                "load_balancing_loss_weight": self.load_balancing_loss_weight,
+                "seed": self.seed,
+            }
+        )
+        return config

@@ -1,0 +1,59 @@
+"""Argument checks that raise `ValueError`s naming the argument, the value
+received and what is allowed."""
+
+import difflib
+import numbers
+
+
+def check_int(name, value, minimum=None, maximum=None):
+    """Return `value` as an int, or raise a `ValueError` naming `name`.
+
+    Example:
+    >>> check_int("num_experts", 8, minimum=1)
+    8
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"Argument `{name}` must be an integer; received {value!r}.")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"Argument `{name}` must be >= {minimum}; received {name}={value}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"Argument `{name}` must be <= {maximum}; received {name}={value}.")
+    return value
+
+
+def check_float(name, value, minimum=None, strict=False, allow_none=False):
+    """Return `value` as a float (or None when allowed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"Argument `{name}` must be a number; received {value!r}.")
+    value = float(value)
+    if minimum is not None:
+        if (strict and value <= minimum) or (not strict and value < minimum):
+            op = ">" if strict else ">="
+            raise ValueError(f"Argument `{name}` must be {op} {minimum}; received {name}={value}.")
+    return value
+
+
+def check_capacity_factor(name, value):
+    """A capacity factor is a number > 0, or None (dropless / same as training)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0:
+        raise ValueError(
+            f"Argument `{name}` must be a number > 0, or None for no token "
+            f"dropping; received {name}={value!r}."
+        )
+    return float(value)
+
+
+def check_choice(name, value, choices):
+    """Check that `value` is one of `choices`, suggesting the closest."""
+    if value in choices:
+        return value
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(
+        f"Argument `{name}` must be one of {sorted(choices)}; received {value!r}.{hint}"
+    )
