@@ -5,6 +5,8 @@ from keras_sparse_moe.layers import routing_ops
 from keras_sparse_moe.layers.expert_choice_router import ExpertChoiceRouter
 from keras_sparse_moe.layers.experts import Experts
 from keras_sparse_moe.layers.router_base import Router
+from keras_sparse_moe.layers.encoder_block import MoETransformerEncoderBlock
+from keras_sparse_moe.layers.encoder_block import StochasticDepth
 from keras_sparse_moe.layers.soft_router import SoftRouter
 from keras_sparse_moe.layers.sparse_moe import SparseMoE
 from keras_sparse_moe.layers.token_choice_router import TokenChoiceRouter
@@ -14,6 +16,8 @@ __all__ = [
     "routing_ops",
     "ExpertChoiceRouter",
     "Experts",
+    "MoETransformerEncoderBlock",
+    "StochasticDepth",
     "Router",
     "SoftRouter",
     "SparseMoE",
