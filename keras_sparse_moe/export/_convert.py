@@ -1,0 +1,47 @@
+"""Child process of `export_litert` on JAX/PyTorch: load a `.keras` file on
+the TensorFlow backend (safe mode) and convert it to LiteRT.
+
+Usage: KERAS_BACKEND=tensorflow python -m keras_sparse_moe.export._convert \
+    --model M.keras --output OUT.tflite [--quantization Q] [--representative R.npy]
+"""
+
+import argparse
+import os
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--quantization", default=None)
+    parser.add_argument("--representative", default=None)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--input-shape", default=None)
+    args = parser.parse_args(argv)
+    if os.environ.get("KERAS_BACKEND") != "tensorflow":
+        sys.exit("keras_sparse_moe.export._convert must run with KERAS_BACKEND=tensorflow")
+
+    import keras
+    import numpy as np
+
+    import keras_sparse_moe  # noqa: F401  (registers the custom objects)
+    from keras_sparse_moe.export.litert import export_litert
+
+    model = keras.saving.load_model(args.model, safe_mode=True, compile=False)
+    data = np.load(args.representative) if args.representative else None
+    shape = (
+        tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else None
+    )
+    export_litert(
+        model,
+        args.output,
+        quantization=args.quantization,
+        representative_data=data,
+        batch_size=args.batch_size,
+        input_shape=shape,
+    )
+
+
+if __name__ == "__main__":
+    main()

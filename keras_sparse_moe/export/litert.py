@@ -1,0 +1,335 @@
+"""LiteRT (TFLite) export from any Keras backend.
+
+Design: the TensorFlow LiteRT converter needs a TensorFlow graph. When the
+current backend is TensorFlow the model is traced and converted in-process.
+On JAX or PyTorch the model is saved to a temporary `.keras` file (the format
+is backend-neutral: weights are plain arrays) and converted by a child Python
+process started with `KERAS_BACKEND=tensorflow`
+(`python -m keras_sparse_moe.export._convert`), which loads it in Keras safe
+mode. Either way:
+
+- the graph is traced with `training=False`: no routing noise or jitter, and
+  the static *eval* capacity of every `SparseMoE` layer;
+- the batch size is fixed (default 1), so every shape is static;
+- only LiteRT builtin ops are allowed (`TFLITE_BUILTINS`, no Flex / select TF
+  ops, no custom ops); a conversion that needs anything else fails with an
+  error naming the op;
+- the file is written atomically: a failed export leaves no file behind.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import keras
+import numpy as np
+
+QUANTIZATION_MODES = (None, "float16", "dynamic_int8", "int8")
+_BUILTIN_EXCLUDED = ("CUSTOM", "DELEGATE")
+
+
+def _check_output_path(path):
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(
+            f"Cannot write the LiteRT model to {path!r}: directory {directory!r} does not "
+            "exist. Create it first."
+        )
+    if not os.access(directory, os.W_OK):
+        raise ValueError(
+            f"Cannot write the LiteRT model to {path!r}: directory {directory!r} is not "
+            "writable."
+        )
+    if os.path.isdir(path):
+        raise ValueError(f"Output path {path!r} is a directory; give a file name such as model.tflite.")
+    return path
+
+
+def _check_quantization(quantization, representative_data):
+    if quantization not in QUANTIZATION_MODES:
+        raise ValueError(
+            f"Argument `quantization` must be one of {list(QUANTIZATION_MODES)}; received "
+            f"{quantization!r}."
+        )
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "quantization='int8' (full integer) needs `representative_data`: a few hundred "
+            "typical model inputs (e.g. training images) to calibrate activation ranges. "
+            "Use quantization='dynamic_int8' to quantize weights only."
+        )
+
+
+def _as_array_list(representative_data):
+    """Representative data as a list of single-input float32 arrays."""
+    if representative_data is None:
+        return None
+    if isinstance(representative_data, np.ndarray) or hasattr(representative_data, "shape"):
+        return [np.asarray(representative_data, dtype="float32")]
+    arrays = [np.asarray(x, dtype="float32") for x in representative_data]
+    if not arrays:
+        raise ValueError("Argument `representative_data` is empty.")
+    return arrays
+
+
+def _model_input_specs(model, batch_size, input_shape=None):
+    """Static input shapes of a single-input model (batch fixed)."""
+    if input_shape is not None:
+        shape = tuple(input_shape)
+        return (batch_size,) + shape, "float32"
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            f"Cannot infer the input shape of {type(model).__name__}: it has no `inputs` "
+            "(not a functional model). Pass `input_shape=(...)` without the batch axis."
+        )
+    if len(inputs) != 1:
+        raise ValueError(
+            f"export_litert exports single-input models; {type(model).__name__} has "
+            f"{len(inputs)} inputs ({[i.name for i in inputs]}). Export each tower (sub-model) "
+            "separately."
+        )
+    shape = tuple(inputs[0].shape[1:])
+    if any(d is None for d in shape):
+        raise ValueError(
+            f"The model input has unknown dimensions {shape}; pass `input_shape=` with "
+            "every dimension fixed."
+        )
+    return (batch_size,) + shape, keras.backend.standardize_dtype(inputs[0].dtype)
+
+
+def _convert_tensorflow(model, quantization, representative_arrays, batch_size, input_shape):
+    """Convert on the TensorFlow backend; returns the flatbuffer bytes."""
+    import tensorflow as tf
+
+    shape, dtype = _model_input_specs(model, batch_size, input_shape)
+
+    @tf.function
+    def serve(x):
+        return model(x, training=False)
+
+    concrete = serve.get_concrete_function(tf.TensorSpec(shape, dtype))
+    # No trackable object: the converter then freezes variables to constants
+    # (with it, resource-variable ops remain and fail at run time).
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.allow_custom_ops = False
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic_int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        samples = np.concatenate(
+            [a.reshape((-1,) + shape[1:]) for a in representative_arrays], axis=0
+        )
+
+        def representative_dataset():
+            for start in range(0, len(samples) - batch_size + 1, batch_size):
+                yield [samples[start : start + batch_size].astype(dtype)]
+
+        converter.representative_dataset = representative_dataset
+        # Integer kernels where LiteRT has them; routing ops without int8
+        # kernels (top-k, cumsum, one-hot) stay in float.
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+    try:
+        return converter.convert()
+    except Exception as error:  # The converter raises ConverterError.
+        raise _conversion_error(model, error) from None
+
+
+def _conversion_error(model, error):
+    message = str(error)
+    unsupported = [
+        line.strip()
+        for line in message.splitlines()
+        if "not supported" in line.lower() or "failed to legalize" in line.lower()
+        or "Flex" in line
+    ]
+    layers = sorted({
+        layer.name
+        for layer in getattr(model, "_flatten_layers", lambda: [])()
+        if layer.name and layer.name in message
+    })
+    hint = f" Layers named in the error: {layers}." if layers else ""
+    detail = "\n".join(unsupported[:10]) or message[-2000:]
+    return ValueError(
+        "LiteRT conversion with builtin ops only failed (Flex/select-TF and custom ops "
+        f"are not allowed for edge runtimes).{hint}\n{detail}"
+    )
+
+
+def _write_atomic(path, data):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tflite", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def export_litert(
+    model,
+    path,
+    quantization=None,
+    representative_data=None,
+    batch_size=1,
+    input_shape=None,
+):
+    """Export a Keras model to a LiteRT (`.tflite`) file of builtin ops only.
+
+    Works on every backend: TensorFlow converts in-process, JAX and PyTorch
+    hand a temporary `.keras` file to a TensorFlow-backend subprocess.
+
+    Args:
+        model: a single-input Keras model (e.g. a MoE-ViT classifier, or one
+            tower of a dual encoder). Inputs must already be preprocessed.
+        path: output file; its directory must exist. Written atomically.
+        quantization: None (float32), `"float16"`, `"dynamic_int8"`
+            (int8 weights, float activations) or `"int8"` (full integer
+            where kernels exist; needs `representative_data`).
+        representative_data: array `(N, ...)` of typical model inputs, or an
+            iterable of such arrays, for `"int8"` calibration.
+        batch_size: int >= 1, the fixed batch size of the exported model.
+        input_shape: optional input shape without the batch axis, for models
+            without static `inputs`.
+
+    Returns:
+        The path written.
+
+    Example:
+    >>> import keras, numpy as np, tempfile, os
+    >>> import keras_sparse_moe as ksm
+    >>> inputs = keras.Input((4, 8))
+    >>> model = keras.Model(inputs, ksm.SparseMoE(4, 16)(inputs))
+    >>> out = os.path.join(tempfile.mkdtemp(), "moe.tflite")
+    >>> export_litert(model, out) == out
+    True
+    """
+    _check_quantization(quantization, representative_data)
+    path = _check_output_path(path)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Argument `batch_size` must be an int >= 1; received {batch_size!r}.")
+    arrays = _as_array_list(representative_data)
+    if keras.backend.backend() == "tensorflow":
+        data = _convert_tensorflow(model, quantization, arrays, batch_size, input_shape)
+        _write_atomic(path, data)
+        return path
+    _export_via_subprocess(model, path, quantization, arrays, batch_size, input_shape)
+    return path
+
+
+def _export_via_subprocess(model, path, quantization, arrays, batch_size, input_shape):
+    if input_shape is None:
+        # Validate here, in the user's process, for a clear error.
+        _model_input_specs(model, batch_size)
+    with tempfile.TemporaryDirectory(prefix="ksm-export-") as tmp:
+        model_path = os.path.join(tmp, "model.keras")
+        model.save(model_path)
+        args = [
+            sys.executable, "-m", "keras_sparse_moe.export._convert",
+            "--model", model_path, "--output", os.path.abspath(path),
+            "--batch-size", str(batch_size),
+        ]
+        if quantization:
+            args += ["--quantization", quantization]
+        if arrays is not None:
+            data_path = os.path.join(tmp, "representative.npy")
+            np.save(data_path, np.concatenate([a.reshape((-1,) + a.shape[1:]) for a in arrays]))
+            args += ["--representative", data_path]
+        if input_shape is not None:
+            args += ["--input-shape", ",".join(str(int(d)) for d in input_shape)]
+        env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+        result = subprocess.run(args, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+            errors = [l for l in lines if l.startswith("ValueError") or "Error" in l]
+            detail = "\n".join(errors[-5:] or lines[-20:])
+            raise ValueError(f"LiteRT export (TensorFlow subprocess) failed:\n{detail}")
+
+
+def list_litert_ops(path):
+    """Sorted names of the ops in a LiteRT model.
+
+    Example:
+    >>> # list_litert_ops("model.tflite") -> ['ADD', 'BATCH_MATMUL', ...]
+    """
+    interpreter = _interpreter(path)
+    return sorted({d["op_name"] for d in interpreter._get_ops_details()})
+
+
+def non_builtin_ops(op_names):
+    """The op names that are not LiteRT builtins (Flex, custom, delegate)."""
+    return [
+        name for name in op_names
+        if name.startswith("Flex") or name in _BUILTIN_EXCLUDED or not name.isupper()
+    ]
+
+
+def _interpreter(path, num_threads=None):
+    from ai_edge_litert.interpreter import Interpreter
+
+    if not os.path.isfile(path):
+        raise ValueError(f"No LiteRT model at {path!r}.")
+    return Interpreter(model_path=os.fspath(path), num_threads=num_threads)
+
+
+class LiteRTModel:
+    """Run a `.tflite` file with the `ai_edge_litert` interpreter.
+
+    Inputs of any batch size are split into the model's fixed batch size
+    (the last batch is padded).
+
+    Args:
+        path: the `.tflite` file.
+        num_threads: interpreter threads (default 2).
+
+    Example:
+    >>> # runner = LiteRTModel("model.tflite"); logits = runner(images)
+    """
+
+    def __init__(self, path, num_threads=2):
+        self.path = os.fspath(path)
+        self.interpreter = _interpreter(self.path, num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.batch_size = int(self.input["shape"][0])
+
+    @property
+    def ops(self):
+        return sorted({d["op_name"] for d in self.interpreter._get_ops_details()})
+
+    def predict_on_batch(self, batch):
+        """Run exactly one batch of the model's batch size."""
+        batch = np.asarray(batch, dtype=self.input["dtype"])
+        self.interpreter.set_tensor(self.input["index"], batch)
+        self.interpreter.invoke()
+        return np.array(self.interpreter.get_tensor(self.output["index"]))
+
+    def __call__(self, inputs):
+        inputs = np.asarray(inputs, dtype="float32")
+        expected = tuple(self.input["shape"][1:])
+        if tuple(inputs.shape[1:]) != expected:
+            raise ValueError(
+                f"LiteRT model {self.path!r} expects inputs of shape (N,) + {expected}; "
+                f"received {inputs.shape}."
+            )
+        outputs = []
+        n = len(inputs)
+        for start in range(0, n, self.batch_size):
+            chunk = inputs[start : start + self.batch_size]
+            pad = self.batch_size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            outputs.append(self.predict_on_batch(chunk)[: self.batch_size - pad])
+        return np.concatenate(outputs, axis=0)
