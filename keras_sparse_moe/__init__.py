@@ -8,3 +8,4 @@ from keras_sparse_moe.layers import SparseMoE
 from keras_sparse_moe.layers import TokenChoiceRouter
 
 __version__ = "0.1.0"
+from keras_sparse_moe.export import export_litert
