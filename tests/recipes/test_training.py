@@ -1,0 +1,95 @@
+import csv
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sparse_moe as ksm
+from keras_sparse_moe.recipes import SparseCategoricalCrossentropyWithSmoothing
+from keras_sparse_moe.recipes import make_callbacks
+from keras_sparse_moe.recipes import make_optimizer
+from keras_sparse_moe.recipes import make_schedule
+
+
+def _model():
+    inputs = keras.Input((8, 16))
+    h = ksm.SparseMoE(4, 32)(inputs)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(h))
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        make_optimizer(1e-2, total_steps=40),
+        SparseCategoricalCrossentropyWithSmoothing(0.1),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 8, 16), dtype=np.float32)
+    return x, (x[:, :, 0].mean(-1) > 0.5).astype("int32")
+
+
+def test_schedule_warms_up_then_decays():
+    lr = make_schedule(1e-3, total_steps=100, warmup_steps=10)
+    values = [float(keras.ops.convert_to_numpy(lr(step))) for step in (0, 10, 55, 100)]
+    assert values[0] < values[1]
+    assert values[1] == pytest.approx(1e-3, rel=1e-5)
+    assert values[1] > values[2] > values[3]
+    assert values[3] == pytest.approx(1e-5, rel=1e-3)
+
+
+def test_label_smoothing_matches_formula():
+    loss = SparseCategoricalCrossentropyWithSmoothing(0.2, from_logits=False)
+    probs = np.array([[0.7, 0.2, 0.1]], "float32")
+    target = np.array([0.2 / 3 + 0.8, 0.2 / 3, 0.2 / 3])
+    expected = -np.sum(target * np.log(probs[0]))
+    assert float(keras.ops.convert_to_numpy(loss(np.array([0]), probs))) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        SparseCategoricalCrossentropyWithSmoothing(1.0)
+
+
+def test_bad_optimizer_arguments():
+    with pytest.raises(ValueError, match="learning_rate"):
+        make_optimizer(0.0)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        make_optimizer(1e-3, total_steps=10, warmup_steps=20)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_training_resumes_without_losing_epochs(tmp_path):
+    x, y = _data()
+    out = str(tmp_path / "run")
+    model = _model()
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, validation_split=0.25, epochs=4, batch_size=10, verbose=0,
+                  callbacks=make_callbacks(out) + [_Interrupt(1)])
+    finished = model.get_weights()
+    assert os.path.exists(os.path.join(out, "last.keras"))
+    # A fresh process would rebuild the model: resume from the backup.
+    resumed = _model()
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: seen.append(e))
+    resumed.fit(x, y, validation_split=0.25, epochs=4, batch_size=10, verbose=0,
+                callbacks=make_callbacks(out) + [record])
+    assert seen == [2, 3]  # epochs 0 and 1 were finished before the interruption
+    assert not np.allclose(finished[-1], resumed.get_weights()[-1])
+    with open(os.path.join(out, "log.csv")) as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs == [0, 1, 2, 3]
+
+
+def test_early_stopping_is_optional(tmp_path):
+    names = [type(c).__name__ for c in make_callbacks(str(tmp_path), early_stopping_patience=2)]
+    assert "EarlyStopping" in names
+    assert "EarlyStopping" not in [type(c).__name__ for c in make_callbacks(str(tmp_path / "b"))]
