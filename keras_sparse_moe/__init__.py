@@ -1,5 +1,6 @@
 """keras-sparse-moe: sparse mixture-of-experts layers and models for Keras 3."""
 
+from keras_sparse_moe import distribution
 from keras_sparse_moe import layers
 from keras_sparse_moe.layers import ExpertChoiceRouter
 from keras_sparse_moe.layers import Experts

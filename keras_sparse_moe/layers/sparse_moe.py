@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_sparse_moe.distribution.constraints import constrain_expert_tensor
 from keras_sparse_moe.layers.dispatch import dense_combine
 from keras_sparse_moe.layers.dispatch import dense_dispatch
 from keras_sparse_moe.layers.dispatch import gather_combine
@@ -278,7 +279,8 @@ class SparseMoE(keras.layers.Layer):
             expert_inputs = dense_dispatch(groups, routing["dispatch_weights"])
         else:
             expert_inputs = gather_dispatch(groups, routing["slot_token"])
-        expert_outputs = self.experts(expert_inputs, training=training)
+        expert_inputs = constrain_expert_tensor(expert_inputs)  # (E, G*C, D) on "expert"
+        expert_outputs = constrain_expert_tensor(self.experts(expert_inputs, training=training))
         if self.router_type == "token_choice":
             combined = gather_combine(
                 expert_outputs,
