@@ -3,6 +3,8 @@
 from keras_sparse_moe import data
 from keras_sparse_moe import distribution
 from keras_sparse_moe import layers
+from keras_sparse_moe import models
+from keras_sparse_moe import presets
 from keras_sparse_moe.layers import ExpertChoiceRouter
 from keras_sparse_moe.layers import Experts
 from keras_sparse_moe.layers import SoftRouter
@@ -16,5 +18,13 @@ from keras_sparse_moe.data import load_dataset
 from keras_sparse_moe.data import load_digits
 from keras_sparse_moe.data import make_pipeline
 from keras_sparse_moe.export import export_litert
+from keras_sparse_moe.models import MoEViTBackbone
+from keras_sparse_moe.models import MoEViTImageClassifier
+from keras_sparse_moe.models import MoEViTImageClassifierPreprocessor
+from keras_sparse_moe.models import MoEViTImageConverter
+from keras_sparse_moe.presets import from_preset
+from keras_sparse_moe.presets import list_presets
+from keras_sparse_moe.presets import register_preset
+from keras_sparse_moe.presets import save_to_preset
 
 __version__ = "0.1.0"

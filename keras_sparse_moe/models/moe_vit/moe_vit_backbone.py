@@ -1,0 +1,300 @@
+"""V-MoE style vision transformer backbone."""
+
+import numbers
+
+import keras
+from keras_hub.models import Backbone
+from keras_hub.src.models.vit.vit_layers import ViTPatchingAndEmbedding
+
+from keras_sparse_moe.layers.encoder_block import MoETransformerEncoderBlock
+from keras_sparse_moe.layers.sparse_moe import ROUTERS
+from keras_sparse_moe.models.moe_vit.moe_layer_schedule import block_moe_arguments
+from keras_sparse_moe.models.moe_vit.moe_layer_schedule import resolve_moe_layers
+from keras_sparse_moe.models.moe_vit.moe_layer_schedule import split_moe_kwargs
+from keras_sparse_moe.presets import PresetMixin
+from keras_sparse_moe.utils.validation import check_capacity_factor
+from keras_sparse_moe.utils.validation import check_choice
+from keras_sparse_moe.utils.validation import check_float
+from keras_sparse_moe.utils.validation import check_int
+
+POOLINGS = ("token", "gap")
+
+
+def _check_rate(name, value):
+    value = check_float(name, value, minimum=0.0)
+    if value >= 1.0:
+        raise ValueError(f"Argument `{name}` must be in [0, 1); received {name}={value}.")
+    return value
+
+
+def _check_image_shape(image_shape, patch_size):
+    """Validated `(image_shape, (patch_h, patch_w))`."""
+    if (
+        not isinstance(image_shape, (list, tuple))
+        or len(image_shape) != 3
+        or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+            for v in image_shape
+        )
+    ):
+        raise ValueError(
+            "Argument `image_shape` must be (height, width, channels) with positive "
+            f"integers; received image_shape={image_shape!r}."
+        )
+    patch = (patch_size, patch_size) if isinstance(patch_size, numbers.Integral) else patch_size
+    if (
+        isinstance(patch_size, bool)
+        or not isinstance(patch, (list, tuple))
+        or len(patch) != 2
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+                   for v in patch)
+    ):
+        raise ValueError(
+            "Argument `patch_size` must be a positive int or a (height, width) pair; "
+            f"received patch_size={patch_size!r}."
+        )
+    height, width = int(image_shape[0]), int(image_shape[1])
+    if height % patch[0] or width % patch[1]:
+        raise ValueError(
+            f"The image size must be divisible by the patch size; received "
+            f"image_shape={tuple(image_shape)} and patch_size={patch_size!r} "
+            f"({height}x{width} is not a multiple of {patch[0]}x{patch[1]})."
+        )
+    return tuple(int(v) for v in image_shape), (int(patch[0]), int(patch[1]))
+
+
+@keras.saving.register_keras_serializable(package="keras_sparse_moe")
+class MoEViTBackbone(PresetMixin, Backbone):
+    """Vision transformer whose MLP blocks are partly sparse MoE (V-MoE).
+
+    Images are cut into patches (a strided `Conv2D`), a class token is
+    prepended when `pooling="token"`, learned position embeddings are added,
+    then `num_layers` pre-LN `MoETransformerEncoderBlock`s run, the blocks in
+    `moe_layers` with a `SparseMoE` MLP of `num_experts` experts of width
+    `mlp_dim` (Riquelme et al. 2021, https://arxiv.org/abs/2106.05974; Soft
+    MoE with `router="soft"`, Puigcerver et al. 2023,
+    https://arxiv.org/abs/2308.00951). A final LayerNorm follows. Output: the
+    token sequence `(batch, tokens, hidden_dim)`, class token first when
+    there is one, like keras-hub's `ViTBackbone`.
+
+    Layer names (stable weight paths): `patching_and_embedding`
+    (`class_token`, `patch_embedding/kernel`, `position_embedding/embeddings`),
+    `encoder_block_{i}` (`norm1`, `attention`, `norm2`, and `mlp_in`/`mlp_out`
+    or `moe/router/kernel`, `moe/experts/kernel_in` ...), `final_norm`.
+
+    Args:
+        image_shape: (height, width, channels), both sides divisible by the
+            patch size.
+        patch_size: int or (int, int).
+        num_layers: int >= 1, transformer blocks.
+        num_heads: int >= 1, dividing `hidden_dim`.
+        hidden_dim: int >= 1, token width.
+        mlp_dim: int >= 1, hidden width of the dense MLPs and of each expert.
+        num_experts: int >= 1, experts per MoE block.
+        top_k: int in [1, num_experts], experts per token (token choice) or
+            the expert-choice `top_k`; unused by the soft router.
+        moe_layers: which blocks are MoE: `"every_N"`, `"last_N"` (the last
+            N odd blocks), `"all"`, `"none"` or a list of block indices (see
+            `resolve_moe_layers`).
+        router: `"token_choice"`, `"expert_choice"` or `"soft"`.
+        capacity_factor: float > 0 or None (dropless), training capacity.
+        eval_capacity_factor: float > 0 or None (same as training).
+        moe_kwargs: None or a dict of extra `SparseMoE` arguments for every
+            MoE block; integer keys map a block index to arguments for that
+            block only, e.g. `{"group_size": 17, 11: {"num_experts": 16}}`.
+        pooling: `"token"` (prepend a class token; classifiers read it) or
+            `"gap"` (no class token; classifiers average the tokens).
+        dropout_rate: float in [0, 1), dropout after the embeddings, the
+            attention and the MLPs.
+        attention_dropout: float in [0, 1).
+        stochastic_depth: float in [0, 1), drop-path rate of the last block,
+            increasing linearly from 0 at the first block.
+        layer_norm_epsilon: float > 0.
+        dtype: None or a dtype policy.
+
+    Example:
+    >>> import numpy as np
+    >>> backbone = MoEViTBackbone(
+    ...     image_shape=(8, 8, 1), patch_size=2, num_layers=2, num_heads=2,
+    ...     hidden_dim=16, mlp_dim=32, num_experts=4, top_k=2)
+    >>> backbone.moe_layer_indices
+    (1,)
+    >>> tuple(backbone(np.zeros((3, 8, 8, 1), "float32")).shape)
+    (3, 17, 16)
+    """
+
+    def __init__(
+        self,
+        image_shape=(224, 224, 3),
+        patch_size=16,
+        num_layers=12,
+        num_heads=12,
+        hidden_dim=768,
+        mlp_dim=3072,
+        num_experts=8,
+        top_k=2,
+        moe_layers="every_2",
+        router="token_choice",
+        capacity_factor=1.25,
+        eval_capacity_factor=None,
+        moe_kwargs=None,
+        pooling="token",
+        dropout_rate=0.0,
+        attention_dropout=0.0,
+        stochastic_depth=0.0,
+        layer_norm_epsilon=1e-6,
+        dtype=None,
+        **kwargs,
+    ):
+        # === Validation ===
+        image_shape, patch = _check_image_shape(image_shape, patch_size)
+        num_layers = check_int("num_layers", num_layers, minimum=1)
+        num_heads = check_int("num_heads", num_heads, minimum=1)
+        hidden_dim = check_int("hidden_dim", hidden_dim, minimum=1)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"Argument `hidden_dim`={hidden_dim} must be divisible by "
+                f"num_heads={num_heads}."
+            )
+        mlp_dim = check_int("mlp_dim", mlp_dim, minimum=1)
+        num_experts = check_int("num_experts", num_experts, minimum=1)
+        top_k = check_int("top_k", top_k, minimum=1, maximum=num_experts)
+        router = check_choice("router", router, ROUTERS)
+        capacity_factor = check_capacity_factor("capacity_factor", capacity_factor)
+        eval_capacity_factor = check_capacity_factor("eval_capacity_factor", eval_capacity_factor)
+        moe_indices = resolve_moe_layers(moe_layers, num_layers)
+        shared_moe, per_block_moe = split_moe_kwargs(moe_kwargs, moe_indices)
+        pooling = check_choice("pooling", pooling, POOLINGS)
+        dropout_rate = _check_rate("dropout_rate", dropout_rate)
+        attention_dropout = _check_rate("attention_dropout", attention_dropout)
+        stochastic_depth = _check_rate("stochastic_depth", stochastic_depth)
+        layer_norm_epsilon = check_float("layer_norm_epsilon", layer_norm_epsilon, 0.0, strict=True)
+
+        # === Layers ===
+        base_moe = {
+            "num_experts": num_experts,
+            "top_k": top_k,
+            "router": router,
+            "capacity_factor": capacity_factor,
+            "eval_capacity_factor": eval_capacity_factor,
+        }
+        embedding = ViTPatchingAndEmbedding(
+            image_size=image_shape[:2],
+            patch_size=patch,
+            hidden_dim=hidden_dim,
+            num_channels=image_shape[2],
+            use_class_token=pooling == "token",
+            dtype=dtype,
+            name="patching_and_embedding",
+        )
+        embedding_dropout = keras.layers.Dropout(
+            dropout_rate, dtype=dtype, name="embedding_dropout"
+        )
+        blocks = []
+        for index in range(num_layers):
+            moe = None
+            if index in moe_indices:
+                moe = block_moe_arguments(index, base_moe, shared_moe, per_block_moe)
+            blocks.append(
+                MoETransformerEncoderBlock(
+                    num_heads=num_heads,
+                    mlp_dim=mlp_dim,
+                    moe=moe,
+                    dropout_rate=dropout_rate,
+                    attention_dropout=attention_dropout,
+                    stochastic_depth=stochastic_depth * index / max(num_layers - 1, 1),
+                    layer_norm_epsilon=layer_norm_epsilon,
+                    dtype=dtype,
+                    name=f"encoder_block_{index}",
+                )
+            )
+        final_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm"
+        )
+
+        # === Functional model ===
+        inputs = keras.Input(shape=image_shape, name="images")
+        x = embedding_dropout(embedding(inputs))
+        for block in blocks:
+            x = block(x)
+        outputs = final_norm(x)
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.image_shape = image_shape
+        self.patch_size = patch_size if isinstance(patch_size, numbers.Integral) else patch
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.mlp_dim = mlp_dim
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.moe_layers = list(moe_layers) if isinstance(moe_layers, (list, tuple)) else moe_layers
+        self.router = router
+        self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = eval_capacity_factor
+        self.moe_kwargs = None if moe_kwargs is None else dict(moe_kwargs)
+        self.pooling = pooling
+        self.dropout_rate = dropout_rate
+        self.attention_dropout = attention_dropout
+        self.stochastic_depth = stochastic_depth
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.moe_layer_indices = moe_indices
+        self.grid_size = (image_shape[0] // patch[0], image_shape[1] // patch[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.num_tokens = self.num_patches + (1 if pooling == "token" else 0)
+
+    @property
+    def encoder_blocks(self):
+        """The `MoETransformerEncoderBlock`s, in order."""
+        return [self.get_layer(f"encoder_block_{i}") for i in range(self.num_layers)]
+
+    @property
+    def sparse_moe_layers(self):
+        """The `SparseMoE` layers of the MoE blocks, in block order."""
+        return [self.get_layer(f"encoder_block_{i}").mlp for i in self.moe_layer_indices]
+
+    def get_config(self):
+        config = super().get_config()
+        moe_kwargs = self.moe_kwargs
+        if moe_kwargs is not None:
+            # JSON object keys are strings; block indices come back as digit strings.
+            moe_kwargs = {str(k): v for k, v in moe_kwargs.items()}
+        config.update(
+            {
+                "image_shape": self.image_shape,
+                "patch_size": self.patch_size,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "hidden_dim": self.hidden_dim,
+                "mlp_dim": self.mlp_dim,
+                "num_experts": self.num_experts,
+                "top_k": self.top_k,
+                "moe_layers": self.moe_layers,
+                "router": self.router,
+                "capacity_factor": self.capacity_factor,
+                "eval_capacity_factor": self.eval_capacity_factor,
+                "moe_kwargs": moe_kwargs,
+                "pooling": self.pooling,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout": self.attention_dropout,
+                "stochastic_depth": self.stochastic_depth,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config
+
+    @classmethod
+    def param_counts_from_config(cls, config):
+        """Trainable and active-per-token parameter counts of the backbone
+        `config` would build, without building it (`moe_vit_param_counts`).
+
+        Example:
+        >>> MoEViTBackbone.param_counts_from_config(
+        ...     {"image_shape": (8, 8, 1), "patch_size": 4, "num_layers": 1,
+        ...      "num_heads": 1, "hidden_dim": 4, "mlp_dim": 8, "moe_layers": "none"})
+        {'total': 272, 'active': 272}
+        """
+        from keras_sparse_moe.models.moe_vit.moe_vit_params import moe_vit_param_counts
+
+        return moe_vit_param_counts(config)

@@ -1,0 +1,34 @@
+"""Image converter (resize, rescale, normalise) for MoE-ViT models."""
+
+import keras
+from keras_hub.layers import ImageConverter
+
+from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
+
+
+@keras.saving.register_keras_serializable(package="keras_sparse_moe")
+class MoEViTImageConverter(ImageConverter):
+    """Resizes images to the backbone's `image_shape[:2]`, then computes
+    `image * scale + offset` (per channel when given as tuples).
+
+    keras-hub's `ImageConverter` for `MoEViTBackbone`; it is saved with a
+    preset as `image_converter.json`. Typical settings: `scale=1/16` for the
+    0..16 valued 8x8 digits, `scale=1/127.5, offset=-1` for RGB images in
+    [0, 255] mapped to [-1, 1] (V-MoE), or ImageNet mean/std via per-channel
+    `scale=[1/(255*s) for s in std]`, `offset=[-m/s for m, s in zip(mean, std)]`.
+
+    Args:
+        image_size: (height, width) or None (no resizing).
+        scale: float, per-channel tuple, or None.
+        offset: float, per-channel tuple, or None.
+        **kwargs: other `keras_hub.layers.ImageConverter` arguments
+            (`interpolation`, `crop_to_aspect_ratio`, `antialias`, ...).
+
+    Example:
+    >>> import numpy as np
+    >>> converter = MoEViTImageConverter(image_size=(8, 8), scale=1 / 16)
+    >>> tuple(converter(np.full((2, 16, 16, 1), 16.0, "float32")).shape)
+    (2, 8, 8, 1)
+    """
+
+    backbone_cls = MoEViTBackbone

@@ -1,0 +1,150 @@
+"""Architecture presets of the MoE-ViT family (no pretrained weights ship)."""
+
+import functools
+
+from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
+from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier import MoEViTImageClassifier
+from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier_preprocessor import (
+    MoEViTImageClassifierPreprocessor,
+)
+from keras_sparse_moe.presets import register_preset
+
+VMOE_PAPER = (
+    "Riquelme et al. 2021, Scaling Vision with Sparse Mixture of Experts, "
+    "https://arxiv.org/abs/2106.05974"
+)
+SOFT_MOE_PAPER = (
+    "Puigcerver et al. 2023, From Sparse to Soft Mixtures of Experts, "
+    "https://arxiv.org/abs/2308.00951"
+)
+NO_WEIGHTS = "No pretrained weights ship: the model starts from random initialisation."
+
+# RGB in [0, 255] -> [-1, 1], as in the V-MoE / big_vision input pipelines.
+rgb_preprocessor = functools.partial(
+    MoEViTImageClassifierPreprocessor.for_backbone, scale=1 / 127.5, offset=-1.0
+)
+# scikit-learn's 8x8 digits take values 0..16.
+digits_preprocessor = functools.partial(
+    MoEViTImageClassifierPreprocessor.for_backbone, scale=1 / 16
+)
+
+
+def _vit(patch_size, num_layers, hidden_dim, mlp_dim, num_heads):
+    return {
+        "image_shape": (224, 224, 3),
+        "patch_size": patch_size,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "hidden_dim": hidden_dim,
+        "mlp_dim": mlp_dim,
+    }
+
+
+backbone_presets = {
+    "vmoe_s32_e8_k2_last2": {
+        "config": {
+            **_vit(32, 8, 512, 2048, 8),
+            "num_experts": 8,
+            "top_k": 2,
+            "moe_layers": "last_2",
+        },
+        "description": (
+            "V-MoE-S/32: ViT-S/32 (8 blocks, width 512, MLP 2048, 8 heads, 224x224 "
+            "images) with 8 experts, top-2 token-choice routing with Batch Priority "
+            "Routing, MoE in the last 2 odd blocks (5, 7). " + NO_WEIGHTS
+        ),
+        "paper": VMOE_PAPER,
+        "preprocessor": rgb_preprocessor,
+    },
+    "vmoe_b16_e8_k2_every2": {
+        "config": {
+            **_vit(16, 12, 768, 3072, 12),
+            "num_experts": 8,
+            "top_k": 2,
+            "moe_layers": "every_2",
+        },
+        "description": (
+            "V-MoE-B/16: ViT-B/16 (12 blocks, width 768, MLP 3072, 12 heads, 224x224 "
+            "images) with 8 experts, top-2 token-choice routing, MoE in every other "
+            "block. " + NO_WEIGHTS
+        ),
+        "paper": VMOE_PAPER,
+        "preprocessor": rgb_preprocessor,
+    },
+    "vmoe_l16_e8_k2_every2": {
+        "config": {
+            **_vit(16, 24, 1024, 4096, 16),
+            "num_experts": 8,
+            "top_k": 2,
+            "moe_layers": "every_2",
+        },
+        "description": (
+            "V-MoE-L/16: ViT-L/16 (24 blocks, width 1024, MLP 4096, 16 heads, 224x224 "
+            "images) with 8 experts, top-2 token-choice routing, MoE in every other "
+            "block (~1.0B parameters). " + NO_WEIGHTS
+        ),
+        "paper": VMOE_PAPER,
+        "preprocessor": rgb_preprocessor,
+    },
+    "soft_moe_b16_e128_last6": {
+        "config": {
+            **_vit(16, 12, 768, 3072, 12),
+            "num_experts": 128,
+            "top_k": 1,
+            "router": "soft",
+            "moe_layers": [6, 7, 8, 9, 10, 11],
+            "moe_kwargs": {"slots_per_expert": 1},
+        },
+        "description": (
+            "Soft MoE-B/16: ViT-B/16 (224x224 images) whose last 6 blocks (6-11) are "
+            "Soft MoE layers with 128 experts of 1 slot each. " + NO_WEIGHTS
+        ),
+        "paper": SOFT_MOE_PAPER,
+        "preprocessor": rgb_preprocessor,
+    },
+}
+
+classifier_presets = {
+    "moe_vit_tiny": {
+        "config": {
+            "image_shape": (8, 8, 1),
+            "patch_size": 2,
+            "num_layers": 4,
+            "num_heads": 4,
+            "hidden_dim": 64,
+            "mlp_dim": 128,
+            "num_experts": 8,
+            "top_k": 2,
+            "moe_layers": "every_2",
+        },
+        "task_config": {"num_classes": 10},
+        "description": (
+            "Tiny CPU V-MoE classifier for 8x8 grayscale digits (scikit-learn's "
+            "load_digits, values 0..16): patch 2 (16 patches + class token), 4 blocks "
+            "of width 64, MLP 128, 4 heads, 8 experts top-2 in blocks 1 and 3, 10 "
+            "classes (~0.37M parameters). Architecture of V-MoE at toy scale. "
+            + NO_WEIGHTS
+        ),
+        "paper": VMOE_PAPER,
+        "preprocessor": digits_preprocessor,
+    },
+}
+
+
+def register_moe_vit_presets():
+    """Register the presets above (called when `keras_sparse_moe.models` is
+    imported)."""
+    for name, preset in {**backbone_presets, **classifier_presets}.items():
+        is_task = "task_config" in preset
+        register_preset(
+            name,
+            family="moe_vit",
+            description=preset["description"],
+            paper=preset["paper"],
+            backbone_cls=MoEViTBackbone,
+            backbone_config=preset["config"],
+            task_cls=MoEViTImageClassifier if is_task else None,
+            task_config=preset.get("task_config"),
+            preprocessor=preset["preprocessor"],
+            overwrite=True,
+        )

@@ -1,0 +1,818 @@
+"""Preset registry: named model configurations, optionally with shipped weights.
+
+A *preset* names a model configuration (and, when weights ship, a
+keras-hub-format preset directory). Model families register their presets
+at import time; users build them by name:
+
+>>> import keras_sparse_moe
+>>> model = keras_sparse_moe.presets.from_preset("moe_vit_tiny", load_weights=False)
+>>> type(model).__name__
+'MoEViTImageClassifier'
+
+Public API:
+
+- `register_preset(name, *, family, description, ...)`: add a preset (see its
+  docstring for the two kinds: built from a config, or loaded from a
+  shipped preset directory).
+- `get_preset(name)`: the registered `PresetSpec`.
+- `list_presets(family=None, params=True)`: one dict per preset (name,
+  family, classes, parameter counts, whether weights ship, description).
+- `from_preset(preset, load_weights=True, **overrides)`: build a registered
+  preset, or load a keras-hub-format preset directory / `hf://` /
+  `kaggle://` handle. Returns the task when the preset has one, else the
+  backbone. `overrides` are routed by name to the backbone or the task
+  constructor.
+- `save_to_preset(model, directory)`: atomic keras-hub-format save of a
+  backbone or task.
+- `PresetMixin`: gives a keras-hub `Backbone` / `Task` subclass a
+  `from_preset` that looks in this registry first, and an atomic
+  `save_to_preset`.
+
+A preset directory holds `config.json` (backbone), `model.weights.h5`,
+`metadata.json` and, for a task, `task.json`, `task.weights.h5`,
+`preprocessor.json` plus converter configs / `assets/`. Loading goes through
+keras-hub's loader, in Keras safe mode (no lambdas, no pickle).
+"""
+
+import dataclasses
+import difflib
+import inspect
+import json
+import os
+import re
+import threading
+
+import keras
+import keras_hub
+from keras_hub.src.utils import preset_utils
+from keras_hub.src.utils.python_utils import classproperty
+
+PRESETS_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets_data")
+"""Directory of preset directories shipped inside the package."""
+
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+_CONFIG_FILE = "config.json"
+_TASK_CONFIG_FILE = "task.json"
+_WEIGHTS_FILE = "model.weights.h5"
+_SHARDED_WEIGHTS_FILE = "model.weights.json"
+_TASK_WEIGHTS_FILE = "task.weights.h5"
+_JSON_FILES = (
+    _CONFIG_FILE,
+    _TASK_CONFIG_FILE,
+    "metadata.json",
+    "preprocessor.json",
+    "image_converter.json",
+    "tokenizer.json",
+    "audio_converter.json",
+    "video_converter.json",
+    _SHARDED_WEIGHTS_FILE,
+)
+
+_REGISTRY = {}
+_PARAM_CACHE = {}
+_SAVING = threading.local()
+
+
+@dataclasses.dataclass(frozen=True)
+class PresetSpec:
+    """One registered preset (see `register_preset` for the fields)."""
+
+    name: str
+    family: str
+    description: str
+    backbone_cls: type = None
+    backbone_config: dict = None
+    task_cls: type = None
+    task_config: dict = None
+    preprocessor: object = None
+    weights: str = None
+    paper: str = None
+
+    @property
+    def has_weights(self):
+        """Whether the preset ships trained weights."""
+        return self.weights is not None
+
+    @property
+    def weights_path(self):
+        """The preset directory (or hub handle) holding the weights, or None."""
+        if self.weights is None or "://" in self.weights or os.path.isabs(self.weights):
+            return self.weights
+        return os.path.join(PRESETS_DATA_DIR, self.weights)
+
+
+# --------------------------------------------------------------------------
+# Registration and listing
+# --------------------------------------------------------------------------
+def register_preset(
+    name,
+    *,
+    family,
+    description,
+    backbone_cls=None,
+    backbone_config=None,
+    task_cls=None,
+    task_config=None,
+    preprocessor=None,
+    weights=None,
+    paper=None,
+    overwrite=False,
+):
+    """Register a named preset.
+
+    Two kinds of presets:
+
+    1. *Architecture presets* (no weights): give `backbone_cls` and
+       `backbone_config` (constructor kwargs), and for a task also
+       `task_cls`, `task_config` (task kwargs other than `backbone` and
+       `preprocessor`, e.g. `{"num_classes": 10}`) and `preprocessor`.
+       `from_preset` builds `backbone_cls(**backbone_config)`, then
+       `preprocessor(backbone)` and
+       `task_cls(backbone=..., preprocessor=..., **task_config)`.
+    2. *Weight presets*: give `weights`, a keras-hub-format preset directory
+       (as written by `save_to_preset`); a relative path is resolved against
+       `PRESETS_DATA_DIR` (`keras_sparse_moe/presets_data/`), an absolute
+       path or an `hf://` / `kaggle://` handle is used as is. The model
+       classes and configs are read from the directory, so the
+       `*_cls`/`*_config` arguments may be omitted (if given they are only
+       used for listing).
+
+    Args:
+        name: str, lower-case letters, digits and underscores.
+        family: str, model family, e.g. `"moe_vit"`.
+        description: str, one or two sentences; cite the paper and say
+            whether weights ship.
+        backbone_cls: a `keras_hub.models.Backbone` subclass.
+        backbone_config: dict of `backbone_cls` constructor kwargs.
+        task_cls: None or a `keras_hub.models.Task` subclass.
+        task_config: None or dict of task kwargs.
+        preprocessor: None or a callable `preprocessor(backbone)` returning
+            the task's preprocessor layer (or None).
+        weights: None or the preset directory / handle with the weights.
+        paper: None or a str reference (e.g. an arXiv URL).
+        overwrite: bool, replace an existing preset of the same name.
+
+    Returns:
+        The registered `PresetSpec`.
+
+    Example:
+    >>> from keras_sparse_moe.models import MoEViTBackbone
+    >>> spec = register_preset(
+    ...     "my_vit_demo", family="moe_vit", description="A demo, no weights.",
+    ...     backbone_cls=MoEViTBackbone,
+    ...     backbone_config=dict(image_shape=(8, 8, 1), patch_size=4, num_layers=2,
+    ...         num_heads=2, hidden_dim=16, mlp_dim=32, num_experts=4),
+    ...     overwrite=True)
+    >>> from_preset("my_vit_demo").moe_layer_indices
+    (1,)
+    >>> unregister_preset("my_vit_demo")
+    """
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+        raise ValueError(
+            "Argument `name` must be a non-empty string of lower-case letters, digits and "
+            f"underscores; received name={name!r}."
+        )
+    _ensure_builtin_presets()
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(
+            f"A preset named '{name}' is already registered (family "
+            f"'{_REGISTRY[name].family}'). Pass overwrite=True to replace it."
+        )
+    for arg, value in (("family", family), ("description", description)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"Argument `{arg}` must be a non-empty string; received {value!r}.")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            "Argument `weights` must be None or a preset directory / hub handle string; "
+            f"received weights={weights!r}."
+        )
+    if weights is None and backbone_cls is None:
+        raise ValueError(
+            f"Preset '{name}': pass `backbone_cls` and `backbone_config` (an architecture "
+            "preset) or `weights` (a preset directory)."
+        )
+    for arg, cls in (("backbone_cls", backbone_cls), ("task_cls", task_cls)):
+        if cls is not None and not inspect.isclass(cls):
+            raise ValueError(f"Argument `{arg}` must be a class; received {cls!r}.")
+    for arg, config in (("backbone_config", backbone_config), ("task_config", task_config)):
+        if config is not None and not isinstance(config, dict):
+            raise ValueError(f"Argument `{arg}` must be a dict or None; received {config!r}.")
+    if task_config and task_cls is None:
+        raise ValueError(f"Preset '{name}': `task_config` was given without `task_cls`.")
+    if preprocessor is not None and not callable(preprocessor):
+        raise ValueError(
+            "Argument `preprocessor` must be None or a callable taking the backbone; "
+            f"received {preprocessor!r}."
+        )
+    spec = PresetSpec(
+        name=name,
+        family=family,
+        description=description.strip(),
+        backbone_cls=backbone_cls,
+        backbone_config=dict(backbone_config or {}),
+        task_cls=task_cls,
+        task_config=dict(task_config or {}),
+        preprocessor=preprocessor,
+        weights=None if weights is None else os.fspath(weights),
+        paper=paper,
+    )
+    _REGISTRY[name] = spec
+    _PARAM_CACHE.pop(name, None)
+    return spec
+
+
+def unregister_preset(name):
+    """Remove a registered preset (no error if it is absent).
+
+    Example:
+    >>> unregister_preset("no_such_preset")
+    """
+    _REGISTRY.pop(name, None)
+    _PARAM_CACHE.pop(name, None)
+
+
+def get_preset(name):
+    """The `PresetSpec` registered as `name`.
+
+    Raises a `ValueError` naming the closest registered names if unknown.
+
+    Example:
+    >>> get_preset("moe_vit_tiny").family
+    'moe_vit'
+    """
+    _ensure_builtin_presets()
+    if name not in _REGISTRY:
+        raise ValueError(_unknown_preset_message(name))
+    return _REGISTRY[name]
+
+
+def list_presets(family=None, params=True):
+    """Describe the registered presets.
+
+    Args:
+        family: None (all) or a family name, e.g. `"moe_vit"`.
+        params: bool, include the backbone's trainable and active-per-token
+            parameter counts (see `keras_sparse_moe.profile` for what counts
+            as active), computed once per preset and cached: by the backbone
+            class's `param_counts_from_config(config)` class method when it
+            has one (returning `{"total": int, "active": int}` without
+            allocating weights, so paper-sized presets are cheap), otherwise
+            by `keras_sparse_moe.profile.profile_config`.
+
+    Returns:
+        A list of dicts sorted by family and name, with keys `name`, `family`,
+        `backbone`, `task` (class names or None), `params_total`,
+        `params_active` (parameters used per token; None when `params=False`),
+        `has_weights`, `weights`, `description`, `paper`.
+
+    Example:
+    >>> rows = list_presets(family="moe_vit")
+    >>> "moe_vit_tiny" in [row["name"] for row in rows]
+    True
+    """
+    _ensure_builtin_presets()
+    families = sorted({spec.family for spec in _REGISTRY.values()})
+    if family is not None and family not in families:
+        close = difflib.get_close_matches(str(family), families, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"Argument `family` must be None or one of {families}; received {family!r}.{hint}"
+        )
+    rows = []
+    for spec in sorted(_REGISTRY.values(), key=lambda s: (s.family, s.name)):
+        if family is not None and spec.family != family:
+            continue
+        counts = _param_counts(spec) if params else {"total": None, "active": None}
+        backbone_cls, _, task_cls, _ = _spec_classes_and_configs(spec)
+        rows.append(
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "backbone": getattr(backbone_cls, "__name__", None),
+                "task": getattr(task_cls, "__name__", None),
+                "params_total": counts["total"],
+                "params_active": counts["active"],
+                "has_weights": spec.has_weights,
+                "weights": spec.weights_path,
+                "description": spec.description,
+                "paper": spec.paper,
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------
+def from_preset(preset, load_weights=True, **overrides):
+    """Build or load a model from a preset.
+
+    Args:
+        preset: a registered preset name (see `list_presets()`), a path to a
+            keras-hub-format preset directory, or an `hf://` / `kaggle://`
+            handle (read with keras-hub's loader).
+        load_weights: bool, load the weights when the preset has them.
+            Architecture presets always start from random weights.
+        **overrides: constructor arguments replacing the preset's, routed by
+            name: backbone arguments (e.g. `image_shape`, `num_experts`,
+            `dtype`) go to the backbone, the others (e.g. `num_classes`) to
+            the task. Overriding `num_classes` skips loading the head weights.
+
+    Returns:
+        The task model if the preset has one, otherwise the backbone.
+
+    Example:
+    >>> model = from_preset("moe_vit_tiny", load_weights=False, num_experts=4)
+    >>> model.backbone.num_experts
+    4
+    """
+    return _load(preset, cls=None, load_weights=load_weights, overrides=overrides)
+
+
+def _load(preset, cls, load_weights, overrides):
+    """Shared by `from_preset` and `PresetMixin.from_preset`.
+
+    `cls` None returns what the preset holds; a Backbone subclass returns
+    the backbone; a Task subclass returns a task of that class.
+    """
+    if isinstance(preset, os.PathLike):
+        preset = os.fspath(preset)
+    if not isinstance(preset, str) or not preset:
+        raise ValueError(
+            "Argument `preset` must be a preset name, a preset directory path or an "
+            f"'hf://' / 'kaggle://' handle; received preset={preset!r}."
+        )
+    if not isinstance(load_weights, bool):
+        raise ValueError(f"Argument `load_weights` must be a bool; received {load_weights!r}.")
+    _ensure_builtin_presets()
+    if preset in _REGISTRY:
+        spec = _REGISTRY[preset]
+        if spec.has_weights:
+            path = spec.weights_path
+            if "://" not in path and not os.path.isdir(path):
+                raise FileNotFoundError(
+                    f"Preset '{preset}' keeps its weights in the preset directory '{path}', "
+                    "which does not exist (reinstall keras-sparse-moe, or register the "
+                    "preset again with the right `weights` path)."
+                )
+            return _load_directory(path, cls, load_weights, overrides, label=preset)
+        return _build_from_spec(spec, cls, overrides)
+    if os.path.exists(preset):
+        if not os.path.isdir(preset):
+            raise ValueError(
+                f"Preset path '{preset}' is a file; a preset is a directory holding "
+                f"{_CONFIG_FILE} (write one with keras_sparse_moe.presets.save_to_preset)."
+            )
+        return _load_directory(preset, cls, load_weights, overrides, label=preset)
+    if "://" in preset:
+        return _load_directory(preset, cls, load_weights, overrides, label=preset)
+    if preset in preset_utils.BUILTIN_PRESETS:
+        return _keras_hub_from_preset(cls, preset, load_weights, overrides)
+    raise ValueError(_unknown_preset_message(preset))
+
+
+def _keras_hub_from_preset(cls, preset, load_weights, overrides):
+    """keras-hub's own `from_preset` (built-in keras-hub names, or
+    Transformers / timm checkpoints that keras-hub converts)."""
+    if cls is None:
+        method = keras_hub.models.Backbone.from_preset
+    elif issubclass(cls, PresetMixin):
+        method = super(PresetMixin, cls).from_preset
+    else:
+        method = cls.from_preset
+    return method(preset, load_weights=load_weights, **overrides)
+
+
+def _build_from_spec(spec, cls, overrides):
+    """Build an architecture preset with random weights."""
+    backbone_cls, backbone_config, task_cls, task_config = _spec_classes_and_configs(spec)
+    want_task = _wants_task(cls, task_cls)
+    if cls is not None:
+        _check_compatible(spec.name, cls, backbone_cls, task_cls)
+        if want_task:
+            task_cls = cls if task_cls is None or not issubclass(task_cls, cls) else task_cls
+    backbone_over, task_over = _split_overrides(
+        spec.name, overrides, backbone_cls, task_cls if want_task else None
+    )
+    backbone = _construct(
+        spec.name, backbone_cls, {**backbone_config, **backbone_over}, backbone_over
+    )
+    if not want_task:
+        return backbone
+    preprocessor = spec.preprocessor(backbone) if spec.preprocessor is not None else None
+    kwargs = {**(task_config if task_cls is spec.task_cls else {}), **task_over}
+    task_kwargs = {"backbone": backbone, "preprocessor": preprocessor, **kwargs}
+    return _construct(spec.name, task_cls, task_kwargs, task_over)
+
+
+def _load_directory(preset, cls, load_weights, overrides, label):
+    """Load a keras-hub-format preset through keras-hub's loader."""
+    if os.path.isdir(preset):
+        _check_preset_directory(preset, load_weights)
+    try:
+        loader = preset_utils.get_preset_loader(preset)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"Preset '{label}': a JSON file is corrupt: {error}") from error
+    if not isinstance(loader, preset_utils.KerasPresetLoader):
+        return _keras_hub_from_preset(cls, preset, load_weights, overrides)
+    backbone_cls = _registered_class(loader.config, preset, _CONFIG_FILE)
+    task_config = None
+    task_cls = None
+    if preset_utils.check_file_exists(preset, _TASK_CONFIG_FILE):
+        task_config = preset_utils.load_json(preset, _TASK_CONFIG_FILE)
+        task_cls = _registered_class(task_config, preset, _TASK_CONFIG_FILE)
+    want_task = _wants_task(cls, task_cls)
+    if cls is not None:
+        _check_compatible(label, cls, backbone_cls, task_cls)
+        if want_task and (task_cls is None or not issubclass(task_cls, cls)):
+            task_cls, task_config = cls, None
+    backbone_over, task_over = _split_overrides(
+        label, overrides, backbone_cls, task_cls if want_task else None
+    )
+    loader = _OverrideLoader(preset, loader.config, backbone_over, label)
+    if not want_task:
+        return loader.load_backbone(backbone_cls, load_weights)
+    if task_config is not None:
+        # keras-hub's task loader takes `dtype` itself and hands it to the backbone.
+        dtype = backbone_over.pop("dtype", None) or _default_dtype(loader.config)
+        task = loader.load_task(
+            task_cls, load_weights, "num_classes" not in task_over, dtype=dtype, **task_over
+        )
+    else:
+        backbone = loader.load_backbone(backbone_cls, load_weights)
+        preprocessor = None
+        has_preprocessing = any(
+            preset_utils.check_file_exists(preset, name)
+            for name in ("preprocessor.json", "image_converter.json", "tokenizer.json")
+        )
+        if task_cls.preprocessor_cls is not None and has_preprocessing:
+            preprocessor = loader.load_preprocessor(task_cls.preprocessor_cls)
+        task_kwargs = {"backbone": backbone, "preprocessor": preprocessor, **task_over}
+        task = _construct(label, task_cls, task_kwargs, task_over)
+    if "image_shape" in backbone_over:
+        _align_image_converter(task)
+    return task
+
+
+def _default_dtype(config):
+    """The dtype to load a task in when the caller gives none.
+
+    keras-hub loads a preset saved with a float policy in the current global
+    policy, but fails on a saved mixed policy (e.g. "mixed_bfloat16"); give
+    those the current global policy too. Anything else (None, quantized
+    policy maps) is left to keras-hub.
+    """
+    saved = config.get("config", {}).get("dtype")
+    name = saved.get("config", {}).get("name") if isinstance(saved, dict) else None
+    if isinstance(name, str) and name.startswith("mixed_"):
+        return keras.config.dtype_policy()
+    return None
+
+
+class _OverrideLoader(preset_utils.KerasPresetLoader):
+    """keras-hub's Keras preset loader, also forwarding backbone overrides
+    (keras-hub itself only forwards `dtype` and `image_shape`) and naming the
+    preset when its weights do not load."""
+
+    def __init__(self, preset, config, backbone_overrides, label):
+        super().__init__(preset, config)
+        self.backbone_overrides = dict(backbone_overrides)
+        self.label = label
+
+    def get_backbone_kwargs(self, **kwargs):
+        backbone_kwargs, kwargs = super().get_backbone_kwargs(**kwargs)
+        backbone_kwargs.update(self.backbone_overrides)
+        return backbone_kwargs, kwargs
+
+    def _load_backbone_weights(self, backbone):
+        try:
+            super()._load_backbone_weights(backbone)
+        except (ValueError, TypeError, KeyError) as error:
+            changed = {k: v for k, v in self.backbone_overrides.items() if k != "dtype"}
+            hint = (
+                f" The overrides {changed} change the architecture; pass "
+                "load_weights=False to start from random weights."
+                if changed
+                else ""
+            )
+            raise ValueError(
+                f"Cannot load the backbone weights of preset '{self.label}': {error}.{hint}"
+            ) from error
+
+
+def _check_preset_directory(path, load_weights):
+    """Fail early, naming the file, on a missing or corrupt preset file."""
+    config_path = os.path.join(path, _CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(
+            f"Preset directory '{path}' has no {_CONFIG_FILE}; a preset directory is "
+            "written by keras_sparse_moe.presets.save_to_preset (or keras-hub's "
+            "save_to_preset)."
+        )
+    for name in _JSON_FILES:
+        file_path = os.path.join(path, name)
+        if os.path.isfile(file_path):
+            try:
+                with open(file_path, encoding="utf-8") as handle:
+                    json.load(handle)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ValueError(
+                    f"Preset file '{file_path}' is not valid JSON ({error}); the preset "
+                    "directory is corrupt."
+                ) from error
+    if not load_weights:
+        return
+    weights = os.path.join(path, _WEIGHTS_FILE)
+    sharded = os.path.join(path, _SHARDED_WEIGHTS_FILE)
+    if not os.path.isfile(weights) and not os.path.isfile(sharded):
+        raise FileNotFoundError(
+            f"Preset directory '{path}' has no weights file {_WEIGHTS_FILE}; pass "
+            "load_weights=False to build the model with random weights."
+        )
+    import h5py
+
+    for name in (_WEIGHTS_FILE, _TASK_WEIGHTS_FILE):
+        file_path = os.path.join(path, name)
+        if os.path.isfile(file_path) and not h5py.is_hdf5(file_path):
+            raise ValueError(
+                f"Preset weights file '{file_path}' is not a valid HDF5 file; the preset "
+                "directory is corrupt."
+            )
+
+
+def _registered_class(config, preset, filename):
+    if not isinstance(config, dict) or "registered_name" not in config:
+        raise ValueError(
+            f"Preset file '{filename}' in '{preset}' is not a serialized Keras object "
+            "(no 'registered_name')."
+        )
+    return preset_utils.check_config_class(config)
+
+
+# --------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------
+def save_to_preset(model, directory, max_shard_size=10):
+    """Save a keras-hub `Backbone` or `Task` as a preset directory, atomically.
+
+    Everything is written to a temporary directory beside `directory`, which
+    then replaces `directory` by renames, so a crash never leaves a half
+    written preset. An existing `directory` must be empty or a preset
+    directory (holding `config.json`); anything else is refused.
+
+    Args:
+        model: a `keras_hub.models.Backbone` or `keras_hub.models.Task`.
+        directory: path of the preset directory to write.
+        max_shard_size: float or None, keras-hub weight sharding size in GB.
+
+    Returns:
+        The absolute path of the preset directory.
+
+    Example:
+    >>> import tempfile, os
+    >>> model = from_preset("moe_vit_tiny")
+    >>> path = save_to_preset(model, os.path.join(tempfile.mkdtemp(), "tiny"))
+    >>> sorted(f for f in os.listdir(path) if f.endswith(".json"))[:2]
+    ['config.json', 'image_converter.json']
+    """
+    if not isinstance(model, (keras_hub.models.Backbone, keras_hub.models.Task)):
+        raise ValueError(
+            "Argument `model` must be a keras_hub.models.Backbone or keras_hub.models.Task "
+            f"(e.g. a keras_sparse_moe model); received {type(model).__name__}."
+        )
+    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+        raise ValueError(f"Argument `directory` must be a path; received {directory!r}.")
+    target = os.path.abspath(os.fspath(directory))
+    if os.path.exists(target):
+        if not os.path.isdir(target):
+            raise ValueError(f"Cannot save a preset to '{target}': it is a file.")
+        if os.listdir(target) and not os.path.isfile(os.path.join(target, _CONFIG_FILE)):
+            raise ValueError(
+                f"Refusing to replace '{target}': it is a non-empty directory that is not "
+                f"a preset (no {_CONFIG_FILE})."
+            )
+    from keras_sparse_moe.utils.io import atomic_directory
+
+    with atomic_directory(target) as tmp:
+        _SAVING.active = True
+        try:
+            model.save_to_preset(tmp, max_shard_size=max_shard_size)
+        finally:
+            _SAVING.active = False
+        _stamp_metadata(tmp)
+    return target
+
+
+def _stamp_metadata(path):
+    """Record the keras-sparse-moe version beside keras-hub's metadata."""
+    metadata_path = os.path.join(path, "metadata.json")
+    metadata = {}
+    if os.path.isfile(metadata_path):
+        with open(metadata_path, encoding="utf-8") as handle:
+            metadata = json.load(handle)
+    from keras_sparse_moe import __version__
+
+    metadata["keras_sparse_moe_version"] = __version__
+    with open(metadata_path, "w", encoding="utf-8") as handle:
+        json.dump(metadata, handle, indent=4)
+
+
+# --------------------------------------------------------------------------
+# Mixin for model classes
+# --------------------------------------------------------------------------
+class PresetMixin:
+    """Registry-aware `from_preset` and atomic `save_to_preset` for keras-hub
+    `Backbone` / `Task` subclasses. Put it first in the bases:
+    `class MyBackbone(PresetMixin, keras_hub.models.Backbone)`.
+
+    Example:
+    >>> from keras_sparse_moe.models import MoEViTBackbone
+    >>> MoEViTBackbone.from_preset("moe_vit_tiny").hidden_dim
+    64
+    """
+
+    @classproperty
+    def presets(cls):
+        """Registered presets this class can be built from: {name: PresetSpec}."""
+        _ensure_builtin_presets()
+        usable = {}
+        for spec in _REGISTRY.values():
+            backbone_cls, _, task_cls, _ = _spec_classes_and_configs(spec)
+            try:
+                _check_compatible(spec.name, cls, backbone_cls, task_cls)
+            except ValueError:
+                continue
+            usable[spec.name] = spec
+        return usable
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Build `preset` (a registered name, a preset directory or a hub
+        handle) as an instance of this class; see
+        `keras_sparse_moe.presets.from_preset` for the arguments."""
+        return _load(preset, cls=cls, load_weights=load_weights, overrides=kwargs)
+
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """Atomically save this model as a keras-hub-format preset directory."""
+        if getattr(_SAVING, "active", False):
+            return super().save_to_preset(preset_dir, max_shard_size=max_shard_size)
+        return save_to_preset(self, preset_dir, max_shard_size=max_shard_size)
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+def _ensure_builtin_presets():
+    """Import the model families, which register their presets."""
+    import keras_sparse_moe.models  # noqa: F401
+
+
+def _unknown_preset_message(name):
+    names = sorted(_REGISTRY)
+    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return (
+        f"Unknown preset {name!r}.{hint} Call keras_sparse_moe.presets.list_presets() to "
+        "see the registered presets; a preset may also be a path to a preset directory or "
+        "an 'hf://' / 'kaggle://' handle."
+    )
+
+
+def _spec_classes_and_configs(spec):
+    """(backbone_cls, backbone_config, task_cls, task_config) of a spec,
+    read from its preset directory for weight presets without classes."""
+    if spec.backbone_cls is not None or not spec.has_weights:
+        return spec.backbone_cls, spec.backbone_config, spec.task_cls, spec.task_config
+    path = spec.weights_path
+    if not os.path.isdir(path):
+        return None, {}, None, {}
+    with open(os.path.join(path, _CONFIG_FILE), encoding="utf-8") as handle:
+        config = json.load(handle)
+    backbone_cls = _registered_class(config, path, _CONFIG_FILE)
+    task_cls, task_config = None, {}
+    task_path = os.path.join(path, _TASK_CONFIG_FILE)
+    if os.path.isfile(task_path):
+        with open(task_path, encoding="utf-8") as handle:
+            serialized = json.load(handle)
+        task_cls = _registered_class(serialized, path, _TASK_CONFIG_FILE)
+        task_config = {
+            k: v
+            for k, v in serialized["config"].items()
+            if k not in ("backbone", "preprocessor", "name")
+        }
+    return backbone_cls, dict(config["config"]), task_cls, task_config
+
+
+def _wants_task(cls, task_cls):
+    if cls is None:
+        return task_cls is not None
+    return issubclass(cls, keras_hub.models.Task)
+
+
+def _check_compatible(label, cls, backbone_cls, task_cls):
+    if issubclass(cls, keras_hub.models.Task):
+        expected = getattr(cls, "backbone_cls", None)
+        if task_cls is not None and issubclass(task_cls, cls):
+            return
+        if expected is not None and backbone_cls is not None and issubclass(backbone_cls, expected):
+            return
+        raise ValueError(
+            f"Preset '{label}' holds a {getattr(backbone_cls, '__name__', None)} backbone"
+            f"{' and a ' + task_cls.__name__ if task_cls else ''}, which "
+            f"{cls.__name__} cannot use. Call keras_sparse_moe.presets.from_preset('{label}') "
+            "instead."
+        )
+    if backbone_cls is None or not issubclass(backbone_cls, cls):
+        raise ValueError(
+            f"Preset '{label}' holds a {getattr(backbone_cls, '__name__', None)} backbone, "
+            f"which is not a {cls.__name__}. Call "
+            f"keras_sparse_moe.presets.from_preset('{label}') instead."
+        )
+
+
+def _init_params(cls):
+    """Names of the keyword arguments of `cls.__init__`."""
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        name
+        for name, p in params.items()
+        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def _split_overrides(label, overrides, backbone_cls, task_cls):
+    """Route each override to the backbone or the task, by argument name."""
+    backbone_names = _init_params(backbone_cls) | {"dtype"}
+    task_names = set()
+    if task_cls is not None:
+        task_names = (_init_params(task_cls) | {"name"}) - {"backbone", "preprocessor"}
+    else:
+        backbone_names |= {"name"}
+    backbone_over, task_over = {}, {}
+    for key, value in overrides.items():
+        if key in backbone_names:
+            backbone_over[key] = value
+        elif key in task_names:
+            task_over[key] = value
+        else:
+            allowed = sorted(backbone_names | task_names)
+            close = difflib.get_close_matches(key, allowed, n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            what = backbone_cls.__name__ + (f" / {task_cls.__name__}" if task_cls else "")
+            raise ValueError(
+                f"Unknown override `{key}` for preset '{label}' ({what}).{hint} Allowed "
+                f"overrides: {allowed}."
+            )
+    return backbone_over, task_over
+
+
+def _construct(label, cls, kwargs, overrides):
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise ValueError(
+            f"Cannot build preset '{label}' as {cls.__name__}: {error}. Pass the missing "
+            f"arguments as overrides, e.g. {cls.__name__}.from_preset('{label}', "
+            "num_classes=10)."
+        ) from error
+    except ValueError as error:
+        if not overrides:
+            raise
+        raise ValueError(
+            f"Cannot build preset '{label}' ({cls.__name__}) with overrides "
+            f"{overrides}: {error}"
+        ) from error
+
+
+def _align_image_converter(model):
+    """After an `image_shape` override, make the image converter resize to it."""
+    backbone = getattr(model, "backbone", None)
+    preprocessor = getattr(model, "preprocessor", None)
+    converter = getattr(preprocessor, "image_converter", None)
+    image_shape = getattr(backbone, "image_shape", None)
+    if converter is None or image_shape is None or converter.image_size is None:
+        return
+    converter.image_size = tuple(image_shape[:2])
+
+
+def _param_counts(spec):
+    """Backbone parameter counts of a preset, computed once and cached."""
+    if spec.name not in _PARAM_CACHE:
+        backbone_cls, backbone_config, _, _ = _spec_classes_and_configs(spec)
+        counts = {"total": None, "active": None}
+        counter = getattr(backbone_cls, "param_counts_from_config", None)
+        if counter is not None:
+            counts = dict(counter(backbone_config))
+        elif backbone_cls is not None:
+            counts = _profile_counts(backbone_cls, backbone_config)
+        _PARAM_CACHE[spec.name] = counts
+    return _PARAM_CACHE[spec.name]
+
+
+def _profile_counts(backbone_cls, config):
+    """Total and active parameters via `keras_sparse_moe.profile.profile_config`
+    (analytic for MoE-ViT, so paper-sized presets are not allocated)."""
+    from keras_sparse_moe.profile import profile_config
+
+    report = profile_config(backbone_cls, dict(config))
+    return {"total": int(report.params_total), "active": int(report.params_active)}

@@ -1,0 +1,93 @@
+"""Atomic file writes: write to a temporary path beside the target, then
+rename, so a crash never leaves a half-written artifact that later loads."""
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+
+def check_writable_directory(directory, create=True):
+    """Create `directory` if asked and check that files can be written there.
+
+    Raises:
+        ValueError naming the directory and the problem.
+    """
+    directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"Output directory {directory!r} exists and is not a directory.")
+    if create:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"Cannot create output directory {directory!r}: {error.strerror}.") from None
+    if not os.path.isdir(directory):
+        raise ValueError(f"Output directory {directory!r} does not exist.")
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError:
+        raise ValueError(f"Output directory {directory!r} is not writable.") from None
+    return directory
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=""):
+    """Yield a temporary file path beside `path`; rename it to `path` on success.
+
+    Example:
+    >>> import tempfile, os
+    >>> target = os.path.join(tempfile.mkdtemp(), "a.txt")
+    >>> with atomic_path(target) as tmp:
+    ...     _ = open(tmp, "w").write("hi")
+    >>> open(target).read()
+    'hi'
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix or os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path, text):
+    """Write `text` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
+def atomic_save_model(model, path):
+    """`model.save(path)` (a `.keras` file) atomically."""
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Yield a temporary directory beside `path`; on success it replaces `path`.
+
+    An existing `path` is moved aside and removed only after the rename.
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    try:
+        yield tmp
+        old = None
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=".old-", dir=parent)
+            os.rmdir(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
