@@ -23,6 +23,10 @@ from keras_sparse_moe.models import MoEViTImageClassifier
 from keras_sparse_moe.models import MoEViTImageClassifierPreprocessor
 from keras_sparse_moe.models import MoEViTImageConverter
 from keras_sparse_moe.presets import from_preset
+from keras_sparse_moe.profile import ModelProfile
+from keras_sparse_moe.profile import profile
+from keras_sparse_moe.profile import profile_config
+from keras_sparse_moe.upcycle import upcycle
 from keras_sparse_moe.presets import list_presets
 from keras_sparse_moe.presets import register_preset
 from keras_sparse_moe.presets import save_to_preset
