@@ -1,0 +1,376 @@
+"""LIMoE: one shared MoE transformer for images and text."""
+
+import numbers
+
+import keras
+import keras_hub
+from keras_hub.src.models.vit.vit_layers import ViTPatchingAndEmbedding
+
+from keras_sparse_moe.layers.sparse_moe import ROUTERS
+from keras_sparse_moe.models.moe_dual_encoder.dual_encoder_layers import ModalityEmbedding
+from keras_sparse_moe.models.moe_dual_encoder.dual_encoder_layers import TokenPooling
+from keras_sparse_moe.models.moe_dual_encoder.modality_encoder_block import (
+    ModalityEncoderBlock,
+)
+from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
+    MoEDualEncoderBackbone,
+)
+from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
+    image_shape_check,
+)
+from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
+    padding_attention_mask,
+)
+from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
+    text_shape_checks,
+)
+from keras_sparse_moe.models.moe_vit.moe_layer_schedule import block_moe_arguments
+from keras_sparse_moe.models.moe_vit.moe_layer_schedule import resolve_moe_layers
+from keras_sparse_moe.models.moe_vit.moe_layer_schedule import split_moe_kwargs
+from keras_sparse_moe.models.moe_vit.moe_vit_backbone import _check_image_shape
+from keras_sparse_moe.utils.validation import check_capacity_factor
+from keras_sparse_moe.utils.validation import check_choice
+from keras_sparse_moe.utils.validation import check_float
+from keras_sparse_moe.utils.validation import check_int
+
+IMAGE_POOLINGS = {"token": "first", "gap": "mean"}
+TEXT_POOLINGS = {"eos": "last", "mean": "mean"}
+MODALITIES = ("image", "text")
+
+
+def _check_rate(name, value):
+    value = check_float(name, value, minimum=0.0)
+    if value >= 1.0:
+        raise ValueError(f"Argument `{name}` must be in [0, 1); received {name}={value}.")
+    return value
+
+
+def per_modality(name, value, allow_none=False):
+    """A float (both modalities) or a dict {"image": x, "text": y} ->
+    {"image": x, "text": y} of checked floats >= 0 (or None if allowed)."""
+    if isinstance(value, dict):
+        unknown = set(value) - set(MODALITIES)
+        if unknown:
+            raise ValueError(
+                f"Argument `{name}` must be a number or a dict with keys among "
+                f"{list(MODALITIES)}; received {value!r}."
+            )
+        values = {m: value.get(m, None if allow_none else 0.0) for m in MODALITIES}
+    else:
+        values = {m: value for m in MODALITIES}
+    return {
+        m: check_float(f"{name}[{m!r}]" if isinstance(value, dict) else name, v,
+                       minimum=0.0, allow_none=allow_none)
+        for m, v in values.items()
+    }
+
+
+def entropy_losses_config(local_weight, global_weight, threshold):
+    """Per-modality entropy loss settings for `ModalityEncoderBlock`."""
+    local = per_modality("local_entropy_weight", local_weight)
+    glob = per_modality("global_entropy_weight", global_weight)
+    tau = per_modality("global_entropy_threshold", threshold, allow_none=True)
+    return {m: {"local": local[m], "global": glob[m], "threshold": tau[m]} for m in MODALITIES}
+
+
+@keras.saving.register_keras_serializable(package="keras_sparse_moe")
+class LIMoEBackbone(MoEDualEncoderBackbone):
+    """LIMoE single-tower image-text dual encoder (Mustafa et al. 2022,
+    "Multimodal Contrastive Learning with LIMoE", arXiv:2206.02770).
+
+    Images are cut into patches (strided `Conv2D`, optional class token,
+    learned positions) and captions embedded (token + learned position
+    embeddings); each modality adds its own learned modality embedding. Both
+    go through ONE stack of pre-LN `ModalityEncoderBlock`s (the blocks in
+    `moe_layers` with a sparse MoE MLP) and a shared final LayerNorm, in two
+    separate calls, so `image_encoder` and `text_encoder` are independent
+    sub-models that share weights. Images are pooled by class token
+    (`image_pooling="token"`) or mean (`"gap"`), text by its end token
+    (`text_pooling="eos"`, the last real token) or masked mean; per-modality
+    linear projections map both to `embedding_dim` and the embeddings are
+    L2-normalised. Text padding is masked in attention, pooling and the
+    entropy losses.
+
+    Routing groups are per modality and per example (MoE `group_size=None`),
+    each modality with its own static capacity; unlike the paper, image and
+    text tokens never compete for the same expert capacity, which keeps the
+    two towers separately exportable.
+
+    Training adds, per modality and per MoE block, the MoE's own auxiliary
+    losses and the LIMoE entropy losses: `local_entropy_weight` times the
+    mean per-token router entropy, and `global_entropy_weight` times
+    `max(0, tau - H(mean router distribution))` with `tau =
+    global_entropy_threshold` (or `-H(...)` when it is None). Each of the
+    three may be a float or a dict `{"image": x, "text": y}`.
+
+    Args:
+        vocabulary_size: int >= 1.
+        image_shape: (height, width, channels).
+        patch_size: int or (int, int), dividing the image size.
+        max_sequence_length: int >= 1, caption tokens (fixed).
+        num_layers: int >= 1, shared transformer blocks.
+        num_heads: int >= 1, dividing `hidden_dim`.
+        hidden_dim: int >= 1, token width.
+        mlp_dim: int >= 1, hidden width of dense MLPs and of each expert.
+        embedding_dim: None (= `hidden_dim`) or int, shared embedding space.
+        num_experts, top_k, moe_layers, router, capacity_factor,
+            eval_capacity_factor, moe_kwargs: MoE placement and `SparseMoE`
+            arguments, as `MoEViTBackbone` (`moe_layers="every_2"`: blocks
+            1, 3, 5, ...).
+        image_pooling: `"token"` or `"gap"`.
+        text_pooling: `"eos"` or `"mean"`.
+        contrastive_loss: `"softmax"` (CLIP InfoNCE) or `"sigmoid"`
+            (SigLIP); sets the initial temperature and bias and the task's
+            default loss.
+        local_entropy_weight, global_entropy_weight: float >= 0 or
+            per-modality dict.
+        global_entropy_threshold: None, float >= 0 (nats) or per-modality
+            dict.
+        dropout_rate, attention_dropout, stochastic_depth: floats in [0, 1).
+        layer_norm_epsilon: float > 0.
+        dtype: None or a dtype policy.
+
+    Example:
+    >>> import numpy as np
+    >>> backbone = LIMoEBackbone(
+    ...     vocabulary_size=50, image_shape=(8, 8, 1), patch_size=2,
+    ...     max_sequence_length=6, num_layers=2, num_heads=2, hidden_dim=16,
+    ...     mlp_dim=32, num_experts=4)
+    >>> out = backbone({"images": np.zeros((3, 8, 8, 1), "float32"),
+    ...                 "token_ids": np.ones((3, 6), "int32"),
+    ...                 "padding_mask": np.ones((3, 6), "int32")})
+    >>> tuple(out["logits"].shape), tuple(out["image_embeddings"].shape)
+    ((3, 3), (3, 16))
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        image_shape=(224, 224, 3),
+        patch_size=16,
+        max_sequence_length=16,
+        num_layers=12,
+        num_heads=12,
+        hidden_dim=768,
+        mlp_dim=3072,
+        embedding_dim=None,
+        num_experts=8,
+        top_k=1,
+        moe_layers="every_2",
+        router="token_choice",
+        capacity_factor=1.25,
+        eval_capacity_factor=None,
+        moe_kwargs=None,
+        image_pooling="gap",
+        text_pooling="eos",
+        contrastive_loss="softmax",
+        local_entropy_weight=0.0,
+        global_entropy_weight=0.0,
+        global_entropy_threshold=None,
+        dropout_rate=0.0,
+        attention_dropout=0.0,
+        stochastic_depth=0.0,
+        layer_norm_epsilon=1e-6,
+        dtype=None,
+        **kwargs,
+    ):
+        # === Validation ===
+        vocabulary_size = check_int("vocabulary_size", vocabulary_size, minimum=1)
+        image_shape, patch = _check_image_shape(image_shape, patch_size)
+        max_sequence_length = check_int("max_sequence_length", max_sequence_length, minimum=1)
+        num_layers = check_int("num_layers", num_layers, minimum=1)
+        num_heads = check_int("num_heads", num_heads, minimum=1)
+        hidden_dim = check_int("hidden_dim", hidden_dim, minimum=1)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"Argument `hidden_dim`={hidden_dim} must be divisible by "
+                f"num_heads={num_heads}."
+            )
+        mlp_dim = check_int("mlp_dim", mlp_dim, minimum=1)
+        embedding_dim = hidden_dim if embedding_dim is None else check_int(
+            "embedding_dim", embedding_dim, minimum=1
+        )
+        num_experts = check_int("num_experts", num_experts, minimum=1)
+        top_k = check_int("top_k", top_k, minimum=1, maximum=num_experts)
+        router = check_choice("router", router, ROUTERS)
+        capacity_factor = check_capacity_factor("capacity_factor", capacity_factor)
+        eval_capacity_factor = check_capacity_factor("eval_capacity_factor", eval_capacity_factor)
+        moe_indices = resolve_moe_layers(moe_layers, num_layers)
+        shared_moe, per_block_moe = split_moe_kwargs(moe_kwargs, moe_indices)
+        image_pooling = check_choice("image_pooling", image_pooling, tuple(IMAGE_POOLINGS))
+        text_pooling = check_choice("text_pooling", text_pooling, tuple(TEXT_POOLINGS))
+        entropy_losses = entropy_losses_config(
+            local_entropy_weight, global_entropy_weight, global_entropy_threshold
+        )
+        dropout_rate = _check_rate("dropout_rate", dropout_rate)
+        attention_dropout = _check_rate("attention_dropout", attention_dropout)
+        stochastic_depth = _check_rate("stochastic_depth", stochastic_depth)
+        layer_norm_epsilon = check_float("layer_norm_epsilon", layer_norm_epsilon, 0.0, strict=True)
+
+        # === Layers ===
+        base_moe = {
+            "num_experts": num_experts,
+            "top_k": top_k,
+            "router": router,
+            "capacity_factor": capacity_factor,
+            "eval_capacity_factor": eval_capacity_factor,
+        }
+        image_embedding = ViTPatchingAndEmbedding(
+            image_size=image_shape[:2],
+            patch_size=patch,
+            hidden_dim=hidden_dim,
+            num_channels=image_shape[2],
+            use_class_token=image_pooling == "token",
+            dtype=dtype,
+            name="image_embedding",
+        )
+        text_embedding = keras_hub.layers.TokenAndPositionEmbedding(
+            vocabulary_size=vocabulary_size,
+            sequence_length=max_sequence_length,
+            embedding_dim=hidden_dim,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+            dtype=dtype,
+            name="text_embedding",
+        )
+        image_modality = ModalityEmbedding(dtype=dtype, name="image_modality_embedding")
+        text_modality = ModalityEmbedding(dtype=dtype, name="text_modality_embedding")
+        embedding_dropout = keras.layers.Dropout(
+            dropout_rate, dtype=dtype, name="embedding_dropout"
+        )
+        blocks = []
+        for index in range(num_layers):
+            moe = None
+            if index in moe_indices:
+                moe = block_moe_arguments(index, base_moe, shared_moe, per_block_moe)
+            blocks.append(
+                ModalityEncoderBlock(
+                    num_heads=num_heads,
+                    mlp_dim=mlp_dim,
+                    moe=moe,
+                    entropy_losses=entropy_losses if moe is not None else None,
+                    dropout_rate=dropout_rate,
+                    attention_dropout=attention_dropout,
+                    stochastic_depth=stochastic_depth * index / max(num_layers - 1, 1),
+                    layer_norm_epsilon=layer_norm_epsilon,
+                    dtype=dtype,
+                    name=f"encoder_block_{index}",
+                )
+            )
+        final_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm"
+        )
+        image_pool = TokenPooling(IMAGE_POOLINGS[image_pooling], dtype=dtype, name="image_pooling")
+        text_pool = TokenPooling(TEXT_POOLINGS[text_pooling], dtype=dtype, name="text_pooling")
+        image_projection = keras.layers.Dense(
+            embedding_dim, use_bias=False, dtype=dtype, name="image_projection"
+        )
+        text_projection = keras.layers.Dense(
+            embedding_dim, use_bias=False, dtype=dtype, name="text_projection"
+        )
+        normalize = keras.layers.UnitNormalization(axis=-1, dtype=dtype, name="l2_normalize")
+
+        # === Image tower (the shared blocks, image modality) ===
+        images = keras.Input(shape=image_shape, name="images")
+        x = image_shape_check(image_shape, dtype)(images)
+        x = embedding_dropout(image_modality(image_embedding(x)))
+        for block in blocks:
+            x = block(x, modality="image")
+        x = image_projection(image_pool(final_norm(x)))
+        image_encoder = keras.Model(images, normalize(x), name="image_encoder")
+
+        # === Text tower (the same blocks, text modality) ===
+        token_ids = keras.Input(shape=(max_sequence_length,), dtype="int32", name="token_ids")
+        padding_mask = keras.Input(shape=(max_sequence_length,), dtype="int32", name="padding_mask")
+        ids_check, mask_check = text_shape_checks(max_sequence_length, dtype)
+        ids, mask = ids_check(token_ids), mask_check(padding_mask)
+        attention_mask = padding_attention_mask(mask)
+        t = embedding_dropout(text_modality(text_embedding(ids)))
+        for block in blocks:
+            t = block(t, attention_mask=attention_mask, token_mask=mask, modality="text")
+        t = text_projection(text_pool(final_norm(t), padding_mask=mask))
+        text_encoder = keras.Model(
+            {"token_ids": token_ids, "padding_mask": padding_mask},
+            normalize(t),
+            name="text_encoder",
+        )
+
+        self._build_dual_encoder(image_encoder, text_encoder, contrastive_loss, dtype, **kwargs)
+
+        # === Config ===
+        self.vocabulary_size = vocabulary_size
+        self.patch_size = patch_size if isinstance(patch_size, numbers.Integral) else patch
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.mlp_dim = mlp_dim
+        self.embedding_dim = embedding_dim
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.moe_layers = list(moe_layers) if isinstance(moe_layers, (list, tuple)) else moe_layers
+        self.router = router
+        self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = eval_capacity_factor
+        self.moe_kwargs = None if moe_kwargs is None else dict(moe_kwargs)
+        self.image_pooling = image_pooling
+        self.text_pooling = text_pooling
+        self.local_entropy_weight = local_entropy_weight
+        self.global_entropy_weight = global_entropy_weight
+        self.global_entropy_threshold = global_entropy_threshold
+        self.dropout_rate = dropout_rate
+        self.attention_dropout = attention_dropout
+        self.stochastic_depth = stochastic_depth
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.moe_layer_indices = moe_indices
+        self.entropy_losses = entropy_losses
+
+    @property
+    def encoder_blocks(self):
+        """The shared `ModalityEncoderBlock`s, in order."""
+        return [self.image_encoder.get_layer(f"encoder_block_{i}") for i in range(self.num_layers)]
+
+    def get_config(self):
+        config = super().get_config()
+        moe_kwargs = self.moe_kwargs
+        if moe_kwargs is not None:
+            moe_kwargs = {str(k): v for k, v in moe_kwargs.items()}
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "image_shape": self.image_shape,
+                "patch_size": self.patch_size,
+                "max_sequence_length": self.max_sequence_length,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "hidden_dim": self.hidden_dim,
+                "mlp_dim": self.mlp_dim,
+                "embedding_dim": self.embedding_dim,
+                "num_experts": self.num_experts,
+                "top_k": self.top_k,
+                "moe_layers": self.moe_layers,
+                "router": self.router,
+                "capacity_factor": self.capacity_factor,
+                "eval_capacity_factor": self.eval_capacity_factor,
+                "moe_kwargs": moe_kwargs,
+                "image_pooling": self.image_pooling,
+                "text_pooling": self.text_pooling,
+                "contrastive_loss": self.contrastive_loss,
+                "local_entropy_weight": self.local_entropy_weight,
+                "global_entropy_weight": self.global_entropy_weight,
+                "global_entropy_threshold": self.global_entropy_threshold,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout": self.attention_dropout,
+                "stochastic_depth": self.stochastic_depth,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config
+
+    @classmethod
+    def param_counts_from_config(cls, config):
+        """Exact trainable parameter counts (`{"total", "active"}`) of the
+        backbone `config` would build, without building it."""
+        from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_params import (
+            limoe_param_counts,
+        )
+
+        return limoe_param_counts(config)

@@ -1,0 +1,111 @@
+"""Architecture presets of the MoE dual-encoder family (no pretrained
+weights ship)."""
+
+import functools
+import math
+
+from keras_sparse_moe.models.moe_dual_encoder.limoe_backbone import LIMoEBackbone
+from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_contrastive import (
+    MoEDualEncoderContrastive,
+)
+from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_preprocessor import (
+    MoEDualEncoderPreprocessor,
+)
+from keras_sparse_moe.presets import register_preset
+
+LIMOE_PAPER = (
+    "Mustafa et al. 2022, Multimodal Contrastive Learning with LIMoE: the Language-Image "
+    "Mixture of Experts, https://arxiv.org/abs/2206.02770"
+)
+NO_WEIGHTS = "No pretrained weights ship: the model starts from random initialisation."
+
+# RGB in [0, 255] -> [-1, 1]; scikit-learn's 8x8 digits take values 0..16.
+rgb_preprocessor = functools.partial(
+    MoEDualEncoderPreprocessor.for_backbone, scale=1 / 127.5, offset=-1.0
+)
+digits_preprocessor = functools.partial(MoEDualEncoderPreprocessor.for_backbone, scale=1 / 16)
+
+# Project defaults for the LIMoE entropy losses (the paper tunes the weights
+# and the global threshold per setting; these are not the paper's values).
+ENTROPY_DEFAULTS = {
+    "local_entropy_weight": 0.01,
+    "global_entropy_weight": 0.01,
+    "global_entropy_threshold": math.log(2.0),
+}
+
+presets = {
+    "limoe_b16_e8_k1": {
+        "config": {
+            "vocabulary_size": 413,
+            "image_shape": (224, 224, 3),
+            "patch_size": 16,
+            "max_sequence_length": 16,
+            "num_layers": 12,
+            "num_heads": 12,
+            "hidden_dim": 768,
+            "mlp_dim": 3072,
+            "embedding_dim": 768,
+            "num_experts": 8,
+            "top_k": 1,
+            "moe_layers": "every_2",
+            "image_pooling": "gap",
+            "text_pooling": "eos",
+            "contrastive_loss": "softmax",
+            **ENTROPY_DEFAULTS,
+        },
+        "preprocessor": rgb_preprocessor,
+        "description": (
+            "LIMoE-B/16: one shared ViT-B/16 tower (12 blocks, width 768, MLP 3072, 12 "
+            "heads, patch 16, 224x224 RGB images; text of 16 tokens) for images and text, "
+            "8 experts with top-1 token-choice routing in every other block (1, 3, ..., "
+            "11), per-modality routing groups, softmax contrastive loss, LIMoE local and "
+            "thresholded global entropy losses (project default weights 0.01, threshold "
+            "log 2). The shipped 413-token vocabulary is for short captions only. "
+            + NO_WEIGHTS
+        ),
+    },
+    "limoe_tiny": {
+        "config": {
+            "vocabulary_size": 413,
+            "image_shape": (8, 8, 1),
+            "patch_size": 2,
+            "max_sequence_length": 16,
+            "num_layers": 4,
+            "num_heads": 4,
+            "hidden_dim": 64,
+            "mlp_dim": 128,
+            "embedding_dim": 64,
+            "num_experts": 8,
+            "top_k": 1,
+            "moe_layers": "every_2",
+            "image_pooling": "gap",
+            "text_pooling": "eos",
+            "contrastive_loss": "softmax",
+            **ENTROPY_DEFAULTS,
+        },
+        "preprocessor": digits_preprocessor,
+        "description": (
+            "Tiny CPU LIMoE for 8x8 grayscale digits (scikit-learn's load_digits, values "
+            "0..16) and short captions such as 'a photo of the digit seven.': one shared "
+            "tower of 4 blocks, width 64, MLP 128, 4 heads, patch 2 (16 image tokens), 16 "
+            "text tokens, 8 experts top-1 in blocks 1 and 3 (~0.4M parameters). LIMoE "
+            "architecture at toy scale. " + NO_WEIGHTS
+        ),
+    },
+}
+
+
+def register_moe_dual_encoder_presets():
+    """Register the presets above (called when the family is imported)."""
+    for name, preset in presets.items():
+        register_preset(
+            name,
+            family="moe_dual_encoder",
+            description=preset["description"],
+            paper=LIMOE_PAPER,
+            backbone_cls=LIMoEBackbone,
+            backbone_config=preset["config"],
+            task_cls=MoEDualEncoderContrastive,
+            preprocessor=preset["preprocessor"],
+            overwrite=True,
+        )

@@ -1,0 +1,153 @@
+"""Zero-shot image classifier built from class-name prompts."""
+
+import keras
+import numpy as np
+from keras import ops
+from keras_hub.models import Task
+
+from keras_sparse_moe.models.moe_dual_encoder.dual_encoder_layers import ClassEmbeddings
+from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
+    MoEDualEncoderBackbone,
+)
+from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
+    check_task_inputs,
+)
+from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_preprocessor import (
+    MoEDualEncoderPreprocessor,
+)
+from keras_sparse_moe.models.moe_dual_encoder.prompts import GENERIC_TEMPLATES
+from keras_sparse_moe.models.moe_dual_encoder.prompts import make_prompts
+from keras_sparse_moe.presets import PresetMixin
+
+
+@keras.saving.register_keras_serializable(package="keras_sparse_moe")
+class MoEDualEncoderZeroShotClassifier(PresetMixin, Task):
+    """Zero-shot image classifier from a dual encoder (CLIP-style prompt
+    ensembling, Radford et al. 2021).
+
+    Each class name is put into every template (`"a photo of the digit
+    {}."`, ...); the prompts are encoded by the text tower, the embeddings of
+    a class are averaged over templates and re-normalised, and stored as a
+    fixed `(num_classes, embedding_dim)` table. The model maps images to
+    logits `(batch, num_classes)`: the backbone's `contrastive_head` applied
+    to the image embeddings and the class table (so the learned temperature
+    and bias apply; `softmax` of the logits gives class probabilities for a
+    softmax-trained backbone, `sigmoid` for a sigmoid-trained one).
+
+    Call `refresh_class_embeddings()` after training the backbone further.
+
+    `compile()` defaults (for `evaluate`): sparse categorical cross-entropy on
+    the logits and `accuracy`; AdamW (1e-4) if the image tower is fine-tuned.
+
+    Args:
+        backbone: a `MoEDualEncoderBackbone`.
+        class_names: list of strings, one per class (index = label).
+        preprocessor: a `MoEDualEncoderPreprocessor` (its tokenizer encodes
+            the prompts; with an image converter `predict` takes raw images).
+            Default: the shipped tokenizer and no image converter.
+        templates: list of strings with one `{}` each; default
+            `GENERIC_TEMPLATES` (`prompts.DIGIT_TEMPLATES` for digits).
+
+    Example:
+    >>> import numpy as np
+    >>> from keras_sparse_moe.models.moe_dual_encoder import LIMoEBackbone
+    >>> from keras_sparse_moe.models.moe_dual_encoder import prompts
+    >>> backbone = LIMoEBackbone(vocabulary_size=413, image_shape=(8, 8, 1),
+    ...     patch_size=4, max_sequence_length=12, num_layers=2, num_heads=2,
+    ...     hidden_dim=8, mlp_dim=16, num_experts=4)
+    >>> classifier = MoEDualEncoderZeroShotClassifier(
+    ...     backbone, class_names=list(prompts.DIGIT_NAMES),
+    ...     templates=prompts.DIGIT_TEMPLATES[:2])
+    >>> classifier.predict(np.zeros((2, 8, 8, 1), "float32"), verbose=0).shape
+    (2, 10)
+    """
+
+    backbone_cls = MoEDualEncoderBackbone
+    preprocessor_cls = MoEDualEncoderPreprocessor
+
+    def __init__(self, backbone, class_names, preprocessor=None, templates=None, **kwargs):
+        if not isinstance(backbone, MoEDualEncoderBackbone):
+            raise ValueError(
+                "Argument `backbone` must be a MoEDualEncoderBackbone (LIMoEBackbone or "
+                f"MoETwoTowerBackbone); received {type(backbone).__name__}."
+            )
+        templates = tuple(GENERIC_TEMPLATES if templates is None else templates)
+        make_prompts(class_names, templates)  # validates both
+        if preprocessor is None:
+            preprocessor = MoEDualEncoderPreprocessor(sequence_length=backbone.max_sequence_length)
+        if not isinstance(preprocessor, MoEDualEncoderPreprocessor):
+            raise ValueError(
+                "Argument `preprocessor` must be a MoEDualEncoderPreprocessor; received "
+                f"{type(preprocessor).__name__}."
+            )
+        if preprocessor.sequence_length != backbone.max_sequence_length:
+            raise ValueError(
+                f"The preprocessor packs captions to {preprocessor.sequence_length} tokens but "
+                f"the backbone expects max_sequence_length={backbone.max_sequence_length}."
+            )
+        embedding_dim = int(backbone.image_encoder.outputs[0].shape[-1])
+
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.class_embeddings = ClassEmbeddings(
+            len(class_names), embedding_dim, name="class_embeddings"
+        )
+        images = keras.Input(shape=backbone.image_shape, name="images")
+        image_embeddings = backbone.image_encoder(images)
+        class_table = self.class_embeddings(image_embeddings)
+        logits = backbone.contrastive_head(image_embeddings, class_table)
+        super().__init__(inputs=images, outputs=logits, **kwargs)
+
+        self.class_names = list(class_names)
+        self.templates = list(templates)
+        self.refresh_class_embeddings()
+
+    def fit(self, x=None, *args, **kwargs):
+        """`keras.Model.fit`, first checking the shapes of array inputs."""
+        check_task_inputs(self, x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        """`keras.Model.evaluate`, first checking the shapes of array inputs."""
+        check_task_inputs(self, x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`, first checking the shapes of array inputs."""
+        check_task_inputs(self, x)
+        return super().predict(x, *args, **kwargs)
+
+    def class_text_embeddings(self):
+        """Prompt-ensembled class embeddings `(num_classes, dim)` (NumPy) from
+        the current text tower."""
+        prompts = make_prompts(self.class_names, self.templates)
+        flat = [prompt for group in prompts for prompt in group]
+        packed = self.preprocessor({"prompts": flat})
+        embeddings = self.backbone.text_encoder.predict(
+            {key: ops.convert_to_numpy(packed[key]) for key in ("token_ids", "padding_mask")},
+            batch_size=len(flat),
+            verbose=0,
+        ).astype("float32")
+        embeddings = embeddings.reshape(len(self.class_names), len(self.templates), -1).mean(1)
+        norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)
+        return embeddings / np.maximum(norms, 1e-12)
+
+    def refresh_class_embeddings(self):
+        """Recompute the class table from the prompts with the current text tower."""
+        self.class_embeddings.embeddings.assign(self.class_text_embeddings())
+
+    def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
+        """Configure evaluation / fine-tuning; `"auto"` picks the defaults
+        described in the class docstring."""
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(learning_rate=1e-4)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if metrics == "auto":
+            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"class_names": self.class_names, "templates": self.templates})
+        return config

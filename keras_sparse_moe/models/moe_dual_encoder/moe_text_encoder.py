@@ -1,0 +1,211 @@
+"""Transformer text encoder with optional sparse MoE blocks."""
+
+import keras
+import keras_hub
+from keras_hub.models import Backbone
+
+from keras_sparse_moe.layers.sparse_moe import ROUTERS
+from keras_sparse_moe.models.moe_dual_encoder.limoe_backbone import _check_rate
+from keras_sparse_moe.models.moe_dual_encoder.limoe_backbone import entropy_losses_config
+from keras_sparse_moe.models.moe_dual_encoder.modality_encoder_block import (
+    ModalityEncoderBlock,
+)
+from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
+    padding_attention_mask,
+)
+from keras_sparse_moe.models.moe_vit.moe_layer_schedule import block_moe_arguments
+from keras_sparse_moe.models.moe_vit.moe_layer_schedule import resolve_moe_layers
+from keras_sparse_moe.models.moe_vit.moe_layer_schedule import split_moe_kwargs
+from keras_sparse_moe.presets import PresetMixin
+from keras_sparse_moe.utils.validation import check_capacity_factor
+from keras_sparse_moe.utils.validation import check_choice
+from keras_sparse_moe.utils.validation import check_float
+from keras_sparse_moe.utils.validation import check_int
+
+
+@keras.saving.register_keras_serializable(package="keras_sparse_moe")
+class MoETextEncoder(PresetMixin, Backbone):
+    """Pre-LN transformer over caption tokens, the text tower of
+    `MoETwoTowerBackbone`; blocks in `moe_layers` have a sparse MoE MLP.
+
+    Token and learned position embeddings, `num_layers` blocks with text
+    padding masked out of attention, and a final LayerNorm. Output: the
+    token sequence `(batch, max_sequence_length, hidden_dim)`. With MoE
+    blocks, training adds the MoE auxiliary losses and, if their weights are
+    non-zero, the LIMoE entropy losses over the real (unpadded) tokens.
+
+    Args:
+        vocabulary_size: int >= 1.
+        max_sequence_length: int >= 1 (fixed).
+        num_layers, num_heads, hidden_dim, mlp_dim: transformer shape.
+        num_experts, top_k, moe_layers, router, capacity_factor,
+            eval_capacity_factor, moe_kwargs: as `MoEViTBackbone`; the
+            default `moe_layers="none"` is a dense text transformer.
+        local_entropy_weight, global_entropy_weight: floats >= 0.
+        global_entropy_threshold: None or float >= 0 (nats).
+        dropout_rate, attention_dropout: floats in [0, 1).
+        layer_norm_epsilon: float > 0.
+        dtype: None or a dtype policy.
+
+    Example:
+    >>> import numpy as np
+    >>> encoder = MoETextEncoder(vocabulary_size=30, max_sequence_length=5,
+    ...     num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16,
+    ...     num_experts=4, moe_layers="every_2")
+    >>> tuple(encoder({"token_ids": np.ones((2, 5), "int32"),
+    ...                "padding_mask": np.ones((2, 5), "int32")}).shape)
+    (2, 5, 8)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        max_sequence_length=16,
+        num_layers=12,
+        num_heads=8,
+        hidden_dim=512,
+        mlp_dim=2048,
+        num_experts=8,
+        top_k=1,
+        moe_layers="none",
+        router="token_choice",
+        capacity_factor=1.25,
+        eval_capacity_factor=None,
+        moe_kwargs=None,
+        local_entropy_weight=0.0,
+        global_entropy_weight=0.0,
+        global_entropy_threshold=None,
+        dropout_rate=0.0,
+        attention_dropout=0.0,
+        layer_norm_epsilon=1e-6,
+        dtype=None,
+        **kwargs,
+    ):
+        vocabulary_size = check_int("vocabulary_size", vocabulary_size, minimum=1)
+        max_sequence_length = check_int("max_sequence_length", max_sequence_length, minimum=1)
+        num_layers = check_int("num_layers", num_layers, minimum=1)
+        num_heads = check_int("num_heads", num_heads, minimum=1)
+        hidden_dim = check_int("hidden_dim", hidden_dim, minimum=1)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"Argument `hidden_dim`={hidden_dim} must be divisible by "
+                f"num_heads={num_heads}."
+            )
+        mlp_dim = check_int("mlp_dim", mlp_dim, minimum=1)
+        num_experts = check_int("num_experts", num_experts, minimum=1)
+        top_k = check_int("top_k", top_k, minimum=1, maximum=num_experts)
+        router = check_choice("router", router, ROUTERS)
+        capacity_factor = check_capacity_factor("capacity_factor", capacity_factor)
+        eval_capacity_factor = check_capacity_factor("eval_capacity_factor", eval_capacity_factor)
+        moe_indices = resolve_moe_layers(moe_layers, num_layers)
+        shared_moe, per_block_moe = split_moe_kwargs(moe_kwargs, moe_indices)
+        text_losses = {"text": entropy_losses_config(
+            local_entropy_weight, global_entropy_weight, global_entropy_threshold
+        )["text"]}
+        dropout_rate = _check_rate("dropout_rate", dropout_rate)
+        attention_dropout = _check_rate("attention_dropout", attention_dropout)
+        layer_norm_epsilon = check_float("layer_norm_epsilon", layer_norm_epsilon, 0.0, strict=True)
+
+        base_moe = {
+            "num_experts": num_experts,
+            "top_k": top_k,
+            "router": router,
+            "capacity_factor": capacity_factor,
+            "eval_capacity_factor": eval_capacity_factor,
+        }
+        embedding = keras_hub.layers.TokenAndPositionEmbedding(
+            vocabulary_size=vocabulary_size,
+            sequence_length=max_sequence_length,
+            embedding_dim=hidden_dim,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+            dtype=dtype,
+            name="text_embedding",
+        )
+        embedding_dropout = keras.layers.Dropout(
+            dropout_rate, dtype=dtype, name="embedding_dropout"
+        )
+        blocks = []
+        for index in range(num_layers):
+            moe = None
+            if index in moe_indices:
+                moe = block_moe_arguments(index, base_moe, shared_moe, per_block_moe)
+            blocks.append(
+                ModalityEncoderBlock(
+                    num_heads=num_heads,
+                    mlp_dim=mlp_dim,
+                    moe=moe,
+                    entropy_losses=text_losses if moe is not None else None,
+                    dropout_rate=dropout_rate,
+                    attention_dropout=attention_dropout,
+                    layer_norm_epsilon=layer_norm_epsilon,
+                    dtype=dtype,
+                    name=f"encoder_block_{index}",
+                )
+            )
+        final_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm"
+        )
+
+        token_ids = keras.Input(shape=(max_sequence_length,), dtype="int32", name="token_ids")
+        padding_mask = keras.Input(shape=(max_sequence_length,), dtype="int32", name="padding_mask")
+        attention_mask = padding_attention_mask(padding_mask)
+        x = embedding_dropout(embedding(token_ids))
+        for block in blocks:
+            x = block(x, attention_mask=attention_mask, token_mask=padding_mask, modality="text")
+        super().__init__(
+            inputs={"token_ids": token_ids, "padding_mask": padding_mask},
+            outputs=final_norm(x),
+            dtype=dtype,
+            **kwargs,
+        )
+
+        self.vocabulary_size = vocabulary_size
+        self.max_sequence_length = max_sequence_length
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.mlp_dim = mlp_dim
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.moe_layers = list(moe_layers) if isinstance(moe_layers, (list, tuple)) else moe_layers
+        self.router = router
+        self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = eval_capacity_factor
+        self.moe_kwargs = None if moe_kwargs is None else dict(moe_kwargs)
+        self.local_entropy_weight = local_entropy_weight
+        self.global_entropy_weight = global_entropy_weight
+        self.global_entropy_threshold = global_entropy_threshold
+        self.dropout_rate = dropout_rate
+        self.attention_dropout = attention_dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.moe_layer_indices = moe_indices
+
+    def get_config(self):
+        config = super().get_config()
+        moe_kwargs = self.moe_kwargs
+        if moe_kwargs is not None:
+            moe_kwargs = {str(k): v for k, v in moe_kwargs.items()}
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "max_sequence_length": self.max_sequence_length,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "hidden_dim": self.hidden_dim,
+                "mlp_dim": self.mlp_dim,
+                "num_experts": self.num_experts,
+                "top_k": self.top_k,
+                "moe_layers": self.moe_layers,
+                "router": self.router,
+                "capacity_factor": self.capacity_factor,
+                "eval_capacity_factor": self.eval_capacity_factor,
+                "moe_kwargs": moe_kwargs,
+                "local_entropy_weight": self.local_entropy_weight,
+                "global_entropy_weight": self.global_entropy_weight,
+                "global_entropy_threshold": self.global_entropy_threshold,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout": self.attention_dropout,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config
