@@ -16,6 +16,8 @@ import math
 
 from keras import ops
 
+from keras_sparse_moe.layers import routing_ops
+
 
 def _cv_squared(values, epsilon=1e-10):
     """Squared coefficient of variation along the last axis, mean over the rest."""
@@ -59,7 +61,7 @@ def load_loss(logits, noisy_logits, noise_std, top_k):
     Returns:
         Scalar loss.
     """
-    threshold = ops.top_k(noisy_logits, k=top_k, sorted=True)[0][..., top_k - 1 :]
+    threshold = routing_ops.top_k(noisy_logits, top_k)[0][..., top_k - 1 :]
     noise_needed = (threshold - logits) / noise_std
     p_selected = 1.0 - 0.5 * (1.0 + ops.erf(noise_needed / math.sqrt(2.0)))
     return _cv_squared(ops.sum(p_selected, axis=1))

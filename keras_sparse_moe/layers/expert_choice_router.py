@@ -48,17 +48,31 @@ class ExpertChoiceRouter(Router):
             )
         super().__init__(num_experts, top_k=top_k, capacity_factor=capacity_factor, **kwargs)
 
-    def route(self, inputs, training=False):
+    def route(self, inputs, training=False, token_mask=None):
+        group_size = self.static_group_size(inputs)
         logits = ops.matmul(ops.cast(inputs, "float32"), self.kernel)
         probs = ops.softmax(logits, axis=-1)
-        capacity = self.capacity(training)
-        slot_token, slot_gates = expert_choice_slots(probs, capacity)
-        # Tokens taken by at least one expert.
-        taken = ops.max(
-            ops.one_hot(ops.reshape(slot_token, (-1, self.num_experts * capacity)),
-                        self.group_size, dtype="float32"),
-            axis=1,
-        )
+        capacity = self.capacity(training, group_size)
+        scores = probs
+        if token_mask is not None:
+            # Masked tokens score -1: experts only take them once every real
+            # token is taken, and their gates are zeroed below.
+            real = ops.expand_dims(ops.cast(token_mask, "bool"), -1)
+            scores = ops.where(real, probs, -1.0)
+            probs = probs * ops.cast(real, probs.dtype)
+        slot_token, slot_gates = expert_choice_slots(scores, capacity)
+        flat_slots = ops.reshape(slot_token, (-1, self.num_experts * capacity))
+        if token_mask is not None:
+            slot_real = ops.take_along_axis(ops.cast(token_mask, "float32"), flat_slots, axis=1)
+            slot_real = ops.reshape(slot_real, ops.shape(slot_gates))
+            slot_gates = slot_gates * slot_real
+        # Tokens taken by at least one expert (real tokens only, with a mask).
+        taken = ops.max(ops.one_hot(flat_slots, group_size, dtype="float32"), axis=1)
+        if token_mask is not None:
+            real_tokens = ops.cast(token_mask, "float32")
+            dropped = 1.0 - ops.sum(taken * real_tokens) / ops.maximum(ops.sum(real_tokens), 1.0)
+        else:
+            dropped = 1.0 - ops.mean(taken)
         losses = {"router_z_loss": aux_losses.router_z_loss(logits)}
         return {
             "slot_token": slot_token,
@@ -66,6 +80,6 @@ class ExpertChoiceRouter(Router):
             "router_probs": probs,
             "aux_losses": losses,
             "aux_loss": self.z_loss_weight * losses["router_z_loss"],
-            "dropped_fraction": 1.0 - ops.mean(taken),
+            "dropped_fraction": dropped,
             "expert_fraction": ops.ones((self.num_experts,), "float32") / self.num_experts,
         }

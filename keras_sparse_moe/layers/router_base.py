@@ -64,13 +64,15 @@ class Router(keras.layers.Layer):
         self.model_dim = None
 
     def build(self, input_shape):
-        if len(input_shape) != 3 or input_shape[1] is None or input_shape[-1] is None:
+        if len(input_shape) != 3 or input_shape[-1] is None:
             raise ValueError(
                 f"{type(self).__name__} expects grouped tokens of shape "
-                f"(groups, group_size, dim) with known group_size and dim; "
+                f"(groups, group_size, dim) with a known dim; "
                 f"received input shape {tuple(input_shape)}."
             )
-        self.group_size = int(input_shape[1])
+        # The weights only depend on `dim`; the group size (and so the
+        # capacity) is read from each call's static shape.
+        self.group_size = None if input_shape[1] is None else int(input_shape[1])
         self.model_dim = int(input_shape[-1])
         self.kernel = self.add_weight(
             name="kernel",
@@ -82,26 +84,53 @@ class Router(keras.layers.Layer):
         """Width of the router projection (one logit per expert by default)."""
         return self.num_experts
 
-    def capacity(self, training=False):
-        """Static per-expert capacity for the built group size."""
-        if self.group_size is None:
-            raise ValueError("The router is not built yet: call it on data first.")
+    def capacity(self, training=False, group_size=None):
+        """Static per-expert capacity for `group_size` tokens per group
+        (default: the group size the router was built with)."""
+        group_size = group_size or self.group_size
+        if group_size is None:
+            raise ValueError(
+                "The router does not know its group size yet: call it on data first or "
+                "pass `group_size`."
+            )
         factor = self.capacity_factor
         if not training and self.eval_capacity_factor is not None:
             factor = self.eval_capacity_factor
-        return compute_capacity(self.group_size, self.num_experts, self.top_k, factor)
+        return compute_capacity(group_size, self.num_experts, self.top_k, factor)
 
-    def call(self, inputs, training=None, dense=True):
-        routing = self.route(inputs, training=bool(training))
+    @staticmethod
+    def static_group_size(inputs):
+        """The (static) number of tokens per group of `inputs` (G, S, D)."""
+        group_size = inputs.shape[1]
+        if group_size is None:
+            raise ValueError(
+                "Routers need a static number of tokens per group (the capacity is a "
+                f"Python int); received grouped tokens of shape {tuple(inputs.shape)}."
+            )
+        return int(group_size)
+
+    def call(self, inputs, training=None, dense=True, token_mask=None):
+        if token_mask is not None and tuple(token_mask.shape) != tuple(inputs.shape[:2]):
+            raise ValueError(
+                f"Argument `token_mask` must have shape (groups, group_size) = "
+                f"{tuple(inputs.shape[:2])}; received shape {tuple(token_mask.shape)}."
+            )
+        routing = self.route(inputs, training=bool(training), token_mask=token_mask)
         if dense:
+            group_size = self.static_group_size(inputs)
             dispatch, combine = to_dense(
-                routing, self.group_size, self.num_experts, self.capacity(bool(training))
+                routing, group_size, self.num_experts, self.capacity(bool(training), group_size)
             )
             routing["dispatch_mask"] = dispatch
             routing["combine_weights"] = combine
         return routing
 
-    def route(self, inputs, training=False):
+    def route(self, inputs, training=False, token_mask=None):
+        """Compact routing of grouped tokens (see the subclasses).
+
+        `token_mask` (G, S), optional: false marks tokens (e.g. padding) that
+        must not be routed: they take no capacity and get zero gates.
+        """
         raise NotImplementedError
 
     def get_config(self):

@@ -58,10 +58,11 @@ class SoftRouter(Router):
         if self.normalize:
             self.scale = self.add_weight(name="scale", shape=(), initializer="ones")
 
-    def capacity(self, training=False):
+    def capacity(self, training=False, group_size=None):
         return self.slots_per_expert
 
-    def route(self, inputs, training=False):
+    def route(self, inputs, training=False, token_mask=None):
+        group_size = self.static_group_size(inputs)
         x = ops.cast(inputs, "float32")
         phi = self.kernel
         if self.normalize:
@@ -70,9 +71,16 @@ class SoftRouter(Router):
                 ops.sum(ops.square(phi), axis=0, keepdims=True) + 1e-6
             )
         logits = ops.matmul(x, phi)  # (G, S, E*n)
-        dispatch = ops.softmax(logits, axis=1)
+        dispatch_logits = logits
+        if token_mask is not None:
+            # Slots mix real tokens only.
+            real = ops.expand_dims(ops.cast(token_mask, "bool"), -1)
+            dispatch_logits = ops.where(real, logits, -1e9)
+        dispatch = ops.softmax(dispatch_logits, axis=1)
         combine = ops.softmax(logits, axis=-1)
-        shape = (-1, self.group_size, self.num_experts, self.slots_per_expert)
+        if token_mask is not None:
+            combine = combine * ops.cast(real, combine.dtype)
+        shape = (-1, group_size, self.num_experts, self.slots_per_expert)
         combine_4d = ops.reshape(combine, shape)
         probs = ops.sum(combine_4d, axis=-1)
         losses = {"router_z_loss": aux_losses.router_z_loss(logits)}

@@ -210,21 +210,13 @@ class SparseMoE(keras.layers.Layer):
                 f"SparseMoE needs a known last (feature) dimension; received shape {input_shape}."
             )
         tokens = 1 if len(input_shape) == 2 else input_shape[1]
-        if tokens is None:
-            raise ValueError(
-                "SparseMoE needs a known number of tokens per example to make the expert "
-                f"capacity static; received shape {input_shape}. Give the Input a fixed "
-                "sequence length."
-            )
-        group_size = self.group_size or tokens
-        if tokens % group_size != 0 and group_size % tokens != 0:
-            raise ValueError(
-                f"Argument `group_size`={self.group_size} must divide the number of tokens "
-                f"per example ({tokens}) or be a multiple of it; allowed for example: "
-                f"{sorted(d for d in range(1, tokens + 1) if tokens % d == 0)} or "
-                f"{[tokens * m for m in (2, 4, 8)]}."
-            )
+        group_size = None
+        if tokens is not None:
+            group_size = self._group_size_for(tokens)
         self._input_rank = len(input_shape)
+        # The weights depend on `dim` only. The token count seen at build time
+        # gives the default group size / capacity reported by `capacity()`;
+        # each call routes with the static token count of its own input.
         self._tokens_per_example = tokens
         self.router.build((None, group_size, dim))
         self.experts.build((self.num_experts, None, dim))
@@ -237,17 +229,36 @@ class SparseMoE(keras.layers.Layer):
             trainable=False, dtype="float32",
         )
 
+    def _group_size_for(self, tokens):
+        """Routing group size for `tokens` tokens per example (validated)."""
+        group_size = self.group_size or tokens
+        if tokens % group_size != 0 and group_size % tokens != 0:
+            raise ValueError(
+                f"Argument `group_size`={self.group_size} must divide the number of tokens "
+                f"per example ({tokens}) or be a multiple of it; allowed for example: "
+                f"{sorted(d for d in range(1, tokens + 1) if tokens % d == 0)} or "
+                f"{[tokens * m for m in (2, 4, 8)]}."
+            )
+        return group_size
+
     @property
     def routing_group_size(self):
-        """Tokens per routing group (known after build)."""
+        """Tokens per routing group for the input shape the layer was built on."""
         return self.router.group_size
 
-    def capacity(self, training=False):
-        """Static per-expert capacity per group (after build)."""
-        return self.router.capacity(training)
+    def capacity(self, training=False, group_size=None):
+        """Static per-expert capacity per group.
+
+        Args:
+            training: bool, use `capacity_factor` (True) or
+                `eval_capacity_factor` (False, when set).
+            group_size: tokens per group (default: as built).
+        """
+        return self.router.capacity(training, group_size)
 
     # ------------------------------------------------------------------- call
-    def _check_inputs(self, x):
+    def _check_inputs(self, x, token_mask=None):
+        """Validate a call's input; returns (tokens per example, group size)."""
         dtype = keras.backend.standardize_dtype(x.dtype)
         if "float" not in dtype:
             raise ValueError(
@@ -260,21 +271,36 @@ class SparseMoE(keras.layers.Layer):
                 f"SparseMoE was built for inputs of rank {self._input_rank}; received "
                 f"rank {rank} with shape {tuple(x.shape)}."
             )
-        batch = x.shape[0]
-        group_size = self.routing_group_size
-        if isinstance(batch, int) and (batch * self._tokens_per_example) % group_size:
+        tokens = 1 if rank == 2 else x.shape[1]
+        if tokens is None:
             raise ValueError(
-                f"The {batch * self._tokens_per_example} tokens of this batch (batch={batch} "
-                f"x tokens={self._tokens_per_example}) cannot be divided into groups of "
-                f"group_size={group_size}; use a batch size that is a multiple of "
-                f"{group_size // self._tokens_per_example}."
+                "SparseMoE needs a known number of tokens per example to make the expert "
+                f"capacity static; received shape {tuple(x.shape)}. Give the Input a fixed "
+                "sequence length."
             )
+        group_size = self._group_size_for(tokens)
+        batch = x.shape[0]
+        if isinstance(batch, int) and (batch * tokens) % group_size:
+            raise ValueError(
+                f"The {batch * tokens} tokens of this batch (batch={batch} "
+                f"x tokens={tokens}) cannot be divided into groups of "
+                f"group_size={group_size}; use a batch size that is a multiple of "
+                f"{group_size // tokens}."
+            )
+        if token_mask is not None and tuple(token_mask.shape) != tuple(x.shape[:-1]):
+            raise ValueError(
+                f"Argument `token_mask` must have the input's shape without the feature "
+                f"axis, {tuple(x.shape[:-1])}; received shape {tuple(token_mask.shape)}."
+            )
+        return tokens, group_size
 
-    def _route(self, x, training):
-        """Grouped tokens, routing dict and expert outputs."""
+    def _route(self, x, training, group_size, token_mask=None):
+        """Expert outputs combined per token, and the routing dict."""
         dim = x.shape[-1]
-        groups = ops.reshape(x, (-1, self.routing_group_size, dim))
-        routing = self.router(groups, training=training, dense=False)
+        groups = ops.reshape(x, (-1, group_size, dim))
+        mask = None if token_mask is None else ops.reshape(token_mask, (-1, group_size))
+        routing = self.router(groups, training=training, dense=False, token_mask=mask)
+        capacity = self.capacity(training, group_size)
         if self.router_type == "soft":
             expert_inputs = dense_dispatch(groups, routing["dispatch_weights"])
         else:
@@ -287,35 +313,59 @@ class SparseMoE(keras.layers.Layer):
                 routing["expert_index"],
                 routing["expert_position"],
                 routing["gates"],
-                self.capacity(training),
+                capacity,
             )
         else:
             if self.router_type == "soft":
                 combine = routing["combine_weights"]
             else:
-                _, combine = to_dense(
-                    routing, self.routing_group_size, self.num_experts,
-                    self.capacity(training),
-                )
+                _, combine = to_dense(routing, group_size, self.num_experts, capacity)
             combined = dense_combine(expert_outputs, combine)
         return combined, routing
 
-    def call(self, inputs, training=None):
-        self._check_inputs(inputs)
+    def call(self, inputs, training=None, token_mask=None, return_routing=False):
+        """Route, run the experts and combine.
+
+        Args:
+            inputs: (batch, tokens, dim) or (batch, dim), floating point.
+            training: bool.
+            token_mask: optional bool (batch, tokens) (or (batch,) for 2-D
+                inputs): false marks tokens that must not be routed (e.g.
+                text padding); they take no expert capacity and their output
+                is zero. Routing statistics and the importance loss count
+                real tokens only.
+            return_routing: bool, also return the router's dict (e.g.
+                `router_probs` for LIMoE's entropy losses).
+
+        Returns:
+            Outputs of the input's shape, or `(outputs, routing)`.
+        """
+        tokens, group_size = self._check_inputs(inputs, token_mask)
         training = bool(training)
-        combined, routing = self._route(inputs, training)
+        combined, routing = self._route(inputs, training, group_size, token_mask)
         outputs = ops.reshape(combined, ops.shape(inputs))
         if training:
             self.add_loss(routing["aux_loss"])
             self.stat_dropped_fraction.assign(ops.cast(routing["dropped_fraction"], "float32"))
             self.stat_expert_fraction.assign(ops.cast(routing["expert_fraction"], "float32"))
+        if token_mask is not None:
+            outputs = outputs * ops.cast(ops.expand_dims(token_mask, -1), outputs.dtype)
         # A NaN anywhere in a token's features makes that token's output NaN,
         # even where routing dropped the token (which would otherwise give 0).
         has_nan = ops.any(ops.not_equal(inputs, inputs), axis=-1, keepdims=True)
-        return ops.where(has_nan, ops.cast(float("nan"), outputs.dtype), outputs)
+        outputs = ops.where(has_nan, ops.cast(float("nan"), outputs.dtype), outputs)
+        if return_routing:
+            return outputs, routing
+        return outputs
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
+
+    def compute_output_spec(self, inputs, *args, **kwargs):
+        if kwargs.get("return_routing"):
+            # The routing dict's structure: trace `call` symbolically.
+            return keras.Operation.compute_output_spec(self, inputs, *args, **kwargs)
+        return keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
 
     # --------------------------------------------------------------- analysis
     def routing_stats(self, inputs, training=False):
@@ -343,15 +393,15 @@ class SparseMoE(keras.layers.Layer):
         x = ops.convert_to_tensor(inputs, dtype=self.compute_dtype)
         if not self.built:
             self.build(tuple(x.shape))
-        self._check_inputs(x)
-        groups = ops.reshape(x, (-1, self.routing_group_size, x.shape[-1]))
+        _, group_size = self._check_inputs(x)
+        groups = ops.reshape(x, (-1, group_size, x.shape[-1]))
         routing = self.router(groups, training=training, dense=False)
         fraction = ops.convert_to_numpy(routing["expert_fraction"])
         stats = {
             "dropped_fraction": float(ops.convert_to_numpy(routing["dropped_fraction"])),
             "expert_fraction": fraction,
             "load_imbalance": float(self.num_experts * np.max(fraction)),
-            "capacity": self.capacity(training),
+            "capacity": self.capacity(training, group_size),
             "router_probs": ops.convert_to_numpy(routing["router_probs"]),
             "aux_losses": {
                 k: float(ops.convert_to_numpy(v)) for k, v in routing["aux_losses"].items()

@@ -7,6 +7,7 @@ from keras_sparse_moe.layers import aux_losses
 from keras_sparse_moe.layers.router_base import Router
 from keras_sparse_moe.layers.routing_ops import slots_from_assignments
 from keras_sparse_moe.layers.routing_ops import token_choice_positions
+from keras_sparse_moe.layers.routing_ops import top_k
 from keras_sparse_moe.utils.validation import check_float
 
 
@@ -109,7 +110,8 @@ class TokenChoiceRouter(Router):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def route(self, inputs, training=False):
+    def route(self, inputs, training=False, token_mask=None):
+        group_size = self.static_group_size(inputs)
         x = ops.cast(inputs, "float32")
         if training and self.jitter > 0:
             x = x * keras.random.uniform(
@@ -123,16 +125,36 @@ class TokenChoiceRouter(Router):
                 ops.shape(logits), seed=self.seed_generator
             )
         probs = ops.softmax(noisy_logits, axis=-1)
-        gates, expert_index = ops.top_k(probs, k=self.top_k, sorted=True)
+        gates, expert_index = top_k(probs, self.top_k)
         expert_index = ops.cast(expert_index, "int32")
+        # Batch Priority Routing ranks tokens by their top-1 router probability,
+        # before any renormalisation (which would make all top-1 gates 1 at k=1).
+        priority = gates
         if self.renormalize_gates:
             gates = gates / ops.sum(gates, axis=-1, keepdims=True)
+        batch_priority = self.batch_priority
+        mask = None
+        if token_mask is not None:
+            # Masked tokens are served last (priority -1), so they never take
+            # capacity from real tokens; without BPR real tokens keep their
+            # order (priority decreasing with the position in the group).
+            mask = ops.expand_dims(ops.cast(token_mask, "bool"), -1)  # (G, S, 1)
+            if not batch_priority:
+                order = 1.0 - ops.arange(group_size, dtype="float32") / group_size
+                priority = ops.broadcast_to(
+                    ops.reshape(order, (1, group_size, 1)), ops.shape(priority)
+                )
+                batch_priority = True
+            priority = ops.where(mask, priority, -1.0)
+            probs = probs * ops.cast(mask, probs.dtype)
 
-        capacity = self.capacity(training)
+        capacity = self.capacity(training, group_size)
         position = token_choice_positions(
-            expert_index, gates, self.num_experts, self.batch_priority
+            expert_index, priority, self.num_experts, batch_priority
         )
         keep = position < capacity
+        if mask is not None:
+            keep = ops.logical_and(keep, mask)
         slot_token = slots_from_assignments(
             expert_index, position, keep, self.num_experts, capacity
         )
@@ -156,8 +178,16 @@ class TokenChoiceRouter(Router):
             )
             total = total + self.load_loss_weight * losses["load_loss"]
 
-        assigned = ops.one_hot(expert_index, self.num_experts, dtype="float32")
-        expert_fraction = ops.mean(ops.sum(assigned, axis=2), axis=(0, 1)) / self.top_k
+        assigned = ops.sum(ops.one_hot(expert_index, self.num_experts, dtype="float32"), axis=2)
+        if mask is not None:
+            real = ops.cast(mask, "float32")  # (G, S, 1)
+            assigned = assigned * real
+            num_assignments = ops.maximum(ops.sum(real), 1.0) * self.top_k
+            dropped_fraction = 1.0 - ops.sum(ops.cast(keep, "float32")) / num_assignments
+        else:
+            num_assignments = ops.cast(ops.size(expert_index), "float32")
+            dropped_fraction = 1.0 - ops.mean(ops.cast(keep, "float32"))
+        expert_fraction = ops.sum(assigned, axis=(0, 1)) / num_assignments
         return {
             "expert_index": expert_index,
             "expert_position": position,
@@ -166,7 +196,7 @@ class TokenChoiceRouter(Router):
             "router_probs": probs,
             "aux_losses": losses,
             "aux_loss": total,
-            "dropped_fraction": 1.0 - ops.mean(ops.cast(keep, "float32")),
+            "dropped_fraction": dropped_fraction,
             "expert_fraction": expert_fraction,
         }
 
