@@ -90,8 +90,8 @@ class Router(keras.layers.Layer):
         group_size = group_size or self.group_size
         if group_size is None:
             raise ValueError(
-                "The router does not know its group size yet: call it on data first or "
-                "pass `group_size`."
+                "The router is not built with a group size yet (it does not know its group "
+                "size): call it on data first or pass `group_size`."
             )
         factor = self.capacity_factor
         if not training and self.eval_capacity_factor is not None:

@@ -80,9 +80,11 @@ def top_k(values, k):
     if k > _ARGMAX_TOP_K:
         top_values, top_indices = ops.top_k(values, k=k, sorted=True)
         return top_values, ops.cast(top_indices, "int32")
+    values = ops.convert_to_tensor(values)  # NumPy in: `values * tensor` fails on torch
     num = ops.shape(values)[-1]
     positions = ops.arange(num, dtype="int32")
     remaining = values
+    floor = ops.min(values, axis=-1, keepdims=True) - 1.0
     free = None  # entries not picked yet (None: all)
     picked_values, picked_indices = [], []
     for _ in range(k):
@@ -98,11 +100,15 @@ def top_k(values, k):
         index = ops.where(index < num, index, first_free)
         chosen = ops.equal(ops.expand_dims(index, -1), positions)
         # Exact value of the pick, with the gradient going to it alone.
+        # (A product, not a select: LiteRT's full-int8 quantizer requires a
+        # select's operands to share one scale, which router values don't.)
         picked_values.append(
-            ops.sum(ops.where(chosen, values, ops.zeros_like(values)), axis=-1, keepdims=True)
+            ops.sum(values * ops.cast(chosen, values.dtype), axis=-1, keepdims=True)
         )
         picked_indices.append(ops.expand_dims(index, -1))
-        remaining = ops.where(chosen, float("-inf"), remaining)
+        # Below every value of the row, but finite: a -inf constant gives
+        # LiteRT's int8 quantizer an infinite scale.
+        remaining = ops.where(chosen, floor, remaining)
         free = ops.logical_not(chosen) if free is None else ops.logical_and(
             free, ops.logical_not(chosen))
     if k == 1:
@@ -144,10 +150,12 @@ def token_choice_positions(expert_index, gates, num_experts, batch_priority):
         expert_index = _gather_rows(expert_index, ops.expand_dims(order, -1))
     # (G, K, S) -> (G, K*S): choice level major, token (priority) minor.
     ordered = ops.reshape(ops.transpose(expert_index, (0, 2, 1)), (-1, top_k * num_tokens))
-    one_hot = ops.one_hot(ordered, num_experts, dtype="int32")
-    # Exclusive running count of earlier assignments to the same expert.
-    before = ops.cumsum(one_hot, axis=1) - one_hot
-    position = ops.sum(before * one_hot, axis=-1)
+    ordered = ops.expand_dims(ops.cast(ordered, "int32"), -1)
+    one_hot = ops.cast(ops.equal(ordered, ops.arange(num_experts, dtype="int32")), "int32")
+    # Running count of assignments to each expert; an assignment's position
+    # is the count of its own expert up to and including it, minus one.
+    count = ops.cumsum(one_hot, axis=1)
+    position = ops.take_along_axis(count, ordered, axis=-1) - 1
     position = ops.transpose(ops.reshape(position, (-1, top_k, num_tokens)), (0, 2, 1))
     if batch_priority:
         inverse = ops.argsort(order, axis=-1)
@@ -178,12 +186,10 @@ def slots_from_assignments(expert_index, position, keep, num_experts, capacity):
     # Sorting by slot id lists the kept assignments expert by expert; expert e
     # owns sorted positions [start_e, start_e + count_e).
     sorted_assignment = ops.cast(ops.argsort(slot_id, axis=-1), "int32")
-    kept_one_hot = ops.one_hot(
-        ops.reshape(ops.where(keep, expert_index, num_experts), (-1, num_tokens * top_k)),
-        num_experts + 1,
-        dtype="int32",
-    )[:, :, :num_experts]
-    count = ops.sum(kept_one_hot, axis=1)  # (G, E)
+    kept_expert = ops.reshape(ops.where(keep, expert_index, num_experts),
+                              (-1, num_tokens * top_k, 1))
+    kept_one_hot = ops.equal(kept_expert, ops.arange(num_experts, dtype="int32"))
+    count = ops.sum(ops.cast(kept_one_hot, "int32"), axis=1)  # (G, E)
     start = ops.cumsum(count, axis=1) - count
     slot_range = ops.arange(capacity, dtype="int32")
     sorted_pos = ops.expand_dims(start, -1) + ops.reshape(slot_range, (1, 1, capacity))

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_sparse_moe.layers import aux_losses
+from keras_sparse_moe.layers import backend_random
 from keras_sparse_moe.layers.router_base import Router
 from keras_sparse_moe.layers.routing_ops import slots_from_assignments
 from keras_sparse_moe.layers.routing_ops import token_choice_positions
@@ -114,15 +115,15 @@ class TokenChoiceRouter(Router):
         group_size = self.static_group_size(inputs)
         x = ops.cast(inputs, "float32")
         if training and self.jitter > 0:
-            x = x * keras.random.uniform(
-                ops.shape(x), 1.0 - self.jitter, 1.0 + self.jitter, seed=self.seed_generator
+            x = x * backend_random.uniform(
+                ops.shape(x), 1.0 - self.jitter, 1.0 + self.jitter, self.seed_generator
             )
         logits = ops.matmul(x, self.kernel)
         noise_std = self.noise_std / self.num_experts
         noisy_logits = logits
         if training and noise_std > 0:
-            noisy_logits = logits + noise_std * keras.random.normal(
-                ops.shape(logits), seed=self.seed_generator
+            noisy_logits = logits + noise_std * backend_random.normal(
+                ops.shape(logits), self.seed_generator
             )
         probs = ops.softmax(noisy_logits, axis=-1)
         gates, expert_index = top_k(probs, self.top_k)
@@ -149,8 +150,14 @@ class TokenChoiceRouter(Router):
             probs = probs * ops.cast(mask, probs.dtype)
 
         capacity = self.capacity(training, group_size)
+        # Masked assignments are counted on a virtual extra expert, so they
+        # never push a real (e.g. second-choice) assignment beyond capacity.
+        position_index, num_queues = expert_index, self.num_experts
+        if mask is not None:
+            position_index = ops.where(mask, expert_index, self.num_experts)
+            num_queues = self.num_experts + 1
         position = token_choice_positions(
-            expert_index, priority, self.num_experts, batch_priority
+            position_index, priority, num_queues, batch_priority
         )
         keep = position < capacity
         if mask is not None:
