@@ -124,10 +124,10 @@ def test_from_preset_builds_the_tiny_classifier():
     model = presets.from_preset("moe_vit_tiny")
     assert isinstance(model, MoEViTImageClassifier)
     assert model.num_classes == 10
-    assert model.backbone.image_shape == (8, 8, 1)
+    assert model.backbone.image_shape == (16, 16, 1)
     assert model.backbone.moe_layer_indices == (1, 3)
     converter = model.preprocessor.image_converter
-    assert converter.image_size == (8, 8)
+    assert converter.image_size == (16, 16)
     assert converter.scale == pytest.approx(1 / 16)
     # It takes the project's digits as they load: uint8 (N, 8, 8, 1), values 0..16.
     from keras_sparse_moe.data import load_digits
@@ -204,7 +204,7 @@ def test_conflicting_override_gives_a_clear_error():
     with pytest.raises(ValueError, match="moe_vit_tiny") as info:
         presets.from_preset("moe_vit_tiny", image_shape=(9, 9, 1))
     assert "image_shape=(9, 9, 1)" in str(info.value)
-    assert "patch_size=2" in str(info.value)
+    assert "patch_size=4" in str(info.value)
 
 
 def test_keras_hub_preset_names_go_to_keras_hub(monkeypatch):

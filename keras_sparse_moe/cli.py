@@ -1,0 +1,518 @@
+"""The `keras-sparse-moe` command line.
+
+Commands: `presets`, `profile`, `train`, `evaluate`, `export`, `demo` (run
+`keras-sparse-moe COMMAND --help`). `--backend` (or `KERAS_BACKEND`)
+chooses tensorflow, jax or torch; it must be set before Keras is imported,
+so every heavy import happens inside the command functions. A bad argument
+or bad input prints one clear line (no traceback) and exits with status 2.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+
+BACKENDS = ("tensorflow", "jax", "torch")
+QUANTIZATION_CHOICES = ("none", "float16", "dynamic_int8", "int8")
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user error reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument gives one line (and a pointer to
+    `--help`) instead of the usage block."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _console(stderr=False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _table(title, columns, rows, no_wrap=()):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=column in no_wrap)
+    for row in rows:
+        table.add_row(*[str(c) for c in row])
+    _console().print(table)
+
+
+def _count(n):
+    if n is None:
+        return "?"
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return str(n)
+
+
+def _setup_logging(quiet):
+    """Show the package's progress messages (data preparation, training,
+    export) on stderr; returns a function undoing the set-up."""
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("keras_sparse_moe")
+    absl = logging.getLogger("absl")
+    saved = (logger.level, absl.level)
+    handler = RichHandler(console=_console(stderr=True), show_path=False, show_time=False,
+                          markup=False)
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    # TensorFlow's converter logs deprecation notes through absl at WARNING.
+    absl.setLevel(logging.ERROR)
+
+    def restore():
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        absl.setLevel(saved[1])
+
+    return restore
+
+
+def _overrides(pairs):
+    """`["num_layers=2", "dropout=0.1"]` -> `{"num_layers": 2, "dropout": 0.1}`."""
+    overrides = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--set expects KEY=VALUE (e.g. --set dropout=0.1); received {pair!r}")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def _data_options(args):
+    options = {}
+    if getattr(args, "data_dir", None):
+        options["data_dir"] = args.data_dir
+    if getattr(args, "no_download", False):
+        options["download"] = False
+    return options
+
+
+# --------------------------------------------------------------------- presets
+def cmd_presets(args):
+    from keras_sparse_moe.presets import list_presets
+
+    rows = []
+    for p in list_presets(family=args.family):
+        description = p.get("description", "")
+        if args.width and len(description) > args.width > 3:
+            description = description[: args.width - 3].rstrip() + "..."
+        rows.append((
+            p["name"],
+            p["family"],
+            _count(p.get("params_total")),
+            _count(p.get("params_active")),
+            "yes" if p.get("has_weights") else "no",
+            description,
+        ))
+    columns = ["name", "family", "params", "active/token", "weights", "description"]
+    if _console().width < 110 and not args.width:
+        # Too narrow for descriptions: keep the figures readable.
+        columns, rows = columns[:5], [row[:5] for row in rows]
+    _table("keras-sparse-moe presets", columns, rows, no_wrap=columns[:5])
+    return 0
+
+
+# --------------------------------------------------------------------- profile
+def cmd_profile(args):
+    from keras_sparse_moe.profile import profile
+
+    model = _load_model(args.preset, load_weights=False)
+    report = profile(model)
+    _console().print(str(report), markup=False, highlight=False)
+    if args.json:
+        _write_json(args.json, report.to_dict())
+    return 0
+
+
+# ---------------------------------------------------------------------- export
+def cmd_export(args):
+    from keras_sparse_moe.export import LiteRTModel
+    from keras_sparse_moe.export import export_litert
+    from keras_sparse_moe.recipes.classifier import match_converter_to_data
+
+    quantization = None if args.quantization == "none" else args.quantization
+    if quantization == "int8" and not args.data:
+        raise CLIError(
+            "--quantization int8 needs representative data: add --data digits (or another "
+            "dataset spec) to calibrate on training images"
+        )
+    _check_output_file(args.output)
+    model = _load_model(args.model)
+    representative = None
+    if args.data:
+        from keras_sparse_moe.data import resolve_dataset
+
+        match_converter_to_data(model, resolve_dataset(args.data, **_data_options(args)).info.max_value)
+    if quantization == "int8":
+        from keras_sparse_moe.recipes.classifier import representative_images
+
+        representative = representative_images(model, args.data, args.calibration_samples,
+                                                data_options=_data_options(args))
+    path = export_litert(model, args.output, quantization=quantization,
+                         representative_data=representative, batch_size=args.batch_size)
+    runner = LiteRTModel(path)
+    rows = [
+        ("file", path),
+        ("size", f"{os.path.getsize(path) / 1024:.0f} KB"),
+        ("quantization", args.quantization),
+        ("input", f"{runner.input['dtype'].__name__} {tuple(int(d) for d in runner.input['shape'])}"),
+        ("builtin op types", len(runner.ops)),
+    ]
+    converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
+    if converter is not None:
+        rows.append(("input preprocessing", f"raw * {converter.scale} + {converter.offset or 0}"
+                     " (the model's image converter; not in the .tflite)"))
+    if args.data:
+        from keras_sparse_moe.recipes.classifier import litert_test_accuracy
+
+        accuracy, n = litert_test_accuracy(model, path, args.data, data_options=_data_options(args))
+        rows.append(("LiteRT test accuracy", f"{accuracy:.4f} ({n} images of {args.data})"))
+    _table("LiteRT export", ["what", "value"], rows)
+    return 0
+
+
+def _check_output_file(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CLIError(f"cannot write {path!r}: directory {directory!r} does not exist")
+    if not path.endswith(".tflite"):
+        raise CLIError(f"--output must be a .tflite file name; received {path!r}")
+
+
+# ------------------------------------------------------------ train / evaluate
+def cmd_train(args):
+    from keras_sparse_moe.recipes.classifier import train_classifier
+
+    result = train_classifier(
+        preset=args.preset,
+        data=args.data,
+        output_dir=args.output,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        warmup_fraction=args.warmup_fraction,
+        ema_momentum=args.ema_momentum,
+        augment=args.augment,
+        seed=args.seed,
+        early_stopping_patience=args.early_stopping,
+        validation_fraction=args.validation_fraction,
+        overrides=_overrides(args.set),
+        data_options=_data_options(args),
+        overwrite=args.overwrite,
+        plots=not args.no_plots,
+        max_batches=args.max_batches,
+        run_eagerly=args.run_eagerly,
+        verbose=0 if args.quiet else args.verbose,
+    )
+    _print_metrics(f"train: {args.preset} on {args.data} ({result.get('split', 'test')} split)", result)
+    _console().print(f"artifacts in {args.output}: " + ", ".join(
+        os.path.basename(p) for p in result.get("artifacts", {}).values()))
+    return 0
+
+
+def cmd_evaluate(args):
+    from keras_sparse_moe.recipes.classifier import evaluate_classifier
+
+    metrics = evaluate_classifier(
+        args.model,
+        data=args.data,
+        split=args.split,
+        batch_size=args.batch_size,
+        output_dir=args.output,
+        data_options=_data_options(args),
+        max_batches=args.max_batches,
+    )
+    _print_metrics(f"evaluate: {args.model} on {args.data} ({args.split} split)", metrics)
+    if metrics.get("per_class"):
+        _table(
+            "per class",
+            ["class", "precision", "recall", "f1", "support"],
+            [
+                (c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}",
+                 c["support"])
+                for c in metrics["per_class"]
+            ],
+        )
+    if args.output:
+        _console().print(f"wrote {os.path.join(args.output, 'metrics.json')}")
+    return 0
+
+
+def cmd_demo(args):
+    from keras_sparse_moe.recipes.demo import run_demo
+
+    result = run_demo(output_dir=args.output, epochs=args.epochs, seed=args.seed,
+                      quick=args.quick, verbose=0 if args.quiet else 2)
+    _table("keras-sparse-moe demo", ["what", "value"], result["rows"])
+    return 0
+
+
+# --------------------------------------------------------------------- helpers
+def _load_model(name_or_path, load_weights=True):
+    from keras_sparse_moe.presets import from_preset
+
+    name = os.fspath(name_or_path)
+    if name.endswith(".keras"):
+        import keras
+
+        import keras_sparse_moe  # noqa: F401 - registers the serializable classes
+
+        if not os.path.isfile(name):
+            raise CLIError(f"no model file at {name!r}")
+        return keras.saving.load_model(name, safe_mode=True)
+    if os.path.sep in name and not os.path.exists(name) and "://" not in name:
+        raise CLIError(f"no preset directory or model file at {name!r}")
+    return from_preset(name, load_weights=load_weights)
+
+
+def _write_json(path, obj):
+    from keras_sparse_moe.utils.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
+
+
+_SHOWN_METRICS = (
+    "accuracy", "macro_f1", "macro_precision", "macro_recall", "examples",
+    "latency_ms_per_image", "latency_ms_single_image", "params_total", "params_active",
+    "backend", "epochs_run", "resumed_from_epoch", "train_time_s", "wall_time_s",
+)
+
+
+def _print_metrics(title, metrics):
+    rows = []
+    for key in _SHOWN_METRICS:
+        value = metrics.get(key)
+        if value is None:
+            continue
+        rows.append((key, f"{value:.4f}" if isinstance(value, float) else str(value)))
+    for name, stats in (metrics.get("routing") or {}).items():
+        rows.append((f"{name} load imbalance / dropped",
+                     f"{stats['load_imbalance']:.2f} / {stats['dropped_fraction']:.3f}"))
+    _table(title, ["metric", "value"], rows)
+
+
+def build_parser():
+    """The argument parser of `keras-sparse-moe`."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backend", choices=BACKENDS, default=argparse.SUPPRESS,
+                        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+    data_common = argparse.ArgumentParser(add_help=False)
+    data_common.add_argument("--data-dir", default=None,
+                             help="TFDS data directory (for tfds:NAME datasets)")
+    data_common.add_argument("--no-download", action="store_true",
+                             help="TFDS: use only prepared data, never download")
+
+    parser = _Parser(
+        prog="keras-sparse-moe",
+        description="Sparse mixture-of-experts models for Keras 3: presets, training, "
+        "evaluation, profiling and LiteRT export. Datasets: 'digits' (embedded, offline), "
+        "'tfds:NAME', 'folder:PATH'.",
+    )
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("presets", parents=[common], help="table of the registered presets",
+                       description="List the registered presets: family, parameters "
+                       "(total and active per token) and whether trained weights ship.")
+    p.add_argument("--family", default=None, help="only this model family (e.g. moe_vit)")
+    p.add_argument("--width", type=int, default=0,
+                   help="cut descriptions to this many characters (default: fit the terminal)")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("profile", parents=[common],
+                       help="parameters, active parameters and FLOPs of a preset",
+                       description="Parameters (total / active per token) and FLOPs per "
+                       "example of a preset, preset directory or .keras file.")
+    p.add_argument("--preset", required=True, help="preset name, preset directory or .keras file")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser(
+        "train", parents=[common, data_common], help="train a classifier preset on a dataset",
+        description="Train an image classifier from a preset and evaluate it on the test "
+        "split. Writes OUTPUT/model.keras, OUTPUT/preset/, metrics.json, log.csv, "
+        "training_curves.png and routing_heatmap.png. Re-running the same command "
+        "resumes an interrupted run after its last finished epoch.",
+    )
+    p.add_argument("--preset", default="moe_vit_tiny",
+                   help="preset name, preset directory or .keras file (default: moe_vit_tiny)")
+    p.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH (default: digits)")
+    p.add_argument("--output", default="runs/train", help="output directory (default: runs/train)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--learning-rate", type=float, default=2e-3, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--warmup-fraction", type=float, default=0.1,
+                   help="share of the steps with linear warmup (then cosine decay)")
+    p.add_argument("--ema-momentum", type=float, default=None, metavar="M",
+                   help="end with an exponential moving average of the weights (e.g. 0.999 "
+                   "for runs of thousands of steps)")
+    p.add_argument("--augment", choices=("affine", "shift", "none"), default="affine",
+                   help="training augmentation (default: affine = rotation, zoom, shift)")
+    p.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of the training split held out for validation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without validation improvement")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="preset override, e.g. --set dropout=0.1 --set stochastic_depth=0.1")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard a previous run in the output directory")
+    p.add_argument("--no-plots", action="store_true", help="do not write the PNG figures")
+    p.add_argument("--verbose", type=int, choices=(1, 2), default=1,
+                   help="1: progress bars, 2: one line per epoch")
+    p.add_argument("--quiet", action="store_true", help="only warnings and the final table")
+    p.add_argument("--max-batches", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--run-eagerly", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate", parents=[common, data_common],
+        help="accuracy, macro-F1, per-class table and latency",
+        description="Evaluate a classifier (.keras file, preset directory or preset name, "
+        "e.g. moe_vit_tiny_digits) on a split of a dataset.",
+    )
+    p.add_argument("--model", required=True, help=".keras file, preset directory or preset name")
+    p.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH (default: digits)")
+    p.add_argument("--split", choices=("test", "validation"), default="test")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--output", default=None,
+                   help="directory for metrics.json and routing_heatmap.png")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--max-batches", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "export", parents=[common, data_common],
+        help="export a model to LiteRT (.tflite), builtin ops only",
+        description="Export a classifier to a LiteRT .tflite file (builtin ops only). The "
+        "file takes preprocessed images. With --data, report its test-split accuracy; int8 "
+        "calibrates on training images of --data.",
+    )
+    p.add_argument("--model", required=True, help=".keras file, preset directory or preset name")
+    p.add_argument("--output", required=True, help="output .tflite file")
+    p.add_argument("--quantization", choices=QUANTIZATION_CHOICES, default="none")
+    p.add_argument("--data", default=None,
+                   help="dataset for int8 calibration and the LiteRT accuracy check, e.g. digits")
+    p.add_argument("--calibration-samples", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=1, help="fixed batch size of the .tflite")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "demo", parents=[common],
+        help="train, evaluate and export moe_vit_tiny on the embedded digits",
+        description="The README's main job: train moe_vit_tiny on the embedded digits, "
+        "evaluate it on the test split, export LiteRT float32 and dynamic-int8 files, check "
+        "them with the LiteRT interpreter and print a summary (under 3 minutes on 2 cores).",
+    )
+    p.add_argument("--output", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo's epoch budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _check_numbers(args):
+    for name in ("epochs", "batch_size", "calibration_samples", "max_batches", "width"):
+        value = getattr(args, name, None)
+        minimum = 0 if name == "width" else 1
+        if value is not None and value < minimum:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= {minimum}; received {value}")
+
+
+_REEXEC_FLAG = "KERAS_SPARSE_MOE_CLI_REEXEC"
+
+
+def _imported_backend():
+    """The backend of the already imported Keras, or None."""
+    keras = sys.modules.get("keras")
+    if keras is None:
+        return None
+    try:
+        return keras.backend.backend()
+    except AttributeError:  # a partially imported module
+        return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    if args.version:
+        from keras_sparse_moe import __version__
+
+        print(f"keras-sparse-moe {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    backend = getattr(args, "backend", None)
+    if backend:
+        current = _imported_backend()
+        if current is not None and current != backend:
+            if argv is None and not os.environ.get(_REEXEC_FLAG):
+                # `import keras_sparse_moe` already imported Keras with another
+                # backend: start again with KERAS_BACKEND set.
+                env = dict(os.environ, KERAS_BACKEND=backend, **{_REEXEC_FLAG: "1"})
+                command = [sys.executable, "-m", "keras_sparse_moe.cli", *sys.argv[1:]]
+                os.execve(sys.executable, command, env)
+            print(f"keras-sparse-moe: error: --backend {backend} must be chosen before Keras "
+                  f"is imported (this process already uses {current}); set "
+                  f"KERAS_BACKEND={backend} instead", file=sys.stderr)
+            return EXIT_USAGE
+        os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    restore_logging = _setup_logging(getattr(args, "quiet", False))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*shuffle=True.*")
+            _check_numbers(args)
+            return args.func(args) or 0
+    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
+            RuntimeError) as error:
+        message = str(error).strip().splitlines() or [type(error).__name__]
+        print(f"keras-sparse-moe {args.command}: error: {message[0]}", file=sys.stderr)
+        for line in message[1:6]:
+            if line.strip():
+                print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume from the last finished epoch",
+              file=sys.stderr)
+        return 130
+    finally:
+        restore_logging()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

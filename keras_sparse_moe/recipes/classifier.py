@@ -1,0 +1,964 @@
+"""Train and evaluate image classifiers built from presets.
+
+The `moe_vit` and `dense_vit` recipes (and `keras-sparse-moe train` /
+`evaluate`) are thin wrappers around `train_classifier` and
+`evaluate_classifier`:
+
+- model from a preset (`moe_vit_tiny`, `vmoe_s32_e8_k2_last2`, a preset
+  directory, or a `.keras` file), with the number of classes taken from the
+  data;
+- `tf.data` pipelines from a dataset spec (`digits`, `tfds:NAME`,
+  `folder:PATH`) at the model's image size, with training augmentation;
+- `compile`: AdamW with linear warmup + cosine decay, decoupled weight decay
+  (not on biases and normalisation scales), global-norm gradient clipping
+  and label-smoothed cross-entropy; the MoE auxiliary losses are added by
+  the layers;
+- `fit` with the callbacks of `make_callbacks` (re-running with the same
+  output directory resumes after the last finished epoch; best / last
+  checkpoints; CSV log; optional early stopping) and `RoutingStatistics`;
+- test-split evaluation: accuracy, macro-F1, per-class precision / recall /
+  F1, confusion matrix, latency per image, routing statistics per MoE layer
+  and per class.
+
+Artifacts written by `train_classifier` into `output_dir`: `model.keras`,
+`preset/` (keras-hub preset directory), `metrics.json`, `run.json` (the
+settings and state of the run), `log.csv`, `best.keras`, `last.keras`,
+`training_curves.png` and `routing_heatmap.png`.
+"""
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+
+import numpy as np
+
+from keras_sparse_moe.recipes.augment import AUGMENTATIONS
+from keras_sparse_moe.recipes.augment import make_augmentation
+from keras_sparse_moe.recipes.metrics import classification_report
+from keras_sparse_moe.utils.io import atomic_save_model
+from keras_sparse_moe.utils.io import atomic_write_text
+from keras_sparse_moe.utils.io import check_writable_directory
+from keras_sparse_moe.utils.validation import check_choice
+from keras_sparse_moe.utils.validation import check_float
+from keras_sparse_moe.utils.validation import check_int
+
+logger = logging.getLogger("keras_sparse_moe.recipes")
+
+DEFAULT_PRESET = "moe_vit_tiny"
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.keras"
+PRESET_DIR = "preset"
+CURVES_FILE = "training_curves.png"
+HEATMAP_FILE = "routing_heatmap.png"
+# Files (and directories) a training run writes; `overwrite=True` removes them.
+RUN_ARTIFACTS = (
+    RUN_FILE, METRICS_FILE, MODEL_FILE, PRESET_DIR, CURVES_FILE, HEATMAP_FILE,
+    "log.csv", "best.keras", "last.keras", "backup",
+)
+# Settings that must match to resume an interrupted run.
+_RESUME_KEYS = (
+    "preset", "data", "epochs", "batch_size", "learning_rate", "weight_decay",
+    "label_smoothing", "warmup_fraction", "clipnorm", "augment", "seed",
+    "validation_fraction", "overrides", "max_batches", "ema_momentum",
+)
+_NO_DECAY = ("bias", "gamma", "beta", "class_token", "position_embedding")
+
+DIGITS_RECIPE = {
+    "epochs": 300,
+    "batch_size": 64,
+    "learning_rate": 2e-3,
+    "weight_decay": 0.05,
+    "label_smoothing": 0.1,
+    "warmup_fraction": 0.1,
+    "clipnorm": 1.0,
+    "augment": "affine",
+    "validation_fraction": 0.1,
+    "ema_momentum": 0.999,
+}
+"""The recipe that trained `moe_vit_tiny_digits` (`recipes/moe_vit.py`); the
+dense baseline (`recipes/dense_vit.py`) uses it too."""
+
+
+# ---------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------
+def _is_classifier(model):
+    import keras_hub
+
+    return isinstance(model, keras_hub.models.ImageClassifier)
+
+
+def _not_a_classifier(label, model):
+    family = type(model).__module__.split(".")
+    family = family[2] if len(family) > 2 and family[1] == "models" else "other"
+    hint = ""
+    if "dual" in type(model).__name__.lower() or family == "moe_dual_encoder":
+        hint = (
+            " It is a dual (image-text) encoder: train it on image-text pairs with "
+            "recipes/dual_encoder.py (contrastive loss), and classify with its zero-shot "
+            "classifier."
+        )
+    return ValueError(
+        f"Model {label!r} is a {type(model).__name__}, not an image classifier, so it "
+        f"cannot be trained or evaluated on image-label data.{hint} Image classifier "
+        "presets: moe_vit_tiny, dense_vit_tiny, moe_vit_tiny_digits, ... (see "
+        "`keras-sparse-moe presets`)."
+    )
+
+
+def load_classifier(model, num_classes=None, load_weights=True, overrides=None):
+    """An image classifier from a model, a `.keras` file, a preset directory
+    or a registered preset name.
+
+    Args:
+        model: a `keras_hub.models.ImageClassifier` (returned as is), a path
+            to a `.keras` file, a preset directory, a registered preset name
+            or an `hf://` / `kaggle://` handle.
+        num_classes: None (keep the model's) or int: rebuild a preset with a
+            new classification head of this size when it differs.
+        load_weights: bool, load the preset's weights when it ships some.
+        overrides: None or dict of preset overrides (backbone / task
+            constructor arguments, e.g. `{"dropout": 0.1}`).
+
+    Returns:
+        The classifier.
+
+    Raises:
+        ValueError: the model is not an image classifier (e.g. a dual
+            encoder), or an unknown preset / bad override.
+        FileNotFoundError: a `.keras` file or preset directory is missing.
+
+    Example:
+    >>> classifier = load_classifier("moe_vit_tiny", num_classes=3)
+    >>> classifier.num_classes
+    3
+    """
+    import keras
+
+    from keras_sparse_moe.presets import from_preset
+
+    overrides = dict(overrides or {})
+    if isinstance(model, keras.Model):
+        if not _is_classifier(model):
+            raise _not_a_classifier(getattr(model, "name", "model"), model)
+        return model
+    if not isinstance(model, (str, os.PathLike)):
+        raise ValueError(
+            "Argument `model` must be a Keras image classifier, a .keras file, a preset "
+            f"directory or a preset name; received {type(model).__name__}."
+        )
+    label = os.fspath(model)
+    if label.endswith(".keras"):
+        if not os.path.isfile(label):
+            raise FileNotFoundError(f"No model file at {label!r}.")
+        if overrides:
+            raise ValueError(
+                f"Preset overrides {sorted(overrides)} cannot be applied to a saved model "
+                f"({label!r}); use a preset name or directory."
+            )
+        loaded = keras.saving.load_model(label, safe_mode=True)
+        if not _is_classifier(loaded):
+            raise _not_a_classifier(label, loaded)
+        return loaded
+    if os.path.sep in label and not os.path.exists(label) and "://" not in label:
+        raise FileNotFoundError(f"No preset directory or model file at {label!r}.")
+    with warnings.catch_warnings():
+        # Presets saved after training hold optimizer variables; inference does not need them.
+        warnings.filterwarnings("ignore", message=r"Skipping variable loading for optimizer")
+        classifier = from_preset(label, load_weights=load_weights, **overrides)
+    if not _is_classifier(classifier):
+        raise _not_a_classifier(label, classifier)
+    if num_classes is not None and classifier.num_classes != num_classes:
+        logger.info(
+            "%s has %d classes, the data %d: building a new %d-class head.",
+            label, classifier.num_classes, num_classes, num_classes,
+        )
+        classifier = from_preset(
+            label, load_weights=load_weights, num_classes=num_classes, **overrides
+        )
+    return classifier
+
+
+def match_converter_to_data(model, max_value):
+    """Make the classifier's image converter map raw pixels in
+    `[0, max_value]` to the range it was configured for.
+
+    Presets configure their converter for their usual data: the digits
+    presets map 0..16 to [0, 1], the RGB presets map 0..255 to [-1, 1]. When a
+    dataset's largest raw value differs (e.g. 0..255 photos on a digits
+    preset), the scale is changed so the model input keeps that range.
+
+    Returns:
+        True when the scale was changed.
+
+    Example:
+    >>> model = load_classifier("moe_vit_tiny")
+    >>> match_converter_to_data(model, 255.0), round(model.preprocessor.image_converter.scale, 5)
+    (True, 0.00392)
+    """
+    converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
+    scale = getattr(converter, "scale", None)
+    if scale is None or not max_value:
+        return False
+    offset = converter.offset
+    mean_scale = float(np.mean(scale))
+    mean_offset = float(np.mean(offset)) if offset is not None else 0.0
+    top = 1.0 - min(mean_offset, 0.0)
+    expected = top / mean_scale if mean_scale else 0.0
+    if not expected or abs(expected / float(max_value) - 1.0) < 0.02:
+        return False
+    factor = expected / float(max_value)
+    if isinstance(scale, (list, tuple)):
+        converter.scale = type(scale)(float(s) * factor for s in scale)
+    else:
+        converter.scale = float(scale) * factor
+    logger.info(
+        "The image converter expected raw values up to %g; the data goes up to %g: "
+        "scale set to %s.", expected, max_value, converter.scale,
+    )
+    return True
+
+
+def preprocess(model, images):
+    """Model inputs for raw `images` (the model's preprocessor, if any), as a
+    float32 NumPy array.
+
+    Example:
+    >>> import numpy as np
+    >>> model = load_classifier("moe_vit_tiny")
+    >>> x = preprocess(model, np.full((1, 8, 8, 1), 16, "uint8"))
+    >>> x.shape, float(x.max())
+    ((1, 16, 16, 1), 1.0)
+    """
+    from keras import ops
+
+    preprocessor = getattr(model, "preprocessor", None)
+    images = np.asarray(images, dtype="float32")
+    if preprocessor is None:
+        return images
+    return np.asarray(ops.convert_to_numpy(preprocessor(images)), dtype="float32")
+
+
+def param_counts(model):
+    """`{"total", "active"}` trainable parameters of a classifier (active:
+    per token, as in `keras_sparse_moe.profile`), plus `"flops"` per example
+    when the profiler can compute them.
+
+    Example:
+    >>> counts = param_counts(load_classifier("moe_vit_tiny"))
+    >>> counts["total"] > counts["active"] > 0
+    True
+    """
+    trainable = int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
+    try:
+        from keras_sparse_moe.profile import profile
+
+        report = profile(model)
+        return {
+            "total": int(report.params_total),
+            "active": int(report.params_active),
+            "flops": int(report.flops),
+        }
+    except Exception as error:  # noqa: BLE001 - the counts are a report, not a requirement
+        logger.debug("profile() failed (%s); counting trainable weights only.", error)
+        return {"total": trainable, "active": trainable, "flops": None}
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+def _datasets(model, data, batch_size, augment, seed, validation_fraction, data_options, training):
+    from keras_sparse_moe.data import build_datasets
+
+    image_shape = tuple(model.backbone.image_shape)
+    options = dict(data_options or {})
+    options.setdefault("validation_fraction", validation_fraction)
+    datasets = build_datasets(
+        data,
+        image_size=image_shape[:2],
+        batch_size=batch_size,
+        channels=image_shape[2],
+        rescale=False,
+        augment=training and augment == "shift",
+        seed=seed,
+        cache=options.pop("cache", _small(data)),
+        **options,
+    )
+    info = datasets.info
+    if not info.num_classes:
+        raise ValueError(
+            f"Dataset {data!r} has no class labels, so a classifier cannot be trained or "
+            "evaluated on it (for image-text data use the dual encoder recipe)."
+        )
+    return datasets
+
+
+def _small(data):
+    """Cache decoded images in memory for the small embedded dataset."""
+    return isinstance(data, str) and data.strip().lower() == "digits"
+
+
+def _limit(ds, max_batches):
+    return ds if ds is None or max_batches is None else ds.take(max_batches)
+
+
+def _count_batches(ds):
+    count = int(ds.cardinality())
+    if count >= 0:
+        return count
+    return sum(1 for _ in ds)
+
+
+def representative_images(model, data="digits", samples=256, seed=0, data_options=None):
+    """Preprocessed training images for full-integer (int8) LiteRT calibration.
+
+    Args:
+        model: a classifier (or anything `load_classifier` accepts).
+        data: dataset spec; images come from its training split, shuffled with
+            `seed`, without augmentation.
+        samples: int >= 1, number of images.
+        seed: int >= 0.
+        data_options: dict of extra `build_datasets` options.
+
+    Returns:
+        float32 array `(samples, height, width, channels)` of model inputs.
+
+    Example:
+    >>> images = representative_images(load_classifier("moe_vit_tiny"), "digits", 16)
+    >>> images.shape  # digits upsampled to moe_vit_tiny's 16x16 input
+    (16, 16, 16, 1)
+    """
+    model = load_classifier(model)
+    samples = check_int("samples", samples, minimum=1)
+    datasets = _datasets(model, data, 64, "none", seed, 0.1, data_options, training=False)
+    if datasets.train is None:
+        raise ValueError(f"Dataset {data!r} has no training split to calibrate on.")
+    match_converter_to_data(model, datasets.info.max_value)
+    images = []
+    for batch, _ in datasets.train.unbatch().batch(64).take(math.ceil(samples / 64)):
+        images.append(np.asarray(batch))
+    return preprocess(model, np.concatenate(images)[:samples])
+
+
+def litert_test_accuracy(model, path, data="digits", split="test", data_options=None):
+    """Accuracy of a `.tflite` export of `model` on a split of `data`.
+
+    The images go through `model`'s preprocessor first (the `.tflite` file
+    takes preprocessed inputs), then through the LiteRT interpreter.
+
+    Returns:
+        `(accuracy, number of images)`.
+
+    Example:
+    >>> # litert_test_accuracy(model, "model.tflite", "digits") -> (0.97, 359)
+    """
+    from keras_sparse_moe.export import LiteRTModel
+
+    model = load_classifier(model)
+    datasets = _datasets(model, data, 128, "none", 0, 0.1, data_options, training=False)
+    match_converter_to_data(model, datasets.info.max_value)
+    ds = getattr(datasets, split)
+    if ds is None:
+        raise ValueError(f"Dataset {data!r} has no {split!r} split.")
+    runner = LiteRTModel(path)
+    correct = total = 0
+    for images, labels in ds:
+        logits = runner(preprocess(model, np.asarray(images)))
+        correct += int(np.sum(np.argmax(logits, axis=-1) == np.asarray(labels)))
+        total += len(labels)
+    return correct / max(total, 1), total
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+def _batch_multiple(model):
+    """Batch sizes must be a multiple of this (routing groups spanning images)."""
+    from keras_sparse_moe.recipes.routing import moe_layer_paths
+
+    multiple = 1
+    for _, layer in moe_layer_paths(model):
+        tokens = getattr(layer, "_tokens_per_example", None) or 1
+        group = layer.routing_group_size or tokens
+        if group > tokens:
+            multiple = math.lcm(multiple, group // tokens)
+    return multiple
+
+
+def _predict_dataset(model, ds, batch_size, keep_images=0):
+    """Predicted classes, labels, timing and the first `keep_images` raw images."""
+    multiple = _batch_multiple(model)
+    padded_size = max(multiple, math.ceil(batch_size / multiple) * multiple)
+    predictions, labels, kept = [], [], []
+    seconds, timed_images = 0.0, 0
+    warmed_up = False
+    for images, batch_labels in ds:
+        images = np.asarray(images)
+        n = len(images)
+        if n < padded_size:
+            pad = np.zeros((padded_size - n,) + images.shape[1:], images.dtype)
+            batch = np.concatenate([images, pad])
+        else:
+            batch = images
+        if not warmed_up:
+            model.predict_on_batch(batch)  # compile / trace outside the timing
+            warmed_up = True
+        start = time.perf_counter()
+        logits = np.asarray(model.predict_on_batch(batch))[:n]
+        seconds += time.perf_counter() - start
+        timed_images += n
+        predictions.append(np.argmax(logits, axis=-1))
+        labels.append(np.asarray(batch_labels))
+        if sum(len(k) for k in kept) < keep_images:
+            kept.append(images)
+    if not predictions:
+        raise ValueError("The evaluation split is empty.")
+    kept = np.concatenate(kept)[:keep_images] if kept else None
+    return np.concatenate(predictions), np.concatenate(labels), seconds, timed_images, kept
+
+
+def _single_image_latency(model, image, repeats=20):
+    if _batch_multiple(model) != 1:
+        return None
+    batch = np.asarray(image)[None]
+    model.predict_on_batch(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict_on_batch(batch)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def _routing_summary(model, images, labels, num_classes):
+    from keras_sparse_moe.recipes.routing import routing_by_class
+
+    if images is None or not len(images):
+        return {}
+    n = len(images)
+    multiple = _batch_multiple(model)
+    n -= n % multiple
+    if n == 0:
+        return {}
+    inputs = preprocess(model, images[:n])
+    routing = routing_by_class(model, inputs, labels[:n], num_classes,
+                               batch_size=max(multiple, 64 - 64 % multiple))
+    return {
+        name: {
+            "by_class": stats["by_class"].round(6).tolist(),
+            "expert_fraction": stats["expert_fraction"].round(6).tolist(),
+            "load_imbalance": stats["load_imbalance"],
+            "dropped_fraction": stats["dropped_fraction"],
+            "kind": stats["kind"],
+            "examples": int(n),
+        }
+        for name, stats in routing.items()
+    }
+
+
+def _evaluate(model, ds, info, batch_size, routing_examples, single_latency):
+    keep = routing_examples if routing_examples else 0
+    predicted, labels, seconds, n, kept = _predict_dataset(model, ds, batch_size, keep)
+    report = classification_report(labels, predicted, info.num_classes, info.class_names)
+    report["latency_ms_per_image"] = float(seconds / max(n, 1) * 1e3)
+    report["latency_batch_size"] = int(batch_size)
+    if single_latency and kept is not None and len(kept):
+        report["latency_ms_single_image"] = _single_image_latency(model, kept[0])
+    routing = {}
+    if routing_examples:
+        routing = _routing_summary(model, kept, labels[: len(kept)], info.num_classes)
+    return report, routing
+
+
+def _environment():
+    import keras
+
+    return {
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def _write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def evaluate_classifier(
+    model,
+    data="digits",
+    *,
+    split="test",
+    batch_size=128,
+    output_dir=None,
+    data_options=None,
+    routing_examples=1024,
+    single_image_latency=True,
+    max_batches=None,
+    plots=True,
+):
+    """Evaluate an image classifier on a split of a dataset.
+
+    Args:
+        model: a classifier, a `.keras` file, a preset directory or a preset
+            name (e.g. `"moe_vit_tiny_digits"`).
+        data: dataset spec (`"digits"`, `"tfds:NAME"`, `"folder:PATH"`).
+        split: `"test"` (default) or `"validation"`.
+        batch_size: int >= 1.
+        output_dir: None, or a directory to write `metrics.json` (and
+            `routing_heatmap.png` for MoE models) into.
+        data_options: dict of extra `build_datasets` options (e.g.
+            `{"data_dir": ...}` for TFDS).
+        routing_examples: int >= 0, images of the split used for the routing
+            statistics (0: none).
+        single_image_latency: also time batches of one image.
+        max_batches: None, or evaluate on at most this many batches (quick
+            checks; the metrics then cover part of the split).
+        plots: write the routing heatmap when `output_dir` is given.
+
+    Returns:
+        A dict: `accuracy`, `macro_f1`, `macro_precision`, `macro_recall`,
+        `examples`, `latency_ms_per_image` (batched), optionally
+        `latency_ms_single_image`, `per_class`, `confusion_matrix`,
+        `routing`, `model`, `data`, `split`, `backend`, `params_total`,
+        `params_active`, `wall_time_s`.
+
+    Example:
+    >>> metrics = evaluate_classifier("moe_vit_tiny_digits", "digits", max_batches=1,
+    ...                               routing_examples=0, single_image_latency=False)
+    >>> metrics["accuracy"] > 0.9
+    True
+    """
+    start = time.time()
+    split = check_choice("split", split, ("validation", "test"))
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    routing_examples = check_int("routing_examples", routing_examples, minimum=0)
+    if max_batches is not None:
+        max_batches = check_int("max_batches", max_batches, minimum=1)
+    if output_dir is not None:
+        check_writable_directory(output_dir)
+    label = model if isinstance(model, (str, os.PathLike)) else getattr(model, "name", "model")
+    model = load_classifier(model)
+    datasets = _datasets(model, data, batch_size, "none", 0, 0.1, data_options, training=False)
+    info = datasets.info
+    if model.num_classes != info.num_classes:
+        raise ValueError(
+            f"Model {os.fspath(label)!r} predicts {model.num_classes} classes but dataset "
+            f"{data!r} has {info.num_classes}; evaluate on the data it was trained on, or "
+            "train a new head with train_classifier."
+        )
+    match_converter_to_data(model, info.max_value)
+    ds = getattr(datasets, split)
+    if ds is None:
+        raise ValueError(f"Dataset {data!r} has no {split!r} split; its splits are {sorted(info.counts)}.")
+    ds = _limit(ds, max_batches)
+    logger.info("Evaluating on the %s split of %s ...", split, data)
+    report, routing = _evaluate(model, ds, info, batch_size, routing_examples, single_image_latency)
+    counts = param_counts(model)
+    metrics = {
+        "model": os.fspath(label),
+        "data": data,
+        "split": split,
+        **{k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix")},
+        "params_total": counts["total"],
+        "params_active": counts["active"],
+        "flops_per_example": counts.get("flops"),
+        **_environment(),
+        "wall_time_s": time.time() - start,
+        "per_class": report["per_class"],
+        "confusion_matrix": report["confusion_matrix"],
+        "routing": routing,
+    }
+    if output_dir is not None:
+        _write_json(os.path.join(output_dir, METRICS_FILE), metrics)
+        if plots and routing:
+            from keras_sparse_moe.recipes.plots import plot_routing_heatmap
+
+            plot_routing_heatmap(routing, info.class_names, os.path.join(output_dir, HEATMAP_FILE))
+    return metrics
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def _clear_run(output_dir):
+    for name in RUN_ARTIFACTS:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def _check_previous_run(output_dir, settings, overwrite):
+    """'fresh', 'resume' or 'finished' for the run in `output_dir`."""
+    if overwrite:
+        _clear_run(output_dir)
+        return "fresh"
+    previous = _read_json(os.path.join(output_dir, RUN_FILE))
+    if previous is None:
+        if os.path.isdir(os.path.join(output_dir, "backup")):
+            return "resume"
+        return "fresh"
+    old = previous.get("settings", {})
+    changed = sorted(k for k in _RESUME_KEYS if old.get(k) != settings.get(k))
+    status = previous.get("status")
+    if changed:
+        what = "a finished" if status == "finished" else "an interrupted"
+        raise ValueError(
+            f"Output directory {output_dir!r} holds {what} run with different settings "
+            f"({', '.join(f'{k}: {old.get(k)!r} -> {settings.get(k)!r}' for k in changed)}). "
+            "Use another output directory, or overwrite=True (--overwrite) to start afresh."
+        )
+    if status == "finished" and os.path.isfile(os.path.join(output_dir, METRICS_FILE)):
+        return "finished"
+    return "resume" if os.path.isdir(os.path.join(output_dir, "backup")) else "fresh"
+
+
+def _steps_per_epoch(info, train, batch_size, max_batches):
+    count = info.counts.get("train")
+    if count is None:
+        steps = _count_batches(train)
+    else:
+        steps = count // batch_size if count >= batch_size else 1
+    if max_batches is not None:
+        steps = min(steps, max_batches)
+    return max(1, steps)
+
+
+def train_classifier(
+    preset=DEFAULT_PRESET,
+    data="digits",
+    output_dir="runs/train",
+    *,
+    epochs=30,
+    batch_size=64,
+    learning_rate=2e-3,
+    weight_decay=0.05,
+    label_smoothing=0.1,
+    warmup_fraction=0.1,
+    clipnorm=1.0,
+    ema_momentum=None,
+    augment="affine",
+    seed=0,
+    early_stopping_patience=None,
+    validation_fraction=0.1,
+    overrides=None,
+    load_weights=True,
+    data_options=None,
+    routing_examples=1024,
+    single_image_latency=True,
+    save_preset=True,
+    plots=True,
+    overwrite=False,
+    callbacks=(),
+    max_batches=None,
+    jit_compile="auto",
+    run_eagerly=False,
+    verbose=1,
+    return_model=False,
+):
+    """Train an image classifier from a preset and evaluate it on the test split.
+
+    Re-running with the same `output_dir` resumes an interrupted run after
+    its last finished epoch (the settings must match); re-running a finished
+    run returns its metrics without training (`overwrite=True` starts
+    afresh).
+
+    Args:
+        preset: preset name (e.g. `"moe_vit_tiny"`), preset directory or
+            `.keras` file of an image classifier.
+        data: dataset spec: `"digits"`, `"tfds:NAME"` or `"folder:PATH"`.
+        output_dir: directory for the artifacts (created; must be writable).
+        epochs: int >= 1.
+        batch_size: int >= 1.
+        learning_rate: float > 0, peak AdamW learning rate.
+        weight_decay: float >= 0, decoupled weight decay (not applied to
+            biases, LayerNorm scales, class token and position embeddings).
+        label_smoothing: float in [0, 1).
+        warmup_fraction: float in [0, 1), share of the steps spent warming up.
+        clipnorm: float > 0 or None, gradient clipping norm.
+        ema_momentum: None, or a float in (0, 1): keep an exponential moving
+            average of the weights (Keras `use_ema`) and end training with
+            it. Needs enough steps (0.999: several thousand).
+        augment: `"affine"` (rotation, zoom, shift), `"shift"` or `"none"`.
+        seed: int >= 0: initialisation, shuffling and augmentation.
+        early_stopping_patience: None or int >= 1 (epochs without improvement
+            of the validation loss; the best weights are restored).
+        validation_fraction: share of the training data held out for
+            validation when the dataset has no validation split (0: none).
+        overrides: dict of preset overrides, e.g. `{"dropout": 0.1,
+            "stochastic_depth": 0.1}`.
+        load_weights: load the preset's weights when it ships some.
+        data_options: dict of extra `build_datasets` options (TFDS
+            `data_dir`, `download`, splits, ...).
+        routing_examples: int >= 0, test images used for the routing heatmap.
+        single_image_latency: also time one-image batches.
+        save_preset: write `output_dir/preset/`.
+        plots: write the PNG figures.
+        overwrite: remove the artifacts of a previous run first.
+        callbacks: extra Keras callbacks.
+        max_batches: None, or use at most this many batches of each split per
+            epoch (quick smoke runs; the metrics then cover part of the data).
+        jit_compile: `"auto"`, True or False, as in `keras.Model.compile`
+            (False skips XLA compilation).
+        run_eagerly: run `fit` and the evaluation step by step without
+            compiling a graph (much faster for a few steps, e.g. smoke
+            tests; much slower for real training).
+        verbose: 0 (silent), 1 (progress bar) or 2 (one line per epoch).
+        return_model: also return the trained model.
+
+    Returns:
+        The metrics dict also written to `metrics.json` (see
+        `evaluate_classifier`), plus `epochs_run`, `train_time_s`, `history`
+        (final epoch logs), `artifacts`, `settings` and `resumed_from_epoch`;
+        with `return_model=True`, a `(metrics, model)` pair.
+
+    Example:
+    >>> import tempfile
+    >>> metrics = train_classifier("moe_vit_tiny", "digits", tempfile.mkdtemp(), epochs=1,
+    ...     max_batches=2, verbose=0, plots=False, routing_examples=0,
+    ...     single_image_latency=False, overrides={"num_layers": 2, "hidden_dim": 16,
+    ...     "mlp_dim": 16, "num_heads": 2})
+    >>> 0.0 <= metrics["accuracy"] <= 1.0
+    True
+    """
+    start = time.time()
+    epochs = check_int("epochs", epochs, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    learning_rate = check_float("learning_rate", learning_rate, minimum=0.0, strict=True)
+    weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
+    label_smoothing = check_float("label_smoothing", label_smoothing, minimum=0.0)
+    if label_smoothing >= 1:
+        raise ValueError(f"Argument `label_smoothing` must be in [0, 1); received {label_smoothing}.")
+    warmup_fraction = check_float("warmup_fraction", warmup_fraction, minimum=0.0)
+    if warmup_fraction >= 1:
+        raise ValueError(f"Argument `warmup_fraction` must be in [0, 1); received {warmup_fraction}.")
+    clipnorm = check_float("clipnorm", clipnorm, minimum=0.0, strict=True, allow_none=True)
+    ema_momentum = check_float("ema_momentum", ema_momentum, minimum=0.0, strict=True,
+                               allow_none=True)
+    if ema_momentum is not None and ema_momentum >= 1:
+        raise ValueError(f"Argument `ema_momentum` must be in (0, 1) or None; received {ema_momentum}.")
+    augment = check_choice("augment", augment, AUGMENTATIONS)
+    seed = check_int("seed", seed, minimum=0)
+    if early_stopping_patience is not None:
+        early_stopping_patience = check_int("early_stopping_patience", early_stopping_patience, minimum=1)
+    validation_fraction = check_float("validation_fraction", validation_fraction, minimum=0.0)
+    routing_examples = check_int("routing_examples", routing_examples, minimum=0)
+    if max_batches is not None:
+        max_batches = check_int("max_batches", max_batches, minimum=1)
+    if jit_compile not in ("auto", True, False):
+        raise ValueError(f"Argument `jit_compile` must be 'auto', True or False; received {jit_compile!r}.")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f"Argument `overrides` must be a dict or None; received {overrides!r}.")
+    if not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir):
+        raise ValueError(f"Argument `output_dir` must be a directory path; received {output_dir!r}.")
+    output_dir = os.fspath(output_dir)
+    preset_label = os.fspath(preset) if isinstance(preset, (str, os.PathLike)) else getattr(preset, "name", "model")
+    settings = {
+        "preset": preset_label, "data": data, "epochs": epochs, "batch_size": batch_size,
+        "learning_rate": learning_rate, "weight_decay": weight_decay,
+        "label_smoothing": label_smoothing, "warmup_fraction": warmup_fraction,
+        "clipnorm": clipnorm, "ema_momentum": ema_momentum, "augment": augment, "seed": seed,
+        "early_stopping_patience": early_stopping_patience,
+        "validation_fraction": validation_fraction, "overrides": dict(overrides or {}),
+        "load_weights": bool(load_weights), "data_options": dict(data_options or {}),
+        "max_batches": max_batches,
+    }
+    # Validate the data spec before touching the output directory.
+    from keras_sparse_moe.data import parse_spec
+
+    parse_spec(data)
+    check_writable_directory(output_dir)
+    state = _check_previous_run(output_dir, settings, overwrite)
+    if state == "finished":
+        logger.info(
+            "%s already holds a finished run with these settings; returning its metrics "
+            "(pass overwrite=True / --overwrite to train again).", output_dir,
+        )
+        metrics = _read_json(os.path.join(output_dir, METRICS_FILE))
+        if return_model:
+            return metrics, load_classifier(os.path.join(output_dir, MODEL_FILE))
+        return metrics
+
+    import keras
+
+    from keras_sparse_moe.callbacks import RoutingStatistics
+    from keras_sparse_moe.recipes.training import SparseCategoricalCrossentropyWithSmoothing
+    from keras_sparse_moe.recipes.training import make_callbacks
+    from keras_sparse_moe.recipes.training import make_schedule
+
+    keras.utils.set_random_seed(seed)
+    model = load_classifier(preset, load_weights=load_weights, overrides=overrides)
+    train, validation, test, info = _datasets(
+        model, data, batch_size, augment, seed, validation_fraction, data_options, training=True
+    )
+    if train is None:
+        raise ValueError(f"Dataset {data!r} has no training split.")
+    if test is None:
+        logger.warning("Dataset %s has no test split: the final metrics use the validation split.", data)
+    if model.num_classes != info.num_classes:
+        if not isinstance(preset, (str, os.PathLike)) or preset_label.endswith(".keras"):
+            raise ValueError(
+                f"The model predicts {model.num_classes} classes but dataset {data!r} has "
+                f"{info.num_classes}; give a preset name or directory so that a new head "
+                "can be built."
+            )
+        model = load_classifier(preset, num_classes=info.num_classes, load_weights=load_weights,
+                                overrides=overrides)
+    match_converter_to_data(model, info.max_value)
+    augmentation = make_augmentation(augment, seed=seed)
+    if augmentation is not None:
+        import tensorflow as tf
+
+        train = train.map(augmentation, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    steps = _steps_per_epoch(info, train, batch_size, max_batches)
+    train = _limit(train, max_batches)
+    validation = _limit(validation, max_batches)
+    test = _limit(test, max_batches)
+    total_steps = steps * epochs
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=make_schedule(
+            learning_rate, total_steps, warmup_steps=int(round(warmup_fraction * total_steps))
+        ),
+        weight_decay=weight_decay,
+        clipnorm=clipnorm,
+        use_ema=ema_momentum is not None,
+        ema_momentum=ema_momentum or 0.99,
+    )
+    optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY))
+    model.compile(
+        optimizer=optimizer,
+        loss=SparseCategoricalCrossentropyWithSmoothing(label_smoothing, from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+        run_eagerly=bool(run_eagerly),
+    )
+    monitor = "val_loss" if validation is not None else "loss"
+    # RoutingStatistics first: it adds its values to the epoch logs that the
+    # CSV logger and the checkpoints then see.
+    fit_callbacks = [RoutingStatistics()] + make_callbacks(
+        output_dir,
+        early_stopping_patience=early_stopping_patience,
+        monitor=monitor,
+        extra=list(callbacks),
+    )
+    resumed_from = _backup_epoch(output_dir) if state == "resume" else 0
+    if resumed_from:
+        logger.info("Resuming %s after epoch %d of %d.", output_dir, resumed_from, epochs)
+    counts = param_counts(model)
+    logger.info(
+        "Training %s (%s parameters, %s active per token) on %s for %d epochs (%d steps "
+        "each), batch %d, backend %s.", preset_label, f"{counts['total']:,}",
+        f"{counts['active']:,}", data, epochs, steps, batch_size, keras.backend.backend(),
+    )
+    _write_json(os.path.join(output_dir, RUN_FILE), {"status": "running", "settings": settings})
+    train_start = time.time()
+    with warnings.catch_warnings():
+        # The tf.data pipeline shuffles itself; Keras warns that `shuffle` is ignored.
+        warnings.filterwarnings("ignore", message=r".*shuffle=True.*")
+        history = model.fit(
+            train,
+            validation_data=validation,
+            epochs=epochs,
+            callbacks=fit_callbacks,
+            verbose=verbose,
+        )
+    train_time = time.time() - train_start
+    epochs_run = _logged_epochs(output_dir)
+    artifacts = {"model": os.path.join(output_dir, MODEL_FILE)}
+    atomic_save_model(model, artifacts["model"])
+    if save_preset:
+        from keras_sparse_moe.presets import save_to_preset
+
+        artifacts["preset"] = save_to_preset(model, os.path.join(output_dir, PRESET_DIR))
+    eval_ds = test if test is not None else validation
+    eval_split = "test" if test is not None else "validation"
+    report, routing = ({}, {})
+    if eval_ds is not None:
+        logger.info("Evaluating on the %s split ...", eval_split)
+        report, routing = _evaluate(model, eval_ds, info, batch_size, routing_examples,
+                                    single_image_latency)
+    last_logs = {k: float(v[-1]) for k, v in history.history.items() if v}
+    metrics = {
+        "model": preset_label,
+        "data": data,
+        "split": eval_split,
+        **{k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix")},
+        "params_total": counts["total"],
+        "params_active": counts["active"],
+        "flops_per_example": counts.get("flops"),
+        **_environment(),
+        "epochs_run": epochs_run,
+        "resumed_from_epoch": resumed_from,
+        "train_time_s": train_time,
+        "wall_time_s": time.time() - start,
+        "history": last_logs,
+        "per_class": report.get("per_class", []),
+        "confusion_matrix": report.get("confusion_matrix", []),
+        "routing": routing,
+        "settings": settings,
+        "dataset": info.to_dict(),
+        "artifacts": artifacts,
+    }
+    if plots:
+        from keras_sparse_moe.recipes.plots import plot_routing_heatmap
+        from keras_sparse_moe.recipes.plots import plot_training_curves
+
+        curves = os.path.join(output_dir, CURVES_FILE)
+        if plot_training_curves(os.path.join(output_dir, "log.csv"), curves, title=preset_label):
+            artifacts["training_curves"] = curves
+        if routing:
+            heatmap = os.path.join(output_dir, HEATMAP_FILE)
+            plot_routing_heatmap(routing, info.class_names, heatmap, title=preset_label)
+            artifacts["routing_heatmap"] = heatmap
+    metrics["wall_time_s"] = time.time() - start
+    _write_json(os.path.join(output_dir, METRICS_FILE), metrics)
+    _write_json(os.path.join(output_dir, RUN_FILE), {"status": "finished", "settings": settings})
+    logger.info(
+        "%s: test accuracy %.4f, macro-F1 %.4f (%d images); wrote %s.", preset_label,
+        metrics.get("accuracy", float("nan")), metrics.get("macro_f1", float("nan")),
+        metrics.get("examples", 0), output_dir,
+    )
+    return (metrics, model) if return_model else metrics
+
+
+def _backup_epoch(output_dir):
+    """Epochs finished by an interrupted run (from BackupAndRestore's state)."""
+    backup = os.path.join(output_dir, "backup")
+    for name in ("training_metadata.json",):
+        state = _read_json(os.path.join(backup, name))
+        if state and "epoch" in state:
+            return int(state["epoch"])
+    return 0
+
+
+def _logged_epochs(output_dir):
+    path = os.path.join(output_dir, "log.csv")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = [line for line in handle.read().splitlines()[1:] if line.strip()]
+        return len(lines)
+    except OSError:
+        return 0

@@ -1,0 +1,97 @@
+"""Command-line driver of the `recipes/moe_vit.py` and `recipes/dense_vit.py`
+scripts: one recipe (`DIGITS_RECIPE` unless overridden), several seeds, a
+summary of the test metrics, and optionally the trained preset directory.
+
+The Keras backend is chosen with the `KERAS_BACKEND` environment variable
+(default tensorflow).
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+from keras_sparse_moe.recipes.classifier import DIGITS_RECIPE
+
+
+def _parser(dense):
+    name = "dense_vit" if dense else "moe_vit"
+    parser = argparse.ArgumentParser(
+        prog=f"recipes/{name}.py",
+        description=(
+            "Dense ViT baseline with the same active FLOPs per token as the MoE preset"
+            if dense else "MoE-ViT (V-MoE) image classifier"
+        ) + ": train with the digits recipe over several seeds and report the test metrics.",
+    )
+    parser.add_argument("--preset", default="moe_vit_tiny",
+                        help="MoE-ViT preset (the dense model is derived from it)")
+    parser.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=int, default=DIGITS_RECIPE["epochs"])
+    parser.add_argument("--batch-size", type=int, default=DIGITS_RECIPE["batch_size"])
+    parser.add_argument("--learning-rate", type=float, default=DIGITS_RECIPE["learning_rate"])
+    parser.add_argument("--output", default=f"runs/{name}", help="parent directory of the runs")
+    parser.add_argument("--save-preset", default=None, metavar="DIR",
+                        help="also save the model of the first seed as a preset directory")
+    parser.add_argument("--compare", default=None, metavar="SUMMARY_JSON",
+                        help="summary.json of another recipe run to print beside this one")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
+    return parser
+
+
+def _row(summary):
+    runs = summary["runs"]
+    accuracies = ", ".join(f"{r['accuracy']:.4f}" for r in runs)
+    return (
+        summary["label"],
+        f"{runs[0]['params_total']:,} / {runs[0]['params_active']:,}",
+        f"{(runs[0]['flops_per_example'] or 0) / 1e6:.2f}",
+        f"{summary['accuracy_mean']:.4f} ± {summary['accuracy_std']:.4f}",
+        f"{summary['macro_f1_mean']:.4f}",
+        accuracies,
+    )
+
+
+def main(argv=None, dense=False):
+    """Run the recipe; returns the exit status."""
+    args = _parser(dense).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from keras_sparse_moe.presets import save_to_preset
+    from keras_sparse_moe.recipes.classifier import load_classifier
+    from keras_sparse_moe.recipes.comparison import dense_equivalent_overrides
+    from keras_sparse_moe.recipes.comparison import train_seeds
+
+    recipe = dict(DIGITS_RECIPE, epochs=args.epochs, batch_size=args.batch_size,
+                  learning_rate=args.learning_rate)
+    overrides = recipe.pop("overrides", None)
+    label = args.preset
+    if dense:
+        overrides = dense_equivalent_overrides(args.preset, overrides)
+        label = f"dense ViT ({args.preset}, mlp_dim={overrides['mlp_dim']}, no MoE)"
+    summary = train_seeds(args.preset, args.data, args.output, seeds=args.seeds,
+                          overrides=overrides, label=label, verbose=args.verbose, **recipe)
+    if args.save_preset:
+        first = os.path.join(args.output, f"seed_{args.seeds[0]}", "preset")
+        path = save_to_preset(load_classifier(first), args.save_preset)
+        print(f"saved preset directory {path}")
+    rows = [_row(summary)]
+    if args.compare:
+        with open(args.compare, encoding="utf-8") as handle:
+            rows.append(_row(json.load(handle)))
+    table = Table(title=f"{args.data} test split, {len(args.seeds)} seed(s), {args.epochs} epochs")
+    for column in ("model", "params / active", "MFLOPs/example", "accuracy (mean ± std)",
+                   "macro-F1", "per seed"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

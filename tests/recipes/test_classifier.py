@@ -1,0 +1,209 @@
+"""Behaviour of the classifier recipe: artifacts, resume, evaluation, bad inputs."""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_sparse_moe.recipes.classifier import evaluate_classifier
+from keras_sparse_moe.recipes.classifier import representative_images
+from keras_sparse_moe.recipes.classifier import train_classifier
+from keras_sparse_moe.recipes.metrics import classification_report
+from keras_sparse_moe.recipes.routing import routing_by_class
+
+# A 2-block width-16 MoE-ViT (MoE in block 1) trained on 2 batches per epoch.
+# Step-by-step execution is quicker than tracing a graph for so few steps,
+# except on JAX, where eager op dispatch is slower than one jit compilation.
+TINY = {"num_layers": 2, "hidden_dim": 16, "mlp_dim": 16, "num_heads": 2}
+QUICK = dict(
+    overrides=TINY, max_batches=2, batch_size=32, verbose=0,
+    run_eagerly=keras.backend.backend() != "jax",
+    single_image_latency=False, routing_examples=64,
+)
+PNG_MAGIC = b"\x89PNG"
+
+
+class InterruptAfter(keras.callbacks.Callback):
+    """Simulates Ctrl-C once `epochs` epochs have finished."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 >= self.epochs:
+            raise KeyboardInterrupt
+
+
+def _logged_epochs(directory):
+    with open(os.path.join(directory, "log.csv"), newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory):
+    """An interrupted 3-epoch run (2 epochs done), then the same call again."""
+    keras.utils.set_random_seed(0)
+    out = str(tmp_path_factory.mktemp("run"))
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier("moe_vit_tiny", "digits", out, epochs=3, callbacks=[InterruptAfter(2)],
+                         **QUICK)
+    interrupted = {
+        "epochs": _logged_epochs(out),
+        "backup": os.path.isdir(os.path.join(out, "backup")),
+        "status": json.load(open(os.path.join(out, "run.json")))["status"],
+    }
+    metrics = train_classifier("moe_vit_tiny", "digits", out, epochs=3, **QUICK)
+    return out, interrupted, metrics
+
+
+def test_interrupted_run_resumes_after_last_finished_epoch(resumed_run):
+    out, interrupted, metrics = resumed_run
+    assert interrupted == {"epochs": [0, 1], "backup": True, "status": "running"}
+    assert metrics["resumed_from_epoch"] == 2
+    assert metrics["epochs_run"] == 3
+    assert _logged_epochs(out) == [0, 1, 2]  # no finished epoch redone or lost
+    assert not os.path.exists(os.path.join(out, "backup"))
+    assert json.load(open(os.path.join(out, "run.json")))["status"] == "finished"
+
+
+def test_training_writes_all_artifacts(resumed_run):
+    out, _, metrics = resumed_run
+    for name in ("model.keras", "best.keras", "last.keras", "metrics.json", "log.csv"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert os.path.isfile(os.path.join(out, "preset", "config.json"))
+    for name in ("training_curves.png", "routing_heatmap.png"):
+        with open(os.path.join(out, name), "rb") as handle:
+            assert handle.read(4) == PNG_MAGIC
+    saved = json.load(open(os.path.join(out, "metrics.json")))
+    assert saved["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert saved["backend"] == keras.backend.backend()
+    assert saved["examples"] == 64  # 2 test batches of 32
+    assert 0.0 <= saved["accuracy"] <= 1.0 and 0.0 <= saved["macro_f1"] <= 1.0
+    assert len(saved["per_class"]) == 10
+    assert saved["params_total"] > saved["params_active"] > 0
+    assert saved["latency_ms_per_image"] > 0
+    (layer, stats), = saved["routing"].items()
+    assert layer == "encoder_block_1/moe"
+    by_class = np.array(stats["by_class"])
+    assert by_class.shape == (10, 8)
+    present = by_class.sum(axis=1) > 0
+    np.testing.assert_allclose(by_class[present].sum(axis=1), 1.0, atol=1e-5)
+    with open(os.path.join(out, "log.csv")) as handle:
+        assert "moe/load_imbalance" in handle.readline()
+
+
+def test_rerun_of_finished_run_returns_its_metrics(resumed_run):
+    out, _, metrics = resumed_run
+    again = train_classifier("moe_vit_tiny", "digits", out, epochs=3, **QUICK)
+    assert again["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert _logged_epochs(out) == [0, 1, 2]
+
+
+def test_rerun_with_other_settings_is_refused(resumed_run):
+    out, _, _ = resumed_run
+    with pytest.raises(ValueError, match="different settings.*epochs: 3 -> 5"):
+        train_classifier("moe_vit_tiny", "digits", out, epochs=5, **QUICK)
+
+
+def test_evaluate_saved_model_writes_metrics(resumed_run, tmp_path):
+    out, _, metrics = resumed_run
+    result = evaluate_classifier(
+        os.path.join(out, "model.keras"), "digits", batch_size=32, max_batches=2,
+        output_dir=str(tmp_path), single_image_latency=False, routing_examples=32,
+    )
+    assert result["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert result["examples"] == 64
+    saved = json.load(open(tmp_path / "metrics.json"))
+    assert [c["name"] for c in saved["per_class"]] == [str(d) for d in range(10)]
+    assert (tmp_path / "routing_heatmap.png").read_bytes()[:4] == PNG_MAGIC
+
+
+def test_evaluate_preset_directory_matches_saved_model(resumed_run):
+    out, _, metrics = resumed_run
+    result = evaluate_classifier(os.path.join(out, "preset"), "digits", batch_size=32,
+                                 max_batches=2, routing_examples=0, single_image_latency=False)
+    assert result["accuracy"] == pytest.approx(metrics["accuracy"])
+
+
+def test_shipped_digits_preset_meets_target_on_test_batch():
+    from keras_sparse_moe.presets import PRESETS_DATA_DIR
+
+    if not os.path.isdir(os.path.join(PRESETS_DATA_DIR, "moe_vit_tiny_digits")):
+        pytest.skip("moe_vit_tiny_digits weights are not shipped in this checkout yet")
+    metrics = evaluate_classifier("moe_vit_tiny_digits", "digits", batch_size=128, max_batches=1,
+                                  routing_examples=0, single_image_latency=False)
+    assert metrics["examples"] == 128
+    assert metrics["accuracy"] >= 0.95
+
+
+def test_representative_images_are_preprocessed_training_images():
+    images = representative_images("moe_vit_tiny", "digits", samples=10)
+    assert images.shape[0] == 10 and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0 + 1e-6
+
+
+def test_classification_report_known_values():
+    report = classification_report([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], 3, ["a", "b", "c"])
+    assert report["accuracy"] == pytest.approx(0.6)
+    a, b, c = report["per_class"]
+    assert (a["precision"], a["recall"], a["f1"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert (b["precision"], b["recall"]) == pytest.approx((2 / 3, 1.0))
+    assert (c["precision"], c["recall"], c["f1"], c["support"]) == (0.0, 0.0, 0.0, 1)
+    assert report["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert report["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_routing_by_class_follows_the_router():
+    from keras_sparse_moe import SparseMoE
+
+    inputs = keras.Input((3, 4))
+    moe = SparseMoE(2, 8, top_k=1, capacity_factor=None, name="moe")
+    model = keras.Model(inputs, moe(inputs))
+    moe.router.kernel.assign(np.array([[1.0, -1.0]] + [[0.0, 0.0]] * 3, "float32"))
+    x = np.zeros((4, 3, 4), "float32")
+    x[:2, :, 0] = 1.0  # class 0: feature 0 > 0 -> expert 0
+    x[2:, :, 0] = -1.0  # class 1 -> expert 1
+    routing = routing_by_class(model, x, np.array([0, 0, 1, 1]), 2)
+    np.testing.assert_allclose(routing["moe"]["by_class"], [[1.0, 0.0], [0.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"data": "mnist"}, ValueError, "Accepted forms"),
+        ({"data": "folder:/no/such/folder"}, (ValueError, FileNotFoundError), "no/such/folder"),
+        ({"preset": "limoe_tiny"}, ValueError, "not an image classifier"),
+        ({"preset": "moe_vit_tinyy"}, ValueError, "moe_vit_tiny"),
+        ({"epochs": 0}, ValueError, "epochs"),
+        ({"augment": "rotate"}, ValueError, "augment"),
+    ],
+)
+def test_bad_inputs_fail_clearly(tmp_path, kwargs, error, match):
+    arguments = {"preset": "moe_vit_tiny", "data": "digits", "output_dir": str(tmp_path / "out")}
+    arguments.update(kwargs)
+    with pytest.raises(error, match=match):
+        train_classifier(**arguments, **QUICK)
+
+
+def test_output_directory_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ValueError, match="directory"):
+        train_classifier("moe_vit_tiny", "digits", str(blocker / "out"), **QUICK)
+    with pytest.raises(ValueError, match="not a directory"):
+        train_classifier("moe_vit_tiny", "digits", str(blocker), **QUICK)
+
+
+def test_evaluate_rejects_class_count_mismatch(tmp_path):
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        os.makedirs(tmp_path / name)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / name / f"{i}.png")
+    with pytest.raises(ValueError, match="predicts 10 classes.*has 2"):
+        evaluate_classifier("moe_vit_tiny", f"folder:{tmp_path}", routing_examples=0)

@@ -1,0 +1,145 @@
+"""The `keras-sparse-moe` command line: every command, --help, bad arguments."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+from PIL import Image
+
+from keras_sparse_moe.cli import main
+
+COMMANDS = ("presets", "profile", "train", "evaluate", "export", "demo")
+EAGER = [] if keras.backend.backend() == "jax" else ["--run-eagerly"]
+TINY = ["--set", "num_layers=2", "--set", "hidden_dim=16", "--set", "mlp_dim=16",
+        "--set", "num_heads=2"]
+
+
+def _image_folder(root):
+    """3 classes x 8 RGB images of mixed sizes."""
+    for c, name in enumerate(("circle", "square", "triangle")):
+        os.makedirs(root / name)
+        for i in range(8):
+            size = (10, 12) if i % 2 else (12, 12)
+            Image.new("RGB", size, (80 * c, 10 * i, 255 - 80 * c)).save(root / name / f"{i}.png")
+    return f"folder:{root}"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`keras-sparse-moe train` on a generated image folder (tiny model)."""
+    data = _image_folder(tmp_path_factory.mktemp("images"))
+    out = str(tmp_path_factory.mktemp("cli_run"))
+    code = main(["train", "--data", data, "--output", out, "--epochs", "1", "--batch-size", "8",
+                 "--max-batches", "2", "--quiet", *EAGER, *TINY])
+    return code, data, out
+
+
+@pytest.mark.parametrize("command", (None,) + COMMANDS)
+def test_help(capsys, command):
+    assert main(([command] if command else []) + ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: keras-sparse-moe")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["train", "--epochs", "ten"], "invalid int value: 'ten'"),
+        (["train", "--bogus"], "unrecognized arguments: --bogus"),
+        (["export", "--model", "moe_vit_tiny"], "required: --output"),
+        (["train", "--augment", "rotate"], "invalid choice: 'rotate'"),
+        (["train", "--epochs", "0"], "--epochs must be >= 1"),
+        (["train", "--set", "oops"], "KEY=VALUE"),
+        (["train", "--data", "mnist", "--output", "{tmp}"], "Unknown dataset spec 'mnist'"),
+        (["train", "--data", "folder:{tmp}/missing", "--output", "{tmp}"], "missing"),
+        (["train", "--preset", "limoe_tiny", "--output", "{tmp}"], "not an image classifier"),
+        (["train", "--output", "{tmp}/file/sub"], "directory"),
+        (["evaluate", "--model", "{tmp}/missing.keras"], "No model file"),
+        (["profile", "--preset", "no_such_preset"], "Unknown preset 'no_such_preset'"),
+        (["export", "--model", "moe_vit_tiny", "--output", "{tmp}/m.tflite",
+          "--quantization", "int8"], "needs representative data"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_2(capsys, tmp_path, argv, message):
+    (tmp_path / "file").write_text("a file, not a directory")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    assert message in lines[0]
+    assert "error:" in lines[0]
+
+
+def test_backend_must_be_chosen_before_keras_is_imported(capsys):
+    other = next(b for b in ("tensorflow", "jax", "torch") if b != keras.backend.backend())
+    assert main(["presets", "--backend", other]) == 2
+    assert "before Keras is imported" in capsys.readouterr().err
+
+
+def test_presets_table(capsys):
+    assert main(["presets", "--family", "moe_vit", "--width", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "moe_vit_tiny" in out and "vmoe_s32_e8_k2_last2" in out
+    assert "limoe_tiny" not in out
+
+
+def test_profile_writes_json(capsys, tmp_path):
+    path = tmp_path / "profile.json"
+    assert main(["profile", "--preset", "moe_vit_tiny", "--json", str(path)]) == 0
+    assert "parameters" in capsys.readouterr().out
+    report = json.loads(path.read_text())
+    assert report["params_total"] > report["params_active"] > 0
+
+
+def test_train_writes_artifacts_for_folder_data(trained):
+    code, _, out = trained
+    assert code == 0
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["dataset"]["class_names"] == ["circle", "square", "triangle"]
+    assert len(metrics["per_class"]) == 3
+    for name in ("model.keras", "training_curves.png", "routing_heatmap.png", "preset/config.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+
+
+def test_evaluate_command(trained, tmp_path, capsys):
+    _, data, out = trained
+    assert main(["evaluate", "--model", os.path.join(out, "model.keras"), "--data", data,
+                 "--output", str(tmp_path), "--quiet"]) == 0
+    assert "per class" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["latency_ms_per_image"] > 0
+
+
+def test_export_command_checks_litert_accuracy(trained, tmp_path, capsys):
+    _, data, out = trained
+    path = tmp_path / "model.tflite"
+    assert main(["export", "--model", os.path.join(out, "model.keras"), "--output", str(path),
+                 "--quantization", "dynamic_int8", "--data", data, "--quiet"]) == 0
+    assert path.stat().st_size > 0
+    assert "LiteRT test accuracy" in capsys.readouterr().out
+
+
+def test_console_entry_point_in_a_subprocess():
+    result = subprocess.run([sys.executable, "-m", "keras_sparse_moe.cli", "train", "--epochs",
+                             "ten"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    # (TensorFlow's C++ start-up notes may precede it on stderr.)
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "invalid int value: 'ten'" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_quick(tmp_path, capsys):
+    assert main(["demo", "--quick", "--quiet", "--output", str(tmp_path)]) == 0
+    assert "test accuracy, LiteRT float32" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["backend"] == keras.backend.backend()
+    assert os.path.isfile(summary["litert"]["float32"]["path"])
+    assert 0.0 <= summary["litert"]["float32"]["accuracy"] <= 1.0
