@@ -261,6 +261,8 @@ def test_profile_presets_script_prints_moe_vit_table(capsys):
     script["main"](["--family", "moe_vit"])
     table = capsys.readouterr().out
     for row in presets.list_presets(family="moe_vit", params=False):
+        if presets.get_preset(row["name"]).backbone_cls is None:
+            continue  # shipped-weights presets share their base preset's row
         assert f"`{row['name']}`" in table
     assert "| `vmoe_b16_e8_k2_every2` | 284.18M | 114.17M |" in table
     assert "6 (blocks 1, 3, 5, 7, 9, 11): token_choice, E=8, k=2, C=62/62" in table
