@@ -140,6 +140,9 @@ def test_presets_registered():
     assert {"limoe_b16_e8_k1", "limoe_tiny"} <= set(rows)
     assert rows["limoe_b16_e8_k1"]["params_total"] > 2.5e8
     assert 1e5 < rows["limoe_tiny"]["params_total"] < 1e6
-    for row in rows.values():
+    for name in ("limoe_b16_e8_k1", "limoe_tiny"):
+        row = rows[name]
         assert not row["has_weights"] and "No pretrained weights" in row["description"]
         assert row["task"] == "MoEDualEncoderContrastive"
+    # The trained tiny preset ships its weights inside the package.
+    assert rows["limoe_tiny_digits"]["has_weights"]
