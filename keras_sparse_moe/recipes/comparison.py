@@ -87,7 +87,8 @@ def train_seeds(preset, data, output_dir, seeds=(0, 1, 2), overrides=None, label
 
     Returns:
         A dict: `label`, `runs` (per seed: seed, accuracy, macro_f1,
-        params_total, params_active, flops_per_example, train_time_s),
+        val_accuracy and val_loss of the last epoch, params_total,
+        params_active, flops_per_example, train_time_s),
         `accuracy_mean`, `accuracy_std`, `macro_f1_mean`, `macro_f1_std`.
 
     Example:
@@ -108,6 +109,8 @@ def train_seeds(preset, data, output_dir, seeds=(0, 1, 2), overrides=None, label
             "seed": seed,
             "accuracy": metrics.get("accuracy"),
             "macro_f1": metrics.get("macro_f1"),
+            "val_accuracy": (metrics.get("history") or {}).get("val_accuracy"),
+            "val_loss": (metrics.get("history") or {}).get("val_loss"),
             "params_total": metrics.get("params_total"),
             "params_active": metrics.get("params_active"),
             "flops_per_example": metrics.get("flops_per_example"),
@@ -133,3 +136,18 @@ def train_seeds(preset, data, output_dir, seeds=(0, 1, 2), overrides=None, label
     atomic_write_text(os.path.join(output_dir, "summary.json"),
                       json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def best_by_validation(summary):
+    """The run of `summary` with the highest validation accuracy (ties: lower
+    validation loss, then lower seed). The test split plays no part.
+
+    Example:
+    >>> best_by_validation({"runs": [{"seed": 0, "val_accuracy": 0.9, "val_loss": 0.5},
+    ...                              {"seed": 1, "val_accuracy": 0.95, "val_loss": 0.6}]})["seed"]
+    1
+    """
+    runs = [r for r in summary["runs"] if r.get("val_accuracy") is not None]
+    if not runs:
+        raise ValueError("No run has a validation accuracy (was validation_fraction 0?).")
+    return min(runs, key=lambda r: (-r["val_accuracy"], r.get("val_loss") or 0.0, r["seed"]))

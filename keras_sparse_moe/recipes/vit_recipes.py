@@ -32,7 +32,8 @@ def _parser(dense):
     parser.add_argument("--learning-rate", type=float, default=DIGITS_RECIPE["learning_rate"])
     parser.add_argument("--output", default=f"runs/{name}", help="parent directory of the runs")
     parser.add_argument("--save-preset", default=None, metavar="DIR",
-                        help="also save the model of the first seed as a preset directory")
+                        help="also save, as a preset directory, the model of the seed with the "
+                        "best validation accuracy (the test split plays no part)")
     parser.add_argument("--compare", default=None, metavar="SUMMARY_JSON",
                         help="summary.json of another recipe run to print beside this one")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
@@ -63,6 +64,7 @@ def main(argv=None, dense=False):
 
     from keras_sparse_moe.presets import save_to_preset
     from keras_sparse_moe.recipes.classifier import load_classifier
+    from keras_sparse_moe.recipes.comparison import best_by_validation
     from keras_sparse_moe.recipes.comparison import dense_equivalent_overrides
     from keras_sparse_moe.recipes.comparison import train_seeds
 
@@ -76,9 +78,11 @@ def main(argv=None, dense=False):
     summary = train_seeds(args.preset, args.data, args.output, seeds=args.seeds,
                           overrides=overrides, label=label, verbose=args.verbose, **recipe)
     if args.save_preset:
-        first = os.path.join(args.output, f"seed_{args.seeds[0]}", "preset")
-        path = save_to_preset(load_classifier(first), args.save_preset)
-        print(f"saved preset directory {path}")
+        best = best_by_validation(summary)
+        source = os.path.join(args.output, f"seed_{best['seed']}", "preset")
+        path = save_to_preset(load_classifier(source), args.save_preset)
+        print(f"saved the seed-{best['seed']} model (validation accuracy "
+              f"{best['val_accuracy']:.4f}, test accuracy {best['accuracy']:.4f}) as {path}")
     rows = [_row(summary)]
     if args.compare:
         with open(args.compare, encoding="utf-8") as handle:
