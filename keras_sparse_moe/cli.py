@@ -155,8 +155,12 @@ def cmd_export(args):
             "--quantization int8 needs representative data: add --data digits (or another "
             "dataset spec) to calibrate on training images"
         )
-    _check_output_file(args.output)
     model = _load_model(args.model)
+    from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderContrastive
+
+    if isinstance(model, MoEDualEncoderContrastive):
+        return _export_towers(args, model, quantization)
+    _check_output_file(args.output)
     representative = None
     if args.data:
         from keras_sparse_moe.data import resolve_dataset
@@ -187,6 +191,46 @@ def cmd_export(args):
         accuracy, n = litert_test_accuracy(model, path, args.data, data_options=_data_options(args))
         rows.append(("LiteRT test accuracy", f"{accuracy:.4f} ({n} images of {args.data})"))
     _table("LiteRT export", ["what", "value"], rows)
+    return 0
+
+
+def _export_towers(args, model, quantization):
+    """`export` of a dual encoder: both towers into the directory --output."""
+    from keras_sparse_moe.export import LiteRTModel
+    from keras_sparse_moe.export.towers import evaluate_towers
+    from keras_sparse_moe.export.towers import export_dual_encoder
+
+    if args.output.endswith(".tflite"):
+        raise CLIError(
+            f"{args.model} is a dual encoder: --output must be a directory for its two towers "
+            f"(image_encoder.tflite, text_encoder.tflite), not {args.output!r}"
+        )
+    images = None
+    if quantization == "int8":
+        from keras_sparse_moe.recipes.dual_encoder import representative_tower_images
+
+        images = representative_tower_images(model, args.data, args.calibration_samples)
+    paths = export_dual_encoder(model, args.output, quantization=quantization,
+                                representative_images=images, data=args.data,
+                                batch_size=args.batch_size, overwrite=args.overwrite)
+    rows = []
+    for key in ("image_encoder", "text_encoder"):
+        runner = LiteRTModel(paths[key])
+        inputs = ", ".join(
+            f"{name} {d['dtype'].__name__} {tuple(int(v) for v in d['shape'])}"
+            for name, d in zip(runner.input_names, runner.inputs)
+        )
+        rows.append((key, f"{paths[key]} ({os.path.getsize(paths[key]) / 1024:.0f} KB; {inputs})"))
+    rows.append(("quantization", args.quantization))
+    for key in ("class_embeddings", "vocabulary", "manifest"):
+        if key in paths:
+            rows.append((key, paths[key]))
+    if args.data:
+        result = evaluate_towers(args.output, args.data, data_options=_data_options(args))
+        rows.append(("LiteRT zero-shot test accuracy",
+                     f"{result['zero_shot_accuracy']:.4f} ({result['num_examples']} images of "
+                     f"{args.data}, text prompts only)"))
+    _table("LiteRT export (dual encoder towers)", ["what", "value"], rows)
     return 0
 
 
@@ -411,10 +455,15 @@ def build_parser():
         help="export a model to LiteRT (.tflite), builtin ops only",
         description="Export a classifier to a LiteRT .tflite file (builtin ops only). The "
         "file takes preprocessed images. With --data, report its test-split accuracy; int8 "
-        "calibrates on training images of --data.",
+        "calibrates on training images of --data. A dual encoder (limoe_*) exports its image "
+        "and text towers into the directory --output; with --data it also writes the class "
+        "text embeddings and reports the LiteRT zero-shot test accuracy.",
     )
     p.add_argument("--model", required=True, help=".keras file, preset directory or preset name")
-    p.add_argument("--output", required=True, help="output .tflite file")
+    p.add_argument("--output", required=True,
+                   help="output .tflite file; for a dual encoder, a directory for both towers")
+    p.add_argument("--overwrite", action="store_true",
+                   help="dual encoders: replace a non-empty output directory")
     p.add_argument("--quantization", choices=QUANTIZATION_CHOICES, default="none")
     p.add_argument("--data", default=None,
                    help="dataset for int8 calibration and the LiteRT accuracy check, e.g. digits")

@@ -2,7 +2,7 @@
 the TensorFlow backend (safe mode) and convert it to LiteRT.
 
 Usage: KERAS_BACKEND=tensorflow python -m keras_sparse_moe.export._convert \
-    --model M.keras --output OUT.tflite [--quantization Q] [--representative R.npy]
+    --model M.keras --output OUT.tflite [--quantization Q] [--representative R.npz]
 """
 
 import argparse
@@ -18,18 +18,30 @@ def main(argv=None):
     parser.add_argument("--representative", default=None)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--input-shape", default=None)
+    parser.add_argument("--towers", action="store_true",
+                        help="export the two towers of a dual encoder into --output (a directory)")
+    parser.add_argument("--text-representative", default=None)
     args = parser.parse_args(argv)
     if os.environ.get("KERAS_BACKEND") != "tensorflow":
         sys.exit("keras_sparse_moe.export._convert must run with KERAS_BACKEND=tensorflow")
 
     import keras
-    import numpy as np
-
     import keras_sparse_moe  # noqa: F401  (registers the custom objects)
     from keras_sparse_moe.export.litert import export_litert
+    from keras_sparse_moe.export.litert import load_representative
 
+    if args.towers:
+        from keras_sparse_moe.export.towers import export_towers_in_child
+
+        export_towers_in_child(
+            args.model, args.output, args.quantization,
+            load_representative(args.representative) if args.representative else None,
+            load_representative(args.text_representative) if args.text_representative else None,
+            args.batch_size,
+        )
+        return
     model = keras.saving.load_model(args.model, safe_mode=True, compile=False)
-    data = np.load(args.representative) if args.representative else None
+    data = load_representative(args.representative) if args.representative else None
     shape = (
         tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else None
     )

@@ -61,55 +61,111 @@ def _check_quantization(quantization, representative_data):
         )
 
 
-def _as_array_list(representative_data):
-    """Representative data as a list of single-input float32 arrays."""
+def _as_representative(representative_data):
+    """Representative data as a float32 array `(N, ...)` (one input) or a
+    dict of such arrays keyed by input name (several inputs)."""
     if representative_data is None:
         return None
+    if isinstance(representative_data, dict):
+        if not representative_data:
+            raise ValueError("Argument `representative_data` is an empty dict.")
+        arrays = {str(k): np.asarray(v) for k, v in representative_data.items()}
+        counts = {len(v) for v in arrays.values()}
+        if len(counts) != 1:
+            raise ValueError(
+                "The arrays of `representative_data` must have the same number of samples; "
+                f"received {({k: len(v) for k, v in arrays.items()})}."
+            )
+        return arrays
     if isinstance(representative_data, np.ndarray) or hasattr(representative_data, "shape"):
-        return [np.asarray(representative_data, dtype="float32")]
+        return np.asarray(representative_data, dtype="float32")
     arrays = [np.asarray(x, dtype="float32") for x in representative_data]
     if not arrays:
         raise ValueError("Argument `representative_data` is empty.")
-    return arrays
+    return np.concatenate([a.reshape((-1,) + a.shape[1:]) for a in arrays], axis=0)
 
 
-def _model_input_specs(model, batch_size, input_shape=None):
-    """Static input shapes of a single-input model (batch fixed)."""
+def model_input_specs(model, batch_size=1, input_shape=None):
+    """The static inputs of a model, batch axis fixed: a list of `(name,
+    shape, dtype)`, one per input, in the order of `model.inputs`.
+
+    Example:
+    >>> import keras
+    >>> inputs = keras.Input((4, 8), name="x")
+    >>> model_input_specs(keras.Model(inputs, inputs * 2))
+    [('x', (1, 4, 8), 'float32')]
+    """
     if input_shape is not None:
-        shape = tuple(input_shape)
-        return (batch_size,) + shape, "float32"
+        return [("input", (batch_size,) + tuple(input_shape), "float32")]
     inputs = getattr(model, "inputs", None)
     if not inputs:
         raise ValueError(
             f"Cannot infer the input shape of {type(model).__name__}: it has no `inputs` "
             "(not a functional model). Pass `input_shape=(...)` without the batch axis."
         )
-    if len(inputs) != 1:
-        raise ValueError(
-            f"export_litert exports single-input models; {type(model).__name__} has "
-            f"{len(inputs)} inputs ({[i.name for i in inputs]}). Export each tower (sub-model) "
-            "separately."
-        )
-    shape = tuple(inputs[0].shape[1:])
-    if any(d is None for d in shape):
-        raise ValueError(
-            f"The model input has unknown dimensions {shape}; pass `input_shape=` with "
-            "every dimension fixed."
-        )
-    return (batch_size,) + shape, keras.backend.standardize_dtype(inputs[0].dtype)
+    specs = []
+    for tensor in inputs:
+        shape = tuple(tensor.shape[1:])
+        if any(d is None for d in shape):
+            raise ValueError(
+                f"Input {tensor.name!r} of {type(model).__name__} has unknown dimensions "
+                f"{shape}; LiteRT needs static shapes. Pass `input_shape=` (single-input "
+                "models) or build the model with fixed input shapes."
+            )
+        specs.append((tensor.name, (batch_size,) + shape, keras.backend.standardize_dtype(tensor.dtype)))
+    names = [name for name, _, _ in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"The inputs of {type(model).__name__} need distinct names; received {names}.")
+    return specs
 
 
-def _convert_tensorflow(model, quantization, representative_arrays, batch_size, input_shape):
+def _pack_inputs(model, tensors):
+    """Call structure of `model` (dict, list or single tensor) from the flat
+    list of input tensors in `model.inputs` order."""
+    if len(tensors) == 1:
+        return tensors[0]
+    struct = getattr(model, "_inputs_struct", None)
+    if isinstance(struct, dict):
+        return keras.tree.pack_sequence_as(struct, tensors)
+    return list(tensors)
+
+
+def _representative_batches(specs, representative, batch_size):
+    """Calibration batches (lists in input order) for the converter."""
+    if isinstance(representative, dict):
+        missing = [name for name, _, _ in specs if name not in representative]
+        if missing:
+            raise ValueError(
+                f"`representative_data` lacks inputs {missing}; it has {sorted(representative)}."
+            )
+        columns = [representative[name] for name, _, _ in specs]
+    else:
+        if len(specs) != 1:
+            raise ValueError(
+                f"The model has {len(specs)} inputs ({[n for n, _, _ in specs]}): give "
+                "`representative_data` as a dict of arrays keyed by input name."
+            )
+        columns = [representative]
+    columns = [
+        np.asarray(col).reshape((-1,) + shape[1:]).astype(dtype)
+        for col, (_, shape, dtype) in zip(columns, specs)
+    ]
+    for start in range(0, len(columns[0]) - batch_size + 1, batch_size):
+        yield [col[start : start + batch_size] for col in columns]
+
+
+def _convert_tensorflow(model, quantization, representative, batch_size, input_shape):
     """Convert on the TensorFlow backend; returns the flatbuffer bytes."""
     import tensorflow as tf
 
-    shape, dtype = _model_input_specs(model, batch_size, input_shape)
+    specs = model_input_specs(model, batch_size, input_shape)
+    signature = [tf.TensorSpec(shape, dtype, name=name) for name, shape, dtype in specs]
 
-    @tf.function
-    def serve(x):
-        return model(x, training=False)
+    @tf.function(input_signature=signature)
+    def serve(*tensors):
+        return model(_pack_inputs(model, list(tensors)), training=False)
 
-    concrete = serve.get_concrete_function(tf.TensorSpec(shape, dtype))
+    concrete = serve.get_concrete_function()
     # No trackable object: the converter then freezes variables to constants
     # (with it, resource-variable ops remain and fail at run time).
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
@@ -122,15 +178,12 @@ def _convert_tensorflow(model, quantization, representative_arrays, batch_size, 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantization == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        samples = np.concatenate(
-            [a.reshape((-1,) + shape[1:]) for a in representative_arrays], axis=0
-        )
-
-        def representative_dataset():
-            for start in range(0, len(samples) - batch_size + 1, batch_size):
-                yield [samples[start : start + batch_size].astype(dtype)]
-
-        converter.representative_dataset = representative_dataset
+        batches = list(_representative_batches(specs, representative, batch_size))
+        if not batches:
+            raise ValueError(
+                f"`representative_data` has fewer samples than the batch size {batch_size}."
+            )
+        converter.representative_dataset = lambda: iter(batches)
         # Integer kernels where LiteRT has them; routing ops without int8
         # kernels (top-k, cumsum, one-hot) stay in float.
         converter.target_spec.supported_ops = [
@@ -164,12 +217,19 @@ def _conversion_error(model, error):
     )
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path, data):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tflite", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -219,19 +279,18 @@ def export_litert(
     path = _check_output_path(path)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Argument `batch_size` must be an int >= 1; received {batch_size!r}.")
-    arrays = _as_array_list(representative_data)
+    representative = _as_representative(representative_data)
     if keras.backend.backend() == "tensorflow":
-        data = _convert_tensorflow(model, quantization, arrays, batch_size, input_shape)
+        data = _convert_tensorflow(model, quantization, representative, batch_size, input_shape)
         _write_atomic(path, data)
         return path
-    _export_via_subprocess(model, path, quantization, arrays, batch_size, input_shape)
+    _export_via_subprocess(model, path, quantization, representative, batch_size, input_shape)
     return path
 
 
-def _export_via_subprocess(model, path, quantization, arrays, batch_size, input_shape):
-    if input_shape is None:
-        # Validate here, in the user's process, for a clear error.
-        _model_input_specs(model, batch_size)
+def _export_via_subprocess(model, path, quantization, representative, batch_size, input_shape):
+    # Validate here, in the user's process, for a clear error.
+    model_input_specs(model, batch_size, input_shape)
     with tempfile.TemporaryDirectory(prefix="ksm-export-") as tmp:
         model_path = os.path.join(tmp, "model.keras")
         model.save(model_path)
@@ -242,19 +301,37 @@ def _export_via_subprocess(model, path, quantization, arrays, batch_size, input_
         ]
         if quantization:
             args += ["--quantization", quantization]
-        if arrays is not None:
-            data_path = os.path.join(tmp, "representative.npy")
-            np.save(data_path, np.concatenate([a.reshape((-1,) + a.shape[1:]) for a in arrays]))
+        if representative is not None:
+            data_path = os.path.join(tmp, "representative.npz")
+            if isinstance(representative, dict):
+                np.savez(data_path, **representative)
+            else:
+                np.savez(data_path, **{_SINGLE_INPUT_KEY: representative})
             args += ["--representative", data_path]
         if input_shape is not None:
             args += ["--input-shape", ",".join(str(int(d)) for d in input_shape)]
         env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-        result = subprocess.run(args, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-            errors = [l for l in lines if l.startswith("ValueError") or "Error" in l]
-            detail = "\n".join(errors[-5:] or lines[-20:])
-            raise ValueError(f"LiteRT export (TensorFlow subprocess) failed:\n{detail}")
+        run_subprocess(args, env)
+
+
+_SINGLE_INPUT_KEY = "__single_input__"
+
+
+def load_representative(path):
+    """Inverse of the subprocess hand-over: an array or a dict of arrays."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    return arrays[_SINGLE_INPUT_KEY] if _SINGLE_INPUT_KEY in arrays else arrays
+
+
+def run_subprocess(args, env):
+    """Run a TensorFlow-backend conversion child; a clear error on failure."""
+    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+        errors = [l for l in lines if l.startswith("ValueError") or "Error" in l]
+        detail = "\n".join(errors[-5:] or lines[-20:])
+        raise ValueError(f"LiteRT export (TensorFlow subprocess) failed:\n{detail}")
 
 
 def list_litert_ops(path):
@@ -287,7 +364,8 @@ class LiteRTModel:
     """Run a `.tflite` file with the `ai_edge_litert` interpreter.
 
     Inputs of any batch size are split into the model's fixed batch size
-    (the last batch is padded).
+    (the last batch is padded). A model with several inputs (e.g. a text
+    tower: `token_ids`, `padding_mask`) takes a dict keyed by input name.
 
     Args:
         path: the `.tflite` file.
@@ -301,7 +379,8 @@ class LiteRTModel:
         self.path = os.fspath(path)
         self.interpreter = _interpreter(self.path, num_threads=num_threads)
         self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
+        self.inputs = self.interpreter.get_input_details()
+        self.input = self.inputs[0]
         self.output = self.interpreter.get_output_details()[0]
         self.batch_size = int(self.input["shape"][0])
 
@@ -309,27 +388,73 @@ class LiteRTModel:
     def ops(self):
         return sorted({d["op_name"] for d in self.interpreter._get_ops_details()})
 
+    @property
+    def input_names(self):
+        """Input names as given at export (converter prefixes removed)."""
+        return [_input_name(d["name"]) for d in self.inputs]
+
+    def _feed(self, batch):
+        if not isinstance(batch, dict):
+            if len(self.inputs) != 1:
+                raise ValueError(
+                    f"LiteRT model {self.path!r} has inputs {self.input_names}: pass a dict "
+                    "of arrays keyed by these names."
+                )
+            batch = {self.input_names[0]: batch}
+        missing = [name for name in self.input_names if name not in batch]
+        if missing:
+            raise ValueError(
+                f"LiteRT model {self.path!r} needs inputs {self.input_names}; missing {missing}."
+            )
+        for detail, name in zip(self.inputs, self.input_names):
+            self.interpreter.set_tensor(detail["index"], np.asarray(batch[name], dtype=detail["dtype"]))
+
     def predict_on_batch(self, batch):
-        """Run exactly one batch of the model's batch size."""
-        batch = np.asarray(batch, dtype=self.input["dtype"])
-        self.interpreter.set_tensor(self.input["index"], batch)
+        """Run exactly one batch of the model's batch size (an array, or a
+        dict of arrays for several inputs)."""
+        self._feed(batch)
         self.interpreter.invoke()
         return np.array(self.interpreter.get_tensor(self.output["index"]))
 
     def __call__(self, inputs):
-        inputs = np.asarray(inputs, dtype="float32")
-        expected = tuple(self.input["shape"][1:])
-        if tuple(inputs.shape[1:]) != expected:
-            raise ValueError(
-                f"LiteRT model {self.path!r} expects inputs of shape (N,) + {expected}; "
-                f"received {inputs.shape}."
-            )
+        columns = inputs if isinstance(inputs, dict) else {None: inputs}
+        names = self.input_names if isinstance(inputs, dict) else [None]
+        arrays = {}
+        for name, detail in zip(names, self.inputs if isinstance(inputs, dict) else [self.input]):
+            if name not in columns:
+                raise ValueError(
+                    f"LiteRT model {self.path!r} needs inputs {self.input_names}; received "
+                    f"{sorted(columns)}."
+                )
+            array = np.asarray(columns[name], dtype=detail["dtype"])
+            expected = tuple(int(d) for d in detail["shape"][1:])
+            if tuple(array.shape[1:]) != expected:
+                label = f"input {name!r}" if name else "inputs"
+                raise ValueError(
+                    f"LiteRT model {self.path!r} expects {label} of shape (N,) + {expected}; "
+                    f"received {array.shape}."
+                )
+            arrays[name] = array
+        n = len(next(iter(arrays.values())))
         outputs = []
-        n = len(inputs)
         for start in range(0, n, self.batch_size):
-            chunk = inputs[start : start + self.batch_size]
-            pad = self.batch_size - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            outputs.append(self.predict_on_batch(chunk)[: self.batch_size - pad])
+            chunk = {}
+            for name, array in arrays.items():
+                part = array[start : start + self.batch_size]
+                pad = self.batch_size - len(part)
+                if pad:
+                    part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+                chunk[name] = part
+            pad = self.batch_size - min(self.batch_size, n - start)
+            batch = chunk if isinstance(inputs, dict) else chunk[None]
+            outputs.append(self.predict_on_batch(batch)[: self.batch_size - pad])
         return np.concatenate(outputs, axis=0)
+
+
+def _input_name(name):
+    """`serving_default_token_ids:0` -> `token_ids`."""
+    name = name.split(":")[0]
+    for prefix in ("serving_default_",):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    return name

@@ -133,9 +133,27 @@ def _encode_images(model, ds):
     return embeddings, np.concatenate(labels)
 
 
-def class_text_embeddings(model, prompts):
-    """Prompt-ensembled class embeddings `(num_classes, dim)` from lists of
-    prompts per class (mean of normalised prompt embeddings, re-normalised)."""
+def representative_tower_images(model, data="digits", samples=256, seed=0):
+    """Preprocessed training images of `data` for int8 calibration of the
+    image tower of a dual encoder."""
+    model = load_dual_encoder(model)
+    train, _, _, _ = _datasets(model, data, 64, False, seed, training=False)
+    converter = model.preprocessor.image_converter if model.preprocessor else None
+    images, total = [], 0
+    for batch in train:
+        batch_images = batch["images"]
+        if converter is not None:
+            batch_images = converter(batch_images)
+        images.append(np.asarray(batch_images, "float32"))
+        total += len(images[-1])
+        if total >= samples:
+            break
+    return np.concatenate(images)[:samples]
+
+
+def pack_prompts(model, texts):
+    """`{"token_ids", "padding_mask"}` int32 arrays `(len(texts), length)`
+    for the text tower of `model`, tokenized by its preprocessor."""
     from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_preprocessor import (
         MoEDualEncoderPreprocessor,
     )
@@ -143,10 +161,16 @@ def class_text_embeddings(model, prompts):
     preprocessor = model.preprocessor or MoEDualEncoderPreprocessor(
         sequence_length=model.backbone.max_sequence_length
     )
+    packed = preprocessor({"prompts": list(texts)})
+    return {key: np.asarray(packed[key]).astype("int32") for key in ("token_ids", "padding_mask")}
+
+
+def class_text_embeddings(model, prompts):
+    """Prompt-ensembled class embeddings `(num_classes, dim)` from lists of
+    prompts per class (mean of normalised prompt embeddings, re-normalised)."""
     counts = [len(group) for group in prompts]
     flat = [prompt for group in prompts for prompt in group]
-    packed = preprocessor({"prompts": flat})
-    text = {key: np.asarray(packed[key]) for key in ("token_ids", "padding_mask")}
+    text = pack_prompts(model, flat)
     embeddings = np.asarray(
         model.backbone.text_encoder.predict(text, batch_size=len(flat), verbose=0), "float32"
     )

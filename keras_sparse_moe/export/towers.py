@@ -1,0 +1,373 @@
+"""LiteRT export of the two towers of an image-text dual encoder.
+
+A device embeds images with the image tower and compares them (cosine) with
+text embeddings computed once, ahead of time, by the text tower: e.g. one
+embedding per class for zero-shot classification. `export_dual_encoder`
+writes, into one directory:
+
+- `image_encoder.tflite`: preprocessed images `(batch, H, W, C)` float32 ->
+  L2-normalised embeddings `(batch, dim)`;
+- `text_encoder.tflite`: `token_ids` and `padding_mask` `(batch, length)`
+  int32 -> L2-normalised embeddings `(batch, dim)`;
+- with `class_names`/`prompts`: `class_embeddings.npy` (one L2-normalised row
+  per class, prompt-ensembled) and `class_names.json`;
+- `vocabulary.txt` (the WordPiece vocabulary of the text tower) when the
+  model has a tokenizer, and `export.json` (shapes, preprocessing,
+  quantization).
+
+Both towers contain only LiteRT builtin ops (see `export_litert`). On JAX
+and PyTorch the model is saved once as a backend-neutral `.keras` file and
+both towers are converted by one TensorFlow-backend child process. The
+directory is written atomically: it appears complete or not at all.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import keras
+import numpy as np
+
+from keras_sparse_moe.export.litert import _check_quantization
+from keras_sparse_moe.export.litert import _umask
+from keras_sparse_moe.export.litert import _SINGLE_INPUT_KEY
+from keras_sparse_moe.export.litert import export_litert
+from keras_sparse_moe.export.litert import run_subprocess
+
+IMAGE_FILE = "image_encoder.tflite"
+TEXT_FILE = "text_encoder.tflite"
+CLASS_EMBEDDINGS_FILE = "class_embeddings.npy"
+CLASS_NAMES_FILE = "class_names.json"
+VOCABULARY_FILE = "vocabulary.txt"
+MANIFEST_FILE = "export.json"
+
+
+def _load_task(model):
+    from keras_sparse_moe.recipes.dual_encoder import load_dual_encoder
+
+    return load_dual_encoder(model)
+
+
+def _check_directory(directory, overwrite):
+    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+        raise ValueError(f"Argument `directory` must be a directory path; received {directory!r}.")
+    directory = os.path.abspath(os.fspath(directory))
+    parent = os.path.dirname(directory)
+    if not os.path.isdir(parent):
+        raise ValueError(
+            f"Cannot write the towers to {directory!r}: parent directory {parent!r} does not "
+            "exist. Create it first."
+        )
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"Cannot write the towers to {directory!r}: {parent!r} is not writable.")
+    if os.path.isfile(directory):
+        raise ValueError(f"Output {directory!r} is a file; give a directory for the two towers.")
+    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
+        raise ValueError(
+            f"Output directory {directory!r} is not empty; pass overwrite=True (CLI: "
+            "--overwrite) to replace it."
+        )
+    return directory
+
+
+def _class_prompts(class_names, prompts, templates, data=None):
+    """Class names and lists of prompts per class from the arguments (or
+    from the class names and prompt templates of dataset `data`)."""
+    if data is not None and class_names is None and prompts is None:
+        from keras_sparse_moe.data import resolve_dataset
+
+        info = resolve_dataset(data).info
+        if not info.class_names:
+            raise ValueError(f"Dataset {data!r} has no class names to make prompts from.")
+        return [str(n) for n in info.class_names], info.zero_shot_prompts(templates)
+    if prompts is not None:
+        groups = [[p] if isinstance(p, str) else list(p) for p in prompts]
+        if not groups or any(not g or not all(isinstance(t, str) for t in g) for g in groups):
+            raise ValueError(
+                "Argument `prompts` must be a non-empty list with, per class, a string or a "
+                "non-empty list of strings."
+            )
+        names = list(class_names) if class_names is not None else [g[0] for g in groups]
+        if len(names) != len(groups):
+            raise ValueError(
+                f"`class_names` has {len(names)} entries but `prompts` has {len(groups)} classes."
+            )
+        return names, groups
+    if class_names is None:
+        return None, None
+    from keras_sparse_moe.data import zero_shot_prompts
+    from keras_sparse_moe.data.prompts import DEFAULT_PROMPT_TEMPLATES
+
+    names = [str(n) for n in class_names]
+    return names, zero_shot_prompts(names, templates or DEFAULT_PROMPT_TEMPLATES)
+
+
+def _vocabulary(task):
+    tokenizer = getattr(getattr(task, "preprocessor", None), "tokenizer", None)
+    vocabulary = getattr(tokenizer, "vocabulary", None) if tokenizer is not None else None
+    if vocabulary is None and tokenizer is not None and hasattr(tokenizer, "get_vocabulary"):
+        vocabulary = tokenizer.get_vocabulary()
+    if isinstance(vocabulary, (list, tuple)) and vocabulary:
+        return [str(v) for v in vocabulary]
+    return None
+
+
+def _manifest(task, quantization, batch_size, class_names):
+    backbone = task.backbone
+    converter = getattr(getattr(task, "preprocessor", None), "image_converter", None)
+    preprocessing = None
+    if converter is not None:
+        preprocessing = {
+            "resize_to": [int(d) for d in backbone.image_shape[:2]],
+            "scale": _jsonable(getattr(converter, "scale", None)),
+            "offset": _jsonable(getattr(converter, "offset", None)),
+        }
+    return {
+        "format": "keras_sparse_moe dual encoder towers",
+        "backbone": type(backbone).__name__,
+        "quantization": quantization or "float32",
+        "batch_size": batch_size,
+        "image_encoder": {"file": IMAGE_FILE, "input": "images",
+                          "shape": [batch_size] + [int(d) for d in backbone.image_shape],
+                          "dtype": "float32", "preprocessing": preprocessing},
+        "text_encoder": {"file": TEXT_FILE, "inputs": ["token_ids", "padding_mask"],
+                         "shape": [batch_size, int(backbone.max_sequence_length)],
+                         "dtype": "int32"},
+        "embedding_dim": int(task.backbone.image_encoder.outputs[0].shape[-1]),
+        "embeddings": "L2-normalised; similarity = dot product",
+        "class_names": class_names,
+    }
+
+
+def _jsonable(value):
+    if value is None:
+        return None
+    array = np.asarray(value, dtype="float64")
+    return array.tolist()
+
+
+def _representative_for_towers(task, representative_images, quantization):
+    """Calibration data of both towers for int8."""
+    if quantization != "int8":
+        return None, None
+    if representative_images is None:
+        raise ValueError(
+            "quantization='int8' needs `representative_images`: a few hundred preprocessed "
+            "images (the text tower is calibrated on the prompts or on a built-in set of "
+            "captions)."
+        )
+    return np.asarray(representative_images, dtype="float32"), None
+
+
+def _text_calibration(task, groups):
+    from keras_sparse_moe.recipes.dual_encoder import pack_prompts
+
+    texts = [t for g in (groups or []) for t in g]
+    if len(texts) < 16:
+        from keras_sparse_moe.data import DIGIT_CAPTION_TEMPLATES
+        from keras_sparse_moe.data import digit_captions
+
+        labels = np.repeat(np.arange(10), max(1, 64 // len(DIGIT_CAPTION_TEMPLATES)))
+        texts += list(digit_captions(labels))
+    return pack_prompts(task, texts)
+
+
+def export_dual_encoder(
+    model,
+    directory,
+    quantization=None,
+    representative_images=None,
+    class_names=None,
+    prompts=None,
+    templates=None,
+    data=None,
+    batch_size=1,
+    overwrite=False,
+):
+    """Export the image and text towers of a dual encoder to LiteRT.
+
+    Args:
+        model: a `MoEDualEncoderContrastive` task, a preset name or directory
+            (e.g. `"limoe_tiny_digits"`) or a `.keras` file.
+        directory: output directory (its parent must exist); written
+            atomically.
+        quantization: None (float32), `"float16"`, `"dynamic_int8"` or
+            `"int8"` (needs `representative_images`; the text tower is
+            calibrated on the class prompts plus generic captions).
+        representative_images: preprocessed images `(N, H, W, C)` for int8.
+        class_names: optional class names: `class_embeddings.npy` gets one
+            prompt-ensembled text embedding per class (zero-shot on device).
+        prompts: optional prompts per class (a string or a list of strings
+            per class) instead of `templates` filled with `class_names`.
+        templates: prompt templates with `{}` for the class name (default:
+            the dataset's templates with `data`, else the generic templates
+            of `keras_sparse_moe.data.prompts`).
+        data: optional dataset spec (e.g. `"digits"`): class names and prompt
+            templates come from it when `class_names`/`prompts` are None.
+        batch_size: fixed batch size of both `.tflite` files.
+        overwrite: replace a non-empty `directory`.
+
+    Returns:
+        dict with the paths written (`image_encoder`, `text_encoder`, and
+        `class_embeddings`, `vocabulary`, `manifest` when written).
+
+    Example:
+    >>> import tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), "towers")
+    >>> paths = export_dual_encoder("limoe_tiny_digits", out, data="digits")
+    >>> sorted(paths)[:3]
+    ['class_embeddings', 'class_names', 'image_encoder']
+    """
+    _check_quantization(quantization, representative_images)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Argument `batch_size` must be an int >= 1; received {batch_size!r}.")
+    directory = _check_directory(directory, overwrite)
+    task = _load_task(model)
+    names, groups = _class_prompts(class_names, prompts, templates, data)
+    images, _ = _representative_for_towers(task, representative_images, quantization)
+    parent = os.path.dirname(directory)
+    staging = tempfile.mkdtemp(prefix=".tmp-towers-", dir=parent)
+    try:
+        text_data = _text_calibration(task, groups) if quantization == "int8" else None
+        if keras.backend.backend() == "tensorflow":
+            _export_towers_here(task, staging, quantization, images, text_data, batch_size)
+        else:
+            _export_towers_subprocess(task, staging, quantization, images, text_data, batch_size)
+        paths = {"image_encoder": IMAGE_FILE, "text_encoder": TEXT_FILE}
+        if groups is not None:
+            from keras_sparse_moe.recipes.dual_encoder import class_text_embeddings
+
+            table = class_text_embeddings(task, groups).astype("float32")
+            np.save(os.path.join(staging, CLASS_EMBEDDINGS_FILE), table, allow_pickle=False)
+            with open(os.path.join(staging, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
+                json.dump({"class_names": names, "prompts": groups}, f, indent=2)
+            paths["class_embeddings"] = CLASS_EMBEDDINGS_FILE
+            paths["class_names"] = CLASS_NAMES_FILE
+        vocabulary = _vocabulary(task)
+        if vocabulary:
+            with open(os.path.join(staging, VOCABULARY_FILE), "w", encoding="utf-8") as f:
+                f.write("\n".join(vocabulary) + "\n")
+            paths["vocabulary"] = VOCABULARY_FILE
+        with open(os.path.join(staging, MANIFEST_FILE), "w", encoding="utf-8") as f:
+            json.dump(_manifest(task, quantization, batch_size, names), f, indent=2)
+        paths["manifest"] = MANIFEST_FILE
+        os.chmod(staging, 0o777 & ~_umask())
+        if os.path.isdir(directory):
+            backup = tempfile.mkdtemp(prefix=".old-towers-", dir=parent)
+            os.rmdir(backup)
+            os.replace(directory, backup)
+            os.replace(staging, directory)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {key: os.path.join(directory, name) for key, name in paths.items()}
+
+
+def _export_towers_here(task, directory, quantization, images, text_data, batch_size):
+    backbone = task.backbone
+    export_litert(backbone.image_encoder, os.path.join(directory, IMAGE_FILE),
+                  quantization=quantization, representative_data=images, batch_size=batch_size)
+    export_litert(backbone.text_encoder, os.path.join(directory, TEXT_FILE),
+                  quantization=quantization, representative_data=text_data,
+                  batch_size=batch_size)
+
+
+def _export_towers_subprocess(task, directory, quantization, images, text_data, batch_size):
+    with tempfile.TemporaryDirectory(prefix="ksm-towers-") as tmp:
+        model_path = os.path.join(tmp, "model.keras")
+        task.save(model_path)
+        args = [sys.executable, "-m", "keras_sparse_moe.export._convert", "--towers",
+                "--model", model_path, "--output", directory, "--batch-size", str(batch_size)]
+        if quantization:
+            args += ["--quantization", quantization]
+        if images is not None:
+            data_path = os.path.join(tmp, "images.npz")
+            np.savez(data_path, **{_SINGLE_INPUT_KEY: images})
+            args += ["--representative", data_path]
+        if text_data is not None:
+            text_path = os.path.join(tmp, "text.npz")
+            np.savez(text_path, **text_data)
+            args += ["--text-representative", text_path]
+        run_subprocess(args, dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def export_towers_in_child(model_path, directory, quantization, images, text_data, batch_size):
+    """Child-process side of `_export_towers_subprocess` (TensorFlow backend)."""
+    task = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+    _export_towers_here(task, directory, quantization, images, text_data, batch_size)
+
+
+def _preprocess(images, preprocessing):
+    """The image tower's preprocessing (from `export.json`) in NumPy."""
+    images = np.asarray(images, dtype="float32")
+    if not preprocessing:
+        return images
+    size = tuple(preprocessing.get("resize_to") or images.shape[1:3])
+    if tuple(images.shape[1:3]) != size:
+        images = keras.ops.convert_to_numpy(
+            keras.ops.image.resize(images, size, interpolation="bilinear")
+        )
+    if preprocessing.get("scale") is not None:
+        images = images * np.asarray(preprocessing["scale"], dtype="float32")
+    if preprocessing.get("offset") is not None:
+        images = images + np.asarray(preprocessing["offset"], dtype="float32")
+    return images.astype("float32")
+
+
+def evaluate_towers(directory, data="digits", split="test", num_threads=2, data_options=None):
+    """Zero-shot accuracy of exported towers on a labelled dataset split,
+    run entirely by the LiteRT interpreter: images through
+    `image_encoder.tflite`, compared with `class_embeddings.npy`.
+
+    Args:
+        directory: output of `export_dual_encoder` with class embeddings.
+        data: dataset spec with labels whose classes are those of the
+            class embeddings (e.g. `"digits"`).
+        split: `"test"`, `"validation"` or `"train"`.
+        num_threads: interpreter threads.
+        data_options: extra `build_datasets` options.
+
+    Returns:
+        dict with `zero_shot_accuracy`, `num_examples`, `split`.
+    """
+    from keras_sparse_moe.data import build_datasets
+    from keras_sparse_moe.export.litert import LiteRTModel
+
+    directory = os.fspath(directory)
+    manifest_path = os.path.join(directory, MANIFEST_FILE)
+    table_path = os.path.join(directory, CLASS_EMBEDDINGS_FILE)
+    for path in (manifest_path, table_path):
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{directory!r} has no {os.path.basename(path)}: export the towers with "
+                "class names (export_dual_encoder(..., class_names=...) or CLI --data)."
+            )
+    with open(manifest_path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    table = np.load(table_path, allow_pickle=False)
+    image_spec = manifest["image_encoder"]
+    runner = LiteRTModel(os.path.join(directory, image_spec["file"]), num_threads=num_threads)
+    height, width, channels = image_spec["shape"][1:]
+    datasets = build_datasets(data, image_size=(height, width), batch_size=128, channels=channels,
+                              rescale=False, **dict(data_options or {}))
+    ds = {"train": datasets.train, "validation": datasets.validation,
+          "test": datasets.test}.get(split)
+    if ds is None:
+        raise ValueError(f"Dataset {data!r} has no {split!r} split.")
+    if table.shape[0] != datasets.info.num_classes:
+        raise ValueError(
+            f"The towers hold {table.shape[0]} class embeddings but {data!r} has "
+            f"{datasets.info.num_classes} classes."
+        )
+    correct, total = 0, 0
+    for images, labels in ds:
+        embeddings = runner(_preprocess(np.asarray(images), image_spec.get("preprocessing")))
+        predictions = np.argmax(embeddings @ table.T, axis=-1)
+        correct += int(np.sum(predictions == np.asarray(labels)))
+        total += len(predictions)
+    return {"zero_shot_accuracy": correct / max(total, 1), "num_examples": total, "split": split}
