@@ -17,6 +17,7 @@ from keras_sparse_moe.data import build_image_text_datasets
 from keras_sparse_moe.data import load_dataset
 from keras_sparse_moe.data import load_digits
 from keras_sparse_moe.data import make_pipeline
+from keras_sparse_moe.export import export_dual_encoder
 from keras_sparse_moe.export import export_litert
 from keras_sparse_moe.models import MoEViTBackbone
 from keras_sparse_moe.models import MoEViTImageClassifier

@@ -341,6 +341,10 @@ def test_save_is_atomic_and_replaces_an_existing_preset(tmp_path, monkeypatch):
     presets.save_to_preset(model.backbone, target)  # replace: now backbone only
     assert "task.json" not in os.listdir(target)
     assert sorted(os.listdir(tmp_path)) == ["preset"]
+    # Normal permissions (not the private ones of a temporary directory).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o777 & ~umask
 
     def failing_save(*args, **kwargs):
         raise RuntimeError("disk full")

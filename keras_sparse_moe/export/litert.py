@@ -25,6 +25,8 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_sparse_moe.utils.io import default_permissions
+
 QUANTIZATION_MODES = (None, "float16", "dynamic_int8", "int8")
 _BUILTIN_EXCLUDED = ("CUSTOM", "DELEGATE")
 
@@ -217,19 +219,13 @@ def _conversion_error(model, error):
     )
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _write_atomic(path, data):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tflite", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
+        default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -31,10 +31,10 @@ import keras
 import numpy as np
 
 from keras_sparse_moe.export.litert import _check_quantization
-from keras_sparse_moe.export.litert import _umask
 from keras_sparse_moe.export.litert import _SINGLE_INPUT_KEY
 from keras_sparse_moe.export.litert import export_litert
 from keras_sparse_moe.export.litert import run_subprocess
+from keras_sparse_moe.utils.io import default_permissions
 
 IMAGE_FILE = "image_encoder.tflite"
 TEXT_FILE = "text_encoder.tflite"
@@ -253,7 +253,7 @@ def export_dual_encoder(
         with open(os.path.join(staging, MANIFEST_FILE), "w", encoding="utf-8") as f:
             json.dump(_manifest(task, quantization, batch_size, names), f, indent=2)
         paths["manifest"] = MANIFEST_FILE
-        os.chmod(staging, 0o777 & ~_umask())
+        default_permissions(staging)
         if os.path.isdir(directory):
             backup = tempfile.mkdtemp(prefix=".old-towers-", dir=parent)
             os.rmdir(backup)

@@ -69,7 +69,7 @@ _RESUME_KEYS = (
 _NO_DECAY = ("bias", "gamma", "beta", "class_token", "position_embedding")
 
 DIGITS_RECIPE = {
-    "epochs": 300,
+    "epochs": 100,
     "batch_size": 64,
     "learning_rate": 2e-3,
     "weight_decay": 0.05,
@@ -78,7 +78,7 @@ DIGITS_RECIPE = {
     "clipnorm": 1.0,
     "augment": "affine",
     "validation_fraction": 0.1,
-    "ema_momentum": 0.999,
+    "ema_momentum": None,
 }
 """The recipe that trained `moe_vit_tiny_digits` (`recipes/moe_vit.py`); the
 dense baseline (`recipes/dense_vit.py`) uses it too."""

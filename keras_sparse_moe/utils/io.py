@@ -31,6 +31,15 @@ def check_writable_directory(directory, create=True):
     return directory
 
 
+def default_permissions(path):
+    """Give `path` the permissions a normal `open()` / `mkdir()` would
+    (0o666 / 0o777 minus the umask): `tempfile` creates private 0o600 /
+    0o700 entries, which would otherwise survive the atomic rename."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=""):
     """Yield a temporary file path beside `path`; rename it to `path` on success.
@@ -49,6 +58,7 @@ def atomic_path(path, suffix=""):
     os.close(fd)
     try:
         yield tmp
+        default_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -80,6 +90,7 @@ def atomic_directory(path):
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
     try:
         yield tmp
+        default_permissions(tmp)
         old = None
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=".old-", dir=parent)

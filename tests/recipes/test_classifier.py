@@ -129,15 +129,13 @@ def test_evaluate_preset_directory_matches_saved_model(resumed_run):
     assert result["accuracy"] == pytest.approx(metrics["accuracy"])
 
 
-def test_shipped_digits_preset_meets_target_on_test_batch():
-    from keras_sparse_moe.presets import PRESETS_DATA_DIR
-
-    if not os.path.isdir(os.path.join(PRESETS_DATA_DIR, "moe_vit_tiny_digits")):
-        pytest.skip("moe_vit_tiny_digits weights are not shipped in this checkout yet")
-    metrics = evaluate_classifier("moe_vit_tiny_digits", "digits", batch_size=128, max_batches=1,
+def test_shipped_digits_preset_accuracy_on_the_test_split():
+    # docs/results.md: 351/359 test images on every backend (the issue's
+    # target is 0.98 = 352/359; see the results page).
+    metrics = evaluate_classifier("moe_vit_tiny_digits", "digits", batch_size=128,
                                   routing_examples=0, single_image_latency=False)
-    assert metrics["examples"] == 128
-    assert metrics["accuracy"] >= 0.95
+    assert metrics["examples"] == 359
+    assert metrics["accuracy"] >= 350 / 359
 
 
 def test_representative_images_are_preprocessed_training_images():
