@@ -6,7 +6,7 @@ rotation / zoom / shift), evaluated on the fixed test split.
 
 This recipe trained the shipped `moe_vit_tiny_digits` preset:
 
-    python recipes/moe_vit.py --seeds 0 --save-preset keras_sparse_moe/presets_data/moe_vit_tiny_digits
+    python recipes/moe_vit.py --seeds 0 1 2 --save-preset keras_sparse_moe/presets_data/moe_vit_tiny_digits
 
 MoE versus dense comparison (see docs/results.md):
 

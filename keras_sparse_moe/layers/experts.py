@@ -7,6 +7,38 @@ from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
 
 
+def _reseeded(initializer, offset):
+    """A copy of `initializer` that does not repeat its values: Keras random
+    initializers return the same values at every call (an unseeded one
+    draws its seed once, when created). An integer seed is shifted by
+    `offset`; without a seed the copy draws a fresh one."""
+    config = initializer.get_config()
+    if "seed" not in config:
+        return initializer  # not random (e.g. zeros, constant)
+    seed = config["seed"]
+    if isinstance(seed, int):
+        return initializer.__class__.from_config(dict(config, seed=seed + offset))
+    if seed is None:
+        return initializer.__class__.from_config(config)
+    return initializer  # a SeedGenerator advances at every call
+
+
+def per_expert_initializer(initializer, weight_index):
+    """Initialise an `(experts, fan_in, fan_out)` kernel expert by expert,
+    each like the kernel of a dense layer: fans from `(fan_in, fan_out)`
+    (not scaled by the number of experts) and, for seeded initializers,
+    a distinct seed per expert and per weight (`weight_index`)."""
+
+    def initialize(shape, dtype=None):
+        experts = shape[0]
+        return ops.stack([
+            _reseeded(initializer, (weight_index * experts + k) * 7919)(tuple(shape[1:]), dtype=dtype)
+            for k in range(experts)
+        ])
+
+    return initialize
+
+
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
 class Experts(keras.layers.Layer):
     """`num_experts` independent MLPs evaluated as one batched matmul.
@@ -64,14 +96,17 @@ class Experts(keras.layers.Layer):
             raise ValueError(f"Experts need a known last dimension; received {input_shape}.")
         e, h = self.num_experts, self.intermediate_dim
         self.kernel_in = self.add_weight(
-            name="kernel_in", shape=(e, dim, h), initializer=self.kernel_initializer
+            name="kernel_in", shape=(e, dim, h),
+            initializer=per_expert_initializer(self.kernel_initializer, 0),
         )
         if self.gated:
             self.kernel_gate = self.add_weight(
-                name="kernel_gate", shape=(e, dim, h), initializer=self.kernel_initializer
+                name="kernel_gate", shape=(e, dim, h),
+                initializer=per_expert_initializer(self.kernel_initializer, 2),
             )
         self.kernel_out = self.add_weight(
-            name="kernel_out", shape=(e, h, dim), initializer=self.kernel_initializer
+            name="kernel_out", shape=(e, h, dim),
+            initializer=per_expert_initializer(self.kernel_initializer, 1),
         )
         if self.use_bias:
             self.bias_in = self.add_weight(
