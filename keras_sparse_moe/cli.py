@@ -243,9 +243,138 @@ def _check_output_file(path):
 
 
 # ------------------------------------------------------------ train / evaluate
+DUAL_ENCODER_FAMILY = "moe_dual_encoder"
+# Classifier-only `train` options and their defaults: a dual encoder rejects
+# them when they are changed.
+_CLASSIFIER_ONLY = {
+    "label_smoothing": ("--label-smoothing", 0.1),
+    "ema_momentum": ("--ema-momentum", None),
+    "augment": ("--augment", "affine"),
+    "validation_fraction": ("--validation-fraction", 0.1),
+    "early_stopping": ("--early-stopping", None),
+    "set": ("--set", None),
+    "run_eagerly": ("--run-eagerly", False),
+}
+
+
+def _is_dual_encoder(name_or_path):
+    """Whether a preset name, preset directory or `.keras` file holds a dual
+    encoder (looked up without building the model)."""
+    import zipfile
+
+    from keras_sparse_moe.presets import get_preset
+
+    name = os.fspath(name_or_path)
+    text = ""
+    if name.endswith(".keras") and os.path.isfile(name):
+        try:
+            with zipfile.ZipFile(name) as archive:
+                text = archive.read("config.json").decode("utf-8", "replace")
+        except (OSError, KeyError, zipfile.BadZipFile):
+            return False
+    elif os.path.isdir(name):
+        for file in ("task.json", "config.json"):
+            path = os.path.join(name, file)
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as handle:
+                    text = handle.read()
+                break
+    else:
+        try:
+            return get_preset(name).family == DUAL_ENCODER_FAMILY
+        except ValueError:
+            return False
+    return any(key in text for key in ("MoEDualEncoder", "LIMoEBackbone", "MoETwoTowerBackbone"))
+
+
+def _train_dual_encoder(args):
+    from keras_sparse_moe.recipes.dual_encoder import image_routing_by_class
+    from keras_sparse_moe.recipes.dual_encoder import train_dual_encoder
+
+    changed = [flag for key, (flag, default) in _CLASSIFIER_ONLY.items()
+               if getattr(args, key, default) != default]
+    if changed:
+        raise CLIError(
+            f"{', '.join(changed)}: only for image classifiers; {args.preset} is a dual "
+            "encoder (contrastive training: --epochs, --batch-size, --learning-rate, "
+            "--weight-decay, --warmup-fraction, --seed)"
+        )
+    if args.overwrite and os.path.isdir(args.output):
+        import shutil
+
+        shutil.rmtree(args.output)
+    metrics = train_dual_encoder(
+        preset=args.preset,
+        data=args.data,
+        output_dir=args.output,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_fraction=args.warmup_fraction,
+        seed=args.seed,
+        max_batches=args.max_batches,
+        verbose=0 if args.quiet else args.verbose,
+    )
+    artifacts = ["model.keras", "preset/", "metrics.json", "log.csv"]
+    if not args.no_plots:
+        from keras_sparse_moe.recipes.plots import plot_routing_heatmap
+        from keras_sparse_moe.recipes.plots import plot_training_curves
+
+        curves = os.path.join(args.output, "training_curves.png")
+        if plot_training_curves(os.path.join(args.output, "log.csv"), curves, title=args.preset):
+            artifacts.append(os.path.basename(curves))
+        routing, names = image_routing_by_class(os.path.join(args.output, "model.keras"),
+                                                args.data)
+        heatmap = os.path.join(args.output, "routing_heatmap.png")
+        if plot_routing_heatmap(routing, names, heatmap,
+                                title=f"{args.preset}: image tokens per class and expert"):
+            artifacts.append(os.path.basename(heatmap))
+    _print_dual_metrics(f"train: {args.preset} on {args.data} (zero-shot, test split)", metrics)
+    _console().print(f"artifacts in {args.output}: " + ", ".join(artifacts))
+    return 0
+
+
+def _print_dual_metrics(title, metrics):
+    rows = [("zero-shot accuracy", f"{metrics['zero_shot_accuracy']:.4f} "
+             f"({metrics['num_examples']} images, text prompts only, "
+             f"{metrics['num_templates']} templates per class)")]
+    if "macro_f1" in metrics:
+        rows.append(("macro-F1", f"{metrics['macro_f1']:.4f}"))
+    for key, label in (("latency_ms_per_image", "latency (ms / image, image tower)"),
+                       ("initial_loss", "contrastive loss, start"),
+                       ("final_loss", "contrastive loss, end"),
+                       ("train_seconds", "training time (s)"), ("parameters", "parameters"),
+                       ("backend", "backend")):
+        if key in metrics:
+            value = metrics[key]
+            rows.append((label, f"{value:.4g}" if isinstance(value, float) else str(value)))
+    _table(title, ["metric", "value"], rows)
+
+
+def _evaluate_dual_encoder(args):
+    from keras_sparse_moe.recipes.dual_encoder import evaluate_zero_shot
+
+    metrics = evaluate_zero_shot(args.model, data=args.data, split=args.split,
+                                 batch_size=args.batch_size)
+    _print_dual_metrics(f"evaluate: {args.model} on {args.data} ({args.split} split, zero-shot)",
+                        metrics)
+    _table("per class", ["class", "precision", "recall", "f1", "support"], [
+        (c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"])
+        for c in metrics["per_class"]
+    ])
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+        _write_json(os.path.join(args.output, "metrics.json"), metrics)
+        _console().print(f"wrote {os.path.join(args.output, 'metrics.json')}")
+    return 0
+
+
 def cmd_train(args):
     from keras_sparse_moe.recipes.classifier import train_classifier
 
+    if _is_dual_encoder(args.preset):
+        return _train_dual_encoder(args)
     result = train_classifier(
         preset=args.preset,
         data=args.data,
@@ -278,6 +407,8 @@ def cmd_train(args):
 def cmd_evaluate(args):
     from keras_sparse_moe.recipes.classifier import evaluate_classifier
 
+    if _is_dual_encoder(args.model):
+        return _evaluate_dual_encoder(args)
     metrics = evaluate_classifier(
         args.model,
         data=args.data,
@@ -395,11 +526,14 @@ def build_parser():
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(
-        "train", parents=[common, data_common], help="train a classifier preset on a dataset",
+        "train", parents=[common, data_common],
+        help="train a classifier or dual-encoder preset on a dataset",
         description="Train an image classifier from a preset and evaluate it on the test "
         "split. Writes OUTPUT/model.keras, OUTPUT/preset/, metrics.json, log.csv, "
         "training_curves.png and routing_heatmap.png. Re-running the same command "
-        "resumes an interrupted run after its last finished epoch.",
+        "resumes an interrupted run after its last finished epoch. A dual-encoder preset "
+        "(limoe_*) is trained contrastively on image-caption pairs (digits: captions made "
+        "from the class names) and evaluated by zero-shot accuracy from text prompts.",
     )
     p.add_argument("--preset", default="moe_vit_tiny",
                    help="preset name, preset directory or .keras file (default: moe_vit_tiny)")
@@ -438,7 +572,8 @@ def build_parser():
         "evaluate", parents=[common, data_common],
         help="accuracy, macro-F1, per-class table and latency",
         description="Evaluate a classifier (.keras file, preset directory or preset name, "
-        "e.g. moe_vit_tiny_digits) on a split of a dataset.",
+        "e.g. moe_vit_tiny_digits) on a split of a dataset. A dual encoder (e.g. "
+        "limoe_tiny_digits) is evaluated by zero-shot classification from text prompts.",
     )
     p.add_argument("--model", required=True, help=".keras file, preset directory or preset name")
     p.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH (default: digits)")

@@ -197,12 +197,18 @@ def evaluate_zero_shot(model_or_path, data="digits", templates=None, split="test
         batch_size: evaluation batch size.
 
     Returns:
-        dict with `zero_shot_accuracy`, `per_class_accuracy`, `num_examples`,
-        `num_templates`, `split`.
+        dict with `zero_shot_accuracy`, `per_class_accuracy`, `macro_f1`,
+        `per_class` (precision / recall / F1 / support per class),
+        `confusion_matrix`, `latency_ms_per_image` (image tower, batched),
+        `num_examples`, `num_templates`, `split`.
 
     Example:
-    >>> m = evaluate_zero_shot("limoe_tiny", "digits")  # doctest: +SKIP
+    >>> m = evaluate_zero_shot("limoe_tiny_digits", "digits")
+    >>> round(m["zero_shot_accuracy"], 3), m["num_examples"]
+    (0.928, 359)
     """
+    from keras_sparse_moe.recipes.metrics import classification_report
+
     check_int("batch_size", batch_size, minimum=1)
     model = load_dual_encoder(model_or_path)
     train, validation, test, info = _datasets(model, data, batch_size, False, 0, training=False)
@@ -214,20 +220,55 @@ def evaluate_zero_shot(model_or_path, data="digits", templates=None, split="test
         raise ValueError(f"Dataset {data!r} has no labels, so zero-shot accuracy cannot be measured.")
     prompts = info.zero_shot_prompts(templates)
     table = class_text_embeddings(model, prompts)
+    _encode_images(model, ds.take(1))  # warm up (tracing) before timing
+    start = time.perf_counter()
     images, labels = _encode_images(model, ds)
+    seconds = time.perf_counter() - start
     predictions = np.argmax(images @ table.T, axis=-1)
+    num_classes = len(info.class_names)
+    names = [str(n) for n in info.class_names]
+    report = classification_report(labels, predictions, num_classes, names)
     per_class = {
-        str(info.class_names[c]): float(np.mean(predictions[labels == c] == c))
-        for c in range(len(info.class_names))
+        names[c]: float(np.mean(predictions[labels == c] == c))
+        for c in range(num_classes)
         if np.any(labels == c)
     }
     return {
         "zero_shot_accuracy": float(np.mean(predictions == labels)),
         "per_class_accuracy": per_class,
+        "macro_f1": report["macro_f1"],
+        "per_class": report["per_class"],
+        "confusion_matrix": report["confusion_matrix"],
+        "latency_ms_per_image": seconds / max(len(labels), 1) * 1e3,
         "num_examples": int(len(labels)),
         "num_templates": int(len(prompts[0])),
         "split": split,
     }
+
+
+def image_routing_by_class(model, data="digits", split="test", max_images=512):
+    """`routing_by_class` of the image tokens of a dual encoder (its image
+    tower run on preprocessed images of `data`), for the routing heatmap."""
+    from keras_sparse_moe.recipes.routing import routing_by_class
+
+    model = load_dual_encoder(model)
+    train, validation, test, info = _datasets(model, data, 64, False, 0, training=False)
+    ds = {"train": train, "validation": validation, "test": test}[split]
+    converter = model.preprocessor.image_converter if model.preprocessor else None
+    images, labels = [], []
+    for batch in ds:
+        batch_images = batch["images"]
+        if converter is not None:
+            batch_images = converter(batch_images)
+        images.append(np.asarray(batch_images, "float32"))
+        labels.append(np.asarray(batch["labels"]))
+        if sum(len(x) for x in images) >= max_images:
+            break
+    images = np.concatenate(images)[:max_images]
+    labels = np.concatenate(labels)[:max_images]
+    routing = routing_by_class(model.backbone.image_encoder, images, labels,
+                               len(info.class_names))
+    return routing, [str(n) for n in info.class_names]
 
 
 def train_dual_encoder(
