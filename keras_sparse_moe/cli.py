@@ -299,23 +299,17 @@ def _train_dual_encoder(args):
             "encoder (contrastive training: --epochs, --batch-size, --learning-rate, "
             "--weight-decay, --warmup-fraction, --seed)"
         )
-    if args.overwrite and os.path.isdir(args.output):
+    if args.overwrite and os.path.isdir(args.output) and os.listdir(args.output):
         import shutil
 
+        run_files = {"metrics.json", "log.csv", "model.keras", "backup", "preset"}
+        if not run_files & set(os.listdir(args.output)):
+            raise CLIError(
+                f"--overwrite: {args.output!r} does not look like a training run (no "
+                "metrics.json, log.csv, model.keras or backup/); refusing to delete it"
+            )
         shutil.rmtree(args.output)
-    metrics = train_dual_encoder(
-        preset=args.preset,
-        data=args.data,
-        output_dir=args.output,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        warmup_fraction=args.warmup_fraction,
-        seed=args.seed,
-        max_batches=args.max_batches,
-        verbose=0 if args.quiet else args.verbose,
-    )
+    metrics = train_dual_encoder(**_common_train_arguments(args))
     artifacts = ["model.keras", "preset/", "metrics.json", "log.csv"]
     if not args.no_plots:
         from keras_sparse_moe.recipes.plots import plot_routing_heatmap
@@ -333,6 +327,17 @@ def _train_dual_encoder(args):
     _print_dual_metrics(f"train: {args.preset} on {args.data} (zero-shot, test split)", metrics)
     _console().print(f"artifacts in {args.output}: " + ", ".join(artifacts))
     return 0
+
+
+def _common_train_arguments(args):
+    """`train` arguments shared by classifiers and dual encoders."""
+    return {
+        "preset": args.preset, "data": args.data, "output_dir": args.output,
+        "epochs": args.epochs, "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
+        "warmup_fraction": args.warmup_fraction, "seed": args.seed,
+        "max_batches": args.max_batches, "verbose": 0 if args.quiet else args.verbose,
+    }
 
 
 def _print_dual_metrics(title, metrics):
@@ -376,27 +381,17 @@ def cmd_train(args):
     if _is_dual_encoder(args.preset):
         return _train_dual_encoder(args)
     result = train_classifier(
-        preset=args.preset,
-        data=args.data,
-        output_dir=args.output,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
+        **_common_train_arguments(args),
         label_smoothing=args.label_smoothing,
-        warmup_fraction=args.warmup_fraction,
         ema_momentum=args.ema_momentum,
         augment=args.augment,
-        seed=args.seed,
         early_stopping_patience=args.early_stopping,
         validation_fraction=args.validation_fraction,
         overrides=_overrides(args.set),
         data_options=_data_options(args),
         overwrite=args.overwrite,
         plots=not args.no_plots,
-        max_batches=args.max_batches,
         run_eagerly=args.run_eagerly,
-        verbose=0 if args.quiet else args.verbose,
     )
     _print_metrics(f"train: {args.preset} on {args.data} ({result.get('split', 'test')} split)", result)
     _console().print(f"artifacts in {args.output}: " + ", ".join(
