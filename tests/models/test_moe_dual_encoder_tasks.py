@@ -74,8 +74,8 @@ def trained():
     x, _ = synthetic_pairs(2 * NUM_CLASSES, seed=0)
     task.compile(optimizer=keras.optimizers.AdamW(3e-3))
     # Raw images and captions go through the preset's preprocessor; batches
-    # of one pair per class; 20 steps.
-    history = task.fit(x, batch_size=NUM_CLASSES, epochs=10, shuffle=False, verbose=0)
+    # of one pair per class; 40 steps.
+    history = task.fit(x, batch_size=NUM_CLASSES, epochs=20, shuffle=False, verbose=0)
     return task, history.history
 
 
