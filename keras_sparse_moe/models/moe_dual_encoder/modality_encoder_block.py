@@ -90,22 +90,15 @@ class ModalityEncoderBlock(MoETransformerEncoderBlock):
         self.entropy_losses = normalize_entropy_losses(entropy_losses)
 
     def call(self, inputs, attention_mask=None, token_mask=None, modality=None, training=None):
-        x = self.norm1(inputs)
-        x = self.attention(x, x, attention_mask=attention_mask, training=training)
-        x = self.dropout(x, training=training)
-        x = inputs + self.drop_path(x, training=training)
-        y = self.norm2(x)
-        if self.moe is None:
-            y = self.mlp_out(self.mlp_in(y))
-        else:
-            y = self._sparse_mlp(y, token_mask, modality, bool(training))
-        y = self.dropout(y, training=training)
-        return x + self.drop_path(y, training=training)
+        return self._residual_branches(
+            inputs, attention_mask, training, token_mask=token_mask, modality=modality
+        )
 
-    def _sparse_mlp(self, x, token_mask, modality, training):
+    def _sparse_mlp(self, x, training=None, token_mask=None, modality=None):
         # `SparseMoE` routes with the static token count of each call, so one
         # set of experts serves every modality; masked (padding) tokens are
         # not routed. The routing probabilities feed the entropy losses.
+        training = bool(training)
         y, routing = self.mlp(
             x, training=training, token_mask=token_mask, return_routing=True
         )

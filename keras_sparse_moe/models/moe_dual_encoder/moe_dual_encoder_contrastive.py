@@ -5,11 +5,14 @@ from keras import ops
 from keras_hub.models import Task
 
 from keras_sparse_moe.models.moe_dual_encoder.contrastive_losses import get_contrastive_loss
-from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
-    MoEDualEncoderBackbone,
+from keras_sparse_moe.models.moe_dual_encoder.dual_encoder_task_checks import (
+    DualEncoderInputChecks,
+)
+from keras_sparse_moe.models.moe_dual_encoder.dual_encoder_task_checks import (
+    check_dual_encoder_backbone,
 )
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
-    check_task_inputs,
+    MoEDualEncoderBackbone,
 )
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_preprocessor import (
     MoEDualEncoderPreprocessor,
@@ -18,7 +21,7 @@ from keras_sparse_moe.presets import PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEDualEncoderContrastive(PresetMixin, Task):
+class MoEDualEncoderContrastive(DualEncoderInputChecks, PresetMixin, Task):
     """Trains a dual encoder on batches of matching image-caption pairs.
 
     The model maps `{"images", "token_ids", "padding_mask"}` (or, with a
@@ -58,11 +61,7 @@ class MoEDualEncoderContrastive(PresetMixin, Task):
     preprocessor_cls = MoEDualEncoderPreprocessor
 
     def __init__(self, backbone, preprocessor=None, **kwargs):
-        if not isinstance(backbone, MoEDualEncoderBackbone):
-            raise ValueError(
-                "Argument `backbone` must be a MoEDualEncoderBackbone (LIMoEBackbone or "
-                f"MoETwoTowerBackbone); received {type(backbone).__name__}."
-            )
+        check_dual_encoder_backbone(backbone)
         self.backbone = backbone
         self.preprocessor = preprocessor
         inputs = backbone.input
@@ -79,21 +78,6 @@ class MoEDualEncoderContrastive(PresetMixin, Task):
         if metrics == "auto":
             metrics = [keras.metrics.CategoricalAccuracy(name="image_to_text_accuracy")]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-
-    def fit(self, x=None, *args, **kwargs):
-        """`keras.Model.fit`, first checking the shapes of array inputs."""
-        check_task_inputs(self, x)
-        return super().fit(x, *args, **kwargs)
-
-    def evaluate(self, x=None, *args, **kwargs):
-        """`keras.Model.evaluate`, first checking the shapes of array inputs."""
-        check_task_inputs(self, x)
-        return super().evaluate(x, *args, **kwargs)
-
-    def predict(self, x, *args, **kwargs):
-        """`keras.Model.predict`, first checking the shapes of array inputs."""
-        check_task_inputs(self, x)
-        return super().predict(x, *args, **kwargs)
 
     @staticmethod
     def _pair_targets(y, y_pred):

@@ -10,14 +10,19 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
 class MoEDualEncoderImageConverter(ImageConverter):
-    """keras-hub `ImageConverter` for the dual encoders: resizes images to
-    `image_size` and computes `images * scale + offset`.
+    """keras-hub `ImageConverter` of the dual encoders: the same arguments
+    and steps as `MoEViTImageConverter` (resize to `image_size`, then
+    `images * scale + offset`), registered for `MoEDualEncoderBackbone` so
+    that keras-hub pairs it with dual-encoder presets (saved as
+    `image_converter.json`).
 
     Example:
     >>> import numpy as np
-    >>> converter = MoEDualEncoderImageConverter(image_size=(8, 8), scale=1 / 16)
-    >>> tuple(converter(np.full((2, 16, 16, 1), 16.0, "float32")).shape)
-    (2, 8, 8, 1)
+    >>> converter = MoEDualEncoderImageConverter(
+    ...     image_size=(4, 4), scale=1 / 127.5, offset=-1.0)
+    >>> images = converter(np.full((1, 8, 8, 3), 255.0, "float32"))
+    >>> tuple(images.shape), round(float(np.max(images)), 4)
+    ((1, 4, 4, 3), 1.0)
     """
 
     backbone_cls = MoEDualEncoderBackbone

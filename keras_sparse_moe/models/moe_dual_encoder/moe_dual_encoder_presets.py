@@ -1,7 +1,6 @@
 """Architecture presets of the MoE dual-encoder family (no pretrained
-weights ship)."""
+weights ship, except `limoe_tiny_digits`)."""
 
-import functools
 import math
 
 from keras_sparse_moe.models.moe_dual_encoder.limoe_backbone import LIMoEBackbone
@@ -11,19 +10,19 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_contrastive impor
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_preprocessor import (
     MoEDualEncoderPreprocessor,
 )
+from keras_sparse_moe.models.preset_conventions import DIGITS_SCALING
+from keras_sparse_moe.models.preset_conventions import NO_WEIGHTS
+from keras_sparse_moe.models.preset_conventions import RGB_SCALING
+from keras_sparse_moe.models.preset_conventions import scaled_preprocessor
 from keras_sparse_moe.presets import register_preset
 
 LIMOE_PAPER = (
     "Mustafa et al. 2022, Multimodal Contrastive Learning with LIMoE: the Language-Image "
     "Mixture of Experts, https://arxiv.org/abs/2206.02770"
 )
-NO_WEIGHTS = "No pretrained weights ship: the model starts from random initialisation."
 
-# RGB in [0, 255] -> [-1, 1]; scikit-learn's 8x8 digits take values 0..16.
-rgb_preprocessor = functools.partial(
-    MoEDualEncoderPreprocessor.for_backbone, scale=1 / 127.5, offset=-1.0
-)
-digits_preprocessor = functools.partial(MoEDualEncoderPreprocessor.for_backbone, scale=1 / 16)
+rgb_preprocessor = scaled_preprocessor(MoEDualEncoderPreprocessor, RGB_SCALING)
+digits_preprocessor = scaled_preprocessor(MoEDualEncoderPreprocessor, DIGITS_SCALING)
 
 # Project defaults for the LIMoE entropy losses (the paper tunes the weights
 # and the global threshold per setting; these are not the paper's values).
@@ -33,56 +32,51 @@ ENTROPY_DEFAULTS = {
     "global_entropy_threshold": math.log(2.0),
 }
 
+
+def _limoe(image_shape, patch_size, num_layers, num_heads, hidden_dim, mlp_dim):
+    """Config of a LIMoE preset: the given tower shape; the shipped 413-token
+    caption vocabulary and 16 text tokens; 8 experts with top-1 token-choice
+    routing in every other block; mean image and end-token text pooling; the
+    softmax loss and `ENTROPY_DEFAULTS`."""
+    return {
+        "vocabulary_size": 413,
+        "image_shape": image_shape,
+        "patch_size": patch_size,
+        "max_sequence_length": 16,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "hidden_dim": hidden_dim,
+        "mlp_dim": mlp_dim,
+        "embedding_dim": hidden_dim,
+        "num_experts": 8,
+        "top_k": 1,
+        "moe_layers": "every_2",
+        "image_pooling": "gap",
+        "text_pooling": "eos",
+        "contrastive_loss": "softmax",
+        **ENTROPY_DEFAULTS,
+    }
+
+
 presets = {
     "limoe_b16_e8_k1": {
-        "config": {
-            "vocabulary_size": 413,
-            "image_shape": (224, 224, 3),
-            "patch_size": 16,
-            "max_sequence_length": 16,
-            "num_layers": 12,
-            "num_heads": 12,
-            "hidden_dim": 768,
-            "mlp_dim": 3072,
-            "embedding_dim": 768,
-            "num_experts": 8,
-            "top_k": 1,
-            "moe_layers": "every_2",
-            "image_pooling": "gap",
-            "text_pooling": "eos",
-            "contrastive_loss": "softmax",
-            **ENTROPY_DEFAULTS,
-        },
+        "config": _limoe((224, 224, 3), 16, num_layers=12, num_heads=12, hidden_dim=768,
+                         mlp_dim=3072),
         "preprocessor": rgb_preprocessor,
         "description": (
-            "LIMoE-B/16: one shared ViT-B/16 tower (12 blocks, width 768, MLP 3072, 12 "
-            "heads, patch 16, 224x224 RGB images; text of 16 tokens) for images and text, "
-            "8 experts with top-1 token-choice routing in every other block (1, 3, ..., "
-            "11), per-modality routing groups, softmax contrastive loss, LIMoE local and "
-            "thresholded global entropy losses (project default weights 0.01, threshold "
-            "log 2). The shipped 413-token vocabulary is for short captions only. "
-            + NO_WEIGHTS
+            "LIMoE-B/16 layout: one shared ViT-B/16 tower (12 blocks, width 768, MLP 3072, "
+            "12 heads, patch 16, 224x224 RGB images; text of 16 tokens) for images and "
+            "text, 8 experts with top-1 token-choice routing in every other block (1, 3, "
+            "..., 11), per-modality routing groups, softmax contrastive loss, LIMoE local "
+            "and thresholded global entropy losses (project default weights 0.01, "
+            "threshold log 2). Expert count, MoE placement, entropy-loss and capacity "
+            "settings are unverified against the paper and the published LIMoE-B/16 is "
+            "larger (~0.5B parameters; docs/models.md). The shipped 413-token vocabulary "
+            "is for short captions only. " + NO_WEIGHTS
         ),
     },
     "limoe_tiny": {
-        "config": {
-            "vocabulary_size": 413,
-            "image_shape": (8, 8, 1),
-            "patch_size": 2,
-            "max_sequence_length": 16,
-            "num_layers": 4,
-            "num_heads": 4,
-            "hidden_dim": 64,
-            "mlp_dim": 128,
-            "embedding_dim": 64,
-            "num_experts": 8,
-            "top_k": 1,
-            "moe_layers": "every_2",
-            "image_pooling": "gap",
-            "text_pooling": "eos",
-            "contrastive_loss": "softmax",
-            **ENTROPY_DEFAULTS,
-        },
+        "config": _limoe((8, 8, 1), 2, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128),
         "preprocessor": digits_preprocessor,
         "description": (
             "Tiny CPU LIMoE for 8x8 grayscale digits (scikit-learn's load_digits, values "

@@ -6,11 +6,14 @@ from keras import ops
 from keras_hub.models import Task
 
 from keras_sparse_moe.models.moe_dual_encoder.dual_encoder_layers import ClassEmbeddings
-from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
-    MoEDualEncoderBackbone,
+from keras_sparse_moe.models.moe_dual_encoder.dual_encoder_task_checks import (
+    DualEncoderInputChecks,
+)
+from keras_sparse_moe.models.moe_dual_encoder.dual_encoder_task_checks import (
+    check_dual_encoder_backbone,
 )
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
-    check_task_inputs,
+    MoEDualEncoderBackbone,
 )
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_preprocessor import (
     MoEDualEncoderPreprocessor,
@@ -21,7 +24,7 @@ from keras_sparse_moe.presets import PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEDualEncoderZeroShotClassifier(PresetMixin, Task):
+class MoEDualEncoderZeroShotClassifier(DualEncoderInputChecks, PresetMixin, Task):
     """Zero-shot image classifier from a dual encoder (CLIP-style prompt
     ensembling, Radford et al. 2021).
 
@@ -66,11 +69,7 @@ class MoEDualEncoderZeroShotClassifier(PresetMixin, Task):
     preprocessor_cls = MoEDualEncoderPreprocessor
 
     def __init__(self, backbone, class_names, preprocessor=None, templates=None, **kwargs):
-        if not isinstance(backbone, MoEDualEncoderBackbone):
-            raise ValueError(
-                "Argument `backbone` must be a MoEDualEncoderBackbone (LIMoEBackbone or "
-                f"MoETwoTowerBackbone); received {type(backbone).__name__}."
-            )
+        check_dual_encoder_backbone(backbone)
         templates = tuple(GENERIC_TEMPLATES if templates is None else templates)
         make_prompts(class_names, templates)  # validates both
         if preprocessor is None:
@@ -101,21 +100,6 @@ class MoEDualEncoderZeroShotClassifier(PresetMixin, Task):
         self.class_names = list(class_names)
         self.templates = list(templates)
         self.refresh_class_embeddings()
-
-    def fit(self, x=None, *args, **kwargs):
-        """`keras.Model.fit`, first checking the shapes of array inputs."""
-        check_task_inputs(self, x)
-        return super().fit(x, *args, **kwargs)
-
-    def evaluate(self, x=None, *args, **kwargs):
-        """`keras.Model.evaluate`, first checking the shapes of array inputs."""
-        check_task_inputs(self, x)
-        return super().evaluate(x, *args, **kwargs)
-
-    def predict(self, x, *args, **kwargs):
-        """`keras.Model.predict`, first checking the shapes of array inputs."""
-        check_task_inputs(self, x)
-        return super().predict(x, *args, **kwargs)
 
     def class_text_embeddings(self):
         """Prompt-ensembled class embeddings `(num_classes, dim)` (NumPy) from

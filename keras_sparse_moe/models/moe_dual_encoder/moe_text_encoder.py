@@ -4,8 +4,6 @@ import keras
 import keras_hub
 from keras_hub.models import Backbone
 
-from keras_sparse_moe.layers.sparse_moe import ROUTERS
-from keras_sparse_moe.models.moe_dual_encoder.limoe_backbone import _check_rate
 from keras_sparse_moe.models.moe_dual_encoder.limoe_backbone import entropy_losses_config
 from keras_sparse_moe.models.moe_dual_encoder.modality_encoder_block import (
     ModalityEncoderBlock,
@@ -13,13 +11,8 @@ from keras_sparse_moe.models.moe_dual_encoder.modality_encoder_block import (
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
     padding_attention_mask,
 )
-from keras_sparse_moe.models.moe_vit.moe_layer_schedule import block_moe_arguments
-from keras_sparse_moe.models.moe_vit.moe_layer_schedule import resolve_moe_layers
-from keras_sparse_moe.models.moe_vit.moe_layer_schedule import split_moe_kwargs
+from keras_sparse_moe.models.encoder_arguments import check_encoder_arguments
 from keras_sparse_moe.presets import PresetMixin
-from keras_sparse_moe.utils.validation import check_capacity_factor
-from keras_sparse_moe.utils.validation import check_choice
-from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
 
 
@@ -83,36 +76,22 @@ class MoETextEncoder(PresetMixin, Backbone):
     ):
         vocabulary_size = check_int("vocabulary_size", vocabulary_size, minimum=1)
         max_sequence_length = check_int("max_sequence_length", max_sequence_length, minimum=1)
-        num_layers = check_int("num_layers", num_layers, minimum=1)
-        num_heads = check_int("num_heads", num_heads, minimum=1)
-        hidden_dim = check_int("hidden_dim", hidden_dim, minimum=1)
-        if hidden_dim % num_heads:
-            raise ValueError(
-                f"Argument `hidden_dim`={hidden_dim} must be divisible by "
-                f"num_heads={num_heads}."
-            )
-        mlp_dim = check_int("mlp_dim", mlp_dim, minimum=1)
-        num_experts = check_int("num_experts", num_experts, minimum=1)
-        top_k = check_int("top_k", top_k, minimum=1, maximum=num_experts)
-        router = check_choice("router", router, ROUTERS)
-        capacity_factor = check_capacity_factor("capacity_factor", capacity_factor)
-        eval_capacity_factor = check_capacity_factor("eval_capacity_factor", eval_capacity_factor)
-        moe_indices = resolve_moe_layers(moe_layers, num_layers)
-        shared_moe, per_block_moe = split_moe_kwargs(moe_kwargs, moe_indices)
+        args = check_encoder_arguments(
+            num_layers=num_layers, num_heads=num_heads, hidden_dim=hidden_dim,
+            mlp_dim=mlp_dim, num_experts=num_experts, top_k=top_k, router=router,
+            capacity_factor=capacity_factor, eval_capacity_factor=eval_capacity_factor,
+            moe_layers=moe_layers, moe_kwargs=moe_kwargs, dropout_rate=dropout_rate,
+            attention_dropout=attention_dropout, layer_norm_epsilon=layer_norm_epsilon,
+        )
+        num_layers, num_heads, hidden_dim, mlp_dim = (
+            args.num_layers, args.num_heads, args.hidden_dim, args.mlp_dim
+        )
+        dropout_rate, attention_dropout = args.dropout_rate, args.attention_dropout
+        layer_norm_epsilon = args.layer_norm_epsilon
         text_losses = {"text": entropy_losses_config(
             local_entropy_weight, global_entropy_weight, global_entropy_threshold
         )["text"]}
-        dropout_rate = _check_rate("dropout_rate", dropout_rate)
-        attention_dropout = _check_rate("attention_dropout", attention_dropout)
-        layer_norm_epsilon = check_float("layer_norm_epsilon", layer_norm_epsilon, 0.0, strict=True)
 
-        base_moe = {
-            "num_experts": num_experts,
-            "top_k": top_k,
-            "router": router,
-            "capacity_factor": capacity_factor,
-            "eval_capacity_factor": eval_capacity_factor,
-        }
         embedding = keras_hub.layers.TokenAndPositionEmbedding(
             vocabulary_size=vocabulary_size,
             sequence_length=max_sequence_length,
@@ -125,10 +104,7 @@ class MoETextEncoder(PresetMixin, Backbone):
             dropout_rate, dtype=dtype, name="embedding_dropout"
         )
         blocks = []
-        for index in range(num_layers):
-            moe = None
-            if index in moe_indices:
-                moe = block_moe_arguments(index, base_moe, shared_moe, per_block_moe)
+        for index, moe in enumerate(args.block_moe):
             blocks.append(
                 ModalityEncoderBlock(
                     num_heads=num_heads,
@@ -165,12 +141,12 @@ class MoETextEncoder(PresetMixin, Backbone):
         self.num_heads = num_heads
         self.hidden_dim = hidden_dim
         self.mlp_dim = mlp_dim
-        self.num_experts = num_experts
-        self.top_k = top_k
+        self.num_experts = args.num_experts
+        self.top_k = args.top_k
         self.moe_layers = list(moe_layers) if isinstance(moe_layers, (list, tuple)) else moe_layers
-        self.router = router
-        self.capacity_factor = capacity_factor
-        self.eval_capacity_factor = eval_capacity_factor
+        self.router = args.router
+        self.capacity_factor = args.capacity_factor
+        self.eval_capacity_factor = args.eval_capacity_factor
         self.moe_kwargs = None if moe_kwargs is None else dict(moe_kwargs)
         self.local_entropy_weight = local_entropy_weight
         self.global_entropy_weight = global_entropy_weight
@@ -178,7 +154,7 @@ class MoETextEncoder(PresetMixin, Backbone):
         self.dropout_rate = dropout_rate
         self.attention_dropout = attention_dropout
         self.layer_norm_epsilon = layer_norm_epsilon
-        self.moe_layer_indices = moe_indices
+        self.moe_layer_indices = args.moe_indices
 
     def get_config(self):
         config = super().get_config()

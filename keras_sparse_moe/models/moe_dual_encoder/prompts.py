@@ -1,7 +1,10 @@
 """Caption and zero-shot prompt templates (digits and generic objects)."""
 
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-"""Class names of the ten digits, index = digit."""
+from keras_sparse_moe.data.prompts import DIGIT_WORDS
+
+DIGIT_NAMES = DIGIT_WORDS
+"""Class names of the ten digits ("zero" ... "nine"), index = digit; the
+words of `keras_sparse_moe.data.prompts`."""
 
 DIGIT_TEMPLATES = (
     "a photo of the digit {}.",

@@ -7,24 +7,11 @@ from keras_hub.models import Backbone
 from keras_hub.src.models.vit.vit_layers import ViTPatchingAndEmbedding
 
 from keras_sparse_moe.layers.encoder_block import MoETransformerEncoderBlock
-from keras_sparse_moe.layers.sparse_moe import ROUTERS
-from keras_sparse_moe.models.moe_vit.moe_layer_schedule import block_moe_arguments
-from keras_sparse_moe.models.moe_vit.moe_layer_schedule import resolve_moe_layers
-from keras_sparse_moe.models.moe_vit.moe_layer_schedule import split_moe_kwargs
+from keras_sparse_moe.models.encoder_arguments import check_encoder_arguments
 from keras_sparse_moe.presets import PresetMixin
-from keras_sparse_moe.utils.validation import check_capacity_factor
 from keras_sparse_moe.utils.validation import check_choice
-from keras_sparse_moe.utils.validation import check_float
-from keras_sparse_moe.utils.validation import check_int
 
 POOLINGS = ("token", "gap")
-
-
-def _check_rate(name, value):
-    value = check_float(name, value, minimum=0.0)
-    if value >= 1.0:
-        raise ValueError(f"Argument `{name}` must be in [0, 1); received {name}={value}.")
-    return value
 
 
 def _check_image_shape(image_shape, patch_size):
@@ -148,36 +135,22 @@ class MoEViTBackbone(PresetMixin, Backbone):
     ):
         # === Validation ===
         image_shape, patch = _check_image_shape(image_shape, patch_size)
-        num_layers = check_int("num_layers", num_layers, minimum=1)
-        num_heads = check_int("num_heads", num_heads, minimum=1)
-        hidden_dim = check_int("hidden_dim", hidden_dim, minimum=1)
-        if hidden_dim % num_heads:
-            raise ValueError(
-                f"Argument `hidden_dim`={hidden_dim} must be divisible by "
-                f"num_heads={num_heads}."
-            )
-        mlp_dim = check_int("mlp_dim", mlp_dim, minimum=1)
-        num_experts = check_int("num_experts", num_experts, minimum=1)
-        top_k = check_int("top_k", top_k, minimum=1, maximum=num_experts)
-        router = check_choice("router", router, ROUTERS)
-        capacity_factor = check_capacity_factor("capacity_factor", capacity_factor)
-        eval_capacity_factor = check_capacity_factor("eval_capacity_factor", eval_capacity_factor)
-        moe_indices = resolve_moe_layers(moe_layers, num_layers)
-        shared_moe, per_block_moe = split_moe_kwargs(moe_kwargs, moe_indices)
+        args = check_encoder_arguments(
+            num_layers=num_layers, num_heads=num_heads, hidden_dim=hidden_dim,
+            mlp_dim=mlp_dim, num_experts=num_experts, top_k=top_k, router=router,
+            capacity_factor=capacity_factor, eval_capacity_factor=eval_capacity_factor,
+            moe_layers=moe_layers, moe_kwargs=moe_kwargs, dropout_rate=dropout_rate,
+            attention_dropout=attention_dropout, stochastic_depth=stochastic_depth,
+            layer_norm_epsilon=layer_norm_epsilon,
+        )
+        num_layers, num_heads, hidden_dim, mlp_dim = (
+            args.num_layers, args.num_heads, args.hidden_dim, args.mlp_dim
+        )
+        dropout_rate, attention_dropout = args.dropout_rate, args.attention_dropout
+        stochastic_depth, layer_norm_epsilon = args.stochastic_depth, args.layer_norm_epsilon
         pooling = check_choice("pooling", pooling, POOLINGS)
-        dropout_rate = _check_rate("dropout_rate", dropout_rate)
-        attention_dropout = _check_rate("attention_dropout", attention_dropout)
-        stochastic_depth = _check_rate("stochastic_depth", stochastic_depth)
-        layer_norm_epsilon = check_float("layer_norm_epsilon", layer_norm_epsilon, 0.0, strict=True)
 
         # === Layers ===
-        base_moe = {
-            "num_experts": num_experts,
-            "top_k": top_k,
-            "router": router,
-            "capacity_factor": capacity_factor,
-            "eval_capacity_factor": eval_capacity_factor,
-        }
         embedding = ViTPatchingAndEmbedding(
             image_size=image_shape[:2],
             patch_size=patch,
@@ -192,14 +165,11 @@ class MoEViTBackbone(PresetMixin, Backbone):
         )
         blocks = []
         for index in range(num_layers):
-            moe = None
-            if index in moe_indices:
-                moe = block_moe_arguments(index, base_moe, shared_moe, per_block_moe)
             blocks.append(
                 MoETransformerEncoderBlock(
                     num_heads=num_heads,
                     mlp_dim=mlp_dim,
-                    moe=moe,
+                    moe=args.block_moe[index],
                     dropout_rate=dropout_rate,
                     attention_dropout=attention_dropout,
                     stochastic_depth=stochastic_depth * index / max(num_layers - 1, 1),
@@ -227,19 +197,19 @@ class MoEViTBackbone(PresetMixin, Backbone):
         self.num_heads = num_heads
         self.hidden_dim = hidden_dim
         self.mlp_dim = mlp_dim
-        self.num_experts = num_experts
-        self.top_k = top_k
+        self.num_experts = args.num_experts
+        self.top_k = args.top_k
         self.moe_layers = list(moe_layers) if isinstance(moe_layers, (list, tuple)) else moe_layers
-        self.router = router
-        self.capacity_factor = capacity_factor
-        self.eval_capacity_factor = eval_capacity_factor
+        self.router = args.router
+        self.capacity_factor = args.capacity_factor
+        self.eval_capacity_factor = args.eval_capacity_factor
         self.moe_kwargs = None if moe_kwargs is None else dict(moe_kwargs)
         self.pooling = pooling
         self.dropout_rate = dropout_rate
         self.attention_dropout = attention_dropout
         self.stochastic_depth = stochastic_depth
         self.layer_norm_epsilon = layer_norm_epsilon
-        self.moe_layer_indices = moe_indices
+        self.moe_layer_indices = args.moe_indices
         self.grid_size = (image_shape[0] // patch[0], image_shape[1] // patch[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.num_tokens = self.num_patches + (1 if pooling == "token" else 0)

@@ -7,7 +7,7 @@ from keras_hub.models import Task
 
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import POOLINGS
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
-from keras_sparse_moe.models.moe_vit.moe_vit_backbone import _check_rate
+from keras_sparse_moe.models.encoder_arguments import check_rate
 from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier_preprocessor import (
     MoEViTImageClassifierPreprocessor,
 )
@@ -79,7 +79,7 @@ class MoEViTImageClassifier(PresetMixin, ImageClassifier):
                 f"(pooling='token'); this backbone has pooling={backbone.pooling!r}. "
                 "Use pooling='gap' or None."
             )
-        dropout = _check_rate("dropout", dropout)
+        dropout = check_rate("dropout", dropout)
         head_dtype = head_dtype or backbone.dtype_policy
 
         # === Layers ===

@@ -1,12 +1,14 @@
 """Architecture presets of the MoE-ViT family (no pretrained weights ship)."""
 
-import functools
-
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
 from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier import MoEViTImageClassifier
 from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier_preprocessor import (
     MoEViTImageClassifierPreprocessor,
 )
+from keras_sparse_moe.models.preset_conventions import DIGITS_SCALING
+from keras_sparse_moe.models.preset_conventions import NO_WEIGHTS
+from keras_sparse_moe.models.preset_conventions import RGB_SCALING
+from keras_sparse_moe.models.preset_conventions import scaled_preprocessor
 from keras_sparse_moe.presets import register_preset
 
 VMOE_PAPER = (
@@ -17,16 +19,8 @@ SOFT_MOE_PAPER = (
     "Puigcerver et al. 2023, From Sparse to Soft Mixtures of Experts, "
     "https://arxiv.org/abs/2308.00951"
 )
-NO_WEIGHTS = "No pretrained weights ship: the model starts from random initialisation."
-
-# RGB in [0, 255] -> [-1, 1], as in the V-MoE / big_vision input pipelines.
-rgb_preprocessor = functools.partial(
-    MoEViTImageClassifierPreprocessor.for_backbone, scale=1 / 127.5, offset=-1.0
-)
-# scikit-learn's 8x8 digits take values 0..16.
-digits_preprocessor = functools.partial(
-    MoEViTImageClassifierPreprocessor.for_backbone, scale=1 / 16
-)
+rgb_preprocessor = scaled_preprocessor(MoEViTImageClassifierPreprocessor, RGB_SCALING)
+digits_preprocessor = scaled_preprocessor(MoEViTImageClassifierPreprocessor, DIGITS_SCALING)
 
 
 def _vit(patch_size, num_layers, hidden_dim, mlp_dim, num_heads):

@@ -1,0 +1,117 @@
+"""The arguments every MoE transformer encoder of the zoo shares
+(`MoEViTBackbone`, `LIMoEBackbone`, `MoETextEncoder`): their validation, and
+the `SparseMoE` arguments of each block derived from them."""
+
+import collections
+
+from keras_sparse_moe.layers.sparse_moe import ROUTERS
+from keras_sparse_moe.utils.validation import check_capacity_factor
+from keras_sparse_moe.utils.validation import check_choice
+from keras_sparse_moe.utils.validation import check_float
+from keras_sparse_moe.utils.validation import check_int
+
+EncoderArguments = collections.namedtuple(
+    "EncoderArguments",
+    [
+        "num_layers", "num_heads", "hidden_dim", "mlp_dim", "num_experts", "top_k",
+        "router", "capacity_factor", "eval_capacity_factor", "moe_indices", "block_moe",
+        "dropout_rate", "attention_dropout", "stochastic_depth", "layer_norm_epsilon",
+    ],
+)
+EncoderArguments.__doc__ = """Validated encoder arguments; `moe_indices` is the
+sorted tuple of MoE blocks and `block_moe[i]` the `SparseMoE` arguments of
+block `i` (None for a dense block)."""
+
+
+def check_rate(name, value):
+    """A float in [0, 1) (dropout, stochastic depth)."""
+    value = check_float(name, value, minimum=0.0)
+    if value >= 1.0:
+        raise ValueError(f"Argument `{name}` must be in [0, 1); received {name}={value}.")
+    return value
+
+
+def check_encoder_arguments(
+    *,
+    num_layers,
+    num_heads,
+    hidden_dim,
+    mlp_dim,
+    num_experts,
+    top_k,
+    router,
+    capacity_factor,
+    eval_capacity_factor,
+    moe_layers,
+    moe_kwargs,
+    dropout_rate,
+    attention_dropout,
+    layer_norm_epsilon,
+    stochastic_depth=0.0,
+):
+    """Validate the shared encoder arguments (a `ValueError` naming the
+    argument, the value and what is allowed) and derive each block's MoE
+    arguments.
+
+    Returns:
+        An `EncoderArguments`.
+
+    Example:
+    >>> args = check_encoder_arguments(
+    ...     num_layers=4, num_heads=2, hidden_dim=8, mlp_dim=16, num_experts=4, top_k=2,
+    ...     router="token_choice", capacity_factor=1.25, eval_capacity_factor=None,
+    ...     moe_layers="every_2", moe_kwargs=None, dropout_rate=0.0, attention_dropout=0.0,
+    ...     layer_norm_epsilon=1e-6)
+    >>> args.moe_indices, args.block_moe[0], args.block_moe[1]["num_experts"]
+    ((1, 3), None, 4)
+    """
+    # Imported here: the moe_vit package imports this module while it loads.
+    from keras_sparse_moe.models.moe_vit.moe_layer_schedule import block_moe_arguments
+    from keras_sparse_moe.models.moe_vit.moe_layer_schedule import resolve_moe_layers
+    from keras_sparse_moe.models.moe_vit.moe_layer_schedule import split_moe_kwargs
+
+    num_layers = check_int("num_layers", num_layers, minimum=1)
+    num_heads = check_int("num_heads", num_heads, minimum=1)
+    hidden_dim = check_int("hidden_dim", hidden_dim, minimum=1)
+    if hidden_dim % num_heads:
+        raise ValueError(
+            f"Argument `hidden_dim`={hidden_dim} must be divisible by "
+            f"num_heads={num_heads}."
+        )
+    mlp_dim = check_int("mlp_dim", mlp_dim, minimum=1)
+    num_experts = check_int("num_experts", num_experts, minimum=1)
+    top_k = check_int("top_k", top_k, minimum=1, maximum=num_experts)
+    router = check_choice("router", router, ROUTERS)
+    capacity_factor = check_capacity_factor("capacity_factor", capacity_factor)
+    eval_capacity_factor = check_capacity_factor("eval_capacity_factor", eval_capacity_factor)
+    moe_indices = resolve_moe_layers(moe_layers, num_layers)
+    shared_moe, per_block_moe = split_moe_kwargs(moe_kwargs, moe_indices)
+    base_moe = {
+        "num_experts": num_experts,
+        "top_k": top_k,
+        "router": router,
+        "capacity_factor": capacity_factor,
+        "eval_capacity_factor": eval_capacity_factor,
+    }
+    block_moe = [
+        block_moe_arguments(index, base_moe, shared_moe, per_block_moe)
+        if index in moe_indices else None
+        for index in range(num_layers)
+    ]
+    return EncoderArguments(
+        num_layers=num_layers,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        mlp_dim=mlp_dim,
+        num_experts=num_experts,
+        top_k=top_k,
+        router=router,
+        capacity_factor=capacity_factor,
+        eval_capacity_factor=eval_capacity_factor,
+        moe_indices=moe_indices,
+        block_moe=block_moe,
+        dropout_rate=check_rate("dropout_rate", dropout_rate),
+        attention_dropout=check_rate("attention_dropout", attention_dropout),
+        stochastic_depth=check_rate("stochastic_depth", stochastic_depth),
+        layer_norm_epsilon=check_float("layer_norm_epsilon", layer_norm_epsilon, 0.0, strict=True),
+    )
