@@ -154,6 +154,11 @@ class MoETransformerEncoderBlock(keras.layers.Layer):
         return self.moe is not None
 
     def call(self, inputs, attention_mask=None, training=None):
+        return self._residual_branches(inputs, attention_mask, training)
+
+    def _residual_branches(self, inputs, attention_mask, training, **moe_arguments):
+        """The two pre-LN residual branches; `moe_arguments` go to
+        `_sparse_mlp` (subclasses pass e.g. a token mask)."""
         x = self.norm1(inputs)
         x = self.attention(x, x, attention_mask=attention_mask, training=training)
         x = self.dropout(x, training=training)
@@ -162,9 +167,12 @@ class MoETransformerEncoderBlock(keras.layers.Layer):
         if self.moe is None:
             y = self.mlp_out(self.mlp_in(y))
         else:
-            y = self.mlp(y, training=training)
+            y = self._sparse_mlp(y, training=training, **moe_arguments)
         y = self.dropout(y, training=training)
         return x + self.drop_path(y, training=training)
+
+    def _sparse_mlp(self, x, training=None):
+        return self.mlp(x, training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
