@@ -28,6 +28,16 @@ Cases, all with 2 active experts of intermediate width `--hidden`, on a
 - `moe_batch_group`: the same layer routing the whole batch as one group
   (`group_size = batch * tokens`) with capacity factor 1.0, as in V-MoE-style
   training; its expert slots equal the routed assignments (E * C = 2 * B * T).
+- `moe_dropless` (`--configs dropless`): `SparseMoE(E, hidden, top_k=2,
+  capacity_factor=None)`, dropless token choice with its default
+  `dropless_impl="auto"`: on JAX and PyTorch the assignments are sorted by
+  expert and every expert multiplies only its own tokens (FLOPs of the routed
+  assignments, like `dense_ffn`); on TensorFlow it is the padded path.
+- `moe_dropless_padded` (`--configs dropless_padded`): the same layer with
+  `dropless_impl="padded"`: every expert gets a buffer of a whole group
+  (65 tokens), `E / 2` times the routed FLOPs. For contrast; slow at large E,
+  and its multi-GB intermediates slow down the cases run after it, so
+  measure it in a run of its own.
 - `experts_only`: the `Experts` layer alone on already dispatched, perfectly
   balanced slots (E, 2 * B * T / E, dim): no router, no gathers. The floor any
   routed implementation can reach; it grows with E because the expert weights
@@ -53,6 +63,7 @@ import numpy as np  # noqa: E402
 
 from keras_sparse_moe import SparseMoE  # noqa: E402
 from keras_sparse_moe.layers import Experts  # noqa: E402
+from keras_sparse_moe.layers.sparse_moe import dropless_path_is_ragged  # noqa: E402
 
 TARGET_TRAIN_VS_DENSE = 1.25
 TARGET_PREDICT_64_VS_8 = 1.15
@@ -74,7 +85,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per case")
     parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     parser.add_argument("--configs", nargs="+", default=["default", "batch_group"],
-                        choices=["default", "batch_group"], help="SparseMoE configurations")
+                        choices=["default", "batch_group", "dropless", "dropless_padded"],
+                        help="SparseMoE configurations")
     parser.add_argument("--no-experts-only", dest="experts_only", action="store_false",
                         help="skip the `experts_only` reference case")
     parser.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
@@ -130,6 +142,11 @@ def make_layer(case, num_experts, args):
     if case == "moe_batch_group":
         return SparseMoE(num_experts, args.hidden, top_k=2, seed=0,
                          group_size=args.batch * args.tokens, capacity_factor=1.0)
+    if case == "moe_dropless":
+        return SparseMoE(num_experts, args.hidden, top_k=2, seed=0, capacity_factor=None)
+    if case == "moe_dropless_padded":
+        return SparseMoE(num_experts, args.hidden, top_k=2, seed=0, capacity_factor=None,
+                         dropless_impl="padded")
     if case == "mixtral":
         return MixtralBlock(args.dim, args.hidden, num_experts)
     if case == "experts_only":
@@ -178,6 +195,11 @@ def active_flops(case, num_experts, args):
         return tokens * num_experts * 3 * per_expert_token // 2
     if case == "experts_only":
         return num_experts * experts_only_slots(num_experts, args) * per_expert_token
+    ragged = dropless_path_is_ragged("token_choice", None, None, "auto", training=False)
+    if case == "moe_dropless" and ragged:
+        return tokens * 2 * per_expert_token  # the routed assignments only
+    if case in ("moe_dropless", "moe_dropless_padded"):
+        return tokens * num_experts * per_expert_token  # a whole group per expert
     group = args.tokens if case == "moe_default" else args.batch * args.tokens
     factor = 1.25 if case == "moe_default" else 1.0
     capacity = min(group, int(np.ceil(group * 2 * factor / num_experts)))
@@ -314,7 +336,7 @@ def print_table(samples, keys, args, clock):
     dense = (0, "dense_ffn")
     has_dense = (dense, "train", clock) in samples
     dense_flops = active_flops("dense_ffn", 0, args)
-    print(f"{'E':>3} {'case':<16} {'train ms':>9} {'predict ms':>11} "
+    print(f"{'E':>3} {'case':<20} {'train ms':>9} {'predict ms':>11} "
           f"{'FLOPs/dense':>12}" + (f" {'train/dense':>12} {'predict/dense':>14}"
                                     if has_dense else ""))
     for key in keys:
@@ -322,7 +344,7 @@ def print_table(samples, keys, args, clock):
         train = statistics.median(samples[(key, "train", clock)])
         predict = statistics.median(samples[(key, "predict", clock)])
         flops = active_flops(name, e, args) / dense_flops
-        line = (f"{e or '-':>3} {name:<16} {1e3 * train:>9.1f} {1e3 * predict:>11.1f} "
+        line = (f"{e or '-':>3} {name:<20} {1e3 * train:>9.1f} {1e3 * predict:>11.1f} "
                 f"{flops:>12.2f}")
         if has_dense:
             train_ratio = median_ratio(samples, (key, "train", clock), (dense, "train", clock))

@@ -32,8 +32,12 @@ Conventions (also in `ModelProfile`'s docstring):
   Biases, norms, activations, softmax, top-k, gathers and scatters are not
   counted. Experts are counted on every capacity slot the layer computes,
   filled or not: `num_groups * num_experts * capacity` slots, which is the
-  static cost of this implementation (a dropless token-choice layer,
-  `capacity_factor=None`, computes `group_size` slots per expert).
+  static cost of this implementation. A dropless token-choice layer
+  (`capacity_factor=None`) on the padded path computes `group_size` slots
+  per expert; on the ragged path (`dropless_impl`, JAX and PyTorch by
+  default) it computes exactly `top_k` expert rows per token, and its
+  capacity is reported as the group size. The figures therefore depend on
+  the backend for dropless layers.
   `flops` uses the inference capacity (`eval_capacity_factor`),
   `flops_train` the training capacity (forward only; a backward pass costs
   about twice the forward).
@@ -53,6 +57,7 @@ from keras_sparse_moe.layers.router_base import Router
 from keras_sparse_moe.layers.routing_ops import compute_capacity
 from keras_sparse_moe.layers.soft_router import SoftRouter
 from keras_sparse_moe.layers.sparse_moe import SparseMoE
+from keras_sparse_moe.layers.sparse_moe import dropless_path_is_ragged
 
 
 # ----------------------------------------------------------------------------
@@ -287,12 +292,15 @@ def _call_flops(layer, bound, output_shape):
     if isinstance(layer, Router):
         return 2 * _size(bound["inputs"][:-1]) * _size(layer.kernel.shape)
     if isinstance(layer, Experts):
-        x_shape = bound["inputs"]  # (E, N, D)
+        # (E, N, D) padded buffers, or (rows, D) expert-sorted rows on the
+        # dropless ragged path (each row goes through one expert).
+        x_shape = bound["inputs"]
         kernels = [layer.kernel_in, layer.kernel_out]
         if layer.gated:
             kernels.append(layer.kernel_gate)
         per_expert = sum(_size(k.shape) for k in kernels) // layer.num_experts
-        return 2 * layer.num_experts * int(x_shape[1]) * per_expert
+        rows = int(x_shape[0]) if len(x_shape) == 2 else layer.num_experts * int(x_shape[1])
+        return 2 * rows * per_expert
     if isinstance(layer, keras.layers.MultiHeadAttention):
         query = bound["query"]
         key = bound.get("key") or bound["value"]
@@ -602,17 +610,31 @@ def _moe_layer_profile(path, layer, router_calls, expert_calls, batch):
             return layer.slots_per_expert
         return compute_capacity(group, num_experts, layer.top_k, layer.capacity_factor)
 
+    ragged_eval = layer.uses_ragged_experts(training=False)
+    ragged_train = layer.uses_ragged_experts(training=True)
     flops = flops_train = 0.0
     shapes = []
     for (router_shape, router_flops), (experts_shape, experts_flops) in zip(
         router_calls, expert_calls
     ):
         groups, group = int(router_shape[0]), int(router_shape[1])
-        capacity_eval = int(experts_shape[1]) // groups
+        # Expert rows computed at inference: every assignment on the dropless
+        # ragged path (reported capacity: the group size, as dropless means),
+        # every capacity slot otherwise.
+        if ragged_eval:
+            rows_eval = int(experts_shape[0])
+            capacity_eval = group
+        else:
+            capacity_eval = int(experts_shape[1]) // groups
+            rows_eval = num_experts * groups * capacity_eval
         capacity_train = train_capacity(group)
+        if ragged_train:
+            rows_train = groups * group * layer.top_k
+        else:
+            rows_train = num_experts * groups * capacity_train
         shapes.append((group, capacity_train, capacity_eval))
         flops += router_flops + experts_flops
-        flops_train += router_flops + experts_flops * capacity_train / capacity_eval
+        flops_train += router_flops + experts_flops * rows_train / rows_eval
     if shapes:
         group, capacity_train, capacity_eval = shapes[0]
     else:  # never called in the forward pass
@@ -710,12 +732,18 @@ def _moe_config_profile(name, moe, tokens, dim, mlp):
         mixing_flops = 0
     groups_per_example = tokens / group
 
-    def expert_flops(capacity):
+    def expert_flops(capacity, training):
+        if dropless_path_is_ragged(
+            router, moe["capacity_factor"], moe["eval_capacity_factor"],
+            moe["dropless_impl"], training,
+        ):
+            # Expert-sorted rows: each token's top_k assignments only.
+            return 2 * tokens * top_k * per_expert_kernels
         return 2 * groups_per_example * experts * capacity * per_expert_kernels
 
     per_token = moe_experts_per_token(router, experts, top_k, group, capacity_eval)
-    flops = router_flops + mixing_flops + expert_flops(capacity_eval)
-    flops_train = router_flops + mixing_flops + expert_flops(capacity_train)
+    flops = router_flops + mixing_flops + expert_flops(capacity_eval, False)
+    flops_train = router_flops + mixing_flops + expert_flops(capacity_train, True)
     return MoELayerProfile(
         name=name,
         router=router,

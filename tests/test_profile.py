@@ -290,3 +290,22 @@ def test_profile_a_single_moe_layer():
     assert layer.name == "moe" and result.params_total == layer.params
     standalone = SparseMoE(num_experts=8, intermediate_dim=64, top_k=2)
     assert profile(standalone, input_shape=(16, 32)).flops == result.flops
+
+
+@pytest.mark.parametrize("dropless_impl", ["padded", "auto"])
+def test_dropless_layer_flops_follow_the_path_it_runs(dropless_impl):
+    # 16 tokens, 8 experts, top-2, model width 32, MLP 64: one expert row
+    # costs 2 * (32 * 64 + 64 * 32) FLOPs; the router 2 * 16 * 32 * 8.
+    moe = SparseMoE(num_experts=8, intermediate_dim=64, top_k=2, capacity_factor=None,
+                    dropless_impl=dropless_impl)
+    result = profile(moe, input_shape=(16, 32))
+    [layer] = result.moe_layers
+    row, router = 2 * 2 * 32 * 64, 2 * 16 * 32 * 8
+    if moe.uses_ragged_experts():  # JAX / PyTorch with "auto": top_k rows per token
+        expert_rows = 16 * 2
+    else:  # every expert gets the whole group
+        expert_rows = 8 * 16
+    assert layer.capacity_eval == layer.capacity_train == 16
+    assert result.flops == layer.flops == router + expert_rows * row
+    assert layer.flops_train == layer.flops
+    assert layer.experts_per_token == 2

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_sparse_moe.layers.ragged_experts import ragged_mlp
 from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
 
@@ -44,7 +45,11 @@ class Experts(keras.layers.Layer):
     """`num_experts` independent MLPs evaluated as one batched matmul.
 
     Input `(E, N, D)`: for each expert, the `N` token slots routed to it.
-    Output `(E, N, D)`. Weights: `kernel_in` (E, D, H), `kernel_out` (E, H, D),
+    Output `(E, N, D)`. With `group_sizes` (E,) the input is instead `(M, D)`
+    rows sorted by expert (the first `group_sizes[0]` rows go to expert 0,
+    and so on), each expert only multiplies its own rows (JAX and PyTorch;
+    see `ragged_experts.py`), and the output is `(M, D)`.
+    Weights: `kernel_in` (E, D, H), `kernel_out` (E, H, D),
     biases (E, H) and (E, D); with `gated=True` also `kernel_gate` (E, D, H)
     and the hidden activation becomes `activation(x @ W_gate) * (x @ W_in)`
     (SwiGLU when `activation="silu"`).
@@ -116,7 +121,19 @@ class Experts(keras.layers.Layer):
                 name="bias_out", shape=(e, dim), initializer=self.bias_initializer
             )
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, group_sizes=None):
+        if group_sizes is not None:
+            return ragged_mlp(
+                inputs,
+                group_sizes,
+                self.kernel_in,
+                self.kernel_out,
+                self.activation,
+                kernel_gate=self.kernel_gate if self.gated else None,
+                bias_in=self.bias_in if self.use_bias else None,
+                bias_out=self.bias_out if self.use_bias else None,
+                hidden_fn=lambda h: self.dropout_layer(h, training=training),
+            )
         hidden = ops.matmul(inputs, self.kernel_in)
         if self.use_bias:
             hidden = hidden + ops.expand_dims(self.bias_in, 1)

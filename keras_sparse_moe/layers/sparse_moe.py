@@ -5,12 +5,16 @@ import numpy as np
 from keras import ops
 
 from keras_sparse_moe.distribution.constraints import constrain_expert_tensor
+from keras_sparse_moe.layers import grouped_matmul
 from keras_sparse_moe.layers.dispatch import dense_combine
 from keras_sparse_moe.layers.dispatch import dense_dispatch
 from keras_sparse_moe.layers.dispatch import gather_combine
 from keras_sparse_moe.layers.dispatch import gather_dispatch
 from keras_sparse_moe.layers.expert_choice_router import ExpertChoiceRouter
 from keras_sparse_moe.layers.experts import Experts
+from keras_sparse_moe.layers.ragged_experts import ragged_combine
+from keras_sparse_moe.layers.ragged_experts import ragged_dispatch
+from keras_sparse_moe.layers.ragged_experts import sort_assignments
 from keras_sparse_moe.layers.routing_ops import to_dense
 from keras_sparse_moe.layers.soft_router import SoftRouter
 from keras_sparse_moe.layers.token_choice_router import TokenChoiceRouter
@@ -19,6 +23,26 @@ from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_int
 
 ROUTERS = ("token_choice", "expert_choice", "soft")
+DROPLESS_IMPLS = ("auto", "ragged", "padded")
+
+
+def dropless_path_is_ragged(router, capacity_factor, eval_capacity_factor, dropless_impl,
+                            training):
+    """Whether a `SparseMoE` with these arguments runs its experts on
+    expert-sorted rows (the dropless `"ragged"` path, `N * top_k` expert rows)
+    rather than on padded per-expert buffers, on the current backend.
+
+    Example:
+    >>> dropless_path_is_ragged("token_choice", 1.25, None, "auto", training=True)
+    False
+    """
+    if router != "token_choice" or capacity_factor is not None:
+        return False
+    if not training and eval_capacity_factor is not None:
+        return False  # capacity-limited at inference
+    if dropless_impl != "auto":
+        return dropless_impl == "ragged"
+    return grouped_matmul.is_supported() and keras.distribution.distribution() is None
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
@@ -40,7 +64,8 @@ class SparseMoE(keras.layers.Layer):
       gating, jitter, optional gate renormalisation and Batch Priority
       Routing. Overflowing assignments are dropped (the token gets zero from
       that expert; the residual around the block carries it).
-      `capacity_factor=None` is *dropless*: capacity = group size.
+      `capacity_factor=None` is *dropless*: every assignment is processed
+      (see `dropless_impl`).
     - `"expert_choice"`: each expert picks its best tokens (Zhou et al. 2022).
     - `"soft"`: Soft MoE slots (Puigcerver et al. 2023), no dropping.
 
@@ -77,6 +102,16 @@ class SparseMoE(keras.layers.Layer):
         kernel_initializer: initializer of the expert kernels.
         router_initializer: initializer of the router kernel.
         seed: int or None, seed of the router noise.
+        dropless_impl: how dropless token choice (`capacity_factor=None`,
+            and at inference `eval_capacity_factor=None`) runs the experts.
+            `"ragged"`: assignments sorted by expert, each expert multiplies
+            only its own tokens (cost independent of `num_experts`; JAX and
+            PyTorch only). `"padded"`: the capacity path with capacity =
+            group size (every expert gets a buffer for the whole group:
+            `num_experts / top_k` times the work; portable, exports to
+            LiteRT). `"auto"` (default): `"ragged"` on JAX and PyTorch
+            unless a `keras.distribution` is set, `"padded"` otherwise.
+            Both give the same outputs.
 
     Example:
     >>> import numpy as np
@@ -111,6 +146,7 @@ class SparseMoE(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         router_initializer=None,
         seed=None,
+        dropless_impl="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -148,6 +184,22 @@ class SparseMoE(keras.layers.Layer):
             None if router_initializer is None else keras.initializers.get(router_initializer)
         )
         self.seed = seed
+        self.dropless_impl = check_choice("dropless_impl", dropless_impl, DROPLESS_IMPLS)
+        if self.dropless_impl == "ragged":
+            if self.router_type != "token_choice" or self.capacity_factor is not None:
+                raise ValueError(
+                    "Argument `dropless_impl`='ragged' applies to dropless token choice only "
+                    "(router='token_choice', capacity_factor=None); received "
+                    f"router={router!r}, capacity_factor={capacity_factor!r}. Use "
+                    "dropless_impl='auto'."
+                )
+            if not grouped_matmul.is_supported():
+                raise ValueError(
+                    "Argument `dropless_impl`='ragged' needs the JAX or PyTorch backend; "
+                    f"the current backend is {keras.backend.backend()!r}. Use "
+                    "dropless_impl='auto' (ragged where available, padded elsewhere) or "
+                    "'padded'."
+                )
 
         router_kwargs = {"name": "router", "z_loss_weight": z_loss_weight}
         if self.router_initializer is not None:
@@ -294,12 +346,36 @@ class SparseMoE(keras.layers.Layer):
             )
         return tokens, group_size
 
+    def uses_ragged_experts(self, training=False):
+        """Whether a call runs the experts on expert-sorted rows (dropless
+        `"ragged"` path) rather than on padded per-expert buffers."""
+        return dropless_path_is_ragged(
+            self.router_type, self.capacity_factor, self.eval_capacity_factor,
+            self.dropless_impl, training,
+        )
+
     def _route(self, x, training, group_size, token_mask=None):
         """Expert outputs combined per token, and the routing dict."""
         dim = x.shape[-1]
         groups = ops.reshape(x, (-1, group_size, dim))
         mask = None if token_mask is None else ops.reshape(token_mask, (-1, group_size))
         routing = self.router(groups, training=training, dense=False, token_mask=mask)
+        if self.uses_ragged_experts(training):
+            # Dropless: sort the assignments by expert; every expert only
+            # multiplies its own tokens (no padding to the group size).
+            sorting = sort_assignments(
+                ops.reshape(routing["expert_index"], (-1, self.top_k)),
+                self.num_experts,
+                None if token_mask is None else ops.reshape(token_mask, (-1,)),
+            )
+            expert_inputs = ragged_dispatch(ops.reshape(x, (-1, dim)), sorting)
+            expert_outputs = self.experts(
+                expert_inputs, training=training, group_sizes=sorting["group_sizes"]
+            )
+            combined = ragged_combine(
+                expert_outputs, sorting, ops.reshape(routing["gates"], (-1, self.top_k))
+            )
+            return ops.reshape(combined, (-1, group_size, dim)), routing
         capacity = self.capacity(training, group_size)
         if self.router_type == "soft":
             expert_inputs = dense_dispatch(groups, routing["dispatch_weights"])
@@ -444,6 +520,7 @@ class SparseMoE(keras.layers.Layer):
                 if self.router_initializer is None
                 else keras.initializers.serialize(self.router_initializer),
                 "seed": self.seed,
+                "dropless_impl": self.dropless_impl,
             }
         )
         return config
