@@ -3,9 +3,13 @@ the TensorFlow backend (safe mode) and convert it to LiteRT.
 
 Usage: KERAS_BACKEND=tensorflow python -m keras_sparse_moe.export._convert \
     --model M.keras --output OUT.tflite [--quantization Q] [--representative R.npz]
+    [--import MODULE ...]
+
+Errors are reported to the parent through `handover.report_error`.
 """
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -15,9 +19,12 @@ def main(argv=None):
     parser.add_argument("--model", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--quantization", default=None)
+    parser.add_argument("--quantize-routers", action="store_true")
     parser.add_argument("--representative", default=None)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--input-shape", default=None)
+    parser.add_argument("--import", dest="imports", action="append", default=[],
+                        help="module defining custom layers (imported to register them)")
     parser.add_argument("--towers", action="store_true",
                         help="export the two towers of a dual encoder into --output (a directory)")
     parser.add_argument("--text-representative", default=None)
@@ -27,32 +34,45 @@ def main(argv=None):
 
     import keras
     import keras_sparse_moe  # noqa: F401  (registers the custom objects)
+    from keras_sparse_moe.export import handover
     from keras_sparse_moe.export.litert import export_litert
-    from keras_sparse_moe.export.litert import load_representative
 
-    if args.towers:
-        from keras_sparse_moe.export.towers import export_towers_in_child
+    try:
+        for name in args.imports:
+            try:
+                importlib.import_module(name)
+            except Exception as error:
+                raise ValueError(
+                    f"The TensorFlow-backend export process could not import {name!r}, the "
+                    f"module of custom layers of the model: {type(error).__name__}: {error}"
+                ) from None
+        images = handover.load_arrays(args.representative) if args.representative else None
+        try:
+            model = keras.saving.load_model(args.model, safe_mode=True, compile=False)
+        except Exception as error:
+            raise handover.load_error(error) from None
+        if args.towers:
+            from keras_sparse_moe.export.towers import export_towers_in_child
 
-        export_towers_in_child(
-            args.model, args.output, args.quantization,
-            load_representative(args.representative) if args.representative else None,
-            load_representative(args.text_representative) if args.text_representative else None,
-            args.batch_size,
+            text = (handover.load_arrays(args.text_representative)
+                    if args.text_representative else None)
+            export_towers_in_child(model, args.output, args.quantization, images, text,
+                                   args.batch_size, args.quantize_routers)
+            return
+        shape = (
+            tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else None
         )
-        return
-    model = keras.saving.load_model(args.model, safe_mode=True, compile=False)
-    data = load_representative(args.representative) if args.representative else None
-    shape = (
-        tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else None
-    )
-    export_litert(
-        model,
-        args.output,
-        quantization=args.quantization,
-        representative_data=data,
-        batch_size=args.batch_size,
-        input_shape=shape,
-    )
+        export_litert(
+            model,
+            args.output,
+            quantization=args.quantization,
+            representative_data=images,
+            batch_size=args.batch_size,
+            input_shape=shape,
+            quantize_routers=args.quantize_routers,
+        )
+    except ValueError as error:
+        handover.report_error(error)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,21 @@ mode. Either way:
 - the batch size is fixed (default 1), so every shape is static;
 - only LiteRT builtin ops are allowed (`TFLITE_BUILTINS`, no Flex / select TF
   ops, no custom ops); a conversion that needs anything else fails with an
-  error naming the op;
+  error naming the op, why it is not allowed and the layer it comes from;
+- full int8 keeps the routers in float32 (`float_routers.py`);
 - the file is written atomically: a failed export leaves no file behind.
 """
 
 import os
-import subprocess
-import sys
+import re
 import tempfile
 
 import keras
 import numpy as np
 
+from keras_sparse_moe.export import handover
+from keras_sparse_moe.export.float_routers import convert_int8_float_routers
+from keras_sparse_moe.export.float_routers import router_scopes
 from keras_sparse_moe.utils.io import default_permissions
 
 QUANTIZATION_MODES = (None, "float16", "dynamic_int8", "int8")
@@ -60,6 +63,19 @@ def _check_quantization(quantization, representative_data):
             "quantization='int8' (full integer) needs `representative_data`: a few hundred "
             "typical model inputs (e.g. training images) to calibrate activation ranges. "
             "Use quantization='dynamic_int8' to quantize weights only."
+        )
+
+
+def check_quantize_routers(quantization, quantize_routers):
+    """`quantize_routers` is a bool, and True only with `"int8"`."""
+    if not isinstance(quantize_routers, bool):
+        raise ValueError(
+            f"Argument `quantize_routers` must be True or False; received {quantize_routers!r}."
+        )
+    if quantize_routers and quantization != "int8":
+        raise ValueError(
+            "Argument `quantize_routers=True` applies to quantization='int8' only (the other "
+            f"modes keep router activations in float); received quantization={quantization!r}."
         )
 
 
@@ -156,7 +172,8 @@ def _representative_batches(specs, representative, batch_size):
         yield [col[start : start + batch_size] for col in columns]
 
 
-def _convert_tensorflow(model, quantization, representative, batch_size, input_shape):
+def _convert_tensorflow(model, quantization, representative, batch_size, input_shape,
+                        quantize_routers=False):
     """Convert on the TensorFlow backend; returns the flatbuffer bytes."""
     import tensorflow as tf
 
@@ -167,7 +184,10 @@ def _convert_tensorflow(model, quantization, representative, batch_size, input_s
     def serve(*tensors):
         return model(_pack_inputs(model, list(tensors)), training=False)
 
-    concrete = serve.get_concrete_function()
+    try:
+        concrete = serve.get_concrete_function()
+    except Exception as error:  # Any error raised by a layer's call().
+        raise _tracing_error(model, error) from None
     # No trackable object: the converter then freezes variables to constants
     # (with it, resource-variable ops remain and fail at run time).
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
@@ -192,8 +212,12 @@ def _convert_tensorflow(model, quantization, representative, batch_size, input_s
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
             tf.lite.OpsSet.TFLITE_BUILTINS,
         ]
+    scopes = router_scopes(model) if quantization == "int8" and not quantize_routers else []
     try:
-        flatbuffer = converter.convert()
+        if scopes:
+            flatbuffer = convert_int8_float_routers(converter, scopes)
+        else:
+            flatbuffer = converter.convert()
     except Exception as error:  # The converter raises ConverterError.
         raise _conversion_error(model, error) from None
     return strip_tensor_names(flatbuffer)
@@ -217,25 +241,105 @@ def strip_tensor_names(flatbuffer):
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+_WHY = {
+    "ERROR_NEEDS_FLEX_OPS": "needs a Flex (select TF) kernel",
+    "ERROR_NEEDS_CUSTOM_OPS": "has no LiteRT kernel (would be a custom op)",
+}
+
+
+def _layer_names(model):
+    flatten = getattr(model, "_flatten_layers", None)
+    return {layer.name: type(layer).__name__ for layer in (flatten() if flatten else [])}
+
+
+def _layer_of_scope(scope, layers):
+    """The innermost layer of `model` in a Keras/TensorFlow name scope such as
+    `functional_1/my_layer_1/Erf` (TensorFlow appends `_1`, `_2`, ...)."""
+    for segment in reversed(scope.split("/")[:-1]):
+        for name in (segment, re.sub(r"_\d+$", "", segment)):
+            if name in layers:
+                return name
+    return None
+
+
+def _unsupported_ops(model, error):
+    """`(op, why, layer)` for each op the converter rejected, from the
+    structured errors of a `ConverterError`."""
+    layers = _layer_names(model)
+    found = []
+    for data in getattr(error, "errors", None) or []:
+        op = getattr(getattr(data, "operator", None), "name", "") or ""
+        code = ""
+        try:
+            code = type(data).ErrorCode.Name(data.error_code)
+        except (AttributeError, ValueError):
+            pass
+        if not op:
+            continue
+        scopes = [call.name for call in getattr(getattr(data, "location", None), "call", [])
+                  if getattr(call, "name", "")]
+        layer = next((l for l in (_layer_of_scope(s, layers) for s in scopes) if l), None)
+        entry = (op.replace("tf.", ""), _WHY.get(code, "is not a LiteRT builtin op"), layer)
+        if entry not in found:
+            found.append(entry)
+    return found, layers
+
+
 def _conversion_error(model, error):
-    message = str(error)
-    unsupported = [
-        line.strip()
-        for line in message.splitlines()
-        if "not supported" in line.lower() or "failed to legalize" in line.lower()
-        or "Flex" in line
-    ]
-    layers = sorted({
-        layer.name
-        for layer in getattr(model, "_flatten_layers", lambda: [])()
-        if layer.name and layer.name in message
-    })
-    hint = f" Layers named in the error: {layers}." if layers else ""
-    detail = "\n".join(unsupported[:10]) or message[-2000:]
+    found, layers = _unsupported_ops(model, error)
+    if found:
+        lines = [
+            f"- op {op} {why}" + (f", in layer {layer!r} ({layers[layer]})" if layer else "")
+            for op, why, layer in found[:10]
+        ]
+        detail = "\n".join(lines)
+    else:
+        message = str(error)
+        named = sorted(name for name in layers if re.search(rf"\b{re.escape(name)}(_\d+)?/", message))
+        kept = [
+            line.strip() for line in message.splitlines()
+            if "ops:" in line or "not supported" in line.lower()
+            or "failed to legalize" in line.lower()
+        ]
+        detail = "\n".join(kept[:10]) or message[-2000:]
+        if named:
+            detail += f"\nLayers named in the error: {named}."
     return ValueError(
         "LiteRT conversion with builtin ops only failed (Flex/select-TF and custom ops "
-        f"are not allowed for edge runtimes).{hint}\n{detail}"
+        "are not allowed for edge runtimes):\n" + detail + "\nReplace these ops in the "
+        "layer (keras.ops with LiteRT builtin kernels) or leave the layer out of the export."
     )
+
+
+def _tracing_error(model, error):
+    """The model could not be traced on the TensorFlow backend."""
+    layers = _layer_names(model)
+    message = str(error)
+    classes = re.findall(r"when calling (\w+)\.call\(\)", message)
+    named = sorted({name for name, cls in layers.items() if cls in classes})
+    where = f" in layer(s) {named} ({', '.join(sorted(set(classes)))})" if named else ""
+    return ValueError(
+        f"Tracing {type(model).__name__} on the TensorFlow backend for LiteRT failed{where}: "
+        f"{_cause(error)}\nLayers must use keras.ops (no backend-specific ops such as "
+        "jax.numpy or torch functions) to be exported."
+    )
+
+
+def _cause(error):
+    """`ErrorType: message` of the innermost error in a (tf.function-wrapped)
+    Keras call error, without tracebacks, argument lists or terminal colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    lines = [line.strip() for line in text.splitlines()]
+    kind = type(error).__name__
+    innermost = lines
+    for index, line in enumerate(lines):
+        match = re.match(r"(\w+(Error|Exception)): (.*)", line)
+        if match:
+            kind, innermost = match.group(1), [match.group(3)] + lines[index + 1:]
+    lines = innermost
+    kept = [line for line in lines if line and not line.startswith(
+        ("Exception encountered", "Arguments received", "\u2022", "File ", "in user code"))]
+    return f"{kind}: {' '.join(kept[:3]) or text.strip()[:500]}"
 
 
 def _write_atomic(path, data):
@@ -259,6 +363,7 @@ def export_litert(
     representative_data=None,
     batch_size=1,
     input_shape=None,
+    quantize_routers=False,
 ):
     """Export a Keras model to a LiteRT (`.tflite`) file of builtin ops only.
 
@@ -277,6 +382,10 @@ def export_litert(
         batch_size: int >= 1, the fixed batch size of the exported model.
         input_shape: optional input shape without the batch axis, for models
             without static `inputs`.
+        quantize_routers: `"int8"` only. By default the ops of every
+            `Router` layer (router logits, softmax, top-k selection) stay
+            float32 so that routing decisions follow the float model; True
+            quantizes them too.
 
     Returns:
         The path written.
@@ -291,62 +400,42 @@ def export_litert(
     True
     """
     _check_quantization(quantization, representative_data)
+    check_quantize_routers(quantization, quantize_routers)
     path = _check_output_path(path)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Argument `batch_size` must be an int >= 1; received {batch_size!r}.")
     representative = _as_representative(representative_data)
     if keras.backend.backend() == "tensorflow":
-        data = _convert_tensorflow(model, quantization, representative, batch_size, input_shape)
+        data = _convert_tensorflow(model, quantization, representative, batch_size, input_shape,
+                                   quantize_routers=quantize_routers)
         _write_atomic(path, data)
         return path
-    _export_via_subprocess(model, path, quantization, representative, batch_size, input_shape)
+    _export_via_subprocess(model, path, quantization, representative, batch_size, input_shape,
+                           quantize_routers)
     return path
 
 
-def _export_via_subprocess(model, path, quantization, representative, batch_size, input_shape):
+def _export_via_subprocess(model, path, quantization, representative, batch_size, input_shape,
+                           quantize_routers=False):
     # Validate here, in the user's process, for a clear error.
     model_input_specs(model, batch_size, input_shape)
+    modules = handover.custom_modules(model)
     with tempfile.TemporaryDirectory(prefix="ksm-export-") as tmp:
         model_path = os.path.join(tmp, "model.keras")
         model.save(model_path)
-        args = [
-            sys.executable, "-m", "keras_sparse_moe.export._convert",
-            "--model", model_path, "--output", os.path.abspath(path),
-            "--batch-size", str(batch_size),
-        ]
+        args = ["--model", model_path, "--output", os.path.abspath(path),
+                "--batch-size", str(batch_size)]
         if quantization:
             args += ["--quantization", quantization]
+        if quantize_routers:
+            args += ["--quantize-routers"]
         if representative is not None:
             data_path = os.path.join(tmp, "representative.npz")
-            if isinstance(representative, dict):
-                np.savez(data_path, **representative)
-            else:
-                np.savez(data_path, **{_SINGLE_INPUT_KEY: representative})
+            handover.save_arrays(data_path, representative)
             args += ["--representative", data_path]
         if input_shape is not None:
             args += ["--input-shape", ",".join(str(int(d)) for d in input_shape)]
-        env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-        run_subprocess(args, env)
-
-
-_SINGLE_INPUT_KEY = "__single_input__"
-
-
-def load_representative(path):
-    """Inverse of the subprocess hand-over: an array or a dict of arrays."""
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {key: data[key] for key in data.files}
-    return arrays[_SINGLE_INPUT_KEY] if _SINGLE_INPUT_KEY in arrays else arrays
-
-
-def run_subprocess(args, env):
-    """Run a TensorFlow-backend conversion child; a clear error on failure."""
-    result = subprocess.run(args, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-        errors = [l for l in lines if l.startswith("ValueError") or "Error" in l]
-        detail = "\n".join(errors[-5:] or lines[-20:])
-        raise ValueError(f"LiteRT export (TensorFlow subprocess) failed:\n{detail}")
+        handover.run_child(*handover.child_command(modules, *args))
 
 
 def list_litert_ops(path):

@@ -24,16 +24,15 @@ directory is written atomically: it appears complete or not at all.
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 import keras
 import numpy as np
 
+from keras_sparse_moe.export import handover
 from keras_sparse_moe.export.litert import _check_quantization
-from keras_sparse_moe.export.litert import _SINGLE_INPUT_KEY
+from keras_sparse_moe.export.litert import check_quantize_routers
 from keras_sparse_moe.export.litert import export_litert
-from keras_sparse_moe.export.litert import run_subprocess
 from keras_sparse_moe.utils.io import default_permissions
 
 IMAGE_FILE = "image_encoder.tflite"
@@ -114,7 +113,7 @@ def _vocabulary(task):
     return None
 
 
-def _manifest(task, quantization, batch_size, class_names):
+def _manifest(task, quantization, batch_size, class_names, quantize_routers=False):
     backbone = task.backbone
     converter = getattr(getattr(task, "preprocessor", None), "image_converter", None)
     preprocessing = None
@@ -124,7 +123,7 @@ def _manifest(task, quantization, batch_size, class_names):
             "scale": _jsonable(getattr(converter, "scale", None)),
             "offset": _jsonable(getattr(converter, "offset", None)),
         }
-    return {
+    manifest = {
         "format": "keras_sparse_moe dual encoder towers",
         "backbone": type(backbone).__name__,
         "quantization": quantization or "float32",
@@ -139,6 +138,9 @@ def _manifest(task, quantization, batch_size, class_names):
         "embeddings": "L2-normalised; similarity = dot product",
         "class_names": class_names,
     }
+    if quantization == "int8":
+        manifest["routers"] = "int8" if quantize_routers else "float32 (not quantized)"
+    return manifest
 
 
 def _jsonable(value):
@@ -185,6 +187,7 @@ def export_dual_encoder(
     data=None,
     batch_size=1,
     overwrite=False,
+    quantize_routers=False,
 ):
     """Export the image and text towers of a dual encoder to LiteRT.
 
@@ -208,6 +211,8 @@ def export_dual_encoder(
             templates come from it when `class_names`/`prompts` are None.
         batch_size: fixed batch size of both `.tflite` files.
         overwrite: replace a non-empty `directory`.
+        quantize_routers: `"int8"` only: quantize the router ops too (by
+            default they stay float32; see `export_litert`).
 
     Returns:
         dict with the paths written (`image_encoder`, `text_encoder`, and
@@ -221,6 +226,7 @@ def export_dual_encoder(
     ['class_embeddings', 'class_names', 'image_encoder']
     """
     _check_quantization(quantization, representative_images)
+    check_quantize_routers(quantization, quantize_routers)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Argument `batch_size` must be an int >= 1; received {batch_size!r}.")
     directory = _check_directory(directory, overwrite)
@@ -232,9 +238,11 @@ def export_dual_encoder(
     try:
         text_data = _text_calibration(task, groups) if quantization == "int8" else None
         if keras.backend.backend() == "tensorflow":
-            _export_towers_here(task, staging, quantization, images, text_data, batch_size)
+            _export_towers_here(task, staging, quantization, images, text_data, batch_size,
+                                quantize_routers)
         else:
-            _export_towers_subprocess(task, staging, quantization, images, text_data, batch_size)
+            _export_towers_subprocess(task, staging, quantization, images, text_data, batch_size,
+                                      quantize_routers)
         paths = {"image_encoder": IMAGE_FILE, "text_encoder": TEXT_FILE}
         if groups is not None:
             from keras_sparse_moe.recipes.dual_encoder import class_text_embeddings
@@ -251,7 +259,8 @@ def export_dual_encoder(
                 f.write("\n".join(vocabulary) + "\n")
             paths["vocabulary"] = VOCABULARY_FILE
         with open(os.path.join(staging, MANIFEST_FILE), "w", encoding="utf-8") as f:
-            json.dump(_manifest(task, quantization, batch_size, names), f, indent=2)
+            json.dump(_manifest(task, quantization, batch_size, names, quantize_routers), f,
+                      indent=2)
         paths["manifest"] = MANIFEST_FILE
         default_permissions(staging)
         if os.path.isdir(directory):
@@ -268,38 +277,46 @@ def export_dual_encoder(
     return {key: os.path.join(directory, name) for key, name in paths.items()}
 
 
-def _export_towers_here(task, directory, quantization, images, text_data, batch_size):
+def _export_towers_here(task, directory, quantization, images, text_data, batch_size,
+                        quantize_routers=False):
     backbone = task.backbone
     export_litert(backbone.image_encoder, os.path.join(directory, IMAGE_FILE),
-                  quantization=quantization, representative_data=images, batch_size=batch_size)
+                  quantization=quantization, representative_data=images, batch_size=batch_size,
+                  quantize_routers=quantize_routers)
     export_litert(backbone.text_encoder, os.path.join(directory, TEXT_FILE),
                   quantization=quantization, representative_data=text_data,
-                  batch_size=batch_size)
+                  batch_size=batch_size, quantize_routers=quantize_routers)
 
 
-def _export_towers_subprocess(task, directory, quantization, images, text_data, batch_size):
+def _export_towers_subprocess(task, directory, quantization, images, text_data, batch_size,
+                              quantize_routers=False):
+    modules = handover.custom_modules(task)
     with tempfile.TemporaryDirectory(prefix="ksm-towers-") as tmp:
         model_path = os.path.join(tmp, "model.keras")
         task.save(model_path)
-        args = [sys.executable, "-m", "keras_sparse_moe.export._convert", "--towers",
-                "--model", model_path, "--output", directory, "--batch-size", str(batch_size)]
+        args = ["--towers", "--model", model_path, "--output", directory,
+                "--batch-size", str(batch_size)]
         if quantization:
             args += ["--quantization", quantization]
+        if quantize_routers:
+            args += ["--quantize-routers"]
         if images is not None:
             data_path = os.path.join(tmp, "images.npz")
-            np.savez(data_path, **{_SINGLE_INPUT_KEY: images})
+            handover.save_arrays(data_path, images)
             args += ["--representative", data_path]
         if text_data is not None:
             text_path = os.path.join(tmp, "text.npz")
-            np.savez(text_path, **text_data)
+            handover.save_arrays(text_path, text_data)
             args += ["--text-representative", text_path]
-        run_subprocess(args, dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3"))
+        handover.run_child(*handover.child_command(modules, *args))
 
 
-def export_towers_in_child(model_path, directory, quantization, images, text_data, batch_size):
-    """Child-process side of `_export_towers_subprocess` (TensorFlow backend)."""
-    task = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-    _export_towers_here(task, directory, quantization, images, text_data, batch_size)
+def export_towers_in_child(task, directory, quantization, images, text_data, batch_size,
+                           quantize_routers=False):
+    """Child-process side of `_export_towers_subprocess` (TensorFlow backend):
+    `task` is the dual encoder loaded from the parent's `.keras` file."""
+    _export_towers_here(task, directory, quantization, images, text_data, batch_size,
+                        quantize_routers)
 
 
 def _preprocess(images, preprocessing):
