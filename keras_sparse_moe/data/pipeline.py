@@ -19,6 +19,7 @@ import numbers
 
 import numpy as np
 
+from keras_sparse_moe.utils.shared_options import takes_options_of
 from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
@@ -111,27 +112,28 @@ def _pipeline(
     *,
     count,
     structure,
-    image_size,
-    batch_size,
-    training,
-    augment,
-    horizontal_flip,
-    pad_fraction,
-    channels,
-    rescale,
-    max_value,
-    seed,
-    shuffle_buffer,
-    drop_remainder,
-    cache,
-    decode_fn,
-    batch_map_fn,
-    interpolation,
+    image_size=None,
+    batch_size=32,
+    training=False,
+    augment=True,
+    horizontal_flip=False,
+    pad_fraction=0.125,
+    channels=None,
+    rescale=True,
+    max_value=None,
+    seed=0,
+    shuffle_buffer=None,
+    drop_remainder=None,
+    cache=False,
+    decode_fn=None,
+    batch_map_fn=None,
+    interpolation="bilinear",
 ):
     """`ds` yields dicts with "image" (raw or encoded), optional "label",
     optional "captions" (1-D strings). `structure`: "supervised" ->
     (images, labels); "images" -> images; "dict" -> dict of
-    images/captions/labels."""
+    images/captions/labels. The keyword options and their defaults are those
+    of `make_pipeline` (declared here only)."""
     import tensorflow as tf
 
     image_size = check_image_size(image_size)
@@ -268,28 +270,8 @@ def _as_example_dataset(images, labels, what):
     return tf.data.Dataset.from_tensor_slices(example), images.shape[0], labels is not None
 
 
-def make_pipeline(
-    images,
-    labels=None,
-    *,
-    image_size=None,
-    batch_size=32,
-    training=False,
-    augment=True,
-    horizontal_flip=False,
-    pad_fraction=0.125,
-    channels=None,
-    rescale=True,
-    max_value=None,
-    seed=0,
-    shuffle_buffer=None,
-    drop_remainder=None,
-    cache=False,
-    decode_fn=None,
-    batch_map_fn=None,
-    interpolation="bilinear",
-    count=None,
-):
+@takes_options_of(_pipeline)
+def make_pipeline(images, labels=None, *, count=None, **options):
     """Batched classification pipeline yielding `(images, labels)`.
 
     Args:
@@ -340,27 +322,8 @@ def make_pipeline(
     ((8, 16, 16, 3), 'int32', True)
     """
     ds, n, has_labels = _as_example_dataset(images, labels, "classification")
-    return _pipeline(
-        ds,
-        count=count if count is not None else n,
-        structure="supervised" if has_labels else "images",
-        image_size=image_size,
-        batch_size=batch_size,
-        training=training,
-        augment=augment,
-        horizontal_flip=horizontal_flip,
-        pad_fraction=pad_fraction,
-        channels=channels,
-        rescale=rescale,
-        max_value=max_value,
-        seed=seed,
-        shuffle_buffer=shuffle_buffer,
-        drop_remainder=drop_remainder,
-        cache=cache,
-        decode_fn=decode_fn,
-        batch_map_fn=batch_map_fn,
-        interpolation=interpolation,
-    )
+    structure = "supervised" if has_labels else "images"
+    return _pipeline(ds, count=n if count is None else count, structure=structure, **options)
 
 
 def _captions_tensor(captions, n):
@@ -379,29 +342,8 @@ def _captions_tensor(captions, n):
     return tf.ragged.constant(rows, dtype=tf.string)
 
 
-def make_image_text_pipeline(
-    images,
-    captions=None,
-    labels=None,
-    *,
-    image_size=None,
-    batch_size=32,
-    training=False,
-    augment=True,
-    horizontal_flip=False,
-    pad_fraction=0.125,
-    channels=None,
-    rescale=True,
-    max_value=None,
-    seed=0,
-    shuffle_buffer=None,
-    drop_remainder=None,
-    cache=False,
-    decode_fn=None,
-    batch_map_fn=None,
-    interpolation="bilinear",
-    count=None,
-):
+@takes_options_of(_pipeline)
+def make_image_text_pipeline(images, captions=None, labels=None, *, count=None, **options):
     """Batched image-text pipeline yielding dicts
     `{"images": float32 (B, h, w, c), "captions": string (B,), "labels": int32 (B,)}`
     ("labels" only when known).
@@ -452,24 +394,4 @@ def make_image_text_pipeline(
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(ragged))).map(
             lambda example, caps: {**example, "captions": caps}
         )
-    return _pipeline(
-        ds,
-        count=count if count is not None else n,
-        structure="dict",
-        image_size=image_size,
-        batch_size=batch_size,
-        training=training,
-        augment=augment,
-        horizontal_flip=horizontal_flip,
-        pad_fraction=pad_fraction,
-        channels=channels,
-        rescale=rescale,
-        max_value=max_value,
-        seed=seed,
-        shuffle_buffer=shuffle_buffer,
-        drop_remainder=drop_remainder,
-        cache=cache,
-        decode_fn=decode_fn,
-        batch_map_fn=batch_map_fn,
-        interpolation=interpolation,
-    )
+    return _pipeline(ds, count=n if count is None else count, structure="dict", **options)

@@ -17,6 +17,7 @@ Image-text pairs: `load_image_text_dataset` and `build_image_text_datasets`.
 
 import dataclasses
 import difflib
+import inspect
 import logging
 import os
 
@@ -35,6 +36,7 @@ from keras_sparse_moe.data.prompts import digit_fields
 from keras_sparse_moe.data.prompts import zero_shot_prompts
 from keras_sparse_moe.data.splitting import SPLITS
 from keras_sparse_moe.data.splitting import check_fraction
+from keras_sparse_moe.utils.shared_options import takes_options_of
 from keras_sparse_moe.utils.validation import check_choice
 
 logger = logging.getLogger("keras_sparse_moe.data")
@@ -107,16 +109,23 @@ class _Source:
                 f"are {sorted(self.info.counts)}."
             )
 
-    def examples(self, split, training=False, seed=0):
+    def _split_names(self, split):
+        """The splits `split` stands for (`"all"`: every split), checked."""
         self._check_split(split)
-        if split == "all":
-            parts = [self._examples(s, training, seed) for s in self.info.counts]
-            ds = parts[0][0]
-            for part in parts[1:]:
-                ds = ds.concatenate(part[0])
-            counts = [p[1] for p in parts]
-            return ds, (None if None in counts else sum(counts))
-        return self._examples(split, training, seed)
+        return list(self.info.counts) if split == "all" else [split]
+
+    def _concatenate(self, split, part):
+        """`part(name)` -> `(dataset, count or None)` of each split that
+        `split` stands for, concatenated in order."""
+        parts = [part(name) for name in self._split_names(split)]
+        ds = parts[0][0]
+        for other, _ in parts[1:]:
+            ds = ds.concatenate(other)
+        counts = [count for _, count in parts]
+        return ds, (None if None in counts else sum(counts))
+
+    def examples(self, split, training=False, seed=0):
+        return self._concatenate(split, lambda name: self._examples(name, training, seed))
 
     def caption_examples(self, split, training=False, seed=0):
         ds, count = self.examples(split, training, seed)
@@ -204,10 +213,8 @@ class _FolderSource(_Source):
             return super().caption_examples(split, training, seed)
         import tensorflow as tf
 
-        self._check_split(split)
-        names = list(self.info.counts) if split == "all" else [split]
         paths, captions = [], []
-        for name in names:
+        for name in self._split_names(split):
             paths.extend(self.data.splits[name]["paths"])
             captions.extend(self.data.splits[name]["captions"])
         ds = tf.data.Dataset.from_tensor_slices(
@@ -261,39 +268,32 @@ class _TfdsSource(_Source):
         read_config = self._tfds.ReadConfig(shuffle_seed=seed)
         return self.builder.as_dataset(split=self.splits[split], shuffle_files=training, read_config=read_config)
 
+    def _select(self, ex, captions=False):
+        """A TFDS example -> dict with "image", optionally "captions" (1-D
+        strings) and, with class labels, "label"."""
+        out = {"image": ex[self.image_key]}
+        if captions:
+            import tensorflow as tf
+
+            out["captions"] = tf.reshape(tfds_source.get_nested(ex, self.caption_key), [-1])
+        if self.label_key is not None:
+            out["label"] = ex[self.label_key]
+        return out
+
     def _examples(self, split, training, seed):
-        image_key, label_key = self.image_key, self.label_key
-
-        def select(ex):
-            out = {"image": ex[image_key]}
-            if label_key is not None:
-                out["label"] = ex[label_key]
-            return out
-
-        return self._dataset(split, training, seed).map(select), self.info.counts.get(split)
+        return self._dataset(split, training, seed).map(self._select), self.info.counts.get(split)
 
     def caption_examples(self, split, training=False, seed=0):
         if self.caption_key is None:
             return super().caption_examples(split, training, seed)
         import tensorflow as tf
 
-        self._check_split(split)
-        names = list(self.info.counts) if split == "all" else [split]
-        image_key, label_key, caption_key = self.image_key, self.label_key, self.caption_key
+        def part(name):
+            ds = self._dataset(name, training, seed).map(lambda ex: self._select(ex, captions=True))
+            return ds, self.info.counts.get(name)
 
-        def select(ex):
-            out = {"image": ex[image_key], "captions": tf.reshape(tfds_source.get_nested(ex, caption_key), [-1])}
-            if label_key is not None:
-                out["label"] = ex[label_key]
-            return out
-
-        ds = None
-        for name in names:
-            part = self._dataset(name, training, seed).map(select)
-            ds = part if ds is None else ds.concatenate(part)
-        ds = ds.filter(lambda ex: tf.size(ex["captions"]) > 0)
-        counts = [self.info.counts.get(n) for n in names]
-        return ds, (None if None in counts else sum(counts))
+        ds, count = self._concatenate(split, part)
+        return ds.filter(lambda ex: tf.size(ex["captions"]) > 0), count
 
 
 def _fmt(n):
@@ -442,9 +442,11 @@ class Datasets:
         return iter((self.train, self.validation, self.test, self.info))
 
 
-def _build(image_text, spec, image_size, batch_size, channels, rescale, augment, horizontal_flip, pad_fraction,
-           seed, shuffle_buffer, cache, drop_remainder, interpolation, batch_map_fn, source_options):
+def _build(image_text, spec, image_size, batch_size, options):
+    """`build_datasets` / `build_image_text_datasets` with every option given."""
     image_size = check_image_size(image_size)
+    source_options = {name: options.pop(name) for name in list(options) if name in _SOURCE_OPTIONS}
+    drop_remainder = options.pop("drop_remainder")
     source = resolve_dataset(spec, image_text=image_text, **source_options)
     info = source.info
     if image_size is None and None in info.image_shape[:2]:
@@ -457,47 +459,25 @@ def _build(image_text, spec, image_size, batch_size, channels, rescale, augment,
             pipelines[split] = None
             continue
         training = split == "train"
-        if image_text:
-            ds, count = source.caption_examples(split, training, seed)
-        else:
-            ds, count = source.examples(split, training, seed)
+        examples = source.caption_examples if image_text else source.examples
+        ds, count = examples(split, training, options["seed"])
         pipelines[split] = _pipeline(
             ds, count=count, structure="dict" if image_text else "supervised", image_size=image_size,
-            batch_size=batch_size, training=training, augment=augment, horizontal_flip=horizontal_flip,
-            pad_fraction=pad_fraction, channels=channels, rescale=rescale, max_value=info.max_value, seed=seed,
-            shuffle_buffer=shuffle_buffer, drop_remainder=drop_remainder if training else False, cache=cache,
-            decode_fn=source.decode_fn, batch_map_fn=batch_map_fn, interpolation=interpolation,
+            batch_size=batch_size, training=training, max_value=info.max_value, decode_fn=source.decode_fn,
+            drop_remainder=drop_remainder if training else False, **options,
         )
     return Datasets(pipelines["train"], pipelines["validation"], pipelines["test"], info)
 
 
-def build_datasets(
-    spec,
-    image_size=None,
-    batch_size=32,
-    *,
-    channels=None,
-    rescale=True,
-    augment=True,
-    horizontal_flip=False,
-    pad_fraction=0.125,
-    seed=0,
-    validation_fraction=0.1,
-    test_fraction=None,
-    shuffle_buffer=None,
-    cache=False,
-    drop_remainder=None,
-    interpolation="bilinear",
-    batch_map_fn=None,
-    data_dir=None,
-    download=True,
-    image_key=None,
-    label_key=None,
-    train_split=None,
-    validation_split=None,
-    test_split=None,
-    check_images=True,
-):
+# The options of `build_datasets` / `build_image_text_datasets`, with their
+# defaults, are those of the pipeline and of `resolve_dataset` except these.
+_FIXED_PIPELINE_OPTIONS = ("training", "max_value", "decode_fn")
+_CAPTION_OPTIONS = ("captions_file", "caption_key", "caption_templates")
+_SOURCE_OPTIONS = frozenset(inspect.signature(resolve_dataset).parameters) - {"spec"}
+
+
+@takes_options_of(_pipeline, resolve_dataset, exclude=_FIXED_PIPELINE_OPTIONS + ("image_text",) + _CAPTION_OPTIONS)
+def build_datasets(spec, image_size=None, batch_size=32, **options):
     """Train / validation / test classification pipelines for a dataset spec.
 
     Each pipeline yields `(images float32 (B, h, w, c), labels int32 (B,))`;
@@ -535,45 +515,11 @@ def build_datasets(
     >>> tuple(next(iter(train))[0].shape)
     (32, 16, 16, 3)
     """
-    options = dict(
-        validation_fraction=validation_fraction, test_fraction=test_fraction, data_dir=data_dir, download=download,
-        image_key=image_key, label_key=label_key, train_split=train_split, validation_split=validation_split,
-        test_split=test_split, check_images=check_images,
-    )
-    return _build(False, spec, image_size, batch_size, channels, rescale, augment, horizontal_flip, pad_fraction,
-                  seed, shuffle_buffer, cache, drop_remainder, interpolation, batch_map_fn, options)
+    return _build(False, spec, image_size, batch_size, options)
 
 
-def build_image_text_datasets(
-    spec,
-    image_size=None,
-    batch_size=32,
-    *,
-    channels=None,
-    rescale=True,
-    augment=True,
-    horizontal_flip=False,
-    pad_fraction=0.125,
-    seed=0,
-    validation_fraction=0.1,
-    test_fraction=None,
-    shuffle_buffer=None,
-    cache=False,
-    drop_remainder=None,
-    interpolation="bilinear",
-    batch_map_fn=None,
-    caption_templates=None,
-    captions_file=None,
-    caption_key=None,
-    data_dir=None,
-    download=True,
-    image_key=None,
-    label_key=None,
-    train_split=None,
-    validation_split=None,
-    test_split=None,
-    check_images=True,
-):
+@takes_options_of(_pipeline, resolve_dataset, exclude=_FIXED_PIPELINE_OPTIONS + ("image_text",))
+def build_image_text_datasets(spec, image_size=None, batch_size=32, **options):
     """Train / validation / test image-text pipelines for a dataset spec.
 
     Each pipeline yields dicts `{"images": float32 (B, h, w, c), "captions":
@@ -601,11 +547,4 @@ def build_image_text_datasets(
     >>> tuple(batch["images"].shape), batch["captions"].numpy()[0]
     ((4, 8, 8, 1), b'a handwritten digit three')
     """
-    options = dict(
-        validation_fraction=validation_fraction, test_fraction=test_fraction, data_dir=data_dir, download=download,
-        image_key=image_key, label_key=label_key, train_split=train_split, validation_split=validation_split,
-        test_split=test_split, check_images=check_images, captions_file=captions_file, caption_key=caption_key,
-        caption_templates=caption_templates,
-    )
-    return _build(True, spec, image_size, batch_size, channels, rescale, augment, horizontal_flip, pad_fraction,
-                  seed, shuffle_buffer, cache, drop_remainder, interpolation, batch_map_fn, options)
+    return _build(True, spec, image_size, batch_size, options)

@@ -19,7 +19,7 @@ class StochasticDepth(keras.layers.Layer):
 
     Example:
     >>> import numpy as np
-    >>> StochasticDepth(0.1)(np.ones((2, 3, 4), "float32")).shape
+    >>> tuple(StochasticDepth(0.1)(np.ones((2, 3, 4), "float32")).shape)
     (2, 3, 4)
     """
 
@@ -77,7 +77,7 @@ class MoETransformerEncoderBlock(keras.layers.Layer):
     >>> import numpy as np
     >>> block = MoETransformerEncoderBlock(
     ...     num_heads=2, mlp_dim=32, moe={"num_experts": 4, "top_k": 2})
-    >>> block(np.zeros((2, 5, 16), "float32")).shape
+    >>> tuple(block(np.zeros((2, 5, 16), "float32")).shape)
     (2, 5, 16)
     """
 

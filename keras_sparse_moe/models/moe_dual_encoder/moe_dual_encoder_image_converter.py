@@ -17,10 +17,12 @@ class MoEDualEncoderImageConverter(ImageConverter):
     `image_converter.json`).
 
     Example:
+    >>> import keras
     >>> import numpy as np
     >>> converter = MoEDualEncoderImageConverter(
     ...     image_size=(4, 4), scale=1 / 127.5, offset=-1.0)
     >>> images = converter(np.full((1, 8, 8, 3), 255.0, "float32"))
+    >>> images = keras.ops.convert_to_numpy(images)
     >>> tuple(images.shape), round(float(np.max(images)), 4)
     ((1, 4, 4, 3), 1.0)
     """
