@@ -678,6 +678,9 @@ def train_classifier(
     run_eagerly=False,
     verbose=1,
     return_model=False,
+    teachers=None,
+    distillation_temperature=2.0,
+    distillation_weight=1.0,
 ):
     """Train an image classifier from a preset and evaluate it on the test split.
 
@@ -728,6 +731,13 @@ def train_classifier(
             tests; much slower for real training).
         verbose: 0 (silent), 1 (progress bar) or 2 (one line per epoch).
         return_model: also return the trained model.
+        teachers: None, or a list of trained classifiers (`.keras` files,
+            preset directories or names, or models) with the same image size
+            and classes: distil their ensemble into the model
+            (`keras_sparse_moe.recipes.distillation`: label loss plus
+            `distillation_weight * T^2 * KL(teachers_T || model_T)`).
+        distillation_temperature: float > 0, the softmax temperature `T`.
+        distillation_weight: float >= 0, weight of the distillation term.
 
     Returns:
         The metrics dict also written to `metrics.json` (see
@@ -772,6 +782,10 @@ def train_classifier(
         raise ValueError(f"Argument `jit_compile` must be 'auto', True or False; received {jit_compile!r}.")
     if overrides is not None and not isinstance(overrides, dict):
         raise ValueError(f"Argument `overrides` must be a dict or None; received {overrides!r}.")
+    teachers = _check_teachers(teachers)
+    distillation_temperature = check_float("distillation_temperature", distillation_temperature,
+                                           minimum=0.0, strict=True)
+    distillation_weight = check_float("distillation_weight", distillation_weight, minimum=0.0)
     if not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir):
         raise ValueError(f"Argument `output_dir` must be a directory path; received {output_dir!r}.")
     output_dir = os.fspath(output_dir)
@@ -786,6 +800,12 @@ def train_classifier(
         "load_weights": bool(load_weights), "data_options": dict(data_options or {}),
         "max_batches": max_batches,
     }
+    if teachers:
+        settings["distillation"] = {
+            "teachers": [_label(t) for t in teachers],
+            "temperature": distillation_temperature,
+            "weight": distillation_weight,
+        }
     # Validate the data spec before touching the output directory.
     from keras_sparse_moe.data import parse_spec
 
@@ -838,23 +858,39 @@ def train_classifier(
     validation = _limit(validation, max_batches)
     test = _limit(test, max_batches)
     total_steps = steps * epochs
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=make_schedule(
-            learning_rate, total_steps, warmup_steps=int(round(warmup_fraction * total_steps))
-        ),
-        weight_decay=weight_decay,
-        clipnorm=clipnorm,
-        use_ema=ema_momentum is not None,
-        ema_momentum=ema_momentum or 0.99,
-    )
-    optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY))
+
+    def _optimizer():
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=make_schedule(
+                learning_rate, total_steps, warmup_steps=int(round(warmup_fraction * total_steps))
+            ),
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            use_ema=ema_momentum is not None,
+            ema_momentum=ema_momentum or 0.99,
+        )
+        optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY))
+        return optimizer
+
     model.compile(
-        optimizer=optimizer,
+        optimizer=_optimizer(),
         loss=SparseCategoricalCrossentropyWithSmoothing(label_smoothing, from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
         run_eagerly=bool(run_eagerly),
     )
+    trainer = model
+    if teachers:
+        trainer, train, validation = _distiller(
+            model, teachers, train, validation, distillation_temperature, distillation_weight
+        )
+        trainer.compile(
+            optimizer=_optimizer(),
+            loss=SparseCategoricalCrossentropyWithSmoothing(label_smoothing, from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            jit_compile=jit_compile,
+            run_eagerly=bool(run_eagerly),
+        )
     monitor = "val_loss" if validation is not None else "loss"
     # RoutingStatistics first: it adds its values to the epoch logs that the
     # CSV logger and the checkpoints then see.
@@ -878,7 +914,7 @@ def train_classifier(
     with warnings.catch_warnings():
         # The tf.data pipeline shuffles itself; Keras warns that `shuffle` is ignored.
         warnings.filterwarnings("ignore", message=r".*shuffle=True.*")
-        history = model.fit(
+        history = trainer.fit(
             train,
             validation_data=validation,
             epochs=epochs,
@@ -942,6 +978,66 @@ def train_classifier(
         metrics.get("examples", 0), output_dir,
     )
     return (metrics, model) if return_model else metrics
+
+
+def _label(model):
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name", "model")
+
+
+def _check_teachers(teachers):
+    """`teachers` as a list (None or empty: no distillation)."""
+    if teachers is None:
+        return []
+    import keras
+
+    if isinstance(teachers, (str, os.PathLike, keras.Model)):
+        teachers = [teachers]
+    if not isinstance(teachers, (list, tuple)) or not all(
+        isinstance(t, (str, os.PathLike, keras.Model)) for t in teachers
+    ):
+        raise ValueError(
+            "Argument `teachers` must be None or a list of trained classifiers (.keras files, "
+            f"preset directories or names, or Keras models); received {teachers!r}."
+        )
+    return list(teachers)
+
+
+def _distiller(model, teachers, train, validation, temperature, weight):
+    """A `Distiller` of `teachers` into `model`, and the pipelines mapped
+    through the model's preprocessor (the Distiller is not a keras-hub Task,
+    so `fit` does not apply it)."""
+    import tensorflow as tf
+
+    from keras_sparse_moe.recipes.distillation import Distiller
+
+    loaded = []
+    for teacher in teachers:
+        classifier = load_classifier(teacher)
+        if classifier.num_classes != model.num_classes:
+            raise ValueError(
+                f"Teacher {_label(teacher)!r} predicts {classifier.num_classes} classes; the "
+                f"model being trained predicts {model.num_classes}. Distil teachers trained "
+                "on the same dataset."
+            )
+        if tuple(classifier.backbone.image_shape) != tuple(model.backbone.image_shape):
+            raise ValueError(
+                f"Teacher {_label(teacher)!r} takes images of shape "
+                f"{tuple(classifier.backbone.image_shape)}; the model being trained takes "
+                f"{tuple(model.backbone.image_shape)}. Teachers and student must share the "
+                "image size and preprocessing."
+            )
+        loaded.append(classifier)
+    trainer = Distiller(model, loaded, temperature=temperature, distillation_weight=weight,
+                        name="distiller")
+
+    def prepare(ds):
+        if ds is None or getattr(model, "preprocessor", None) is None:
+            return ds
+        return ds.map(model.preprocess_samples, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+            tf.data.AUTOTUNE
+        )
+
+    return trainer, prepare(train), prepare(validation)
 
 
 def _backup_epoch(output_dir):

@@ -108,13 +108,24 @@ class SparseCategoricalCrossentropyWithSmoothing(keras.losses.Loss):
         return config
 
 
+class _ModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """`ModelCheckpoint` that saves the trained model: a `Distiller`'s
+    student (the classifier), any other model as it is."""
+
+    def set_model(self, model):
+        from keras_sparse_moe.recipes.distillation import trained_model
+
+        super().set_model(trained_model(model))
+
+
 def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss", extra=()):
     """Callbacks of a resumable run writing into `output_dir`.
 
     - `BackupAndRestore` in `output_dir/backup`: re-running the same command
       with the same output directory resumes after the last finished epoch.
     - `ModelCheckpoint` of the best model (`output_dir/best.keras`, on
-      `monitor`) and of the last epoch (`output_dir/last.keras`).
+      `monitor`) and of the last epoch (`output_dir/last.keras`); when the
+      fitted model is a `Distiller`, of its student.
     - `CSVLogger` (`output_dir/log.csv`, appended on resume).
     - Optional `EarlyStopping` with best-weights restoration.
 
@@ -126,16 +137,16 @@ def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss",
 
     Example:
     >>> import tempfile
-    >>> [type(c).__name__ for c in make_callbacks(tempfile.mkdtemp())][:2]
-    ['BackupAndRestore', 'ModelCheckpoint']
+    >>> [type(c).__name__ for c in make_callbacks(tempfile.mkdtemp())][:3]
+    ['BackupAndRestore', '_ModelCheckpoint', '_ModelCheckpoint']
     """
     os.makedirs(output_dir, exist_ok=True)
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
-        keras.callbacks.ModelCheckpoint(
+        _ModelCheckpoint(
             os.path.join(output_dir, "best.keras"), monitor=monitor, save_best_only=True
         ),
-        keras.callbacks.ModelCheckpoint(os.path.join(output_dir, "last.keras")),
+        _ModelCheckpoint(os.path.join(output_dir, "last.keras")),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "log.csv"), append=True),
     ]
     if early_stopping_patience is not None:

@@ -34,6 +34,12 @@ def _parser(dense):
     parser.add_argument("--save-preset", default=None, metavar="DIR",
                         help="also save, as a preset directory, the model of the seed with the "
                         "best validation accuracy (the test split plays no part)")
+    parser.add_argument("--teachers", nargs="+", default=None, metavar="MODEL",
+                        help="trained classifiers (.keras files or preset directories, e.g. "
+                        "runs/moe_vit/seed_0/model.keras): distil their ensemble into each seed's "
+                        "model (label loss + weight * T^2 * KL)")
+    parser.add_argument("--distillation-temperature", type=float, default=2.0, metavar="T")
+    parser.add_argument("--distillation-weight", type=float, default=1.0, metavar="W")
     parser.add_argument("--compare", default=None, metavar="SUMMARY_JSON",
                         help="summary.json of another recipe run to print beside this one")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
@@ -72,6 +78,11 @@ def main(argv=None, dense=False):
                   learning_rate=args.learning_rate)
     overrides = recipe.pop("overrides", None)
     label = args.preset
+    if args.teachers:
+        recipe.update(teachers=args.teachers,
+                      distillation_temperature=args.distillation_temperature,
+                      distillation_weight=args.distillation_weight)
+        label = f"{args.preset} distilled from {len(args.teachers)} teacher(s)"
     if dense:
         overrides = dense_equivalent_overrides(args.preset, overrides)
         label = f"dense ViT ({args.preset}, mlp_dim={overrides['mlp_dim']}, no MoE)"
