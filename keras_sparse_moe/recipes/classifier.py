@@ -859,7 +859,7 @@ def train_classifier(
     test = _limit(test, max_batches)
     total_steps = steps * epochs
 
-    def _optimizer():
+    def _compile(trainee):
         optimizer = keras.optimizers.AdamW(
             learning_rate=make_schedule(
                 learning_rate, total_steps, warmup_steps=int(round(warmup_fraction * total_steps))
@@ -870,27 +870,21 @@ def train_classifier(
             ema_momentum=ema_momentum or 0.99,
         )
         optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY))
-        return optimizer
-
-    model.compile(
-        optimizer=_optimizer(),
-        loss=SparseCategoricalCrossentropyWithSmoothing(label_smoothing, from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=jit_compile,
-        run_eagerly=bool(run_eagerly),
-    )
-    trainer = model
-    if teachers:
-        trainer, train, validation = _distiller(
-            model, teachers, train, validation, distillation_temperature, distillation_weight
-        )
-        trainer.compile(
-            optimizer=_optimizer(),
+        trainee.compile(
+            optimizer=optimizer,
             loss=SparseCategoricalCrossentropyWithSmoothing(label_smoothing, from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             jit_compile=jit_compile,
             run_eagerly=bool(run_eagerly),
         )
+
+    _compile(model)  # the saved model carries these compile settings
+    trainer = model
+    if teachers:
+        trainer, train, validation = _distiller(
+            model, teachers, train, validation, distillation_temperature, distillation_weight
+        )
+        _compile(trainer)
     monitor = "val_loss" if validation is not None else "loss"
     # RoutingStatistics first: it adds its values to the epoch logs that the
     # CSV logger and the checkpoints then see.
