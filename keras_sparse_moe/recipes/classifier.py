@@ -789,7 +789,7 @@ def train_classifier(
     if not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir):
         raise ValueError(f"Argument `output_dir` must be a directory path; received {output_dir!r}.")
     output_dir = os.fspath(output_dir)
-    preset_label = os.fspath(preset) if isinstance(preset, (str, os.PathLike)) else getattr(preset, "name", "model")
+    preset_label = _label(preset)
     settings = {
         "preset": preset_label, "data": data, "epochs": epochs, "batch_size": batch_size,
         "learning_rate": learning_rate, "weight_decay": weight_decay,
@@ -996,6 +996,19 @@ def _check_teachers(teachers):
     return list(teachers)
 
 
+def _input_scaling(model):
+    """`(scale, offset)` of a classifier's image converter (rounded lists),
+    or None without one."""
+    converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
+    if converter is None:
+        return None
+
+    def rounded(value):
+        return None if value is None else np.round(np.asarray(value, "float64"), 6).tolist()
+
+    return rounded(converter.scale), rounded(converter.offset)
+
+
 def _distiller(model, teachers, train, validation, temperature, weight):
     """A `Distiller` of `teachers` into `model`, and the pipelines mapped
     through the model's preprocessor (the Distiller is not a keras-hub Task,
@@ -1019,6 +1032,12 @@ def _distiller(model, teachers, train, validation, temperature, weight):
                 f"{tuple(classifier.backbone.image_shape)}; the model being trained takes "
                 f"{tuple(model.backbone.image_shape)}. Teachers and student must share the "
                 "image size and preprocessing."
+            )
+        if _input_scaling(classifier) != _input_scaling(model):
+            raise ValueError(
+                f"Teacher {_label(teacher)!r} scales its input pixels by (scale, offset) = "
+                f"{_input_scaling(classifier)}; the model being trained by "
+                f"{_input_scaling(model)}. Teachers and student must share the preprocessing."
             )
         loaded.append(classifier)
     trainer = Distiller(model, loaded, temperature=temperature, distillation_weight=weight,

@@ -188,3 +188,11 @@ def test_train_classifier_rejects_teachers_that_do_not_fit(teacher_run, tmp_path
     with pytest.raises(ValueError, match="`distillation_temperature`"):
         train_classifier("moe_vit_tiny", "digits", str(tmp_path / "c"), teachers=[teacher_run],
                          distillation_temperature=0, **QUICK)
+
+
+def test_train_classifier_rejects_teachers_with_other_preprocessing(teacher_run, tmp_path):
+    teacher = load_classifier(teacher_run)
+    teacher.preprocessor.image_converter.scale = 1 / 255.0
+    with pytest.raises(ValueError, match="share the preprocessing"):
+        train_classifier("moe_vit_tiny", "digits", str(tmp_path / "a"), teachers=[teacher],
+                         **QUICK)
