@@ -254,6 +254,9 @@ _CLASSIFIER_ONLY = {
     "early_stopping": ("--early-stopping", None),
     "set": ("--set", None),
     "run_eagerly": ("--run-eagerly", False),
+    "teachers": ("--teachers", None),
+    "distillation_temperature": ("--distillation-temperature", 2.0),
+    "distillation_weight": ("--distillation-weight", 1.0),
 }
 
 
@@ -392,6 +395,9 @@ def cmd_train(args):
         overwrite=args.overwrite,
         plots=not args.no_plots,
         run_eagerly=args.run_eagerly,
+        teachers=args.teachers,
+        distillation_temperature=args.distillation_temperature,
+        distillation_weight=args.distillation_weight,
     )
     _print_metrics(f"train: {args.preset} on {args.data} ({result.get('split', 'test')} split)", result)
     _console().print(f"artifacts in {args.output}: " + ", ".join(
@@ -553,6 +559,14 @@ def build_parser():
                    help="stop after PATIENCE epochs without validation improvement")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="preset override, e.g. --set dropout=0.1 --set stochastic_depth=0.1")
+    p.add_argument("--teachers", nargs="+", default=None, metavar="MODEL",
+                   help="trained classifiers (.keras files, preset directories or names) whose "
+                   "ensemble is distilled into the model: label loss + W * T^2 * "
+                   "KL(teachers_T || model_T)")
+    p.add_argument("--distillation-temperature", type=float, default=2.0, metavar="T",
+                   help="softmax temperature of the distillation (with --teachers)")
+    p.add_argument("--distillation-weight", type=float, default=1.0, metavar="W",
+                   help="weight of the distillation term (with --teachers)")
     p.add_argument("--overwrite", action="store_true",
                    help="discard a previous run in the output directory")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG figures")

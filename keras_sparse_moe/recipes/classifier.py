@@ -993,6 +993,12 @@ def _check_teachers(teachers):
             "Argument `teachers` must be None or a list of trained classifiers (.keras files, "
             f"preset directories or names, or Keras models); received {teachers!r}."
         )
+    for teacher in teachers:
+        if isinstance(teacher, (str, os.PathLike)):
+            path = os.fspath(teacher)
+            looks_like_path = path.endswith(".keras") or os.path.sep in path
+            if looks_like_path and "://" not in path and not os.path.exists(path):
+                raise FileNotFoundError(f"Teacher {path!r}: no such model file or preset directory.")
     return list(teachers)
 
 
