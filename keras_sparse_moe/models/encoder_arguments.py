@@ -115,3 +115,55 @@ def check_encoder_arguments(
         stochastic_depth=check_rate("stochastic_depth", stochastic_depth),
         layer_norm_epsilon=check_float("layer_norm_epsilon", layer_norm_epsilon, 0.0, strict=True),
     )
+
+
+# The constructor arguments every encoder stores as attributes and returns
+# from `get_config`, in config order.
+SHARED_CONFIG_KEYS = (
+    "num_layers", "num_heads", "hidden_dim", "mlp_dim", "num_experts", "top_k", "moe_layers",
+    "router", "capacity_factor", "eval_capacity_factor", "moe_kwargs", "dropout_rate",
+    "attention_dropout", "layer_norm_epsilon",
+)
+
+
+def store_encoder_arguments(model, args, moe_layers, moe_kwargs):
+    """Set the shared constructor arguments on `model` as attributes (the
+    validated values of `args`; `moe_layers` and `moe_kwargs` as given, copied),
+    plus `moe_layer_indices`.
+
+    Example:
+    >>> import types
+    >>> args = check_encoder_arguments(
+    ...     num_layers=2, num_heads=1, hidden_dim=4, mlp_dim=8, num_experts=2, top_k=1,
+    ...     router="token_choice", capacity_factor=1.0, eval_capacity_factor=None,
+    ...     moe_layers=[1], moe_kwargs=None, dropout_rate=0.0, attention_dropout=0.0,
+    ...     layer_norm_epsilon=1e-6)
+    >>> model = types.SimpleNamespace()
+    >>> store_encoder_arguments(model, args, [1], None)
+    >>> model.moe_layers, model.moe_layer_indices, model.top_k
+    ([1], (1,), 1)
+    """
+    for key in SHARED_CONFIG_KEYS:
+        if key not in ("moe_layers", "moe_kwargs"):
+            setattr(model, key, getattr(args, key))
+    model.moe_layers = list(moe_layers) if isinstance(moe_layers, (list, tuple)) else moe_layers
+    model.moe_kwargs = None if moe_kwargs is None else dict(moe_kwargs)
+    model.moe_layer_indices = args.moe_indices
+
+
+def shared_encoder_config(model):
+    """The shared arguments of `model` for its `get_config`; `moe_kwargs` keys
+    become strings (JSON object keys; block indices come back as digit
+    strings, which the schedule accepts).
+
+    Example:
+    >>> import types
+    >>> model = types.SimpleNamespace(**{k: 0 for k in SHARED_CONFIG_KEYS})
+    >>> model.moe_kwargs = {1: {"top_k": 1}}
+    >>> shared_encoder_config(model)["moe_kwargs"]
+    {'1': {'top_k': 1}}
+    """
+    config = {key: getattr(model, key) for key in SHARED_CONFIG_KEYS}
+    if config["moe_kwargs"] is not None:
+        config["moe_kwargs"] = {str(k): v for k, v in config["moe_kwargs"].items()}
+    return config

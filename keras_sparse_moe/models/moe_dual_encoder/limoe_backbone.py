@@ -24,6 +24,8 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
     text_shape_checks,
 )
 from keras_sparse_moe.models.encoder_arguments import check_encoder_arguments
+from keras_sparse_moe.models.encoder_arguments import shared_encoder_config
+from keras_sparse_moe.models.encoder_arguments import store_encoder_arguments
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import _check_image_shape
 from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_float
@@ -271,28 +273,14 @@ class LIMoEBackbone(MoEDualEncoderBackbone):
         # === Config ===
         self.vocabulary_size = vocabulary_size
         self.patch_size = patch_size if isinstance(patch_size, numbers.Integral) else patch
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.hidden_dim = hidden_dim
-        self.mlp_dim = mlp_dim
+        store_encoder_arguments(self, args, moe_layers, moe_kwargs)
         self.embedding_dim = embedding_dim
-        self.num_experts = args.num_experts
-        self.top_k = args.top_k
-        self.moe_layers = list(moe_layers) if isinstance(moe_layers, (list, tuple)) else moe_layers
-        self.router = args.router
-        self.capacity_factor = args.capacity_factor
-        self.eval_capacity_factor = args.eval_capacity_factor
-        self.moe_kwargs = None if moe_kwargs is None else dict(moe_kwargs)
         self.image_pooling = image_pooling
         self.text_pooling = text_pooling
         self.local_entropy_weight = local_entropy_weight
         self.global_entropy_weight = global_entropy_weight
         self.global_entropy_threshold = global_entropy_threshold
-        self.dropout_rate = dropout_rate
-        self.attention_dropout = attention_dropout
         self.stochastic_depth = stochastic_depth
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.moe_layer_indices = args.moe_indices
         self.entropy_losses = entropy_losses
 
     @property
@@ -302,37 +290,21 @@ class LIMoEBackbone(MoEDualEncoderBackbone):
 
     def get_config(self):
         config = super().get_config()
-        moe_kwargs = self.moe_kwargs
-        if moe_kwargs is not None:
-            moe_kwargs = {str(k): v for k, v in moe_kwargs.items()}
         config.update(
             {
                 "vocabulary_size": self.vocabulary_size,
                 "image_shape": self.image_shape,
                 "patch_size": self.patch_size,
                 "max_sequence_length": self.max_sequence_length,
-                "num_layers": self.num_layers,
-                "num_heads": self.num_heads,
-                "hidden_dim": self.hidden_dim,
-                "mlp_dim": self.mlp_dim,
                 "embedding_dim": self.embedding_dim,
-                "num_experts": self.num_experts,
-                "top_k": self.top_k,
-                "moe_layers": self.moe_layers,
-                "router": self.router,
-                "capacity_factor": self.capacity_factor,
-                "eval_capacity_factor": self.eval_capacity_factor,
-                "moe_kwargs": moe_kwargs,
+                **shared_encoder_config(self),
                 "image_pooling": self.image_pooling,
                 "text_pooling": self.text_pooling,
                 "contrastive_loss": self.contrastive_loss,
                 "local_entropy_weight": self.local_entropy_weight,
                 "global_entropy_weight": self.global_entropy_weight,
                 "global_entropy_threshold": self.global_entropy_threshold,
-                "dropout_rate": self.dropout_rate,
-                "attention_dropout": self.attention_dropout,
                 "stochastic_depth": self.stochastic_depth,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
             }
         )
         return config

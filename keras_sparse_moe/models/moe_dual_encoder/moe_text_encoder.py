@@ -12,6 +12,8 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
     padding_attention_mask,
 )
 from keras_sparse_moe.models.encoder_arguments import check_encoder_arguments
+from keras_sparse_moe.models.encoder_arguments import shared_encoder_config
+from keras_sparse_moe.models.encoder_arguments import store_encoder_arguments
 from keras_sparse_moe.presets import PresetMixin
 from keras_sparse_moe.utils.validation import check_int
 
@@ -137,51 +139,21 @@ class MoETextEncoder(PresetMixin, Backbone):
 
         self.vocabulary_size = vocabulary_size
         self.max_sequence_length = max_sequence_length
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.hidden_dim = hidden_dim
-        self.mlp_dim = mlp_dim
-        self.num_experts = args.num_experts
-        self.top_k = args.top_k
-        self.moe_layers = list(moe_layers) if isinstance(moe_layers, (list, tuple)) else moe_layers
-        self.router = args.router
-        self.capacity_factor = args.capacity_factor
-        self.eval_capacity_factor = args.eval_capacity_factor
-        self.moe_kwargs = None if moe_kwargs is None else dict(moe_kwargs)
+        store_encoder_arguments(self, args, moe_layers, moe_kwargs)
         self.local_entropy_weight = local_entropy_weight
         self.global_entropy_weight = global_entropy_weight
         self.global_entropy_threshold = global_entropy_threshold
-        self.dropout_rate = dropout_rate
-        self.attention_dropout = attention_dropout
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.moe_layer_indices = args.moe_indices
 
     def get_config(self):
         config = super().get_config()
-        moe_kwargs = self.moe_kwargs
-        if moe_kwargs is not None:
-            moe_kwargs = {str(k): v for k, v in moe_kwargs.items()}
         config.update(
             {
                 "vocabulary_size": self.vocabulary_size,
                 "max_sequence_length": self.max_sequence_length,
-                "num_layers": self.num_layers,
-                "num_heads": self.num_heads,
-                "hidden_dim": self.hidden_dim,
-                "mlp_dim": self.mlp_dim,
-                "num_experts": self.num_experts,
-                "top_k": self.top_k,
-                "moe_layers": self.moe_layers,
-                "router": self.router,
-                "capacity_factor": self.capacity_factor,
-                "eval_capacity_factor": self.eval_capacity_factor,
-                "moe_kwargs": moe_kwargs,
+                **shared_encoder_config(self),
                 "local_entropy_weight": self.local_entropy_weight,
                 "global_entropy_weight": self.global_entropy_weight,
                 "global_entropy_threshold": self.global_entropy_threshold,
-                "dropout_rate": self.dropout_rate,
-                "attention_dropout": self.attention_dropout,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
             }
         )
         return config

@@ -8,6 +8,8 @@ from keras_hub.src.models.vit.vit_layers import ViTPatchingAndEmbedding
 
 from keras_sparse_moe.layers.encoder_block import MoETransformerEncoderBlock
 from keras_sparse_moe.models.encoder_arguments import check_encoder_arguments
+from keras_sparse_moe.models.encoder_arguments import shared_encoder_config
+from keras_sparse_moe.models.encoder_arguments import store_encoder_arguments
 from keras_sparse_moe.presets import PresetMixin
 from keras_sparse_moe.utils.validation import check_choice
 
@@ -193,23 +195,9 @@ class MoEViTBackbone(PresetMixin, Backbone):
         # === Config ===
         self.image_shape = image_shape
         self.patch_size = patch_size if isinstance(patch_size, numbers.Integral) else patch
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.hidden_dim = hidden_dim
-        self.mlp_dim = mlp_dim
-        self.num_experts = args.num_experts
-        self.top_k = args.top_k
-        self.moe_layers = list(moe_layers) if isinstance(moe_layers, (list, tuple)) else moe_layers
-        self.router = args.router
-        self.capacity_factor = args.capacity_factor
-        self.eval_capacity_factor = args.eval_capacity_factor
-        self.moe_kwargs = None if moe_kwargs is None else dict(moe_kwargs)
+        store_encoder_arguments(self, args, moe_layers, moe_kwargs)
         self.pooling = pooling
-        self.dropout_rate = dropout_rate
-        self.attention_dropout = attention_dropout
         self.stochastic_depth = stochastic_depth
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.moe_layer_indices = args.moe_indices
         self.grid_size = (image_shape[0] // patch[0], image_shape[1] // patch[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.num_tokens = self.num_patches + (1 if pooling == "token" else 0)
@@ -226,30 +214,13 @@ class MoEViTBackbone(PresetMixin, Backbone):
 
     def get_config(self):
         config = super().get_config()
-        moe_kwargs = self.moe_kwargs
-        if moe_kwargs is not None:
-            # JSON object keys are strings; block indices come back as digit strings.
-            moe_kwargs = {str(k): v for k, v in moe_kwargs.items()}
         config.update(
             {
                 "image_shape": self.image_shape,
                 "patch_size": self.patch_size,
-                "num_layers": self.num_layers,
-                "num_heads": self.num_heads,
-                "hidden_dim": self.hidden_dim,
-                "mlp_dim": self.mlp_dim,
-                "num_experts": self.num_experts,
-                "top_k": self.top_k,
-                "moe_layers": self.moe_layers,
-                "router": self.router,
-                "capacity_factor": self.capacity_factor,
-                "eval_capacity_factor": self.eval_capacity_factor,
-                "moe_kwargs": moe_kwargs,
+                **shared_encoder_config(self),
                 "pooling": self.pooling,
-                "dropout_rate": self.dropout_rate,
-                "attention_dropout": self.attention_dropout,
                 "stochastic_depth": self.stochastic_depth,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
             }
         )
         return config
