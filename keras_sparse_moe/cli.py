@@ -14,6 +14,10 @@ import os
 import sys
 import warnings
 
+# (`import keras_sparse_moe` has imported Keras before this module runs.)
+from keras_sparse_moe.recipes.distillation import DEFAULT_DISTILLATION_WEIGHT
+from keras_sparse_moe.recipes.distillation import DEFAULT_TEMPERATURE
+
 BACKENDS = ("tensorflow", "jax", "torch")
 QUANTIZATION_CHOICES = ("none", "float16", "dynamic_int8", "int8")
 EXIT_USAGE = 2
@@ -255,8 +259,8 @@ _CLASSIFIER_ONLY = {
     "set": ("--set", None),
     "run_eagerly": ("--run-eagerly", False),
     "teachers": ("--teachers", None),
-    "distillation_temperature": ("--distillation-temperature", 2.0),
-    "distillation_weight": ("--distillation-weight", 1.0),
+    "distillation_temperature": ("--distillation-temperature", DEFAULT_TEMPERATURE),
+    "distillation_weight": ("--distillation-weight", DEFAULT_DISTILLATION_WEIGHT),
 }
 
 
@@ -563,9 +567,11 @@ def build_parser():
                    help="trained classifiers (.keras files, preset directories or names) whose "
                    "ensemble is distilled into the model: label loss + W * T^2 * "
                    "KL(teachers_T || model_T)")
-    p.add_argument("--distillation-temperature", type=float, default=2.0, metavar="T",
+    p.add_argument("--distillation-temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   metavar="T",
                    help="softmax temperature of the distillation (with --teachers)")
-    p.add_argument("--distillation-weight", type=float, default=1.0, metavar="W",
+    p.add_argument("--distillation-weight", type=float, default=DEFAULT_DISTILLATION_WEIGHT,
+                   metavar="W",
                    help="weight of the distillation term (with --teachers)")
     p.add_argument("--overwrite", action="store_true",
                    help="discard a previous run in the output directory")

@@ -38,6 +38,8 @@ import numpy as np
 
 from keras_sparse_moe.recipes.augment import AUGMENTATIONS
 from keras_sparse_moe.recipes.augment import make_augmentation
+from keras_sparse_moe.recipes.distillation import DEFAULT_DISTILLATION_WEIGHT
+from keras_sparse_moe.recipes.distillation import DEFAULT_TEMPERATURE
 from keras_sparse_moe.recipes.metrics import classification_report
 from keras_sparse_moe.utils.io import atomic_save_model
 from keras_sparse_moe.utils.io import atomic_write_text
@@ -679,8 +681,8 @@ def train_classifier(
     verbose=1,
     return_model=False,
     teachers=None,
-    distillation_temperature=2.0,
-    distillation_weight=1.0,
+    distillation_temperature=DEFAULT_TEMPERATURE,
+    distillation_weight=DEFAULT_DISTILLATION_WEIGHT,
 ):
     """Train an image classifier from a preset and evaluate it on the test split.
 
@@ -859,7 +861,19 @@ def train_classifier(
     test = _limit(test, max_batches)
     total_steps = steps * epochs
 
-    def _compile(trainee):
+    def _compile(trainee, optimizer=None):
+        if optimizer is None:
+            optimizer = _optimizer()
+        trainee.compile(
+            optimizer=optimizer,
+            loss=SparseCategoricalCrossentropyWithSmoothing(label_smoothing, from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            jit_compile=jit_compile,
+            run_eagerly=bool(run_eagerly),
+        )
+        return optimizer
+
+    def _optimizer():
         optimizer = keras.optimizers.AdamW(
             learning_rate=make_schedule(
                 learning_rate, total_steps, warmup_steps=int(round(warmup_fraction * total_steps))
@@ -870,21 +884,18 @@ def train_classifier(
             ema_momentum=ema_momentum or 0.99,
         )
         optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY))
-        trainee.compile(
-            optimizer=optimizer,
-            loss=SparseCategoricalCrossentropyWithSmoothing(label_smoothing, from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=jit_compile,
-            run_eagerly=bool(run_eagerly),
-        )
+        return optimizer
 
-    _compile(model)  # the saved model carries these compile settings
+    optimizer = _compile(model)  # the saved model carries these compile settings
     trainer = model
     if teachers:
         trainer, train, validation = _distiller(
             model, teachers, train, validation, distillation_temperature, distillation_weight
         )
-        _compile(trainer)
+        # One optimizer for both: the Distiller builds and updates it on the
+        # student's variables, so the student's saved optimizer state matches
+        # its weights (and reloads without a warning).
+        _compile(trainer, optimizer)
     monitor = "val_loss" if validation is not None else "loss"
     # RoutingStatistics first: it adds its values to the epoch logs that the
     # CSV logger and the checkpoints then see.

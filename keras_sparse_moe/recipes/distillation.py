@@ -18,6 +18,11 @@ from keras import ops
 
 from keras_sparse_moe.utils.validation import check_float
 
+# Defaults of the recipes, the command line and `Distiller` (Hinton et al.
+# 2015 use T in 2..20; T = 2 with weight 1 were fixed before the digits runs).
+DEFAULT_TEMPERATURE = 2.0
+DEFAULT_DISTILLATION_WEIGHT = 1.0
+
 
 def ensemble_probabilities(teacher_logits, temperature=1.0):
     """Mean of the softmax at `temperature` of several teachers' logits.
@@ -85,7 +90,8 @@ class Distiller(keras.Model):
     (2, 3)
     """
 
-    def __init__(self, student, teachers, temperature=2.0, distillation_weight=1.0, **kwargs):
+    def __init__(self, student, teachers, temperature=DEFAULT_TEMPERATURE,
+                 distillation_weight=DEFAULT_DISTILLATION_WEIGHT, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(student, keras.Model):
             raise ValueError(

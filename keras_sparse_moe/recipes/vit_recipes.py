@@ -12,6 +12,8 @@ import os
 import sys
 
 from keras_sparse_moe.recipes.classifier import DIGITS_RECIPE
+from keras_sparse_moe.recipes.distillation import DEFAULT_DISTILLATION_WEIGHT
+from keras_sparse_moe.recipes.distillation import DEFAULT_TEMPERATURE
 
 
 def _parser(dense):
@@ -38,8 +40,10 @@ def _parser(dense):
                         help="trained classifiers (.keras files or preset directories, e.g. "
                         "runs/moe_vit/seed_0/model.keras): distil their ensemble into each seed's "
                         "model (label loss + weight * T^2 * KL)")
-    parser.add_argument("--distillation-temperature", type=float, default=2.0, metavar="T")
-    parser.add_argument("--distillation-weight", type=float, default=1.0, metavar="W")
+    parser.add_argument("--distillation-temperature", type=float, default=DEFAULT_TEMPERATURE,
+                        metavar="T")
+    parser.add_argument("--distillation-weight", type=float,
+                        default=DEFAULT_DISTILLATION_WEIGHT, metavar="W")
     parser.add_argument("--compare", default=None, metavar="SUMMARY_JSON",
                         help="summary.json of another recipe run to print beside this one")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)

@@ -4,6 +4,7 @@ with `teachers=`."""
 
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -173,8 +174,15 @@ def test_train_classifier_distils_into_a_classifier(teacher_run, tmp_path):
     }
     # Every artifact is the student classifier, loadable on its own.
     for name in ("model.keras", "best.keras", "last.keras", "preset"):
-        model = load_classifier(os.path.join(out, name))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = load_classifier(os.path.join(out, name))
+        # The student's saved optimizer state is the one the Distiller
+        # updated, so it reloads whole (no "Skipping variable loading").
+        assert not [w for w in caught if "Skipping variable loading" in str(w.message)]
         assert type(model).__name__ == "MoEViTImageClassifier"
+    student = keras.saving.load_model(os.path.join(out, "model.keras"))
+    assert int(keras.ops.convert_to_numpy(student.optimizer.iterations)) == 2
     with open(os.path.join(out, "run.json")) as handle:
         assert json.load(handle)["status"] == "finished"
 
