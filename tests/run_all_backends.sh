@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Run the whole test suite once per Keras backend: tensorflow, jax, torch.
 # Exits non-zero if any backend fails or collects no test. Extra arguments go
-# to pytest (e.g. `-x -k router`).
+# to pytest (e.g. `-x -k router`). Tests run in KSM_WORKERS parallel pytest
+# processes (pytest-xdist; default 2, one per core: most tests compile or
+# run single-threaded); a test file stays on one worker so that its
+# module-scoped fixtures are built once. KSM_WORKERS=0 runs in one process.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 status=0
@@ -9,7 +12,10 @@ summary=""
 for backend in ${KSM_BACKENDS:-tensorflow jax torch}; do
   echo "===================== KERAS_BACKEND=$backend ====================="
   t0=$(date +%s)
-  KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider "$@"
+  workers=${KSM_WORKERS:-2}
+  parallel=()
+  [ "$workers" != "0" ] && parallel=(-n "$workers" --dist loadfile)
+  KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider ${parallel[@]+"${parallel[@]}"} "$@"
   rc=$?
   dt=$(( $(date +%s) - t0 ))
   if [ "$rc" -eq 5 ]; then
