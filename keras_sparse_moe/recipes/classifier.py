@@ -861,9 +861,18 @@ def train_classifier(
     test = _limit(test, max_batches)
     total_steps = steps * epochs
 
-    def _compile(trainee, optimizer=None):
-        if optimizer is None:
-            optimizer = _optimizer()
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=make_schedule(
+            learning_rate, total_steps, warmup_steps=int(round(warmup_fraction * total_steps))
+        ),
+        weight_decay=weight_decay,
+        clipnorm=clipnorm,
+        use_ema=ema_momentum is not None,
+        ema_momentum=ema_momentum or 0.99,
+    )
+    optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY))
+
+    def _compile(trainee):
         trainee.compile(
             optimizer=optimizer,
             loss=SparseCategoricalCrossentropyWithSmoothing(label_smoothing, from_logits=True),
@@ -871,31 +880,17 @@ def train_classifier(
             jit_compile=jit_compile,
             run_eagerly=bool(run_eagerly),
         )
-        return optimizer
 
-    def _optimizer():
-        optimizer = keras.optimizers.AdamW(
-            learning_rate=make_schedule(
-                learning_rate, total_steps, warmup_steps=int(round(warmup_fraction * total_steps))
-            ),
-            weight_decay=weight_decay,
-            clipnorm=clipnorm,
-            use_ema=ema_momentum is not None,
-            ema_momentum=ema_momentum or 0.99,
-        )
-        optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY))
-        return optimizer
-
-    optimizer = _compile(model)  # the saved model carries these compile settings
+    _compile(model)  # the saved model carries these compile settings
     trainer = model
     if teachers:
         trainer, train, validation = _distiller(
             model, teachers, train, validation, distillation_temperature, distillation_weight
         )
-        # One optimizer for both: the Distiller builds and updates it on the
+        # The same optimizer: the Distiller builds and updates it on the
         # student's variables, so the student's saved optimizer state matches
         # its weights (and reloads without a warning).
-        _compile(trainer, optimizer)
+        _compile(trainer)
     monitor = "val_loss" if validation is not None else "loss"
     # RoutingStatistics first: it adds its values to the epoch logs that the
     # CSV logger and the checkpoints then see.
@@ -1035,6 +1030,7 @@ def _distiller(model, teachers, train, validation, temperature, weight):
     from keras_sparse_moe.recipes.distillation import Distiller
 
     loaded = []
+    student_scaling = _input_scaling(model)
     for teacher in teachers:
         classifier = load_classifier(teacher)
         if classifier.num_classes != model.num_classes:
@@ -1050,11 +1046,12 @@ def _distiller(model, teachers, train, validation, temperature, weight):
                 f"{tuple(model.backbone.image_shape)}. Teachers and student must share the "
                 "image size and preprocessing."
             )
-        if _input_scaling(classifier) != _input_scaling(model):
+        teacher_scaling = _input_scaling(classifier)
+        if teacher_scaling != student_scaling:
             raise ValueError(
                 f"Teacher {_label(teacher)!r} scales its input pixels by (scale, offset) = "
-                f"{_input_scaling(classifier)}; the model being trained by "
-                f"{_input_scaling(model)}. Teachers and student must share the preprocessing."
+                f"{teacher_scaling}; the model being trained by {student_scaling}. Teachers "
+                "and student must share the preprocessing."
             )
         loaded.append(classifier)
     trainer = Distiller(model, loaded, temperature=temperature, distillation_weight=weight,
