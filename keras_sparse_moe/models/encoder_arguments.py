@@ -131,6 +131,13 @@ def store_encoder_arguments(model, args, moe_layers, moe_kwargs):
     validated values of `args`; `moe_layers` and `moe_kwargs` as given, copied),
     plus `moe_layer_indices`.
 
+    Args:
+        model: the encoder (any object that takes attributes).
+        args: the result of `check_encoder_arguments`.
+        moe_layers: the `moe_layers` argument as the user gave it (kept for
+            `get_config`; a list or tuple is stored as a list).
+        moe_kwargs: None or the per-block router options as given.
+
     Example:
     >>> import types
     >>> args = check_encoder_arguments(
@@ -155,6 +162,12 @@ def shared_encoder_config(model):
     """The shared arguments of `model` for its `get_config`; `moe_kwargs` keys
     become strings (JSON object keys; block indices come back as digit
     strings, which the schedule accepts).
+
+    Args:
+        model: an encoder on which `store_encoder_arguments` has run.
+
+    Returns:
+        A dict of the `SHARED_CONFIG_KEYS`, in that order.
 
     Example:
     >>> import types
