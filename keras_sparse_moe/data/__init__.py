@@ -9,6 +9,7 @@ that build pipelines do.
 from keras_sparse_moe.data.dataset_info import DatasetInfo
 from keras_sparse_moe.data.digits import DIGITS_CLASS_NAMES
 from keras_sparse_moe.data.digits import DIGITS_MAX_VALUE
+from keras_sparse_moe.data.digits import digits_split_indices
 from keras_sparse_moe.data.digits import digits_split_ranges
 from keras_sparse_moe.data.digits import load_digits
 from keras_sparse_moe.data.image_folder import CAPTIONS_FILE

@@ -141,16 +141,26 @@ class _Source:
         return ds.map(lambda ex: {**ex, "captions": tf.gather(table, ex["label"])})
 
 
+def _describe_samples(indices):
+    """"samples a..b" (or "samples a..b, c..d") of sorted sample indices."""
+    breaks = np.flatnonzero(np.diff(indices) != 1)
+    starts = [indices[0]] + [indices[i + 1] for i in breaks]
+    stops = [indices[i] for i in breaks] + [indices[-1]]
+    return "samples " + ", ".join(f"{a}..{b}" for a, b in zip(starts, stops))
+
+
 class _DigitsSource(_Source):
-    def __init__(self, spec, validation_fraction, test_fraction, caption_templates=None):
+    def __init__(self, spec, validation_fraction, test_fraction, caption_templates=None,
+                 validation_fold=None):
         if test_fraction is not None and abs(test_fraction - DEFAULT_TEST_FRACTION) > 1e-9:
             raise ValueError(
                 f"The digits test split is fixed (the last 20%: samples 1438..1796); received "
                 f"test_fraction={test_fraction}. Leave test_fraction=None."
             )
         self.validation_fraction = validation_fraction
-        ranges = digits_lib.digits_split_ranges(validation_fraction)
-        counts = {k: b - a for k, (a, b) in ranges.items() if k != "all"}
+        self.validation_fold = digits_lib.check_validation_fold(validation_fold)
+        indices = digits_lib.digits_split_indices(validation_fraction, self.validation_fold)
+        counts = {k: len(v) for k, v in indices.items() if k != "all"}
         self.info = DatasetInfo(
             spec=spec,
             source="digits",
@@ -162,13 +172,14 @@ class _DigitsSource(_Source):
             prompt_templates=DIGIT_PROMPT_TEMPLATES,
             caption_templates=tuple(caption_templates or DIGIT_CAPTION_TEMPLATES),
             class_fields=tuple(digit_fields(d) for d in range(10)),
-            splits={k: f"samples {a}..{b - 1}" for k, (a, b) in ranges.items() if k != "all"},
+            splits={k: _describe_samples(v) for k, v in indices.items() if k != "all"},
         )
 
     def _examples(self, split, training, seed):
         import tensorflow as tf
 
-        images, labels = digits_lib.load_digits(split, self.validation_fraction)
+        images, labels = digits_lib.load_digits(split, self.validation_fraction,
+                                                validation_fold=self.validation_fold)
         return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels}), len(labels)
 
 
@@ -315,6 +326,7 @@ def resolve_dataset(
     spec,
     *,
     validation_fraction=0.1,
+    validation_fold=None,
     test_fraction=None,
     data_dir=None,
     download=True,
@@ -346,10 +358,16 @@ def resolve_dataset(
         given = sorted(k for k, v in options.items() if v is not None)
         if given:
             raise ValueError(f"Options {given} only apply to 'tfds:NAME' datasets; the spec is {spec!r}.")
+    if validation_fold is not None and kind != "digits":
+        raise ValueError(
+            f"Option `validation_fold` only applies to the 'digits' dataset; the spec is {spec!r} "
+            "(use validation_fraction, or a TFDS validation_split, for other datasets)."
+        )
     if captions_file is not None and kind != "folder":
         raise ValueError(f"Option `captions_file` only applies to 'folder:PATH' datasets; the spec is {spec!r}.")
     if kind == "digits":
-        source = _DigitsSource(spec, validation_fraction, test_fraction, caption_templates)
+        source = _DigitsSource(spec, validation_fraction, test_fraction, caption_templates,
+                               validation_fold)
     elif kind == "folder":
         source = _FolderSource(
             spec, argument, validation_fraction, test_fraction if test_fraction is not None else DEFAULT_TEST_FRACTION,
@@ -377,7 +395,7 @@ def load_dataset(spec, split="train", **options):
         spec: `"digits"`, `"tfds:NAME"` or `"folder:PATH"`.
         split: `"train"`, `"validation"`, `"test"` or `"all"`.
         **options: the source options of `build_datasets` (`validation_fraction`,
-            `test_fraction`, `data_dir`, `download`, `image_key`, `label_key`,
+            `validation_fold`, `test_fraction`, `data_dir`, `download`, `image_key`, `label_key`,
             `train_split`, `validation_split`, `test_split`, `check_images`).
 
     Returns:
@@ -496,6 +514,9 @@ def build_datasets(spec, image_size=None, batch_size=32, **options):
         seed: int >= 0: shuffle and augmentation seed (splits never depend on it).
         validation_fraction: fraction in [0, 1) of the training data held out
             for validation when the source has no validation split.
+        validation_fold: digits only: None, or `(k, n)` to hold out block `k`
+            of `n` contiguous blocks of the training samples as the validation
+            split (cross-validation; `load_digits`).
         test_fraction: fraction held out for testing when the source has no
             test split (None: 0.2). Digits have a fixed test split.
         shuffle_buffer, cache, drop_remainder, interpolation, batch_map_fn:

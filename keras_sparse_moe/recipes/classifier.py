@@ -66,7 +66,7 @@ RUN_ARTIFACTS = (
 _RESUME_KEYS = (
     "preset", "data", "epochs", "batch_size", "learning_rate", "weight_decay",
     "label_smoothing", "warmup_fraction", "clipnorm", "augment", "seed",
-    "validation_fraction", "overrides", "max_batches", "ema_momentum",
+    "validation_fraction", "overrides", "max_batches", "ema_momentum", "data_options",
 )
 _NO_DECAY = ("bias", "gamma", "beta", "class_token", "position_embedding")
 
@@ -683,6 +683,7 @@ def train_classifier(
     teachers=None,
     distillation_temperature=DEFAULT_TEMPERATURE,
     distillation_weight=DEFAULT_DISTILLATION_WEIGHT,
+    evaluation_split="test",
 ):
     """Train an image classifier from a preset and evaluate it on the test split.
 
@@ -740,6 +741,11 @@ def train_classifier(
             `distillation_weight * T^2 * KL(teachers_T || model_T)`).
         distillation_temperature: float > 0, the softmax temperature `T`.
         distillation_weight: float >= 0, weight of the distillation term.
+        evaluation_split: `"test"`: the final metrics are those of the test
+            split (of the validation split when the dataset has none);
+            `"validation"`: of the validation split, and the test split is
+            never read (cross-validation and recipe selection, see
+            `keras_sparse_moe.recipes.cross_validation`).
 
     Returns:
         The metrics dict also written to `metrics.json` (see
@@ -777,6 +783,7 @@ def train_classifier(
     if early_stopping_patience is not None:
         early_stopping_patience = check_int("early_stopping_patience", early_stopping_patience, minimum=1)
     validation_fraction = check_float("validation_fraction", validation_fraction, minimum=0.0)
+    evaluation_split = check_choice("evaluation_split", evaluation_split, ("test", "validation"))
     routing_examples = check_int("routing_examples", routing_examples, minimum=0)
     if max_batches is not None:
         max_batches = check_int("max_batches", max_batches, minimum=1)
@@ -800,7 +807,7 @@ def train_classifier(
         "early_stopping_patience": early_stopping_patience,
         "validation_fraction": validation_fraction, "overrides": dict(overrides or {}),
         "load_weights": bool(load_weights), "data_options": dict(data_options or {}),
-        "max_batches": max_batches,
+        "max_batches": max_batches, "evaluation_split": evaluation_split,
     }
     if teachers:
         settings["distillation"] = {
@@ -838,7 +845,14 @@ def train_classifier(
     )
     if train is None:
         raise ValueError(f"Dataset {data!r} has no training split.")
-    if test is None:
+    if evaluation_split == "validation":
+        if validation is None:
+            raise ValueError(
+                f"evaluation_split='validation' but dataset {data!r} has no validation split "
+                "with these options; pass validation_fraction > 0."
+            )
+        test = None  # never read the test split
+    elif test is None:
         logger.warning("Dataset %s has no test split: the final metrics use the validation split.", data)
     if model.num_classes != info.num_classes:
         if not isinstance(preset, (str, os.PathLike)) or preset_label.endswith(".keras"):
@@ -973,7 +987,7 @@ def train_classifier(
     _write_json(os.path.join(output_dir, METRICS_FILE), metrics)
     _write_json(os.path.join(output_dir, RUN_FILE), {"status": "finished", "settings": settings})
     logger.info(
-        "%s: test accuracy %.4f, macro-F1 %.4f (%d images); wrote %s.", preset_label,
+        "%s: %s accuracy %.4f, macro-F1 %.4f (%d images); wrote %s.", preset_label, eval_split,
         metrics.get("accuracy", float("nan")), metrics.get("macro_f1", float("nan")),
         metrics.get("examples", 0), output_dir,
     )

@@ -1,6 +1,9 @@
 """Command-line driver of the `recipes/moe_vit.py` and `recipes/dense_vit.py`
 scripts: one recipe (`DIGITS_RECIPE` unless overridden), several seeds, a
 summary of the test metrics, and optionally the trained preset directory.
+With `--cv-folds N` it cross-validates the recipe on the digits training
+split instead (`keras_sparse_moe.recipes.cross_validation`) and never reads
+the test split.
 
 The Keras backend is chosen with the `KERAS_BACKEND` environment variable
 (default tensorflow).
@@ -32,6 +35,20 @@ def _parser(dense):
     parser.add_argument("--epochs", type=int, default=DIGITS_RECIPE["epochs"])
     parser.add_argument("--batch-size", type=int, default=DIGITS_RECIPE["batch_size"])
     parser.add_argument("--learning-rate", type=float, default=DIGITS_RECIPE["learning_rate"])
+    parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                        help="preset override (repeatable), e.g. --set dropout_rate=0.1 "
+                        "--set stochastic_depth=0.1")
+    parser.add_argument("--validation-fraction", type=float,
+                        default=DIGITS_RECIPE["validation_fraction"],
+                        help="share of the training split held out for validation (0: train on "
+                        "all of it)")
+    parser.add_argument("--cv-folds", type=int, default=None, metavar="N",
+                        help="digits only: cross-validate instead (N contiguous folds of the "
+                        "training split, one run per fold and seed); reports the pooled "
+                        "held-out accuracy and never reads the test split")
+    parser.add_argument("--compare-cv", default=None, metavar="CV_SUMMARY_JSON",
+                        help="with --cv-folds: cv_summary.json of another recipe to compare with, "
+                        "image by image (McNemar test)")
     parser.add_argument("--output", default=f"runs/{name}", help="parent directory of the runs")
     parser.add_argument("--save-preset", default=None, metavar="DIR",
                         help="also save, as a preset directory, the model of the seed with the "
@@ -63,15 +80,60 @@ def _row(summary):
     )
 
 
+def _cross_validate(args, recipe, overrides, label):
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from keras_sparse_moe.recipes.cross_validation import cross_validate_classifier
+    from keras_sparse_moe.recipes.cross_validation import paired_comparison
+
+    recipe = {k: v for k, v in recipe.items() if k != "validation_fraction"}
+    table = Table(title=f"{args.data} training split, {args.cv_folds}-fold cross-validation, "
+                  f"{args.epochs} epochs (the test split is not used)")
+    columns = ["model", "seed", "held-out accuracy (pooled)", "per fold"]
+    if args.compare_cv:
+        with open(args.compare_cv, encoding="utf-8") as handle:
+            other = json.load(handle)
+        columns += [f"vs {other['label']} (right only here / only there, McNemar p)"]
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for seed in args.seeds:
+        summary = cross_validate_classifier(
+            args.preset, os.path.join(args.output, f"cv{args.cv_folds}_seed_{seed}"),
+            folds=args.cv_folds, data=args.data, seed=seed, label=label, overrides=overrides,
+            verbose=args.verbose, **recipe,
+        )
+        row = [label, str(seed), f"{summary['accuracy']:.4f} ({summary['correct']}/{summary['examples']})",
+               ", ".join(f"{a:.3f}" for a in summary["fold_accuracies"])]
+        if args.compare_cv:
+            c = paired_comparison(summary, other)
+            row.append(f"{c['only_a']} / {c['only_b']}, p = {c['p_value']:.3f}")
+        table.add_row(*row)
+    Console().print(table)
+    return 0
+
+
 def main(argv=None, dense=False):
     """Run the recipe; returns the exit status."""
     args = _parser(dense).parse_args(argv)
+    if args.cv_folds is not None and (args.save_preset or args.compare):
+        _parser(dense).error("--cv-folds trains on folds of the training split: it cannot be "
+                             "combined with --save-preset or --compare (test-split summaries)")
+    if args.compare_cv and args.cv_folds is None:
+        _parser(dense).error("--compare-cv needs --cv-folds")
+    if args.save_preset and args.validation_fraction == 0 and len(args.seeds) > 1:
+        _parser(dense).error("--save-preset with --validation-fraction 0 has no validation split "
+                             "to choose a seed by: give one seed")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import json
 
     from rich.console import Console
     from rich.table import Table
 
+    from keras_sparse_moe.cli import CLIError
+    from keras_sparse_moe.cli import _overrides
     from keras_sparse_moe.presets import save_to_preset
     from keras_sparse_moe.recipes.classifier import load_classifier
     from keras_sparse_moe.recipes.comparison import best_by_validation
@@ -79,8 +141,11 @@ def main(argv=None, dense=False):
     from keras_sparse_moe.recipes.comparison import train_seeds
 
     recipe = dict(DIGITS_RECIPE, epochs=args.epochs, batch_size=args.batch_size,
-                  learning_rate=args.learning_rate)
-    overrides = recipe.pop("overrides", None)
+                  learning_rate=args.learning_rate, validation_fraction=args.validation_fraction)
+    try:
+        overrides = {**(recipe.pop("overrides", None) or {}), **_overrides(args.set)} or None
+    except CLIError as error:
+        _parser(dense).error(str(error))
     label = args.preset
     if args.teachers:
         recipe.update(teachers=args.teachers,
@@ -90,14 +155,22 @@ def main(argv=None, dense=False):
     if dense:
         overrides = dense_equivalent_overrides(args.preset, overrides)
         label = f"dense ViT ({args.preset}, mlp_dim={overrides['mlp_dim']}, no MoE)"
+    if args.set:
+        label += " " + " ".join(args.set)
+    if args.cv_folds is not None:
+        return _cross_validate(args, recipe, overrides, label)
     summary = train_seeds(args.preset, args.data, args.output, seeds=args.seeds,
                           overrides=overrides, label=label, verbose=args.verbose, **recipe)
     if args.save_preset:
-        best = best_by_validation(summary)
+        if args.validation_fraction > 0:
+            best = best_by_validation(summary)
+            how = f"validation accuracy {best['val_accuracy']:.4f}, "
+        else:
+            best, how = summary["runs"][0], "trained on the whole training split, "
         source = os.path.join(args.output, f"seed_{best['seed']}", "preset")
         path = save_to_preset(load_classifier(source), args.save_preset)
-        print(f"saved the seed-{best['seed']} model (validation accuracy "
-              f"{best['val_accuracy']:.4f}, test accuracy {best['accuracy']:.4f}) as {path}")
+        print(f"saved the seed-{best['seed']} model ({how}test accuracy "
+              f"{best['accuracy']:.4f}) as {path}")
     rows = [_row(summary)]
     if args.compare:
         with open(args.compare, encoding="utf-8") as handle:

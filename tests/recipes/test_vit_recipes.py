@@ -1,0 +1,51 @@
+"""The recipes/moe_vit.py driver: cross-validation, whole-split training, bad flags."""
+
+import json
+import os
+
+import pytest
+
+from keras_sparse_moe.recipes.vit_recipes import main
+
+TINY = ["--set", "num_layers=2", "--set", "hidden_dim=16", "--set", "mlp_dim=16",
+        "--set", "num_heads=2", "--epochs", "1", "--verbose", "0"]
+
+
+def test_cross_validation_prints_pooled_accuracy_and_compares(tmp_path, capsys):
+    out = str(tmp_path / "cv")
+    assert main(["--cv-folds", "2", "--output", out] + TINY) == 0
+    summary_path = os.path.join(out, "cv2_seed_0", "cv_summary.json")
+    summary = json.load(open(summary_path))
+    assert summary["examples"] == 1438 and summary["folds"] == 2
+    assert "num_layers=2" in summary["label"]
+    printed = capsys.readouterr().out
+    assert "cross-validation" in printed and f"/{1438})" in printed
+    # Comparing a recipe with itself: no image differs.
+    assert main(["--cv-folds", "2", "--output", out, "--compare-cv", summary_path] + TINY) == 0
+    assert "0 / 0, p = 1.000" in capsys.readouterr().out
+
+
+def test_whole_training_split_and_save_preset(tmp_path, capsys):
+    out, preset = str(tmp_path / "runs"), str(tmp_path / "preset")
+    assert main(["--validation-fraction", "0", "--output", out, "--save-preset", preset] + TINY) == 0
+    metrics = json.load(open(os.path.join(out, "seed_0", "metrics.json")))
+    assert metrics["dataset"]["counts"]["train"] == 1438
+    assert "validation" not in metrics["dataset"]["counts"]
+    assert os.path.isfile(os.path.join(preset, "config.json"))
+    assert "trained on the whole training split" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--cv-folds", "5", "--save-preset", "x"], "cannot be combined"),
+        (["--compare-cv", "x.json"], "needs --cv-folds"),
+        (["--validation-fraction", "0", "--save-preset", "x", "--seeds", "0", "1"], "give one seed"),
+        (["--set", "no_equals_sign"], "KEY=VALUE"),
+    ],
+)
+def test_bad_flags_exit_with_one_line(argv, match, capsys):
+    with pytest.raises(SystemExit) as error:
+        main(argv)
+    assert error.value.code == 2
+    assert match in capsys.readouterr().err
