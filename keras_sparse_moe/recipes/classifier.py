@@ -744,7 +744,7 @@ def train_classifier(
         evaluation_split: `"test"`: the final metrics are those of the test
             split (of the validation split when the dataset has none);
             `"validation"`: of the validation split, and the test split is
-            never read (cross-validation and recipe selection, see
+            never evaluated (cross-validation and recipe selection, see
             `keras_sparse_moe.recipes.cross_validation`).
 
     Returns:
@@ -851,7 +851,7 @@ def train_classifier(
                 f"evaluation_split='validation' but dataset {data!r} has no validation split "
                 "with these options; pass validation_fraction > 0."
             )
-        test = None  # never read the test split
+        test = None  # never evaluate on the test split
     elif test is None:
         logger.warning("Dataset %s has no test split: the final metrics use the validation split.", data)
     if model.num_classes != info.num_classes:

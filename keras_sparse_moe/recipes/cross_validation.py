@@ -8,7 +8,7 @@ each fold holding out one of `folds` contiguous blocks of the 1,438 training
 samples (`load_digits(validation_fold=(k, n))`), and pools the held-out
 predictions: every training image is predicted once by a model that never
 saw it, so two recipes are compared on 1,438 images, paired image by image.
-The test split is never read (`train_classifier(evaluation_split=
+No model is evaluated on the test split (`train_classifier(evaluation_split=
 "validation")`).
 
 Example (5 folds of the shipped recipe, about 10 minutes on 2 CPU cores):

@@ -2,7 +2,7 @@
 scripts: one recipe (`DIGITS_RECIPE` unless overridden), several seeds, a
 summary of the test metrics, and optionally the trained preset directory.
 With `--cv-folds N` it cross-validates the recipe on the digits training
-split instead (`keras_sparse_moe.recipes.cross_validation`) and never reads
+split instead (`keras_sparse_moe.recipes.cross_validation`) and never evaluates on
 the test split.
 
 The Keras backend is chosen with the `KERAS_BACKEND` environment variable
@@ -45,7 +45,7 @@ def _parser(dense):
     parser.add_argument("--cv-folds", type=int, default=None, metavar="N",
                         help="digits only: cross-validate instead (N contiguous folds of the "
                         "training split, one run per fold and seed); reports the pooled "
-                        "held-out accuracy and never reads the test split")
+                        "held-out accuracy and never evaluates on the test split")
     parser.add_argument("--compare-cv", default=None, metavar="CV_SUMMARY_JSON",
                         help="with --cv-folds: cv_summary.json of another recipe to compare with, "
                         "image by image (McNemar test)")
