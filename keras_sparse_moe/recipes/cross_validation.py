@@ -55,8 +55,11 @@ def cross_validate_classifier(preset, output_dir, *, folds=5, data="digits", see
         seed: int >= 0, the same for every fold.
         label: name of the recipe in the summary (default: `preset`).
         **recipe: other `train_classifier` arguments (epochs, overrides,
-            augment, teachers, ...). `data_options` may not set
-            `validation_fold`.
+            augment, ...). `data_options` may not set `validation_fold`.
+            `teachers` (distillation) may be path templates with `{fold}`,
+            e.g. `"runs/cv_a/fold_{fold}/model.keras"`: fold `k` then
+            distils the teachers of the same fold, which have not seen its
+            held-out block either.
 
     Returns:
         A dict: `label`, `preset`, `folds`, `seed`, `recipe`, `accuracy`
@@ -92,6 +95,16 @@ def cross_validate_classifier(preset, output_dir, *, folds=5, data="digits", see
     data_options = dict(recipe.pop("data_options", None) or {})
     if "validation_fold" in data_options:
         raise ValueError("`data_options` may not set `validation_fold`: each fold sets its own.")
+    teachers = recipe.pop("teachers", None)
+    if isinstance(teachers, (str, os.PathLike)):
+        teachers = [teachers]
+    for teacher in teachers or ():
+        if not (isinstance(teacher, str) and "{fold}" in teacher):
+            logger.warning(
+                "Teacher %r is the same for every fold: if it was trained on the digits training "
+                "split it has seen the held-out blocks, and the cross-validated accuracy is "
+                "optimistic. Give per-fold teachers as templates with '{fold}'.", teacher,
+            )
     recipe.setdefault("save_preset", False)
     recipe.setdefault("plots", False)
     recipe.setdefault("routing_examples", 0)
@@ -105,7 +118,8 @@ def cross_validate_classifier(preset, output_dir, *, folds=5, data="digits", see
         metrics, model = train_classifier(
             preset, data, os.path.join(output_dir, f"fold_{k}"), seed=seed,
             data_options={**data_options, "validation_fold": fold},
-            evaluation_split="validation", validation_fraction=0.1, return_model=True, **recipe,
+            evaluation_split="validation", validation_fraction=0.1, return_model=True,
+            **recipe, **_fold_teachers(teachers, k),
         )
         images, fold_labels = load_digits("validation", validation_fold=fold)
         index = _fold_indices(fold)
@@ -123,7 +137,7 @@ def cross_validate_classifier(preset, output_dir, *, folds=5, data="digits", see
         "data": data,
         "folds": folds,
         "seed": seed,
-        "recipe": recipe,
+        "recipe": dict(recipe, **({"teachers": teachers} if teachers else {})),
         "accuracy": correct / DIGITS_TEST_START,
         "correct": correct,
         "examples": DIGITS_TEST_START,
@@ -137,6 +151,13 @@ def cross_validate_classifier(preset, output_dir, *, folds=5, data="digits", see
     atomic_write_text(os.path.join(output_dir, SUMMARY_FILE),
                       json.dumps(summary, indent=1, default=str) + "\n")
     return summary
+
+
+def _fold_teachers(teachers, k):
+    """`{"teachers": [...]}` for fold `k` (templates filled in), or `{}`."""
+    if not teachers:
+        return {}
+    return {"teachers": [t.format(fold=k) if isinstance(t, str) else t for t in teachers]}
 
 
 def _fold_indices(fold):

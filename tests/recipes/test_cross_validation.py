@@ -51,6 +51,17 @@ def test_rerun_reuses_the_finished_folds(three_folds):
     assert again["predictions"] == summary["predictions"]
 
 
+def test_each_fold_distils_the_teachers_of_the_same_fold(three_folds, tmp_path):
+    out, _ = three_folds
+    template = os.path.join(out, "fold_{fold}", "model.keras")
+    summary = cross_validate_classifier("moe_vit_tiny", str(tmp_path), folds=3, seed=2,
+                                        teachers=[template], **QUICK)
+    assert summary["recipe"]["teachers"] == [template]
+    for k in range(3):
+        run = json.load(open(os.path.join(tmp_path, f"fold_{k}", "run.json")))
+        assert run["settings"]["distillation"]["teachers"] == [template.format(fold=k)]
+
+
 def test_paired_comparison_is_an_exact_mcnemar_test():
     labels = np.zeros(100, int)
     a = {"folds": 5, "labels": labels.tolist(), "predictions": labels.tolist()}
