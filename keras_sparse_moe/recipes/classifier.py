@@ -898,13 +898,17 @@ def train_classifier(
     _compile(model)  # the saved model carries these compile settings
     trainer = model
     if teachers:
-        trainer, train, validation = _distiller(
+        # `fit_validation` is preprocessed for the Distiller; the evaluation
+        # below runs the model (which preprocesses itself) on `validation`.
+        trainer, train, fit_validation = _distiller(
             model, teachers, train, validation, distillation_temperature, distillation_weight
         )
         # The same optimizer: the Distiller builds and updates it on the
         # student's variables, so the student's saved optimizer state matches
         # its weights (and reloads without a warning).
         _compile(trainer)
+    else:
+        fit_validation = validation
     monitor = "val_loss" if validation is not None else "loss"
     # RoutingStatistics first: it adds its values to the epoch logs that the
     # CSV logger and the checkpoints then see.
@@ -930,7 +934,7 @@ def train_classifier(
         warnings.filterwarnings("ignore", message=r".*shuffle=True.*")
         history = trainer.fit(
             train,
-            validation_data=validation,
+            validation_data=fit_validation,
             epochs=epochs,
             callbacks=fit_callbacks,
             verbose=verbose,

@@ -187,6 +187,26 @@ def test_train_classifier_distils_into_a_classifier(teacher_run, tmp_path):
         assert json.load(handle)["status"] == "finished"
 
 
+def test_distilled_student_evaluated_on_validation_sees_raw_images(teacher_run, tmp_path):
+    # The Distiller's validation pipeline is preprocessed (it is not a
+    # keras-hub Task); the final evaluation must use the raw one, as
+    # model.predict does, or the images are rescaled twice.
+    from keras_sparse_moe.data import load_digits
+
+    out = str(tmp_path / "student")
+    metrics, student = train_classifier(
+        "moe_vit_tiny", "digits", out, seed=1, teachers=[teacher_run],
+        evaluation_split="validation", return_model=True, **QUICK,
+    )
+    assert metrics["split"] == "validation"
+    images, labels = load_digits("validation")
+    n = metrics["examples"]
+    predictions = np.argmax(student.predict(images[:n].astype("float32"), verbose=0), axis=-1)
+    confusion = np.zeros((10, 10), int)
+    np.add.at(confusion, (labels[:n], predictions), 1)
+    np.testing.assert_array_equal(metrics["confusion_matrix"], confusion)
+
+
 def test_train_classifier_rejects_teachers_that_do_not_fit(teacher_run, tmp_path):
     with pytest.raises(ValueError, match="predicts 3 classes"):
         train_classifier("moe_vit_tiny", "digits", str(tmp_path / "a"),
