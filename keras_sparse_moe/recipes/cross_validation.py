@@ -11,7 +11,7 @@ saw it, so two recipes are compared on 1,438 images, paired image by image.
 No model is evaluated on the test split (`train_classifier(evaluation_split=
 "validation")`).
 
-Example (5 folds of the shipped recipe, about 10 minutes on 2 CPU cores):
+Example (5 folds of the shipped recipe, about 20 minutes on 2 CPU cores):
 
     from keras_sparse_moe.recipes.classifier import DIGITS_RECIPE
     from keras_sparse_moe.recipes.cross_validation import cross_validate_classifier

@@ -91,24 +91,34 @@ def _cross_validate(args, recipe, overrides, label):
 
     recipe = {k: v for k, v in recipe.items() if k != "validation_fraction"}
     table = Table(title=f"{args.data} training split, {args.cv_folds}-fold cross-validation, "
-                  f"{args.epochs} epochs (the test split is not used)")
+                  f"{args.epochs} epochs (no model is evaluated on the test split)")
     columns = ["model", "seed", "held-out accuracy (pooled)", "per fold"]
     if args.compare_cv:
-        with open(args.compare_cv, encoding="utf-8") as handle:
-            other = json.load(handle)
+        try:
+            with open(args.compare_cv, encoding="utf-8") as handle:
+                other = json.load(handle)
+            missing = [key for key in ("label", "labels", "predictions") if key not in other]
+            if missing:
+                raise ValueError(f"no {missing}")
+        except (OSError, ValueError, TypeError) as error:
+            _parser(args.dense).error(f"--compare-cv {args.compare_cv!r} is not a readable "
+                                      f"cv_summary.json ({error})")
         columns += [f"vs {other['label']} (right only here / only there, McNemar p)"]
     for column in columns:
         table.add_column(column, overflow="fold")
     for seed in args.seeds:
-        summary = cross_validate_classifier(
-            args.preset, os.path.join(args.output, f"cv{args.cv_folds}_seed_{seed}"),
-            folds=args.cv_folds, data=args.data, seed=seed, label=label, overrides=overrides,
-            verbose=args.verbose, **recipe,
-        )
+        try:
+            summary = cross_validate_classifier(
+                args.preset, os.path.join(args.output, f"cv{args.cv_folds}_seed_{seed}"),
+                folds=args.cv_folds, data=args.data, seed=seed, label=label, overrides=overrides,
+                verbose=args.verbose, **recipe,
+            )
+            c = paired_comparison(summary, other) if args.compare_cv else None
+        except ValueError as error:
+            _parser(args.dense).error(str(error))
         row = [label, str(seed), f"{summary['accuracy']:.4f} ({summary['correct']}/{summary['examples']})",
                ", ".join(f"{a:.3f}" for a in summary["fold_accuracies"])]
-        if args.compare_cv:
-            c = paired_comparison(summary, other)
+        if c is not None:
             row.append(f"{c['only_a']} / {c['only_b']}, p = {c['p_value']:.3f}")
         table.add_row(*row)
     Console().print(table)
@@ -118,6 +128,7 @@ def _cross_validate(args, recipe, overrides, label):
 def main(argv=None, dense=False):
     """Run the recipe; returns the exit status."""
     args = _parser(dense).parse_args(argv)
+    args.dense = dense
     if args.cv_folds is not None and (args.save_preset or args.compare):
         _parser(dense).error("--cv-folds trains on folds of the training split: it cannot be "
                              "combined with --save-preset or --compare (test-split summaries)")

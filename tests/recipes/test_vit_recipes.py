@@ -42,6 +42,9 @@ def test_whole_training_split_and_save_preset(tmp_path, capsys):
         (["--compare-cv", "x.json"], "needs --cv-folds"),
         (["--validation-fraction", "0", "--save-preset", "x", "--seeds", "0", "1"], "give one seed"),
         (["--set", "no_equals_sign"], "KEY=VALUE"),
+        (["--cv-folds", "5", "--compare-cv", "missing.json"], "not a readable cv_summary.json"),
+        (["--cv-folds", "1"], "`folds` must be"),
+        (["--cv-folds", "5", "--data", "tfds:mnist"], "needs the 'digits' dataset"),
     ],
 )
 def test_bad_flags_exit_with_one_line(argv, match, capsys):
