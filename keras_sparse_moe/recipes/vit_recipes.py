@@ -64,6 +64,8 @@ def _parser(dense):
     parser.add_argument("--compare", default=None, metavar="SUMMARY_JSON",
                         help="summary.json of another recipe run to print beside this one")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
+    # Smoke runs (tests): at most this many batches of each split per epoch.
+    parser.add_argument("--max-batches", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -152,7 +154,8 @@ def main(argv=None, dense=False):
     from keras_sparse_moe.recipes.comparison import train_seeds
 
     recipe = dict(DIGITS_RECIPE, epochs=args.epochs, batch_size=args.batch_size,
-                  learning_rate=args.learning_rate, validation_fraction=args.validation_fraction)
+                  learning_rate=args.learning_rate, validation_fraction=args.validation_fraction,
+                  max_batches=args.max_batches)
     try:
         overrides = {**(recipe.pop("overrides", None) or {}), **_overrides(args.set)} or None
     except CLIError as error:

@@ -17,13 +17,13 @@ QUICK = dict(overrides=TINY, epochs=1, max_batches=2, batch_size=32, verbose=0,
 
 
 @pytest.fixture(scope="module")
-def three_folds(tmp_path_factory):
+def two_folds(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("cv"))
-    return out, cross_validate_classifier("moe_vit_tiny", out, folds=3, seed=1, **QUICK)
+    return out, cross_validate_classifier("moe_vit_tiny", out, folds=2, seed=1, **QUICK)
 
 
-def test_every_training_image_is_predicted_once_by_a_model_that_never_saw_it(three_folds):
-    out, summary = three_folds
+def test_every_training_image_is_predicted_once_by_a_model_that_never_saw_it(two_folds):
+    out, summary = two_folds
     _, labels = load_digits("train", validation_fraction=0.0)
     assert summary["examples"] == 1438 and len(summary["predictions"]) == 1438
     np.testing.assert_array_equal(summary["labels"], labels)
@@ -31,10 +31,10 @@ def test_every_training_image_is_predicted_once_by_a_model_that_never_saw_it(thr
     predictions = np.asarray(summary["predictions"])
     assert summary["correct"] == int(np.sum(predictions == labels))
     assert summary["accuracy"] == pytest.approx(summary["correct"] / 1438)
-    blocks = [(0, 480), (480, 959), (959, 1438)]
+    blocks = [(0, 719), (719, 1438)]
     for k, (start, stop) in enumerate(blocks):
         run = json.load(open(os.path.join(out, f"fold_{k}", "run.json")))
-        assert run["settings"]["data_options"] == {"validation_fold": [k, 3]}
+        assert run["settings"]["data_options"] == {"validation_fold": [k, 2]}
         assert run["settings"]["evaluation_split"] == "validation"
         metrics = json.load(open(os.path.join(out, f"fold_{k}", "metrics.json")))
         # The fold's final metrics are those of its held-out block, not of the test split.
@@ -42,22 +42,22 @@ def test_every_training_image_is_predicted_once_by_a_model_that_never_saw_it(thr
         fold_accuracy = float(np.mean(predictions[start:stop] == labels[start:stop]))
         assert summary["fold_accuracies"][k] == pytest.approx(fold_accuracy)
     saved = json.load(open(os.path.join(out, "cv_summary.json")))
-    assert saved["predictions"] == summary["predictions"] and saved["folds"] == 3
+    assert saved["predictions"] == summary["predictions"] and saved["folds"] == 2
 
 
-def test_rerun_reuses_the_finished_folds(three_folds):
-    out, summary = three_folds
-    again = cross_validate_classifier("moe_vit_tiny", out, folds=3, seed=1, **QUICK)
+def test_rerun_reuses_the_finished_folds(two_folds):
+    out, summary = two_folds
+    again = cross_validate_classifier("moe_vit_tiny", out, folds=2, seed=1, **QUICK)
     assert again["predictions"] == summary["predictions"]
 
 
-def test_each_fold_distils_the_teachers_of_the_same_fold(three_folds, tmp_path):
-    out, _ = three_folds
+def test_each_fold_distils_the_teachers_of_the_same_fold(two_folds, tmp_path):
+    out, _ = two_folds
     template = os.path.join(out, "fold_{fold}", "model.keras")
-    summary = cross_validate_classifier("moe_vit_tiny", str(tmp_path), folds=3, seed=2,
+    summary = cross_validate_classifier("moe_vit_tiny", str(tmp_path), folds=2, seed=2,
                                         teachers=[template], **QUICK)
     assert summary["recipe"]["teachers"] == [template]
-    for k in range(3):
+    for k in range(2):
         run = json.load(open(os.path.join(tmp_path, f"fold_{k}", "run.json")))
         assert run["settings"]["distillation"]["teachers"] == [template.format(fold=k)]
 

@@ -8,7 +8,7 @@ import pytest
 from keras_sparse_moe.recipes.vit_recipes import main
 
 TINY = ["--set", "num_layers=2", "--set", "hidden_dim=16", "--set", "mlp_dim=16",
-        "--set", "num_heads=2", "--epochs", "1", "--verbose", "0"]
+        "--set", "num_heads=2", "--epochs", "1", "--verbose", "0", "--max-batches", "2"]
 
 
 def test_cross_validation_prints_pooled_accuracy_and_compares(tmp_path, capsys):
