@@ -154,7 +154,7 @@ def load_digits(split="train", validation_fraction=0.1, normalize=False, validat
     ((359, 8, 8, 1), 'uint8', (359,), 16)
     """
     check_choice("split", split, SPLITS)
-    indices = digits_split_indices(validation_fraction, check_validation_fold(validation_fold))
+    indices = digits_split_indices(validation_fraction, validation_fold)
     if split not in indices:
         raise ValueError(
             "The digits 'validation' split is empty because validation_fraction=0; "

@@ -75,6 +75,7 @@ def cross_validate_classifier(preset, output_dir, *, folds=5, data="digits", see
     >>> s["examples"], len(s["predictions"]), len(s["fold_accuracies"])
     (1438, 1438, 2)
     """
+    from keras_sparse_moe.data import digits_split_indices
     from keras_sparse_moe.data import load_digits
     from keras_sparse_moe.data import parse_spec
     from keras_sparse_moe.data.digits import DIGITS_TEST_START
@@ -122,7 +123,7 @@ def cross_validate_classifier(preset, output_dir, *, folds=5, data="digits", see
             **recipe, **_fold_teachers(teachers, k),
         )
         images, fold_labels = load_digits("validation", validation_fold=fold)
-        index = _fold_indices(fold)
+        index = digits_split_indices(validation_fold=fold)["validation"]
         logits = model.predict(images.astype("float32"), batch_size=256, verbose=0)
         predictions[index] = np.argmax(logits, axis=-1)
         labels[index] = fold_labels
@@ -158,13 +159,6 @@ def _fold_teachers(teachers, k):
     if not teachers:
         return {}
     return {"teachers": [t.format(fold=k) if isinstance(t, str) else t for t in teachers]}
-
-
-def _fold_indices(fold):
-    from keras_sparse_moe.data.digits import digits_fold_range
-
-    start, stop = digits_fold_range(fold)
-    return np.arange(start, stop)
 
 
 def paired_comparison(summary_a, summary_b):

@@ -82,7 +82,7 @@ def _row(summary):
     )
 
 
-def _cross_validate(args, recipe, overrides, label):
+def _cross_validate(parser, args, recipe, overrides, label):
     import json
 
     from rich.console import Console
@@ -103,8 +103,8 @@ def _cross_validate(args, recipe, overrides, label):
             if missing:
                 raise ValueError(f"no {missing}")
         except (OSError, ValueError, TypeError) as error:
-            _parser(args.dense).error(f"--compare-cv {args.compare_cv!r} is not a readable "
-                                      f"cv_summary.json ({error})")
+            parser.error(f"--compare-cv {args.compare_cv!r} is not a readable "
+                         f"cv_summary.json ({error})")
         columns += [f"vs {other['label']} (right only here / only there, McNemar p)"]
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -117,7 +117,7 @@ def _cross_validate(args, recipe, overrides, label):
             )
             c = paired_comparison(summary, other) if args.compare_cv else None
         except ValueError as error:
-            _parser(args.dense).error(str(error))
+            parser.error(str(error))
         row = [label, str(seed), f"{summary['accuracy']:.4f} ({summary['correct']}/{summary['examples']})",
                ", ".join(f"{a:.3f}" for a in summary["fold_accuracies"])]
         if c is not None:
@@ -129,15 +129,15 @@ def _cross_validate(args, recipe, overrides, label):
 
 def main(argv=None, dense=False):
     """Run the recipe; returns the exit status."""
-    args = _parser(dense).parse_args(argv)
-    args.dense = dense
+    parser = _parser(dense)
+    args = parser.parse_args(argv)
     if args.cv_folds is not None and (args.save_preset or args.compare):
-        _parser(dense).error("--cv-folds trains on folds of the training split: it cannot be "
+        parser.error("--cv-folds trains on folds of the training split: it cannot be "
                              "combined with --save-preset or --compare (test-split summaries)")
     if args.compare_cv and args.cv_folds is None:
-        _parser(dense).error("--compare-cv needs --cv-folds")
+        parser.error("--compare-cv needs --cv-folds")
     if args.save_preset and args.validation_fraction == 0 and len(args.seeds) > 1:
-        _parser(dense).error("--save-preset with --validation-fraction 0 has no validation split "
+        parser.error("--save-preset with --validation-fraction 0 has no validation split "
                              "to choose a seed by: give one seed")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import json
@@ -159,7 +159,7 @@ def main(argv=None, dense=False):
     try:
         overrides = {**(recipe.pop("overrides", None) or {}), **_overrides(args.set)} or None
     except CLIError as error:
-        _parser(dense).error(str(error))
+        parser.error(str(error))
     label = args.preset
     if args.teachers:
         recipe.update(teachers=args.teachers,
@@ -172,7 +172,7 @@ def main(argv=None, dense=False):
     if args.set:
         label += " " + " ".join(args.set)
     if args.cv_folds is not None:
-        return _cross_validate(args, recipe, overrides, label)
+        return _cross_validate(parser, args, recipe, overrides, label)
     summary = train_seeds(args.preset, args.data, args.output, seeds=args.seeds,
                           overrides=overrides, label=label, verbose=args.verbose, **recipe)
     if args.save_preset:
