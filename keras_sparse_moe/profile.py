@@ -768,11 +768,27 @@ def _profile_moe_vit_config(cls, config):
     from keras_sparse_moe.models.moe_vit.moe_layer_schedule import split_moe_kwargs
 
     from keras_sparse_moe.models.moe_vit.moe_vit_backbone import _check_image_shape
+    from keras_sparse_moe.models.moe_vit.moe_vit_backbone import _check_stem_channels
+    from keras_sparse_moe.models.moe_vit.moe_vit_backbone import stem_geometry
 
     args = {**_init_defaults(cls), **config}
-    _check_image_shape(args["image_shape"], args["patch_size"])
+    image_shape, patch = _check_image_shape(args["image_shape"], args["patch_size"])
+    stem_channels = _check_stem_channels(args.get("stem_channels"), patch)
+    # The patch embedding sees the stem's output (stride-2 3x3 convolutions).
+    stem_params = stem_flops = 0
+    height, width, channels = image_shape
+    for out_channels in stem_channels:
+        height, width = -(-height // 2), -(-width // 2)  # "same" padding, stride 2
+        kernel = 3 * 3 * channels * out_channels
+        stem_params += kernel + out_channels
+        stem_flops += 2 * height * width * kernel
+        channels = out_channels
+    embedded_shape, embedded_patch = stem_geometry(image_shape, patch, stem_channels)
     use_class_token = args["pooling"] == "token"
-    dense = _vit_dense_profile(args, use_class_token, {"patch": True, "mha": True, "mlp": True})
+    dense = _vit_dense_profile(
+        {**args, "image_shape": embedded_shape, "patch_size": embedded_patch},
+        use_class_token, {"patch": True, "mha": True, "mlp": True},
+    )
     tokens, dim, mlp = dense["tokens"], dense["dim"], dense["mlp"]
     num_layers = int(args["num_layers"])
     moe_indices = resolve_moe_layers(args["moe_layers"], num_layers)
@@ -781,8 +797,8 @@ def _profile_moe_vit_config(cls, config):
             ("num_experts", "top_k", "router", "capacity_factor", "eval_capacity_factor")}
     moe_defaults = _init_defaults(SparseMoE)
 
-    params = dense["embedding_params"] + dense["final_params"]
-    flops = dense["embedding_flops"]
+    params = stem_params + dense["embedding_params"] + dense["final_params"]
+    flops = stem_flops + dense["embedding_flops"]
     non_trainable = 0
     moe_profiles = []
     for index in range(num_layers):

@@ -25,10 +25,12 @@ class _DenseViT:
     Attributes: `config` (MoEViTBackbone arguments), `embedding` (a
     keras-hub `ViTPatchingAndEmbedding`), `blocks` (list of dicts with
     `norm1`, `attention`, `norm2`, `mlp_in`, `mlp_out` layers),
-    `final_norm`, `mlp_bias` (whether the dense MLPs have biases).
+    `final_norm`, `mlp_bias` (whether the dense MLPs have biases), `stem`
+    (the convolutional stem's `Conv2D` layers, in order; empty without one).
     """
 
-    def __init__(self, config, embedding, blocks, final_norm, mlp_bias):
+    def __init__(self, config, embedding, blocks, final_norm, mlp_bias, stem=()):
+        self.stem = list(stem)
         self.config = config
         self.embedding = embedding
         self.blocks = blocks
@@ -91,8 +93,8 @@ def _from_dense_moe_vit(backbone):
     config = backbone.get_config()
     keep = (
         "image_shape", "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim",
-        "pooling", "dropout_rate", "attention_dropout", "stochastic_depth",
-        "layer_norm_epsilon",
+        "pooling", "stem_channels", "dropout_rate", "attention_dropout",
+        "stochastic_depth", "layer_norm_epsilon",
     )
     config = {key: config[key] for key in keep}
     config["dtype"] = _dtype_name(backbone)
@@ -112,6 +114,8 @@ def _from_dense_moe_vit(backbone):
         blocks,
         backbone.get_layer("final_norm"),
         True,
+        stem=[backbone.get_layer(f"stem_conv_{i}")
+              for i in range(len(backbone.stem_channels or ()))],
     )
 
 
@@ -347,6 +351,8 @@ def upcycle(
     moe_backbone = MoEViTBackbone(**config)
 
     rng = np.random.default_rng(seed)
+    for index, conv in enumerate(source.stem):
+        _copy_dense(moe_backbone.get_layer(f"stem_conv_{index}"), conv, f"stem_conv_{index}")
     _copy_embedding(moe_backbone.get_layer("patching_and_embedding"), source.embedding)
     for index, (block, dense) in enumerate(zip(moe_backbone.encoder_blocks, source.blocks)):
         what = f"encoder_block_{index}"

@@ -91,8 +91,12 @@ def test_tiny_moe_vit_matches_hand_count():
          "eval_capacity_factor": 2.0},
         {"capacity_factor": None, "pooling": "gap", "num_layers": 3,
          "moe_kwargs": {2: {"num_experts": 2, "top_k": 1}}, "moe_layers": [0, 2]},
+        {"stem_channels": [8, 12]},
+        {"stem_channels": [8], "patch_size": (4, 2), "image_shape": (12, 10, 3),
+         "pooling": "gap"},
     ],
-    ids=["expert_choice", "soft", "groups_gated", "dropless_gap_per_block"],
+    ids=["expert_choice", "soft", "groups_gated", "dropless_gap_per_block", "stem",
+         "stem_odd_grid"],
 )
 def test_profile_config_equals_profile(overrides):
     config = {**TINY, **overrides}
@@ -100,6 +104,19 @@ def test_profile_config_equals_profile(overrides):
     measured = profile(model)
     assert without_name(profile_config(MoEViTBackbone, config)) == without_name(measured)
     assert measured.params_total == weight_count(model.trainable_weights)
+
+
+def test_stem_counts_by_hand():
+    """A two-convolution stem on 16x16x3: 8x8 then 4x4 positions, and the
+    patch embedding becomes a 1x1 convolution over the stem's channels."""
+    plain = profile_config(MoEViTBackbone, TINY)
+    stem = profile_config(MoEViTBackbone, {**TINY, "stem_channels": [8, 12]})
+    conv_params = (9 * 3 * 8 + 8) + (9 * 8 * 12 + 12)
+    conv_flops = 2 * 64 * 9 * 3 * 8 + 2 * 16 * 9 * 8 * 12
+    patch_kernel_change = 12 * 32 - 4 * 4 * 3 * 32  # 1x1x12 instead of 4x4x3
+    assert stem.params_total - plain.params_total == conv_params + patch_kernel_change
+    assert stem.params_active - plain.params_active == conv_params + patch_kernel_change
+    assert stem.flops - plain.flops == conv_flops + 2 * 16 * patch_kernel_change
 
 
 def test_active_parameter_conventions():

@@ -93,10 +93,12 @@ def test_other_routers_start_from_the_dense_experts(router):
     assert moe.get_layer("encoder_block_1").mlp.router_type == router
 
 
-def test_upcycle_dense_moe_vit_backbone():
-    dense = randomized(MoEViTBackbone(**DENSE, moe_layers="none"))
+@pytest.mark.parametrize("stem_channels", [None, [8, 12]], ids=["patchify", "stem"])
+def test_upcycle_dense_moe_vit_backbone(stem_channels):
+    dense = randomized(MoEViTBackbone(**DENSE, moe_layers="none", stem_channels=stem_channels))
     moe = upcycle(dense, num_experts=4, moe_layers="every_2", capacity_factor=None)
     assert moe.moe_layer_indices == (1,)
+    assert moe.stem_channels == stem_channels
     x = images()
     assert max_diff(moe, dense, x) <= 1e-5
 

@@ -132,3 +132,25 @@ def test_fixed_batch_size_export(tmp_path, data):
     got = runner(data)  # 6 images: one full batch, one padded
     want = keras.ops.convert_to_numpy(model.predict(data, verbose=0))
     assert got.shape == want.shape and np.max(np.abs(got - want)) <= 1e-4
+
+
+def test_moe_vit_with_convolutional_stem_is_builtin_only(tmp_path):
+    """The stem's stride-2 "same" convolutions (asymmetric padding) and GELU
+    convert to builtin ops from every backend and match Keras."""
+    from keras_sparse_moe.models import MoEViTBackbone
+    from keras_sparse_moe.models import MoEViTImageClassifier
+
+    keras.utils.set_random_seed(3)
+    backbone = MoEViTBackbone(
+        image_shape=(16, 16, 1), patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+        mlp_dim=32, num_experts=4, top_k=2, pooling="gap", stem_channels=[8, 16],
+    )
+    model = MoEViTImageClassifier(backbone, num_classes=3)
+    path = ksm.export_litert(model, tmp_path / "stem.tflite", batch_size=2)
+    ops = list_litert_ops(path)
+    assert non_builtin_ops(ops) == [], ops
+    assert "CONV_2D" in ops and "GELU" in ops, ops
+    x = np.random.default_rng(1).random((4, 16, 16, 1), dtype=np.float32)
+    got = LiteRTModel(path)(x)
+    want = keras.ops.convert_to_numpy(model.predict(x, verbose=0))
+    assert np.max(np.abs(got - want)) <= 1e-4

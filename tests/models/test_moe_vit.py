@@ -157,6 +157,10 @@ def test_stochastic_depth_increases_linearly():
         ({"moe_kwargs": {"intermediate_dim": 3}}, "mlp_dim"),
         ({"moe_kwargs": {0: {"top_k": 1}}}, "not a MoE block"),
         ({"moe_kwargs": [1]}, "moe_kwargs"),
+        ({"stem_channels": 8}, r"stem_channels=8"),
+        ({"stem_channels": [8, 0]}, r"stem_channels=\[8, 0\]"),
+        ({"stem_channels": [8, True]}, "stem_channels"),
+        ({"stem_channels": [4, 4, 4]}, r"divisible by 2\*\*len\(stem_channels\) = 8.*at most 2"),
     ],
 )
 def test_backbone_rejects_bad_arguments(kwargs, match):
@@ -171,20 +175,107 @@ def test_backbone_config_round_trip_through_json():
         moe_layers=[0, 2],
         moe_kwargs={"noise_std": 0.5, 2: {"num_experts": 2}},
         dropout_rate=0.1,
+        stem_channels=[4, 8],
     )
     config = json.loads(json.dumps(backbone.get_config()))
     restored = MoEViTBackbone.from_config(config)
     assert restored.get_config() == backbone.get_config()
     assert restored.moe_layer_indices == (0, 2)
     assert restored.sparse_moe_layers[1].num_experts == 2
+    assert restored.stem_channels == [4, 8]
     assert trainable_count(restored) == trainable_count(backbone)
 
 
-def test_param_counts_from_config_match_the_built_model():
-    backbone = tiny(num_layers=4, moe_kwargs={"gated": True, 3: {"num_experts": 2}})
+@pytest.mark.parametrize("stem_channels", [None, [6]], ids=["patchify", "stem"])
+def test_param_counts_from_config_match_the_built_model(stem_channels):
+    backbone = tiny(num_layers=4, moe_kwargs={"gated": True, 3: {"num_experts": 2}},
+                    stem_channels=stem_channels)
     counts = MoEViTBackbone.param_counts_from_config(backbone.get_config())
     assert counts["total"] == trainable_count(backbone)
     assert 0 < counts["active"] < counts["total"]
+
+
+# ------------------------------------------------------- convolutional stem
+def _conv_same_stride2_gelu(x, kernel, bias):
+    """NumPy reference: 3x3 convolution, stride 2, "same" padding as Keras
+    defines it (the extra padding row/column goes after), then exact GELU."""
+    from math import erf
+
+    batch, height, width, _ = x.shape
+    out_h, out_w = -(-height // 2), -(-width // 2)
+    pad_h = max((out_h - 1) * 2 + 3 - height, 0)
+    pad_w = max((out_w - 1) * 2 + 3 - width, 0)
+    padded = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                        (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    out = np.zeros((batch, out_h, out_w, kernel.shape[-1]), "float64")
+    for i in range(out_h):
+        for j in range(out_w):
+            window = padded[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3, :]
+            out[:, i, j] = np.tensordot(window, kernel, axes=([1, 2, 3], [0, 1, 2]))
+    out += bias
+    return 0.5 * out * (1 + np.vectorize(erf)(out / np.sqrt(2)))
+
+
+def _embedding_model(backbone):
+    layer = backbone.get_layer("patching_and_embedding")
+    return keras.Model(backbone.input, layer.output)
+
+
+def test_convolutional_stem_matches_numpy_reference():
+    backbone = tiny(image_shape=(8, 12, 2), patch_size=(4, 4), stem_channels=[3, 5],
+                    pooling="gap")
+    assert backbone.grid_size == (2, 3) and backbone.num_tokens == 6
+    assert tuple(backbone.output.shape) == (None, 6, 16)
+    convs = [backbone.get_layer(f"stem_conv_{i}") for i in range(2)]
+    assert [tuple(c.kernel.shape) for c in convs] == [(3, 3, 2, 3), (3, 3, 3, 5)]
+    embedding = backbone.get_layer("patching_and_embedding")
+    # Two halvings: the patch embedding is a 1x1 convolution over 5 channels.
+    assert tuple(embedding.patch_embedding.kernel.shape) == (1, 1, 5, 16)
+
+    x = images(2, (8, 12, 2))
+    want = x.astype("float64")
+    for conv in convs:
+        kernel, bias = (keras.ops.convert_to_numpy(w) for w in conv.weights)
+        want = _conv_same_stride2_gelu(want, kernel, bias)
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in embedding.patch_embedding.weights)
+    tokens = want.reshape(2, 6, 5) @ kernel.reshape(5, 16) + bias
+    positions = keras.ops.convert_to_numpy(embedding.position_embedding.embeddings)
+    got = keras.ops.convert_to_numpy(_embedding_model(backbone)(x))
+    np.testing.assert_allclose(got, tokens + positions, rtol=1e-4, atol=1e-5)
+
+
+def test_stem_lets_a_token_see_neighbouring_patches():
+    x = images(1, (8, 8, 1))
+    moved = x.copy()
+    moved[0, 0:4, 4, 0] += 1.0  # first pixel column of the top-right patch
+    for stem_channels, changes_top_left in ((None, False), ([4], True)):
+        model = _embedding_model(tiny(pooling="gap", stem_channels=stem_channels))
+        before, after = (keras.ops.convert_to_numpy(model(v)) for v in (x, moved))
+        changed = np.abs(after - before).max(axis=-1)[0] > 1e-6
+        # Token 0 is the top-left patch, token 1 the top-right one.
+        assert changed[1]
+        assert changed[0] == changes_top_left
+
+
+def test_stem_trains_and_round_trips_through_a_keras_file(tmp_path):
+    model = classifier(tiny(pooling="gap", stem_channels=[4]))
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = images(8), np.arange(8) % 3
+    before = [keras.ops.convert_to_numpy(w).copy()
+              for w in model.backbone.get_layer("stem_conv_0").weights]
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    after = [keras.ops.convert_to_numpy(w)
+             for w in model.backbone.get_layer("stem_conv_0").weights]
+    assert all(np.abs(a - b).max() > 0 for a, b in zip(after, before))  # gradients reach it
+    path = str(tmp_path / "stem.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert restored.backbone.stem_channels == [4]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(restored(x)), keras.ops.convert_to_numpy(model(x)),
+        rtol=1e-6, atol=1e-6,
+    )
 
 
 @pytest.mark.slow

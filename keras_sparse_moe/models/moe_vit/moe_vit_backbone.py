@@ -52,11 +52,61 @@ def _check_image_shape(image_shape, patch_size):
     return tuple(int(v) for v in image_shape), (int(patch[0]), int(patch[1]))
 
 
+def _check_stem_channels(stem_channels, patch):
+    """Validated stem widths as a tuple (empty: no convolutional stem)."""
+    if stem_channels is None:
+        return ()
+    if (
+        not isinstance(stem_channels, (list, tuple))
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+                   for v in stem_channels)
+    ):
+        raise ValueError(
+            "Argument `stem_channels` must be None or a list of positive ints (the "
+            f"output channels of each stride-2 3x3 stem convolution); received "
+            f"stem_channels={stem_channels!r}."
+        )
+    factor = 2 ** len(stem_channels)
+    if patch[0] % factor or patch[1] % factor:
+        raise ValueError(
+            f"Each stem convolution halves the image, so the patch size must be "
+            f"divisible by 2**len(stem_channels) = {factor}; received "
+            f"stem_channels={list(stem_channels)!r} with patch size "
+            f"{patch[0]}x{patch[1]}. Use at most "
+            f"{min(_twos(patch[0]), _twos(patch[1]))} stem convolutions or a larger "
+            "patch size."
+        )
+    return tuple(int(v) for v in stem_channels)
+
+
+def _twos(value):
+    """The exponent of the largest power of two dividing `value`."""
+    count = 0
+    while value % 2 == 0:
+        value //= 2
+        count += 1
+    return count
+
+
+def stem_geometry(image_shape, patch, stem_channels):
+    """`(image_shape, patch)` seen by the patch embedding after the stem:
+    each of the `len(stem_channels)` stride-2 convolutions halves the image
+    (and so the remaining patch), and the last one sets the channels."""
+    if not stem_channels:
+        return tuple(image_shape), tuple(patch)
+    factor = 2 ** len(stem_channels)
+    return (
+        (image_shape[0] // factor, image_shape[1] // factor, stem_channels[-1]),
+        (patch[0] // factor, patch[1] // factor),
+    )
+
+
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
 class MoEViTBackbone(PresetMixin, Backbone):
     """Vision transformer whose MLP blocks are partly sparse MoE (V-MoE).
 
-    Images are cut into patches (a strided `Conv2D`), a class token is
+    Images are cut into patches (a strided `Conv2D`, optionally after a
+    convolutional stem, `stem_channels`), a class token is
     prepended when `pooling="token"`, learned position embeddings are added,
     then `num_layers` pre-LN `MoETransformerEncoderBlock`s run, the blocks in
     `moe_layers` with a `SparseMoE` MLP of `num_experts` experts of width
@@ -66,7 +116,17 @@ class MoEViTBackbone(PresetMixin, Backbone):
     token sequence `(batch, tokens, hidden_dim)`, class token first when
     there is one, like keras-hub's `ViTBackbone`.
 
-    Layer names (stable weight paths): `patching_and_embedding`
+    With `stem_channels=[c_1, ..., c_n]` the image first goes through n
+    3x3 convolutions with stride 2 and GELU (`stem_conv_{i}`), and the patch
+    embedding then cuts patches of `patch_size / 2**n` from the stem's output:
+    the token grid is the same, but each token sees overlapping pixels through
+    learned local filters (the convolutional stem of Xiao et al. 2021, Early
+    Convolutions Help Transformers See Better, https://arxiv.org/abs/2106.14881;
+    with n = log2(patch_size) the patch embedding becomes their final 1x1
+    convolution).
+
+    Layer names (stable weight paths): `stem_conv_{i}` (with a stem),
+    `patching_and_embedding`
     (`class_token`, `patch_embedding/kernel`, `position_embedding/embeddings`),
     `encoder_block_{i}` (`norm1`, `attention`, `norm2`, and `mlp_in`/`mlp_out`
     or `moe/router/kernel`, `moe/experts/kernel_in` ...), `final_norm`.
@@ -93,6 +153,10 @@ class MoEViTBackbone(PresetMixin, Backbone):
             block only, e.g. `{"group_size": 17, 11: {"num_experts": 16}}`.
         pooling: `"token"` (prepend a class token; classifiers read it) or
             `"gap"` (no class token; classifiers average the tokens).
+        stem_channels: None (patchify the image directly) or a list of
+            positive ints, the output channels of stride-2 3x3 stem
+            convolutions; the patch size must be divisible by
+            `2**len(stem_channels)`.
         dropout_rate: float in [0, 1), dropout after the embeddings, the
             attention and the MLPs.
         attention_dropout: float in [0, 1).
@@ -128,6 +192,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
         eval_capacity_factor=None,
         moe_kwargs=None,
         pooling="token",
+        stem_channels=None,
         dropout_rate=0.0,
         attention_dropout=0.0,
         stochastic_depth=0.0,
@@ -151,13 +216,22 @@ class MoEViTBackbone(PresetMixin, Backbone):
         dropout_rate, attention_dropout = args.dropout_rate, args.attention_dropout
         stochastic_depth, layer_norm_epsilon = args.stochastic_depth, args.layer_norm_epsilon
         pooling = check_choice("pooling", pooling, POOLINGS)
+        stem_channels = _check_stem_channels(stem_channels, patch)
+        embedded_shape, embedded_patch = stem_geometry(image_shape, patch, stem_channels)
 
         # === Layers ===
+        stem = [
+            keras.layers.Conv2D(
+                channels, 3, strides=2, padding="same", activation="gelu",
+                dtype=dtype, name=f"stem_conv_{index}",
+            )
+            for index, channels in enumerate(stem_channels)
+        ]
         embedding = ViTPatchingAndEmbedding(
-            image_size=image_shape[:2],
-            patch_size=patch,
+            image_size=embedded_shape[:2],
+            patch_size=embedded_patch,
             hidden_dim=hidden_dim,
-            num_channels=image_shape[2],
+            num_channels=embedded_shape[2],
             use_class_token=pooling == "token",
             dtype=dtype,
             name="patching_and_embedding",
@@ -186,7 +260,10 @@ class MoEViTBackbone(PresetMixin, Backbone):
 
         # === Functional model ===
         inputs = keras.Input(shape=image_shape, name="images")
-        x = embedding_dropout(embedding(inputs))
+        x = inputs
+        for conv in stem:
+            x = conv(x)
+        x = embedding_dropout(embedding(x))
         for block in blocks:
             x = block(x)
         outputs = final_norm(x)
@@ -197,6 +274,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
         self.patch_size = patch_size if isinstance(patch_size, numbers.Integral) else patch
         store_encoder_arguments(self, args, moe_layers, moe_kwargs)
         self.pooling = pooling
+        self.stem_channels = list(stem_channels) or None
         self.stochastic_depth = stochastic_depth
         self.grid_size = (image_shape[0] // patch[0], image_shape[1] // patch[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
@@ -220,6 +298,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
                 "patch_size": self.patch_size,
                 **shared_encoder_config(self),
                 "pooling": self.pooling,
+                "stem_channels": self.stem_channels,
                 "stochastic_depth": self.stochastic_depth,
             }
         )
