@@ -88,17 +88,13 @@ def _setup_logging(quiet):
 
 
 def _overrides(pairs):
-    """`["num_layers=2", "dropout=0.1"]` -> `{"num_layers": 2, "dropout": 0.1}`."""
-    overrides = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise CLIError(f"--set expects KEY=VALUE (e.g. --set dropout=0.1); received {pair!r}")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
-    return overrides
+    """`--set KEY=VALUE` pairs as a dict (`parse_key_values`), errors as one line."""
+    from keras_sparse_moe.utils.key_values import parse_key_values
+
+    try:
+        return parse_key_values(pairs)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
 
 
 def _data_options(args):

@@ -145,20 +145,20 @@ def main(argv=None, dense=False):
     from rich.console import Console
     from rich.table import Table
 
-    from keras_sparse_moe.cli import CLIError
-    from keras_sparse_moe.cli import _overrides
     from keras_sparse_moe.presets import save_to_preset
     from keras_sparse_moe.recipes.classifier import load_classifier
     from keras_sparse_moe.recipes.comparison import best_by_validation
     from keras_sparse_moe.recipes.comparison import dense_equivalent_overrides
     from keras_sparse_moe.recipes.comparison import train_seeds
+    from keras_sparse_moe.utils.key_values import parse_key_values
 
     recipe = dict(DIGITS_RECIPE, epochs=args.epochs, batch_size=args.batch_size,
                   learning_rate=args.learning_rate, validation_fraction=args.validation_fraction,
                   max_batches=args.max_batches)
     try:
-        overrides = {**(recipe.pop("overrides", None) or {}), **_overrides(args.set)} or None
-    except CLIError as error:
+        overrides = {**(recipe.pop("overrides", None) or {}), **parse_key_values(args.set)}
+        overrides = overrides or None
+    except ValueError as error:
         parser.error(str(error))
     label = args.preset
     if args.teachers:
