@@ -67,7 +67,10 @@ _RESUME_KEYS = (
     "preset", "data", "epochs", "batch_size", "learning_rate", "weight_decay",
     "label_smoothing", "warmup_fraction", "clipnorm", "augment", "seed",
     "validation_fraction", "overrides", "max_batches", "ema_momentum", "data_options",
+    "evaluation_split",
 )
+# Values of resume keys that older run.json files do not record.
+_RESUME_DEFAULTS = {"evaluation_split": "test"}
 _NO_DECAY = ("bias", "gamma", "beta", "class_token", "position_embedding")
 
 DIGITS_RECIPE = {
@@ -624,13 +627,14 @@ def _check_previous_run(output_dir, settings, overwrite):
             return "resume"
         return "fresh"
     old = previous.get("settings", {})
-    changed = sorted(k for k in _RESUME_KEYS if old.get(k) != settings.get(k))
+    old = {k: old.get(k, _RESUME_DEFAULTS.get(k)) for k in _RESUME_KEYS}
+    changed = sorted(k for k in _RESUME_KEYS if old[k] != settings.get(k))
     status = previous.get("status")
     if changed:
         what = "a finished" if status == "finished" else "an interrupted"
         raise ValueError(
             f"Output directory {output_dir!r} holds {what} run with different settings "
-            f"({', '.join(f'{k}: {old.get(k)!r} -> {settings.get(k)!r}' for k in changed)}). "
+            f"({', '.join(f'{k}: {old[k]!r} -> {settings.get(k)!r}' for k in changed)}). "
             "Use another output directory, or overwrite=True (--overwrite) to start afresh."
         )
     if status == "finished" and os.path.isfile(os.path.join(output_dir, METRICS_FILE)):

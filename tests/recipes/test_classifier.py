@@ -107,6 +107,11 @@ def test_rerun_with_other_settings_is_refused(resumed_run):
     out, _, _ = resumed_run
     with pytest.raises(ValueError, match="different settings.*epochs: 3 -> 5"):
         train_classifier("moe_vit_tiny", "digits", out, epochs=5, **QUICK)
+    # The finished run's metrics are of the test split: asking for the
+    # validation split's must not return them.
+    with pytest.raises(ValueError, match="evaluation_split: 'test' -> 'validation'"):
+        train_classifier("moe_vit_tiny", "digits", out, epochs=3,
+                         evaluation_split="validation", **QUICK)
 
 
 def test_evaluate_saved_model_writes_metrics(resumed_run, tmp_path):
