@@ -136,7 +136,10 @@ def test_fixed_batch_size_export(tmp_path, data):
 
 def test_moe_vit_with_convolutional_stem_is_builtin_only(tmp_path):
     """The stem's stride-2 "same" convolutions (asymmetric padding) and GELU
-    convert to builtin ops from every backend and match Keras."""
+    convert to builtin ops and match Keras."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("conversion runs in the TensorFlow subprocess on JAX/PyTorch, "
+                    "checked once by the token-choice export")
     from keras_sparse_moe.models import MoEViTBackbone
     from keras_sparse_moe.models import MoEViTImageClassifier
 
