@@ -774,11 +774,13 @@ def _profile_moe_vit_config(cls, config):
     args = {**_init_defaults(cls), **config}
     image_shape, patch = _check_image_shape(args["image_shape"], args["patch_size"])
     stem_channels = _check_stem_channels(args.get("stem_channels"), patch)
-    # The patch embedding sees the stem's output (stride-2 3x3 convolutions).
+    # The stem's 3x3 convolutions; the patch embedding sees the last one's output.
     stem_params = stem_flops = 0
-    height, width, channels = image_shape
-    for out_channels in stem_channels:
-        height, width = -(-height // 2), -(-width // 2)  # "same" padding, stride 2
+    channels = image_shape[2]
+    for index in range(len(stem_channels)):
+        (height, width, out_channels), _ = stem_geometry(
+            image_shape, patch, stem_channels[:index + 1]
+        )
         kernel = 3 * 3 * channels * out_channels
         stem_params += kernel + out_channels
         stem_flops += 2 * height * width * kernel

@@ -133,12 +133,12 @@ def main(argv=None, dense=False):
     args = parser.parse_args(argv)
     if args.cv_folds is not None and (args.save_preset or args.compare):
         parser.error("--cv-folds trains on folds of the training split: it cannot be "
-                             "combined with --save-preset or --compare (test-split summaries)")
+                     "combined with --save-preset or --compare (test-split summaries)")
     if args.compare_cv and args.cv_folds is None:
         parser.error("--compare-cv needs --cv-folds")
     if args.save_preset and args.validation_fraction == 0 and len(args.seeds) > 1:
         parser.error("--save-preset with --validation-fraction 0 has no validation split "
-                             "to choose a seed by: give one seed")
+                     "to choose a seed by: give one seed")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import json
 
@@ -156,8 +156,7 @@ def main(argv=None, dense=False):
                   learning_rate=args.learning_rate, validation_fraction=args.validation_fraction,
                   max_batches=args.max_batches)
     try:
-        overrides = {**(recipe.pop("overrides", None) or {}), **parse_key_values(args.set)}
-        overrides = overrides or None
+        overrides = parse_key_values(args.set) or None
     except ValueError as error:
         parser.error(str(error))
     label = args.preset
