@@ -91,7 +91,16 @@ def _twos(value):
 def stem_geometry(image_shape, patch, stem_channels):
     """`(image_shape, patch)` seen by the patch embedding after the stem:
     each of the `len(stem_channels)` stride-2 convolutions halves the image
-    (and so the remaining patch), and the last one sets the channels."""
+    (and so the remaining patch), and the last one sets the channels.
+    Arguments as validated by `MoEViTBackbone` (`image_shape` a 3-tuple,
+    `patch` a pair divisible by `2**len(stem_channels)`).
+
+    Example:
+    >>> stem_geometry((16, 16, 1), (4, 4), (32, 64))
+    ((4, 4, 64), (1, 1))
+    >>> stem_geometry((16, 16, 1), (4, 4), ())
+    ((16, 16, 1), (4, 4))
+    """
     if not stem_channels:
         return tuple(image_shape), tuple(patch)
     factor = 2 ** len(stem_channels)
