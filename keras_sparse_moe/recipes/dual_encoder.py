@@ -367,6 +367,7 @@ def train_dual_encoder(
         validation_data=val_pairs,
         epochs=epochs,
         callbacks=make_callbacks(output_dir, monitor=monitor),
+        shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras would warn otherwise
         verbose=verbose,
     )
     train_seconds = time.time() - start
