@@ -3,6 +3,16 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The tests compile hundreds of small XLA programs (JAX jits every train, test
+# and predict step) on two CPU cores, where LLVM's optimisation of the
+# generated code costs more time than it saves: level 0 makes the JAX leg
+# about 20-25% faster (measured on tests/models and tests/recipes). Numerics
+# differ at most by rounding (no fast-math at either level). Set the level in
+# XLA_FLAGS to override.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
