@@ -76,12 +76,17 @@ def _setup_logging(quiet):
                           markup=False)
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    # Not also through the root logger: a library may give it a handler
+    # (LiteRT's converter does), which would print every message twice.
+    propagate = logger.propagate
+    logger.propagate = False
     # TensorFlow's converter logs deprecation notes through absl at WARNING.
     absl.setLevel(logging.ERROR)
 
     def restore():
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
+        logger.propagate = propagate
         absl.setLevel(saved[1])
 
     return restore

@@ -162,3 +162,34 @@ def test_demo_quick(tmp_path, capsys):
     assert summary["backend"] == keras.backend.backend()
     assert os.path.isfile(summary["litert"]["float32"]["path"])
     assert 0.0 <= summary["litert"]["float32"]["accuracy"] <= 1.0
+
+
+def test_progress_messages_are_printed_once_even_if_the_root_logger_has_a_handler():
+    # TensorFlow's LiteRT converter gives the root logger a handler; the CLI's
+    # own handler must then be the only one that prints the package's messages.
+    import logging
+
+    from keras_sparse_moe.cli import _setup_logging
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    root, ours = Records(), Records()
+    logging.getLogger().addHandler(root)
+    logger = logging.getLogger("keras_sparse_moe.recipes")
+    try:
+        restore = _setup_logging(quiet=False)
+        logging.getLogger("keras_sparse_moe").addHandler(ours)
+        logger.info("Exporting LiteRT")
+        restore()
+        logging.getLogger("keras_sparse_moe").removeHandler(ours)
+        assert ours.messages == ["Exporting LiteRT"]
+        assert root.messages == []
+        assert logging.getLogger("keras_sparse_moe").propagate  # restored
+    finally:
+        logging.getLogger().removeHandler(root)
