@@ -5,6 +5,7 @@ from keras_sparse_moe import distribution
 from keras_sparse_moe import layers
 from keras_sparse_moe import models
 from keras_sparse_moe import presets
+from keras_sparse_moe import recipes  # registers the recipe losses that saved models refer to
 from keras_sparse_moe.layers import ExpertChoiceRouter
 from keras_sparse_moe.layers import Experts
 from keras_sparse_moe.layers import SoftRouter

@@ -210,3 +210,31 @@ def test_evaluate_rejects_class_count_mismatch(tmp_path):
             Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / name / f"{i}.png")
     with pytest.raises(ValueError, match="predicts 10 classes.*has 2"):
         evaluate_classifier("moe_vit_tiny", f"folder:{tmp_path}", routing_examples=0)
+
+
+def test_trained_model_file_loads_in_a_fresh_process_with_its_optimizer(resumed_run):
+    # A user's `import keras_sparse_moe` must register everything a recipe's
+    # model.keras refers to (its label-smoothed loss), and the file must bring
+    # back the trained optimizer state without warnings.
+    import subprocess
+    import sys
+
+    out, _, _ = resumed_run
+    script = (
+        "import sys, warnings, keras, keras_sparse_moe\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    model = keras.saving.load_model(sys.argv[1])\n"
+        "bad = [str(w.message) for w in caught\n"
+        "       if 'compile()' in str(w.message) or 'Skipping variable' in str(w.message)]\n"
+        "print(type(model.loss).__name__, int(model.optimizer.iterations), len(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, os.path.join(out, "model.keras")],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, KERAS_BACKEND=keras.backend.backend()),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    loss, iterations, warnings_count = result.stdout.split()[-3:]
+    assert loss == "SparseCategoricalCrossentropyWithSmoothing"
+    assert int(iterations) > 0 and int(warnings_count) == 0
