@@ -146,3 +146,40 @@ def test_presets_registered():
         assert row["task"] == "MoEDualEncoderContrastive"
     # The trained tiny preset ships its weights inside the package.
     assert rows["limoe_tiny_digits"]["has_weights"]
+
+
+def _load_without_compile_warnings(path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        restored = keras.saving.load_model(path)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "compile()" in m or "Skipping variable loading" in m]
+    return restored
+
+
+def test_keras_files_restore_compile_settings_and_optimizer_state(trained, tmp_path):
+    # Both tasks override compile() with defaults of their own; a .keras file
+    # must still recompile them and reload the saved optimizer variables.
+    task, _ = trained
+    path = os.path.join(tmp_path, "contrastive.keras")
+    task.save(path)
+    restored = _load_without_compile_warnings(path)
+    assert isinstance(restored.optimizer, keras.optimizers.AdamW)
+    assert int(restored.optimizer.iterations) == int(task.optimizer.iterations) > 0
+    for a, b in zip(restored.optimizer.variables, task.optimizer.variables):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    assert restored.loss is not None
+
+    classifier = MoEDualEncoderZeroShotClassifier(
+        task.backbone, class_names=list(prompts.DIGIT_NAMES[:NUM_CLASSES]),
+        preprocessor=task.preprocessor, templates=prompts.DIGIT_TEMPLATES[:1],
+    )
+    classifier.compile()
+    path = os.path.join(tmp_path, "zero_shot_compiled.keras")
+    classifier.save(path)
+    restored = _load_without_compile_warnings(path)
+    x, labels = synthetic_pairs(8, seed=1)
+    metrics = restored.evaluate(x["images"], labels, verbose=0, return_dict=True)
+    assert set(metrics) >= {"loss", "accuracy"}  # the compile defaults came back

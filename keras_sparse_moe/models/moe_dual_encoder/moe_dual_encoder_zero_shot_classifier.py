@@ -20,11 +20,14 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_preprocessor impo
 )
 from keras_sparse_moe.models.moe_dual_encoder.prompts import GENERIC_TEMPLATES
 from keras_sparse_moe.models.moe_dual_encoder.prompts import make_prompts
+from keras_sparse_moe.models.task_compile import CompileConfigMixin
 from keras_sparse_moe.presets import PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEDualEncoderZeroShotClassifier(DualEncoderInputChecks, PresetMixin, Task):
+class MoEDualEncoderZeroShotClassifier(
+    CompileConfigMixin, DualEncoderInputChecks, PresetMixin, Task
+):
     """Zero-shot image classifier from a dual encoder (CLIP-style prompt
     ensembling, Radford et al. 2021).
 

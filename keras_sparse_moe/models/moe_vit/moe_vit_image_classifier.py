@@ -11,13 +11,14 @@ from keras_sparse_moe.models.encoder_arguments import check_rate
 from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier_preprocessor import (
     MoEViTImageClassifierPreprocessor,
 )
+from keras_sparse_moe.models.task_compile import CompileConfigMixin
 from keras_sparse_moe.presets import PresetMixin
 from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_int
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEViTImageClassifier(PresetMixin, ImageClassifier):
+class MoEViTImageClassifier(CompileConfigMixin, PresetMixin, ImageClassifier):
     """Classifies images with a `MoEViTBackbone`: pool the tokens (class
     token, or mean of the patch tokens), dropout, then a `Dense` head.
 
@@ -130,10 +131,3 @@ class MoEViTImageClassifier(PresetMixin, ImageClassifier):
         if metrics == "auto":
             metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-
-    def compile_from_config(self, config):
-        """Restore the compile settings saved in a `.keras` file."""
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
