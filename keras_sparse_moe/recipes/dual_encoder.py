@@ -50,7 +50,7 @@ def load_dual_encoder(model, load_weights=True):
 
         if not os.path.exists(model):
             raise ValueError(f"Model file {model!r} does not exist.")
-        loaded = keras.saving.load_model(model, compile=False)
+        loaded = keras.saving.load_model(model, safe_mode=True)  # compiled, with its optimizer state
     elif isinstance(model, str):
         from keras_sparse_moe.presets import from_preset
 
