@@ -13,9 +13,10 @@ The `moe_vit` and `dense_vit` recipes (and `keras-sparse-moe train` /
   (not on biases and normalisation scales), global-norm gradient clipping
   and label-smoothed cross-entropy; the MoE auxiliary losses are added by
   the layers;
-- `fit` with the callbacks of `make_callbacks` (re-running with the same
-  output directory resumes after the last finished epoch; best / last
-  checkpoints; CSV log; optional early stopping) and `RoutingStatistics`;
+- `fit` with the callbacks of `make_callbacks` (crash-safe best / last
+  checkpoints; re-running with the same output directory resumes after the
+  last finished epoch; CSV log; optional early stopping) and
+  `RoutingStatistics`;
 - test-split evaluation: accuracy, macro-F1, per-class precision / recall /
   F1, confusion matrix, latency per image, routing statistics per MoE layer
   and per class.
@@ -1090,13 +1091,10 @@ def _distiller(model, teachers, train, validation, temperature, weight):
 
 
 def _backup_epoch(output_dir):
-    """Epochs finished by an interrupted run (from BackupAndRestore's state)."""
-    backup = os.path.join(output_dir, "backup")
-    for name in ("training_metadata.json",):
-        state = _read_json(os.path.join(backup, name))
-        if state and "epoch" in state:
-            return int(state["epoch"])
-    return 0
+    """Epochs finished (committed) by an interrupted run."""
+    from keras_sparse_moe.recipes.checkpoints import committed_epoch
+
+    return committed_epoch(os.path.join(output_dir, "backup"))
 
 
 def _logged_epochs(output_dir):

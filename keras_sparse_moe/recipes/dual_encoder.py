@@ -291,7 +291,7 @@ def train_dual_encoder(
     """Train a dual encoder contrastively, then measure zero-shot accuracy.
 
     Re-running with the same `output_dir` resumes after the last finished
-    epoch (Keras `BackupAndRestore`).
+    epoch (`make_callbacks`: crash-safe per-epoch checkpoints).
 
     Args:
         preset: preset name or directory, or `.keras` file

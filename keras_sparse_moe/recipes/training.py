@@ -108,25 +108,60 @@ class SparseCategoricalCrossentropyWithSmoothing(keras.losses.Loss):
         return config
 
 
-class _ModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """`ModelCheckpoint` that saves the trained model: a `Distiller`'s
-    student (the classifier), any other model as it is."""
+class _ResumableCSVLogger(keras.callbacks.CSVLogger):
+    """`CSVLogger` appending to the log of an interrupted run after dropping
+    the rows of epochs that run did not commit (an epoch logged just before a
+    crash is trained again, and must not appear twice)."""
 
-    def set_model(self, model):
-        from keras_sparse_moe.recipes.distillation import trained_model
+    def __init__(self, filename, backup_dir):
+        super().__init__(filename, append=True)
+        self.backup_dir = backup_dir
 
-        super().set_model(trained_model(model))
+    def on_train_begin(self, logs=None):
+        from keras_sparse_moe.recipes.checkpoints import committed_epoch
+
+        epochs = committed_epoch(self.backup_dir)
+        if epochs and os.path.isfile(self.filename):
+            _truncate_csv_log(self.filename, epochs)
+        super().on_train_begin(logs)
+
+
+def _truncate_csv_log(path, epochs):
+    """Keep the header and the rows of epochs `0 .. epochs - 1` (atomically)."""
+    import csv
+
+    from keras_sparse_moe.utils.io import atomic_path
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or "epoch" not in rows[0]:
+        return
+    column = rows[0].index("epoch")
+    kept = [rows[0]]
+    for row in rows[1:]:
+        try:
+            if int(row[column]) < epochs:
+                kept.append(row)
+        except (IndexError, ValueError):
+            continue
+    if len(kept) == len(rows):
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows(kept)
 
 
 def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss", extra=()):
     """Callbacks of a resumable run writing into `output_dir`.
 
-    - `BackupAndRestore` in `output_dir/backup`: re-running the same command
-      with the same output directory resumes after the last finished epoch.
-    - `ModelCheckpoint` of the best model (`output_dir/best.keras`, on
-      `monitor`) and of the last epoch (`output_dir/last.keras`); when the
-      fitted model is a `Distiller`, of its student.
-    - `CSVLogger` (`output_dir/log.csv`, appended on resume).
+    - `CSVLogger` (`output_dir/log.csv`, appended on resume; rows of epochs
+      the interrupted run did not commit are dropped first).
+    - `ResumableCheckpoint`: after every epoch the model (when the fitted
+      model is a `Distiller`, its student) is saved once, crash-safely, to
+      `output_dir/backup/`, then copied to `output_dir/last.keras` and, when
+      `monitor` improved, to `output_dir/best.keras`. Re-running the same
+      command with the same output directory resumes after the last finished
+      epoch with the weights and optimizer state of that epoch.
     - Optional `EarlyStopping` with best-weights restoration.
 
     Args:
@@ -137,17 +172,18 @@ def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss",
 
     Example:
     >>> import tempfile
-    >>> [type(c).__name__ for c in make_callbacks(tempfile.mkdtemp())][:3]
-    ['BackupAndRestore', '_ModelCheckpoint', '_ModelCheckpoint']
+    >>> [type(c).__name__ for c in make_callbacks(tempfile.mkdtemp())]
+    ['_ResumableCSVLogger', 'ResumableCheckpoint']
     """
+    from keras_sparse_moe.recipes.checkpoints import ResumableCheckpoint
+
     os.makedirs(output_dir, exist_ok=True)
+    checkpoint = ResumableCheckpoint(output_dir, monitor=monitor)
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
-        _ModelCheckpoint(
-            os.path.join(output_dir, "best.keras"), monitor=monitor, save_best_only=True
-        ),
-        _ModelCheckpoint(os.path.join(output_dir, "last.keras")),
-        keras.callbacks.CSVLogger(os.path.join(output_dir, "log.csv"), append=True),
+        # Before the checkpoint: an epoch's row is on disk before the epoch
+        # is committed, so a crash never loses a committed epoch's row.
+        _ResumableCSVLogger(os.path.join(output_dir, "log.csv"), checkpoint.backup_dir),
+        checkpoint,
     ]
     if early_stopping_patience is not None:
         callbacks.append(

@@ -187,6 +187,29 @@ def test_train_classifier_distils_into_a_classifier(teacher_run, tmp_path):
         assert json.load(handle)["status"] == "finished"
 
 
+class _InterruptAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+
+def test_interrupted_distillation_resumes_the_student_and_its_optimizer(teacher_run, tmp_path):
+    out = str(tmp_path / "student")
+    kwargs = dict(QUICK, epochs=2, seed=1, teachers=[teacher_run])
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier("moe_vit_tiny", "digits", out, callbacks=[_InterruptAfterFirstEpoch()],
+                         **kwargs)
+    after_one = keras.saving.load_model(os.path.join(out, "last.keras"))
+    metrics = train_classifier("moe_vit_tiny", "digits", out, **kwargs)
+    assert metrics["resumed_from_epoch"] == 1
+    assert metrics["epochs_run"] == 2
+    student = keras.saving.load_model(os.path.join(out, "model.keras"))
+    # 2 steps per epoch: the resumed epoch continued from step 2.
+    assert int(keras.ops.convert_to_numpy(student.optimizer.iterations)) == 4
+    moved = [not np.allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+             for a, b in zip(after_one.weights, student.weights)]
+    assert any(moved)
+
+
 def test_distilled_student_evaluated_on_validation_sees_raw_images(teacher_run, tmp_path):
     # The Distiller's validation pipeline is preprocessed (it is not a
     # keras-hub Task); the final evaluation must use the raw one, as

@@ -17,7 +17,7 @@ def test_shipped_limoe_tiny_digits_meets_zero_shot_target():
 @pytest.mark.slow
 def test_tiny_run_trains_and_writes_artifacts(tmp_path):
     # (Resuming an interrupted run is covered in test_training.py: the recipe
-    # uses the same make_callbacks / BackupAndRestore.)
+    # uses the same make_callbacks / ResumableCheckpoint.)
     out = str(tmp_path / "run")
     first = train_dual_encoder(output_dir=out, epochs=2, batch_size=32, max_batches=4,
                                learning_rate=3e-3, seed=0, verbose=0)
