@@ -1,5 +1,12 @@
 """keras-sparse-moe: sparse mixture-of-experts layers and models for Keras 3."""
 
+from keras_sparse_moe import _quiet_tensorflow
+
+if _quiet_tensorflow.is_cli_process():
+    # The command line hides TensorFlow's C++ start-up log lines; a library
+    # import leaves logging alone.
+    _quiet_tensorflow.import_tensorflow_quietly()
+
 from keras_sparse_moe import data
 from keras_sparse_moe import distribution
 from keras_sparse_moe import layers

@@ -148,7 +148,6 @@ def test_console_entry_point_in_a_subprocess():
     result = subprocess.run([sys.executable, "-m", "keras_sparse_moe.cli", "train", "--epochs",
                              "ten"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    # (TensorFlow's C++ start-up notes may precede it on stderr.)
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "invalid int value: 'ten'" in errors[0]
     assert "Traceback" not in result.stderr
