@@ -66,6 +66,12 @@ def _read_keras_backup(backup_dir):
     return (epoch, weights) if os.path.isfile(weights) else None
 
 
+def committed_state(backup_dir):
+    """The state an interrupted run committed in `backup_dir` (a dict with
+    `epoch`, `checkpoint`, `monitor`, `best`, `best_epoch`), or None."""
+    return _read_state(backup_dir)
+
+
 def committed_epoch(backup_dir):
     """Number of epochs an interrupted run committed in `backup_dir` (0 if none).
 

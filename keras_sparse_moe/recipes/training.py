@@ -151,6 +151,47 @@ def _truncate_csv_log(path, epochs):
             csv.writer(handle).writerows(kept)
 
 
+class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """`EarlyStopping` that continues an interrupted run's count: the best
+    value, its epoch and the epochs waited since come from the committed
+    checkpoint state, and the best weights (for `restore_best_weights`) from
+    `best.keras`. A plain `EarlyStopping` would start again from scratch and
+    could never restore a best epoch from before the interruption."""
+
+    def __init__(self, output_dir, backup_dir, **kwargs):
+        super().__init__(**kwargs)
+        self.output_dir = output_dir
+        self.backup_dir = backup_dir
+
+    def on_train_begin(self, logs=None):
+        from keras_sparse_moe.recipes.checkpoints import committed_state
+
+        super().on_train_begin(logs)
+        state = committed_state(self.backup_dir)
+        if not state or state.get("monitor") != self.monitor or state.get("best") is None:
+            return
+        best_epoch = int(state["best_epoch"])  # 1-based, as committed
+        self.best = float(state["best"])
+        self.best_epoch = best_epoch - 1
+        self.wait = int(state["epoch"]) - best_epoch
+        best_file = os.path.join(self.output_dir, "best.keras")
+        if self.restore_best_weights and os.path.isfile(best_file):
+            self.best_weights = _weights_with_trained_model_from(self.model, best_file)
+
+
+def _weights_with_trained_model_from(model, path):
+    """`model.get_weights()` with the trained model's part (a `Distiller`'s
+    student, or the whole model) replaced by the weights saved in `path`."""
+    from keras_sparse_moe.recipes.distillation import trained_model
+
+    saved = keras.saving.load_model(path, compile=False)
+    values = model.get_weights()
+    position = {id(variable): i for i, variable in enumerate(model.weights)}
+    for variable, value in zip(trained_model(model).weights, saved.get_weights()):
+        values[position[id(variable)]] = value
+    return values
+
+
 def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss", extra=()):
     """Callbacks of a resumable run writing into `output_dir`.
 
@@ -162,7 +203,9 @@ def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss",
       `monitor` improved, to `output_dir/best.keras`. Re-running the same
       command with the same output directory resumes after the last finished
       epoch with the weights and optimizer state of that epoch.
-    - Optional `EarlyStopping` with best-weights restoration.
+    - Optional `EarlyStopping` with best-weights restoration; after a resume
+      it continues the interrupted run's count (best value, epochs waited)
+      and can restore a best epoch from before the interruption.
 
     Args:
         output_dir: str, created if missing.
@@ -186,9 +229,13 @@ def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss",
         checkpoint,
     ]
     if early_stopping_patience is not None:
+        # After the checkpoint, which restores the run it resumes first.
         callbacks.append(
-            keras.callbacks.EarlyStopping(
+            _ResumableEarlyStopping(
+                output_dir,
+                checkpoint.backup_dir,
                 monitor=monitor,
+                mode=checkpoint.mode,  # one notion of "better" for both
                 patience=check_int("early_stopping_patience", early_stopping_patience, minimum=1),
                 restore_best_weights=True,
             )

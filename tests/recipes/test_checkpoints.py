@@ -204,3 +204,41 @@ def test_committed_epoch_ignores_a_state_without_its_checkpoint(tmp_path):
     assert committed_epoch(str(backup)) == 0
     (backup / "epoch_3.keras").write_bytes(b"")
     assert committed_epoch(str(backup)) == 3
+
+
+def test_early_stopping_continues_its_count_after_a_resume(tmp_path):
+    """Patience 2, best epoch 1: an uninterrupted run stops after epoch 3 and
+    restores epoch 1's weights. Interrupted after epoch 2, the resumed run
+    must do the same (a fresh EarlyStopping would train to the end)."""
+    scores = [5.0, 1.0, 3.0, 4.0, 0.5, 0.4]
+    snapshots = {}
+
+    class Score(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["score"] = scores[epoch]
+            snapshots[epoch] = _weights(self.model)
+
+    def fit(model, extra=()):
+        x, y = _data()
+        seen = []
+        record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: seen.append(e))
+        model.fit(x, y, epochs=len(scores), batch_size=16, shuffle=False, verbose=0,
+                  callbacks=[record, Score()] + make_callbacks(
+                      out, early_stopping_patience=2, monitor="score") + list(extra))
+        return seen
+
+    out = str(tmp_path / "straight")
+    straight = _model()
+    assert fit(straight) == [0, 1, 2, 3]
+    for a, b in zip(snapshots[1], _weights(straight)):
+        np.testing.assert_array_equal(a, b)
+
+    out = str(tmp_path / "resumed")
+    snapshots.clear()
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), extra=[_InterruptAfter(3)])
+    best = snapshots[1]
+    resumed = _model()
+    assert fit(resumed) == [3]
+    for a, b in zip(best, _weights(resumed)):
+        np.testing.assert_array_equal(a, b)

@@ -247,3 +247,26 @@ def test_train_classifier_rejects_teachers_with_other_preprocessing(teacher_run,
     with pytest.raises(ValueError, match="share the preprocessing"):
         train_classifier("moe_vit_tiny", "digits", str(tmp_path / "a"), teachers=[teacher],
                          **QUICK)
+
+
+def test_best_weights_of_a_distiller_replace_only_the_student(tmp_path):
+    # Early stopping resumed in a distillation run restores the student's
+    # best weights (from best.keras) and leaves the teachers alone.
+    from keras_sparse_moe.recipes.training import _weights_with_trained_model_from
+
+    def small(seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((4,))
+        return keras.Model(inputs, keras.layers.Dense(3)(inputs))
+
+    best = small(1)
+    path = str(tmp_path / "best.keras")
+    best.save(path)
+    distiller = Distiller(small(2), [small(3)])
+    values = _weights_with_trained_model_from(distiller, path)
+    by_variable = dict(zip([id(v) for v in distiller.weights], values))
+    for variable, expected in zip(distiller.student.weights, best.get_weights()):
+        np.testing.assert_array_equal(by_variable[id(variable)], expected)
+    for variable in distiller.teachers[0].weights:
+        np.testing.assert_array_equal(by_variable[id(variable)],
+                                      keras.ops.convert_to_numpy(variable))
