@@ -345,6 +345,7 @@ def _common_train_arguments(args):
         "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
         "warmup_fraction": args.warmup_fraction, "seed": args.seed,
         "max_batches": args.max_batches, "verbose": 0 if args.quiet else args.verbose,
+        "deterministic": args.deterministic,
     }
 
 
@@ -444,7 +445,8 @@ def cmd_demo(args):
     from keras_sparse_moe.recipes.demo import run_demo
 
     result = run_demo(output_dir=args.output, epochs=args.epochs, seed=args.seed,
-                      quick=args.quick, verbose=0 if args.quiet else 2)
+                      quick=args.quick, deterministic=args.deterministic,
+                      verbose=0 if args.quiet else 2)
     _table("keras-sparse-moe demo", ["what", "value"], result["rows"])
     return 0
 
@@ -560,6 +562,10 @@ def build_parser():
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of the training split held out for validation")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels: the same command and seed repeat bit for bit "
+                   "on the same machine (TensorFlow's multi-threaded CPU kernels otherwise "
+                   "vary from run to run)")
     p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without validation improvement")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -633,6 +639,10 @@ def build_parser():
     p.add_argument("--output", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epoch budget")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels: the same command and seed repeat bit for bit "
+                   "on the same machine (TensorFlow's multi-threaded CPU kernels otherwise "
+                   "vary from run to run)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)

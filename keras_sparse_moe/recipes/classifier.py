@@ -683,6 +683,7 @@ def train_classifier(
     max_batches=None,
     jit_compile="auto",
     run_eagerly=False,
+    deterministic=False,
     verbose=1,
     return_model=False,
     teachers=None,
@@ -737,6 +738,9 @@ def train_classifier(
         run_eagerly: run `fit` and the evaluation step by step without
             compiling a graph (much faster for a few steps, e.g. smoke
             tests; much slower for real training).
+        deterministic: use deterministic kernels
+            (`keras_sparse_moe.utils.determinism`, process-wide), so that the
+            same command and seed repeat bit for bit on the same machine.
         verbose: 0 (silent), 1 (progress bar) or 2 (one line per epoch).
         return_model: also return the trained model.
         teachers: None, or a list of trained classifiers (`.keras` files,
@@ -792,6 +796,8 @@ def train_classifier(
     routing_examples = check_int("routing_examples", routing_examples, minimum=0)
     if max_batches is not None:
         max_batches = check_int("max_batches", max_batches, minimum=1)
+    if not isinstance(deterministic, bool):
+        raise ValueError(f"Argument `deterministic` must be True or False; received {deterministic!r}.")
     if jit_compile not in ("auto", True, False):
         raise ValueError(f"Argument `jit_compile` must be 'auto', True or False; received {jit_compile!r}.")
     if overrides is not None and not isinstance(overrides, dict):
@@ -813,6 +819,7 @@ def train_classifier(
         "validation_fraction": validation_fraction, "overrides": dict(overrides or {}),
         "load_weights": bool(load_weights), "data_options": dict(data_options or {}),
         "max_batches": max_batches, "evaluation_split": evaluation_split,
+        "deterministic": bool(deterministic),
     }
     if teachers:
         settings["distillation"] = {
@@ -843,6 +850,10 @@ def train_classifier(
     from keras_sparse_moe.recipes.training import make_callbacks
     from keras_sparse_moe.recipes.training import make_schedule
 
+    if deterministic:
+        from keras_sparse_moe.utils.determinism import enable_deterministic_ops
+
+        enable_deterministic_ops()
     keras.utils.set_random_seed(seed)
     model = load_classifier(preset, load_weights=load_weights, overrides=overrides)
     train, validation, test, info = _datasets(

@@ -55,7 +55,8 @@ def _size(path):
     return f"{os.path.getsize(path) / 1024:.0f} KB"
 
 
-def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, verbose=1):
+def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, deterministic=False,
+             verbose=1):
     """Train, evaluate and export `moe_vit_tiny` on the embedded digits.
 
     Args:
@@ -65,6 +66,8 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, verbose=1
         seed: int >= 0.
         quick: smoke-test mode: a 2-block width-16 model, 1 epoch of 2
             batches, float32 export only. Every step runs; accuracy is low.
+        deterministic: deterministic kernels (process-wide): the same
+            command repeats bit for bit on the same machine.
         verbose: 0 (quiet), 1 (progress bars) or 2 (one line per epoch).
 
     Returns:
@@ -103,6 +106,7 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, verbose=1
         train_dir,
         epochs=epochs,
         seed=seed,
+        deterministic=deterministic,
         overwrite=True,
         single_image_latency=False,
         overrides=QUICK_OVERRIDES if quick else None,
@@ -141,6 +145,7 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, verbose=1
         "litert": litert,
         "train_time_s": metrics["train_time_s"],
         "wall_time_s": wall,
+        "deterministic": deterministic,
         "quick": bool(quick),
         "output_dir": output_dir,
     }

@@ -286,6 +286,7 @@ def train_dual_encoder(
     templates=None,
     max_batches=None,
     save=True,
+    deterministic=False,
     verbose=2,
 ):
     """Train a dual encoder contrastively, then measure zero-shot accuracy.
@@ -308,6 +309,8 @@ def train_dual_encoder(
         max_batches: int or None, limit on training batches per epoch
             (for quick tests).
         save: write `model.keras` and `preset/`.
+        deterministic: use deterministic kernels (process-wide), so that
+            the same call repeats bit for bit on the same machine.
         verbose: `fit` verbosity.
 
     Returns:
@@ -333,7 +336,13 @@ def train_dual_encoder(
         max_batches = check_int("max_batches", max_batches, minimum=1)
     if not isinstance(output_dir, str) or not output_dir:
         raise ValueError(f"Argument `output_dir` must be a non-empty path; received {output_dir!r}.")
+    if not isinstance(deterministic, bool):
+        raise ValueError(f"Argument `deterministic` must be True or False; received {deterministic!r}.")
 
+    if deterministic:
+        from keras_sparse_moe.utils.determinism import enable_deterministic_ops
+
+        enable_deterministic_ops()
     keras.utils.set_random_seed(seed)
     model = load_dual_encoder(preset)
     train, validation, test, info = _datasets(model, data, batch_size, augment, seed)

@@ -183,6 +183,7 @@ def test_routing_by_class_follows_the_router():
         ({"preset": "moe_vit_tinyy"}, ValueError, "moe_vit_tiny"),
         ({"epochs": 0}, ValueError, "epochs"),
         ({"augment": "rotate"}, ValueError, "augment"),
+        ({"deterministic": "yes"}, ValueError, "`deterministic` must be True or False"),
     ],
 )
 def test_bad_inputs_fail_clearly(tmp_path, kwargs, error, match):
