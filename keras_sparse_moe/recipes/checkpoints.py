@@ -8,7 +8,7 @@
   and `best.keras` are copies of that file;
 - every file appears by an atomic rename, and the epoch is committed by
   replacing one small JSON file (`backup/state.json`) only after the
-  checkpoint it names is complete. A crash at any instant leaves either the
+  checkpoint it names and the copies are complete. A crash at any instant leaves either the
   previous epoch's state or the new one, never a half-written file that a
   resumed run would trip over;
 - the best value of the monitored metric is committed with the epoch, so
@@ -104,9 +104,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     After every epoch the trained model (a `Distiller`'s student) is saved
     once to `directory/backup/epoch_{N}.keras` (weights, optimizer state,
-    compile settings), the epoch is committed in `directory/backup/state.json`,
-    and `directory/last.keras` (and `directory/best.keras` when `monitor`
-    improved) are replaced by copies of it. Each file appears by an atomic
+    compile settings), `directory/last.keras` (and `directory/best.keras`
+    when `monitor` improved) are replaced by copies of it, and then the
+    epoch is committed in `directory/backup/state.json`. Each file appears by an atomic
     rename, so a crash leaves the previous epoch's checkpoint or the new one.
 
     When `fit` starts and `directory/backup` holds a committed epoch, the
@@ -226,6 +226,14 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 improved = True
                 self.best, self.best_epoch = value, epoch + 1
 
+        # The copies come before the commit, so a committed best epoch is
+        # always the one in best.keras (a crash in between leaves an
+        # uncommitted epoch there, which the resumed run trains again).
+        if self.save_last:
+            self._copy(checkpoint, os.path.join(self.directory, "last.keras"))
+        if self.save_best and improved:
+            self._copy(checkpoint, os.path.join(self.directory, "best.keras"))
+
         # Commit point: from here on a resumed run starts after this epoch.
         state = {
             "epoch": epoch + 1,
@@ -241,11 +249,6 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         for old in (_KERAS_WEIGHTS, _KERAS_METADATA):
             if os.path.exists(os.path.join(self.backup_dir, old)):
                 os.remove(os.path.join(self.backup_dir, old))
-
-        if self.save_last:
-            self._copy(checkpoint, os.path.join(self.directory, "last.keras"))
-        if self.save_best and improved:
-            self._copy(checkpoint, os.path.join(self.directory, "best.keras"))
 
     @staticmethod
     def _copy(source, target):

@@ -14,6 +14,7 @@ from keras_sparse_moe.recipes import make_callbacks
 from keras_sparse_moe.recipes import make_optimizer
 from keras_sparse_moe.recipes.checkpoints import ResumableCheckpoint
 from keras_sparse_moe.recipes.checkpoints import committed_epoch
+from tests.recipes.interrupt import InterruptAfter
 
 EPOCHS = 4
 
@@ -48,16 +49,6 @@ def _log_epochs(out):
         return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
-class _InterruptAfter(keras.callbacks.Callback):
-    def __init__(self, epochs):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 >= self.epochs:
-            raise KeyboardInterrupt
-
-
 def _weights(model):
     return [keras.ops.convert_to_numpy(v) for v in model.weights]
 
@@ -72,7 +63,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
     out = str(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        _fit(_model(), out, extra=[_InterruptAfter(2)])
+        _fit(_model(), out, extra=[InterruptAfter(2)])
     assert committed_epoch(os.path.join(out, "backup")) == 2
     resumed = _model()  # a fresh process rebuilds the model from scratch
     assert _fit(resumed, out) == [2, 3]
@@ -138,7 +129,7 @@ def test_best_checkpoint_survives_a_resume(tmp_path):
     out = str(tmp_path / "run")
     first = _model()
     with pytest.raises(KeyboardInterrupt):
-        fit(first, extra=[_InterruptAfter(3)])  # epochs 0-2; best is epoch 1 (1.0)
+        fit(first, extra=[InterruptAfter(3)])  # epochs 0-2; best is epoch 1 (1.0)
     epoch_2 = _weights(first)
     best_before = _weights(keras.saving.load_model(os.path.join(out, "best.keras")))
     state = json.load(open(os.path.join(out, "backup", "state.json")))
@@ -160,7 +151,7 @@ def test_resumes_a_keras_backup_and_restore_directory(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _model().fit(x, y, epochs=EPOCHS, batch_size=16, shuffle=False, verbose=0,
                      callbacks=[keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
-                                _InterruptAfter(2)])
+                                InterruptAfter(2)])
     assert committed_epoch(os.path.join(out, "backup")) == 2
     resumed = _model()
     assert _fit(resumed, out) == [2, 3]
@@ -236,7 +227,7 @@ def test_early_stopping_continues_its_count_after_a_resume(tmp_path):
     out = str(tmp_path / "resumed")
     snapshots.clear()
     with pytest.raises(KeyboardInterrupt):
-        fit(_model(), extra=[_InterruptAfter(3)])
+        fit(_model(), extra=[InterruptAfter(3)])
     best = snapshots[1]
     resumed = _model()
     assert fit(resumed) == [3]

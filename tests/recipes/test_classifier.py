@@ -13,6 +13,7 @@ from keras_sparse_moe.recipes.classifier import representative_images
 from keras_sparse_moe.recipes.classifier import train_classifier
 from keras_sparse_moe.recipes.metrics import classification_report
 from keras_sparse_moe.recipes.routing import routing_by_class
+from tests.recipes.interrupt import InterruptAfter
 
 # A 2-block width-16 MoE-ViT (MoE in block 1) trained on 2 batches per epoch.
 # Step-by-step execution is quicker than tracing a graph for so few steps,
@@ -24,18 +25,6 @@ QUICK = dict(
     single_image_latency=False, routing_examples=64,
 )
 PNG_MAGIC = b"\x89PNG"
-
-
-class InterruptAfter(keras.callbacks.Callback):
-    """Simulates Ctrl-C once `epochs` epochs have finished."""
-
-    def __init__(self, epochs):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 >= self.epochs:
-            raise KeyboardInterrupt
 
 
 def _logged_epochs(directory):

@@ -18,6 +18,7 @@ from keras_sparse_moe.recipes.distillation import distillation_loss
 from keras_sparse_moe.recipes.distillation import ensemble_probabilities
 from keras_sparse_moe.recipes.training import SparseCategoricalCrossentropyWithSmoothing
 from keras_sparse_moe import SparseMoE
+from tests.recipes.interrupt import InterruptAfter
 
 TINY = {"num_layers": 2, "hidden_dim": 16, "mlp_dim": 16, "num_heads": 2}
 QUICK = dict(
@@ -187,16 +188,11 @@ def test_train_classifier_distils_into_a_classifier(teacher_run, tmp_path):
         assert json.load(handle)["status"] == "finished"
 
 
-class _InterruptAfterFirstEpoch(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        raise KeyboardInterrupt
-
-
 def test_interrupted_distillation_resumes_the_student_and_its_optimizer(teacher_run, tmp_path):
     out = str(tmp_path / "student")
     kwargs = dict(QUICK, epochs=2, seed=1, teachers=[teacher_run])
     with pytest.raises(KeyboardInterrupt):
-        train_classifier("moe_vit_tiny", "digits", out, callbacks=[_InterruptAfterFirstEpoch()],
+        train_classifier("moe_vit_tiny", "digits", out, callbacks=[InterruptAfter(1)],
                          **kwargs)
     after_one = keras.saving.load_model(os.path.join(out, "last.keras"))
     metrics = train_classifier("moe_vit_tiny", "digits", out, **kwargs)

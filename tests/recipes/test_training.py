@@ -10,6 +10,7 @@ from keras_sparse_moe.recipes import SparseCategoricalCrossentropyWithSmoothing
 from keras_sparse_moe.recipes import make_callbacks
 from keras_sparse_moe.recipes import make_optimizer
 from keras_sparse_moe.recipes import make_schedule
+from tests.recipes.interrupt import InterruptAfter
 
 
 def _model():
@@ -57,23 +58,13 @@ def test_bad_optimizer_arguments():
         make_optimizer(1e-3, total_steps=10, warmup_steps=20)
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, at_epoch):
-        super().__init__()
-        self.at_epoch = at_epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.at_epoch:
-            raise KeyboardInterrupt
-
-
 def test_interrupted_training_resumes_without_losing_epochs(tmp_path):
     x, y = _data()
     out = str(tmp_path / "run")
     model = _model()
     with pytest.raises(KeyboardInterrupt):
         model.fit(x, y, validation_split=0.25, epochs=4, batch_size=10, verbose=0,
-                  callbacks=make_callbacks(out) + [_Interrupt(1)])
+                  callbacks=make_callbacks(out) + [InterruptAfter(2)])
     finished = model.get_weights()
     assert os.path.exists(os.path.join(out, "last.keras"))
     # A fresh process would rebuild the model: resume from the backup.
