@@ -495,6 +495,12 @@ def _print_metrics(title, metrics):
     _table(title, ["metric", "value"], rows)
 
 
+_DETERMINISTIC_HELP = (
+    "deterministic kernels: the same command and seed repeat bit for bit on the same machine "
+    "(TensorFlow's multi-threaded CPU kernels otherwise vary from run to run)"
+)
+
+
 def build_parser():
     """The argument parser of `keras-sparse-moe`."""
     common = argparse.ArgumentParser(add_help=False)
@@ -562,10 +568,7 @@ def build_parser():
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of the training split held out for validation")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic kernels: the same command and seed repeat bit for bit "
-                   "on the same machine (TensorFlow's multi-threaded CPU kernels otherwise "
-                   "vary from run to run)")
+    p.add_argument("--deterministic", action="store_true", help=_DETERMINISTIC_HELP)
     p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without validation improvement")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -639,10 +642,7 @@ def build_parser():
     p.add_argument("--output", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epoch budget")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic kernels: the same command and seed repeat bit for bit "
-                   "on the same machine (TensorFlow's multi-threaded CPU kernels otherwise "
-                   "vary from run to run)")
+    p.add_argument("--deterministic", action="store_true", help=_DETERMINISTIC_HELP)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)

@@ -29,6 +29,9 @@ import shutil
 
 import keras
 
+# A `Distiller` is saved as its student (the model being trained); the
+# student shares the Distiller's optimizer, so its file holds that state.
+from keras_sparse_moe.recipes.distillation import trained_model
 from keras_sparse_moe.utils.io import atomic_path
 from keras_sparse_moe.utils.io import atomic_write_text
 
@@ -42,7 +45,10 @@ _KERAS_METADATA = "training_metadata.json"
 _MODES = ("auto", "min", "max")
 
 
-def _read_state(backup_dir):
+def committed_state(backup_dir):
+    """The state an interrupted run committed in `backup_dir` (a dict with
+    `epoch`, `checkpoint`, `monitor`, `best`, `best_epoch`), or None when
+    there is none or the checkpoint it names is missing."""
     try:
         with open(os.path.join(backup_dir, STATE_FILE), encoding="utf-8") as handle:
             state = json.load(handle)
@@ -66,12 +72,6 @@ def _read_keras_backup(backup_dir):
     return (epoch, weights) if os.path.isfile(weights) else None
 
 
-def committed_state(backup_dir):
-    """The state an interrupted run committed in `backup_dir` (a dict with
-    `epoch`, `checkpoint`, `monitor`, `best`, `best_epoch`), or None."""
-    return _read_state(backup_dir)
-
-
 def committed_epoch(backup_dir):
     """Number of epochs an interrupted run committed in `backup_dir` (0 if none).
 
@@ -80,19 +80,11 @@ def committed_epoch(backup_dir):
     >>> committed_epoch(tempfile.mkdtemp())
     0
     """
-    state = _read_state(backup_dir)
+    state = committed_state(backup_dir)
     if state is not None:
         return state["epoch"]
     legacy = _read_keras_backup(backup_dir)
     return legacy[0] if legacy else 0
-
-
-def _saved_model(model):
-    # A `Distiller` is saved as its student (the model being trained); the
-    # student shares the Distiller's optimizer, so its file holds that state.
-    from keras_sparse_moe.recipes.distillation import trained_model
-
-    return trained_model(model)
 
 
 def _is_better(mode, value, best):
@@ -160,7 +152,6 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.save_last = bool(save_last)
         self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = None
-        self.initial_epoch = 0
         self._warned_missing = False
 
     # --- resume ---------------------------------------------------------
@@ -168,7 +159,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         os.makedirs(self.directory, exist_ok=True)
         self._remove_stale_files()
-        state = _read_state(self.backup_dir)
+        state = committed_state(self.backup_dir)
         legacy = None if state is not None else _read_keras_backup(self.backup_dir)
         if state is None and legacy is None:
             return
@@ -181,7 +172,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         if state is not None:
-            _saved_model(model).load_weights(os.path.join(self.backup_dir, state["checkpoint"]))
+            trained_model(model).load_weights(os.path.join(self.backup_dir, state["checkpoint"]))
             epoch = state["epoch"]
             best = state.get("best")
             if best is not None and state.get("monitor") == self.monitor:
@@ -190,7 +181,6 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         else:
             epoch, weights = legacy
             model.load_weights(weights)
-        self.initial_epoch = epoch
         # The hook Keras' own BackupAndRestore uses: fit() starts at this epoch.
         model._initial_epoch = epoch
 
@@ -209,7 +199,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         name = f"epoch_{epoch + 1}.keras"
         checkpoint = os.path.join(self.backup_dir, name)
         with atomic_path(checkpoint, suffix=".keras") as tmp:
-            _saved_model(self.model).save(tmp)
+            trained_model(self.model).save(tmp)
 
         improved = False
         value = logs.get(self.monitor)
