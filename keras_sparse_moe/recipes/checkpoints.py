@@ -48,7 +48,13 @@ _MODES = ("auto", "min", "max")
 def committed_state(backup_dir):
     """The state an interrupted run committed in `backup_dir` (a dict with
     `epoch`, `checkpoint`, `monitor`, `best`, `best_epoch`), or None when
-    there is none or the checkpoint it names is missing."""
+    there is none or the checkpoint it names is missing.
+
+    Example:
+    >>> import tempfile
+    >>> committed_state(tempfile.mkdtemp()) is None
+    True
+    """
     try:
         with open(os.path.join(backup_dir, STATE_FILE), encoding="utf-8") as handle:
             state = json.load(handle)
