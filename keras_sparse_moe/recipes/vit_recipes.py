@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 
+from keras_sparse_moe.recipes.augment import AUGMENTATIONS
 from keras_sparse_moe.recipes.classifier import DIGITS_RECIPE
 from keras_sparse_moe.recipes.distillation import DEFAULT_DISTILLATION_WEIGHT
 from keras_sparse_moe.recipes.distillation import DEFAULT_TEMPERATURE
@@ -35,6 +36,9 @@ def _parser(dense):
     parser.add_argument("--epochs", type=int, default=DIGITS_RECIPE["epochs"])
     parser.add_argument("--batch-size", type=int, default=DIGITS_RECIPE["batch_size"])
     parser.add_argument("--learning-rate", type=float, default=DIGITS_RECIPE["learning_rate"])
+    parser.add_argument("--augment", choices=AUGMENTATIONS, default=DIGITS_RECIPE["augment"],
+                        help="training augmentation (default %(default)s; 'elastic' adds smooth "
+                        "elastic distortions to the affine one)")
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                         help="preset override (repeatable), e.g. --set dropout_rate=0.1 "
                         "--set stochastic_depth=0.1")
@@ -154,7 +158,7 @@ def main(argv=None, dense=False):
 
     recipe = dict(DIGITS_RECIPE, epochs=args.epochs, batch_size=args.batch_size,
                   learning_rate=args.learning_rate, validation_fraction=args.validation_fraction,
-                  max_batches=args.max_batches)
+                  max_batches=args.max_batches, augment=args.augment)
     try:
         overrides = parse_key_values(args.set) or None
     except ValueError as error:
@@ -168,6 +172,8 @@ def main(argv=None, dense=False):
     if dense:
         overrides = dense_equivalent_overrides(args.preset, overrides)
         label = f"dense ViT ({args.preset}, mlp_dim={overrides['mlp_dim']}, no MoE)"
+    if args.augment != DIGITS_RECIPE["augment"]:
+        label += f" augment={args.augment}"
     if args.set:
         label += " " + " ".join(args.set)
     if args.cv_folds is not None:
