@@ -287,6 +287,7 @@ def train_dual_encoder(
     max_batches=None,
     save=True,
     deterministic=False,
+    callbacks=(),
     verbose=2,
 ):
     """Train a dual encoder contrastively, then measure zero-shot accuracy.
@@ -311,11 +312,14 @@ def train_dual_encoder(
         save: write `model.keras` and `preset/`.
         deterministic: use deterministic kernels (process-wide), so that
             the same call repeats bit for bit on the same machine.
+        callbacks: more Keras callbacks for `fit` (after the recipe's own).
         verbose: `fit` verbosity.
 
     Returns:
         dict of metrics: `zero_shot_accuracy` (test split), `final_loss`,
-        `initial_loss`, `history`, `train_seconds`, `epochs`, ...
+        `initial_loss`, `history` (per-epoch metrics of every epoch, read
+        from `log.csv`, so a resumed run's history includes the epochs before
+        the interruption), `train_seconds`, `epochs`, ...
 
     Example:
     >>> metrics = train_dual_encoder(output_dir="/tmp/limoe", epochs=1)  # doctest: +SKIP
@@ -324,6 +328,7 @@ def train_dual_encoder(
 
     from keras_sparse_moe.recipes.training import make_callbacks
     from keras_sparse_moe.recipes.training import make_optimizer
+    from keras_sparse_moe.recipes.training import read_log
 
     epochs = check_int("epochs", epochs, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=2)
@@ -371,11 +376,11 @@ def train_dual_encoder(
         monitor = "val_loss"
     initial_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
     start = time.time()
-    history = model.fit(
+    model.fit(
         train_pairs,
         validation_data=val_pairs,
         epochs=epochs,
-        callbacks=make_callbacks(output_dir, monitor=monitor),
+        callbacks=make_callbacks(output_dir, monitor=monitor, extra=list(callbacks)),
         shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras would warn otherwise
         verbose=verbose,
     )
@@ -395,7 +400,7 @@ def train_dual_encoder(
         "initial_loss": initial_loss,
         "final_loss": final_loss,
         "train_seconds": train_seconds,
-        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "history": read_log(os.path.join(output_dir, "log.csv")),
         **zero_shot,
     }
     if save:

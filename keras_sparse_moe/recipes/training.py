@@ -120,10 +120,36 @@ class _ResumableCSVLogger(keras.callbacks.CSVLogger):
     def on_train_begin(self, logs=None):
         from keras_sparse_moe.recipes.checkpoints import committed_epoch
 
-        epochs = committed_epoch(self.backup_dir)
-        if epochs and os.path.isfile(self.filename):
-            _truncate_csv_log(self.filename, epochs)
+        if os.path.isfile(self.filename):
+            # A run that starts from scratch (nothing committed) drops the
+            # rows of an earlier run in the same directory as well.
+            _truncate_csv_log(self.filename, committed_epoch(self.backup_dir))
         super().on_train_begin(logs)
+
+
+def read_log(path):
+    """The per-epoch metrics of a run's `log.csv`, in epoch order: a dict
+    `{metric: [value per epoch]}` (the `epoch` column left out). After a
+    resumed run this holds every epoch, not only those of the last `fit`.
+
+    Args:
+        path: the `log.csv` written by `make_callbacks`.
+
+    Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "log.csv")
+    >>> _ = open(path, "w").write("epoch,loss\\n1,0.5\\n0,0.9\\n")
+    >>> read_log(path)
+    {'loss': [0.9, 0.5]}
+    """
+    import csv
+
+    if not os.path.isfile(path):
+        raise ValueError(f"No training log at {path!r}.")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = sorted(csv.DictReader(handle), key=lambda row: int(row["epoch"]))
+    columns = [name for name in (rows[0] if rows else {}) if name != "epoch"]
+    return {name: [float(row[name]) for row in rows] for name in columns}
 
 
 def _truncate_csv_log(path, epochs):

@@ -1,7 +1,9 @@
+import csv
 import os
 
 import pytest
 
+from tests.recipes.interrupt import InterruptAfter
 from keras_sparse_moe.recipes.dual_encoder import evaluate_zero_shot
 from keras_sparse_moe.recipes.dual_encoder import load_dual_encoder
 from keras_sparse_moe.recipes.dual_encoder import train_dual_encoder
@@ -14,17 +16,34 @@ def test_shipped_limoe_tiny_digits_meets_zero_shot_target():
     assert result["zero_shot_accuracy"] >= 0.90
 
 
+def _logged_epochs(out):
+    with open(os.path.join(out, "log.csv"), newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
 @pytest.mark.slow
-def test_tiny_run_trains_and_writes_artifacts(tmp_path):
-    # (Resuming an interrupted run is covered in test_training.py: the recipe
+def test_tiny_run_resumes_and_writes_artifacts(tmp_path):
+    # (The checkpoint mechanics are covered in test_checkpoints.py: the recipe
     # uses the same make_callbacks / ResumableCheckpoint.)
     out = str(tmp_path / "run")
-    first = train_dual_encoder(output_dir=out, epochs=2, batch_size=32, max_batches=4,
-                               learning_rate=3e-3, seed=0, verbose=0)
+    quick = dict(output_dir=out, epochs=3, batch_size=32, max_batches=4, learning_rate=3e-3,
+                 seed=0, verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        train_dual_encoder(callbacks=[InterruptAfter(2)], **quick)
+    assert _logged_epochs(out) == [0, 1]
+    first = train_dual_encoder(**quick)
+    assert _logged_epochs(out) == [0, 1, 2]  # resumed: epoch 2 only
+    # The history covers the epochs before the interruption too.
+    assert len(first["history"]["loss"]) == 3
     assert first["final_loss"] < first["initial_loss"]
     assert 0.0 <= first["zero_shot_accuracy"] <= 1.0
     for name in ("model.keras", "metrics.json", "log.csv"):
         assert os.path.exists(os.path.join(out, name)), name
+    # A finished run leaves no backup; running it again starts afresh and
+    # replaces the log instead of appending a second copy of every epoch.
+    again = train_dual_encoder(**dict(quick, epochs=2))
+    assert _logged_epochs(out) == [0, 1]
+    assert len(again["history"]["loss"]) == 2
 
 
 def test_bad_models_are_rejected(tmp_path):
