@@ -12,9 +12,13 @@ For the command-line process only (the library never changes logging on
 import), `import_tensorflow_quietly` sets `TF_CPP_MIN_LOG_LEVEL=3` unless the
 user set it, and imports TensorFlow with file descriptor 2 pointing at a
 temporary file; afterwards it writes back every captured line except the
-start-up notes above. `TF_CPP_MIN_LOG_LEVEL=0` shows everything.
+start-up notes above. `TF_CPP_MIN_LOG_LEVEL=0` shows everything. The same
+filter (`quiet_stderr`) hides the LiteRT interpreter's "INFO: Created
+TensorFlow Lite XNNPACK delegate for CPU." when the command line runs an
+exported model.
 """
 
+import contextlib
 import os
 import re
 import sys
@@ -29,6 +33,7 @@ _NOISE = re.compile(
     r"|[IW]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] "
     r"|E\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] .*(?:cuInit|CUDA|cuda)"
     r"|To enable the following instructions: .* rebuild TensorFlow"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
     r")"
 )
 
@@ -79,16 +84,30 @@ def import_filtered(module):
     that are not start-up noise (also when the import fails)."""
     import importlib
 
+    with quiet_stderr():
+        importlib.import_module(module)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Capture file descriptor 2 (native code's stderr too) inside the block;
+    afterwards write back, in order, the lines that are not start-up noise
+    (also when the block raises).
+
+    Example:
+    >>> with quiet_stderr():
+    ...     pass
+    """
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (AttributeError, OSError, ValueError):
-        importlib.import_module(module)  # no usable stderr: nothing to filter
+        yield  # no usable stderr: nothing to filter
         return
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
-            importlib.import_module(module)
+            yield
         finally:
             try:
                 sys.stderr.flush()
@@ -102,3 +121,12 @@ def import_filtered(module):
             if kept:
                 sys.stderr.write("\n".join(kept) + "\n")
                 sys.stderr.flush()
+
+
+def quiet_if_cli():
+    """`quiet_stderr()` in the command-line process (unless
+    `TF_CPP_MIN_LOG_LEVEL=0`), a no-op context elsewhere: the library never
+    changes what a user's own program prints."""
+    if is_cli_process() and os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0":
+        return quiet_stderr()
+    return contextlib.nullcontext()

@@ -17,11 +17,14 @@ STARTUP = [
     "TensorFlow with the appropriate compiler flags.",
     "E0000 00:00:1795967146.891602   23118 cuda_platform.cc:52] failed call to cuInit: "
     "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+    # LiteRT's interpreter, at allocate_tensors().
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
 ]
 KEPT = [
     "E0000 00:00:1795967149.215323   23118 kernel.cc:1] Out of memory while allocating",
     "/site-packages/foo.py:3: DeprecationWarning: bar is deprecated",
     "ValueError: bad input",
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU. (and something else)",
 ]
 
 
@@ -40,8 +43,51 @@ def test_import_filtered_keeps_real_messages_in_order(tmp_path, monkeypatch, cap
     assert capfd.readouterr().err.splitlines() == [KEPT[0], KEPT[1]]
 
 
-def test_library_import_is_not_treated_as_the_command_line():
+def test_quiet_stderr_writes_back_real_messages_also_when_the_block_raises(capfd):
+    capfd.readouterr()
+    try:
+        with _quiet_tensorflow.quiet_stderr():
+            os.write(2, f"{STARTUP[-1]}\n{KEPT[2]}\n".encode())
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert capfd.readouterr().err.splitlines() == [KEPT[2]]
+
+
+def test_library_import_is_not_treated_as_the_command_line(capfd):
     assert not _quiet_tensorflow.is_cli_process()
+    capfd.readouterr()
+    with _quiet_tensorflow.quiet_if_cli():  # a library user's stderr is left alone
+        os.write(2, (STARTUP[-1] + "\n").encode())
+    assert capfd.readouterr().err.splitlines() == [STARTUP[-1]]
+
+
+# Runs an exported model the way the command line does (the script's name
+# makes it the command-line process): converts a one-op model, then runs it.
+LITERT_PROBE = """
+import numpy as np, tensorflow as tf
+from keras_sparse_moe.export.litert import LiteRTModel
+fn = tf.function(lambda x: tf.nn.relu(x), autograph=False)
+flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions(
+    [fn.get_concrete_function(tf.TensorSpec((1, 4), tf.float32))], fn).convert()
+open("probe.tflite", "wb").write(flatbuffer)
+print(LiteRTModel("probe.tflite")(np.ones((1, 4), "float32")).tolist())
+"""
+
+
+def test_command_line_hides_the_litert_delegate_line(tmp_path):
+    script = tmp_path / "keras-sparse-moe-litert-probe"
+    script.write_text(LITERT_PROBE)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    run = [sys.executable, str(script)]
+    quiet = subprocess.run(run, capture_output=True, text=True, timeout=300, env=env,
+                           cwd=tmp_path)
+    loud = subprocess.run(run, capture_output=True, text=True, timeout=300,
+                          env=dict(env, TF_CPP_MIN_LOG_LEVEL="0"), cwd=tmp_path)
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
+    assert quiet.stdout.strip() == loud.stdout.strip() == "[[1.0, 1.0, 1.0, 1.0]]"
+    assert STARTUP[-1] in loud.stderr.splitlines()  # the line exists ...
+    assert STARTUP[-1] not in quiet.stderr.splitlines()  # ... and the CLI hides it
 
 
 def test_command_line_stderr_has_no_tensorflow_startup_lines():

@@ -25,6 +25,7 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_sparse_moe._quiet_tensorflow import quiet_if_cli
 from keras_sparse_moe.export import handover
 from keras_sparse_moe.export.float_routers import convert_int8_float_routers
 from keras_sparse_moe.export.float_routers import router_scopes
@@ -482,7 +483,8 @@ class LiteRTModel:
     def __init__(self, path, num_threads=2):
         self.path = os.fspath(path)
         self.interpreter = _interpreter(self.path, num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+        with quiet_if_cli():  # the XNNPACK delegate's INFO line on the command line
+            self.interpreter.allocate_tensors()
         self.inputs = self.interpreter.get_input_details()
         self.input = self.inputs[0]
         self.output = self.interpreter.get_output_details()[0]
