@@ -563,8 +563,9 @@ def build_parser():
     p.add_argument("--ema-momentum", type=float, default=None, metavar="M",
                    help="end with an exponential moving average of the weights (e.g. 0.999 "
                    "for runs of thousands of steps)")
-    p.add_argument("--augment", choices=("affine", "shift", "none"), default="affine",
-                   help="training augmentation (default: affine = rotation, zoom, shift)")
+    p.add_argument("--augment", choices=("affine", "elastic", "shift", "none"), default="affine",
+                   help="training augmentation (default: affine = rotation, zoom, shift; "
+                   "elastic = affine + smooth elastic distortion)")
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of the training split held out for validation")
     p.add_argument("--seed", type=int, default=0)

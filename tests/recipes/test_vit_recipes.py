@@ -27,8 +27,11 @@ def test_cross_validation_prints_pooled_accuracy_and_compares(tmp_path, capsys):
 
 def test_whole_training_split_and_save_preset(tmp_path, capsys):
     out, preset = str(tmp_path / "runs"), str(tmp_path / "preset")
-    assert main(["--validation-fraction", "0", "--output", out, "--save-preset", preset] + TINY) == 0
+    assert main(["--validation-fraction", "0", "--output", out, "--save-preset", preset,
+                 "--augment", "elastic"] + TINY) == 0
     metrics = json.load(open(os.path.join(out, "seed_0", "metrics.json")))
+    assert metrics["settings"]["augment"] == "elastic"
+    assert "augment=elastic" in json.load(open(os.path.join(out, "summary.json")))["label"]
     assert metrics["dataset"]["counts"]["train"] == 1438
     assert "validation" not in metrics["dataset"]["counts"]
     assert os.path.isfile(os.path.join(preset, "config.json"))
@@ -42,6 +45,7 @@ def test_whole_training_split_and_save_preset(tmp_path, capsys):
         (["--compare-cv", "x.json"], "needs --cv-folds"),
         (["--validation-fraction", "0", "--save-preset", "x", "--seeds", "0", "1"], "give one seed"),
         (["--set", "no_equals_sign"], "KEY=VALUE"),
+        (["--augment", "warp"], "invalid choice: 'warp'"),
         (["--cv-folds", "5", "--compare-cv", "missing.json"], "not a readable cv_summary.json"),
         (["--cv-folds", "1"], "`folds` must be"),
         (["--cv-folds", "5", "--data", "tfds:mnist"], "needs the 'digits' dataset"),
