@@ -307,17 +307,7 @@ def _train_dual_encoder(args):
             "encoder (contrastive training: --epochs, --batch-size, --learning-rate, "
             "--weight-decay, --warmup-fraction, --seed)"
         )
-    if args.overwrite and os.path.isdir(args.output) and os.listdir(args.output):
-        import shutil
-
-        run_files = {"metrics.json", "log.csv", "model.keras", "backup", "preset"}
-        if not run_files & set(os.listdir(args.output)):
-            raise CLIError(
-                f"--overwrite: {args.output!r} does not look like a training run (no "
-                "metrics.json, log.csv, model.keras or backup/); refusing to delete it"
-            )
-        shutil.rmtree(args.output)
-    metrics = train_dual_encoder(**_common_train_arguments(args))
+    metrics = train_dual_encoder(**_common_train_arguments(args), overwrite=args.overwrite)
     artifacts = ["model.keras", "preset/", "metrics.json", "log.csv"]
     if not args.no_plots:
         from keras_sparse_moe.recipes.plots import plot_routing_heatmap

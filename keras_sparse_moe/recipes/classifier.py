@@ -27,11 +27,9 @@ settings and state of the run), `log.csv`, `best.keras`, `last.keras`,
 `training_curves.png` and `routing_heatmap.png`.
 """
 
-import json
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 
@@ -42,8 +40,12 @@ from keras_sparse_moe.recipes.augment import make_augmentation
 from keras_sparse_moe.recipes.distillation import DEFAULT_DISTILLATION_WEIGHT
 from keras_sparse_moe.recipes.distillation import DEFAULT_TEMPERATURE
 from keras_sparse_moe.recipes.metrics import classification_report
+from keras_sparse_moe.recipes.run_state import METRICS_FILE
+from keras_sparse_moe.recipes.run_state import RUN_FILE
+from keras_sparse_moe.recipes.run_state import check_previous_run
+from keras_sparse_moe.recipes.run_state import read_json
+from keras_sparse_moe.recipes.run_state import write_json
 from keras_sparse_moe.utils.io import atomic_save_model
-from keras_sparse_moe.utils.io import atomic_write_text
 from keras_sparse_moe.utils.io import check_writable_directory
 from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_float
@@ -52,8 +54,6 @@ from keras_sparse_moe.utils.validation import check_int
 logger = logging.getLogger("keras_sparse_moe.recipes")
 
 DEFAULT_PRESET = "moe_vit_tiny"
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
 PRESET_DIR = "preset"
 CURVES_FILE = "training_curves.png"
@@ -492,7 +492,7 @@ def _environment():
 
 
 def _write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    write_json(path, obj, default=_json_default)
 
 
 def _json_default(value):
@@ -600,47 +600,10 @@ def evaluate_classifier(
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
-def _clear_run(output_dir):
-    for name in RUN_ARTIFACTS:
-        path = os.path.join(output_dir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-
-
 def _check_previous_run(output_dir, settings, overwrite):
     """'fresh', 'resume' or 'finished' for the run in `output_dir`."""
-    if overwrite:
-        _clear_run(output_dir)
-        return "fresh"
-    previous = _read_json(os.path.join(output_dir, RUN_FILE))
-    if previous is None:
-        if os.path.isdir(os.path.join(output_dir, "backup")):
-            return "resume"
-        return "fresh"
-    old = previous.get("settings", {})
-    old = {k: old.get(k, _RESUME_DEFAULTS.get(k)) for k in _RESUME_KEYS}
-    changed = sorted(k for k in _RESUME_KEYS if old[k] != settings.get(k))
-    status = previous.get("status")
-    if changed:
-        what = "a finished" if status == "finished" else "an interrupted"
-        raise ValueError(
-            f"Output directory {output_dir!r} holds {what} run with different settings "
-            f"({', '.join(f'{k}: {old[k]!r} -> {settings.get(k)!r}' for k in changed)}). "
-            "Use another output directory, or overwrite=True (--overwrite) to start afresh."
-        )
-    if status == "finished" and os.path.isfile(os.path.join(output_dir, METRICS_FILE)):
-        return "finished"
-    return "resume" if os.path.isdir(os.path.join(output_dir, "backup")) else "fresh"
+    return check_previous_run(output_dir, settings, keys=_RESUME_KEYS, artifacts=RUN_ARTIFACTS,
+                              overwrite=overwrite, defaults=_RESUME_DEFAULTS)
 
 
 def _steps_per_epoch(info, train, batch_size, max_batches):
@@ -838,7 +801,7 @@ def train_classifier(
             "%s already holds a finished run with these settings; returning its metrics "
             "(pass overwrite=True / --overwrite to train again).", output_dir,
         )
-        metrics = _read_json(os.path.join(output_dir, METRICS_FILE))
+        metrics = read_json(os.path.join(output_dir, METRICS_FILE))
         if return_model:
             return metrics, load_classifier(os.path.join(output_dir, MODEL_FILE))
         return metrics

@@ -21,21 +21,36 @@ directory), `metrics.json`, `log.csv`, `best.keras`, `last.keras`, `backup/`
 (while training).
 """
 
-import json
+import logging
 import os
 import time
 
 import numpy as np
 
+from keras_sparse_moe.recipes.run_state import METRICS_FILE
+from keras_sparse_moe.recipes.run_state import RUN_FILE
+from keras_sparse_moe.recipes.run_state import check_previous_run
+from keras_sparse_moe.recipes.run_state import read_json
+from keras_sparse_moe.recipes.run_state import write_json
 from keras_sparse_moe.utils.io import atomic_save_model
-from keras_sparse_moe.utils.io import atomic_write_text
+from keras_sparse_moe.utils.io import check_writable_directory
 from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
 
 DEFAULT_PRESET = "limoe_tiny"
-METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
 PRESET_DIR = "preset"
+logger = logging.getLogger(__name__)
+# A run's own files in its output directory (deleted by `overwrite`).
+RUN_ARTIFACTS = (
+    RUN_FILE, METRICS_FILE, MODEL_FILE, PRESET_DIR, "log.csv", "best.keras", "last.keras",
+    "backup", "training_curves.png", "routing_heatmap.png",
+)
+# Settings that must match to resume an interrupted run or reuse a finished one.
+_RESUME_KEYS = (
+    "preset", "data", "epochs", "batch_size", "learning_rate", "weight_decay",
+    "warmup_fraction", "clipnorm", "augment", "seed", "templates", "max_batches",
+)
 
 
 def load_dual_encoder(model, load_weights=True):
@@ -288,12 +303,16 @@ def train_dual_encoder(
     save=True,
     deterministic=False,
     callbacks=(),
+    overwrite=False,
     verbose=2,
 ):
     """Train a dual encoder contrastively, then measure zero-shot accuracy.
 
-    Re-running with the same `output_dir` resumes after the last finished
-    epoch (`make_callbacks`: crash-safe per-epoch checkpoints).
+    Re-running with the same `output_dir` resumes an interrupted run after
+    its last finished epoch (`make_callbacks`: crash-safe per-epoch
+    checkpoints) and returns a finished run's metrics without training; a
+    run with different settings there is refused (`overwrite=True` starts
+    afresh). `run.json` records the settings and whether the run finished.
 
     Args:
         preset: preset name or directory, or `.keras` file
@@ -313,6 +332,10 @@ def train_dual_encoder(
         deterministic: use deterministic kernels (process-wide), so that
             the same call repeats bit for bit on the same machine.
         callbacks: more Keras callbacks for `fit` (after the recipe's own).
+        overwrite: delete an earlier run's files in `output_dir` (only
+            those) and train afresh. Without it a finished run with the same
+            settings is returned as it is (its `metrics.json`, no training),
+            and a run with different settings is refused.
         verbose: `fit` verbosity.
 
     Returns:
@@ -343,6 +366,21 @@ def train_dual_encoder(
         raise ValueError(f"Argument `output_dir` must be a non-empty path; received {output_dir!r}.")
     if not isinstance(deterministic, bool):
         raise ValueError(f"Argument `deterministic` must be True or False; received {deterministic!r}.")
+    settings = {
+        "preset": preset if isinstance(preset, str) else type(preset).__name__,
+        "data": data, "epochs": epochs, "batch_size": batch_size,
+        "learning_rate": learning_rate, "weight_decay": weight_decay,
+        "warmup_fraction": warmup_fraction, "clipnorm": clipnorm, "augment": bool(augment),
+        "seed": seed, "templates": None if templates is None else list(templates),
+        "max_batches": max_batches, "deterministic": deterministic,
+    }
+    check_writable_directory(output_dir)
+    state = check_previous_run(output_dir, settings, keys=_RESUME_KEYS, artifacts=RUN_ARTIFACTS,
+                               overwrite=overwrite)
+    if state == "finished":
+        logger.info("%s already holds a finished run with these settings; returning its metrics "
+                    "(pass overwrite=True / --overwrite to train again).", output_dir)
+        return read_json(os.path.join(output_dir, METRICS_FILE))
 
     if deterministic:
         from keras_sparse_moe.utils.determinism import enable_deterministic_ops
@@ -375,6 +413,7 @@ def train_dual_encoder(
         val_pairs = _to_pairs(validation)
         monitor = "val_loss"
     initial_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
+    write_json(os.path.join(output_dir, RUN_FILE), {"status": "running", "settings": settings})
     start = time.time()
     model.fit(
         train_pairs,
@@ -408,5 +447,6 @@ def train_dual_encoder(
 
         atomic_save_model(model, os.path.join(output_dir, MODEL_FILE))
         save_to_preset(model, os.path.join(output_dir, PRESET_DIR))
-    atomic_write_text(os.path.join(output_dir, METRICS_FILE), json.dumps(metrics, indent=2))
+    write_json(os.path.join(output_dir, METRICS_FILE), metrics)
+    write_json(os.path.join(output_dir, RUN_FILE), {"status": "finished", "settings": settings})
     return metrics

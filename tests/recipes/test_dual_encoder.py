@@ -39,17 +39,13 @@ def test_tiny_run_resumes_and_writes_artifacts(tmp_path):
     assert 0.0 <= first["zero_shot_accuracy"] <= 1.0
     for name in ("model.keras", "metrics.json", "log.csv"):
         assert os.path.exists(os.path.join(out, name)), name
-    # A finished run leaves no backup; running it again starts afresh and
-    # replaces the log instead of appending a second copy of every epoch.
-    again = train_dual_encoder(**dict(quick, epochs=2))
+    # Running a finished run again returns its metrics without training.
+    assert train_dual_encoder(**quick) == first
+    assert _logged_epochs(out) == [0, 1, 2]
+    # Other settings in the same directory are refused, naming the change ...
+    with pytest.raises(ValueError, match=r"different settings \(epochs: 3 -> 2\)"):
+        train_dual_encoder(**dict(quick, epochs=2))
+    # ... unless overwrite=True, which replaces the run (and its log).
+    again = train_dual_encoder(**dict(quick, epochs=2), overwrite=True)
     assert _logged_epochs(out) == [0, 1]
     assert len(again["history"]["loss"]) == 2
-
-
-def test_bad_models_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match="not a dual encoder"):
-        load_dual_encoder("moe_vit_tiny", load_weights=False)
-    with pytest.raises(ValueError, match="does not exist"):
-        load_dual_encoder(str(tmp_path / "missing.keras"))
-    with pytest.raises(ValueError, match="split"):
-        evaluate_zero_shot("limoe_tiny_digits", "digits", split="dev")

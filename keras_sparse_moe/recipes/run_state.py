@@ -1,0 +1,91 @@
+"""The state of a recipe's output directory: fresh, interrupted or finished.
+
+Every recipe writes `run.json` (`{"status": "running" | "finished",
+"settings": {...}}`) into its output directory before training and again when
+it finishes. Calling the recipe again with the same directory then
+
+- continues an interrupted run (`"resume"`: its `backup/` holds the last
+  committed epoch) when the settings that shape training are unchanged;
+- returns the finished run's `metrics.json` without training (`"finished"`);
+- refuses different settings with a `ValueError` that lists them, instead of
+  mixing two runs' checkpoints and logs, unless `overwrite=True` deletes the
+  earlier run's files first (and only those).
+"""
+
+import json
+import os
+import shutil
+
+from keras_sparse_moe.utils.io import atomic_write_text
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+BACKUP_DIR = "backup"
+
+
+def read_json(path):
+    """The JSON document at `path`, or None if it is missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path, obj, default=None):
+    """Write `obj` as indented JSON, atomically (temporary file + rename)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=default) + "\n")
+
+
+def clear_run(output_dir, artifacts):
+    """Delete the files and directories named in `artifacts` (a run's own
+    outputs) from `output_dir`; anything else there is left alone."""
+    for name in artifacts:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def check_previous_run(output_dir, settings, *, keys, artifacts, overwrite=False, defaults=None):
+    """`"fresh"`, `"resume"` or `"finished"` for a run with `settings` in
+    `output_dir`.
+
+    Args:
+        output_dir: the run's output directory (may not exist yet).
+        settings: dict of this call's settings.
+        keys: the settings that must match to resume or to reuse a finished run.
+        artifacts: the run's own file names, deleted when `overwrite`.
+        overwrite: delete an earlier run's artifacts and start afresh.
+        defaults: values of `keys` that older `run.json` files do not record.
+
+    Raises:
+        ValueError: the directory holds a run with different settings.
+
+    Example:
+    >>> import tempfile
+    >>> check_previous_run(tempfile.mkdtemp(), {"epochs": 3}, keys=("epochs",), artifacts=())
+    'fresh'
+    """
+    if overwrite:
+        clear_run(output_dir, artifacts)
+        return "fresh"
+    previous = read_json(os.path.join(output_dir, RUN_FILE))
+    backup = os.path.isdir(os.path.join(output_dir, BACKUP_DIR))
+    if not isinstance(previous, dict):
+        return "resume" if backup else "fresh"
+    old = previous.get("settings") or {}
+    old = {k: old.get(k, (defaults or {}).get(k)) for k in keys}
+    changed = sorted(k for k in keys if old[k] != settings.get(k))
+    status = previous.get("status")
+    if changed:
+        what = "a finished" if status == "finished" else "an interrupted"
+        raise ValueError(
+            f"Output directory {output_dir!r} holds {what} run with different settings "
+            f"({', '.join(f'{k}: {old[k]!r} -> {settings.get(k)!r}' for k in changed)}). "
+            "Use another output directory, or overwrite=True (--overwrite) to start afresh."
+        )
+    if status == "finished" and os.path.isfile(os.path.join(output_dir, METRICS_FILE)):
+        return "finished"
+    return "resume" if backup else "fresh"
