@@ -121,9 +121,13 @@ class _ResumableCSVLogger(keras.callbacks.CSVLogger):
         from keras_sparse_moe.recipes.checkpoints import committed_epoch
 
         if os.path.isfile(self.filename):
-            # A run that starts from scratch (nothing committed) drops the
-            # rows of an earlier run in the same directory as well.
-            _truncate_csv_log(self.filename, committed_epoch(self.backup_dir))
+            epochs = committed_epoch(self.backup_dir)
+            if epochs:
+                _truncate_csv_log(self.filename, epochs)
+            else:
+                # A run that starts from scratch replaces the log of an
+                # earlier run in the same directory (header included).
+                os.remove(self.filename)
         super().on_train_begin(logs)
 
 
@@ -138,9 +142,9 @@ def read_log(path):
     Example:
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "log.csv")
-    >>> _ = open(path, "w").write("epoch,loss\\n1,0.5\\n0,0.9\\n")
+    >>> _ = open(path, "w").write("epoch,loss,val_loss\\n1,0.5,NA\\n0,0.9,0.8\\n")
     >>> read_log(path)
-    {'loss': [0.9, 0.5]}
+    {'loss': [0.9, 0.5], 'val_loss': [0.8, nan]}
     """
     import csv
 
@@ -149,7 +153,15 @@ def read_log(path):
     with open(path, newline="", encoding="utf-8") as handle:
         rows = sorted(csv.DictReader(handle), key=lambda row: int(row["epoch"]))
     columns = [name for name in (rows[0] if rows else {}) if name != "epoch"]
-    return {name: [float(row[name]) for row in rows] for name in columns}
+    return {name: [_number(row[name]) for row in rows] for name in columns}
+
+
+def _number(text):
+    """A CSV log value as a float; NaN for a missing one (Keras writes "NA")."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _truncate_csv_log(path, epochs):

@@ -233,3 +233,14 @@ def test_early_stopping_continues_its_count_after_a_resume(tmp_path):
     assert fit(resumed) == [3]
     for a, b in zip(best, _weights(resumed)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_fresh_run_replaces_an_earlier_log(tmp_path):
+    out = str(tmp_path)
+    with open(os.path.join(out, "log.csv"), "w") as handle:  # a finished run's log, other columns
+        handle.write("epoch,old_metric\n0,1.0\n1,0.5\n2,0.25\n3,0.1\n4,0.05\n")
+    assert _fit(_model(), out) == [0, 1, 2, 3]  # nothing committed: trains from epoch 0
+    with open(os.path.join(out, "log.csv"), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2, 3]
+    assert "old_metric" not in rows[0] and "loss" in rows[0]
