@@ -58,3 +58,24 @@ def test_export_towers_reports_litert_zero_shot(capsys, tmp_path):
     assert sorted(os.listdir(out)) == ["class_embeddings.npy", "class_names.json", "export.json",
                                        "image_encoder.tflite", "text_encoder.tflite",
                                        "vocabulary.txt"]
+
+
+def test_rerun_returns_the_finished_run_other_settings_need_overwrite(trained, capsys):
+    # Last in this file: it replaces the module's trained run.
+    _, out = trained
+    argv = ["train", "--preset", "limoe_tiny", "--data", "digits", "--output", out,
+            "--batch-size", "16", "--max-batches", "2", "--quiet"]
+    log = os.path.join(out, "log.csv")
+    before = open(log).read()
+    capsys.readouterr()
+    assert main(argv + ["--epochs", "1"]) == 0  # finished: its metrics, no training
+    assert "zero-shot accuracy" in capsys.readouterr().out
+    assert open(log).read() == before
+    assert main(argv + ["--epochs", "2"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "different settings (epochs: 1 -> 2)" in err[0], err
+    with open(os.path.join(out, "notes.txt"), "w") as handle:
+        handle.write("not a run file")
+    assert main(argv + ["--epochs", "2", "--overwrite"]) == 0
+    assert [row.split(",")[0] for row in open(log).read().split()[1:]] == ["0", "1"]
+    assert os.path.isfile(os.path.join(out, "notes.txt"))  # only the run's own files go
