@@ -3,10 +3,10 @@ import os
 
 import pytest
 
-from tests.recipes.interrupt import InterruptAfter
 from keras_sparse_moe.recipes.dual_encoder import evaluate_zero_shot
 from keras_sparse_moe.recipes.dual_encoder import load_dual_encoder
 from keras_sparse_moe.recipes.dual_encoder import train_dual_encoder
+from tests.recipes.interrupt import InterruptAfter
 
 
 def test_shipped_limoe_tiny_digits_meets_zero_shot_target():
@@ -49,3 +49,12 @@ def test_tiny_run_resumes_and_writes_artifacts(tmp_path):
     again = train_dual_encoder(**dict(quick, epochs=2), overwrite=True)
     assert _logged_epochs(out) == [0, 1]
     assert len(again["history"]["loss"]) == 2
+
+
+def test_bad_models_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="not a dual encoder"):
+        load_dual_encoder("moe_vit_tiny", load_weights=False)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_dual_encoder(str(tmp_path / "missing.keras"))
+    with pytest.raises(ValueError, match="split"):
+        evaluate_zero_shot("limoe_tiny_digits", "digits", split="dev")
