@@ -15,6 +15,7 @@ import sys
 import warnings
 
 # (`import keras_sparse_moe` has imported Keras before this module runs.)
+from keras_sparse_moe.recipes.augment import AUGMENTATIONS
 from keras_sparse_moe.recipes.distillation import DEFAULT_DISTILLATION_WEIGHT
 from keras_sparse_moe.recipes.distillation import DEFAULT_TEMPERATURE
 
@@ -553,7 +554,7 @@ def build_parser():
     p.add_argument("--ema-momentum", type=float, default=None, metavar="M",
                    help="end with an exponential moving average of the weights (e.g. 0.999 "
                    "for runs of thousands of steps)")
-    p.add_argument("--augment", choices=("affine", "elastic", "shift", "none"), default="affine",
+    p.add_argument("--augment", choices=AUGMENTATIONS, default="affine",
                    help="training augmentation (default: affine = rotation, zoom, shift; "
                    "elastic = affine + smooth elastic distortion)")
     p.add_argument("--validation-fraction", type=float, default=0.1,

@@ -406,7 +406,6 @@ def train_dual_encoder(
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "embedding", "temperature"])
     model.compile(optimizer=optimizer)
 
-    os.makedirs(output_dir, exist_ok=True)
     val_pairs = None
     monitor = "loss"
     if validation is not None and info.counts.get("validation", 0) >= batch_size:
