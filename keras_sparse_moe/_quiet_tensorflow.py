@@ -126,7 +126,13 @@ def quiet_stderr():
 def quiet_if_cli():
     """`quiet_stderr()` in the command-line process (unless
     `TF_CPP_MIN_LOG_LEVEL=0`), a no-op context elsewhere: the library never
-    changes what a user's own program prints."""
+    changes what a user's own program prints.
+
+    Example:
+    >>> with quiet_if_cli():  # in a library user's process: prints as usual
+    ...     print("kept")
+    kept
+    """
     if is_cli_process() and os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0":
         return quiet_stderr()
     return contextlib.nullcontext()

@@ -119,7 +119,7 @@ def elastic_distortion(images, seed, strength, grid):
     Args:
         images: float tensor `(batch, height, width, channels)`.
         seed: int tensor of shape `(2,)`, the stateless random seed.
-        strength: float, displacement standard deviation / image side.
+        strength: float >= 0, displacement standard deviation / image side.
         grid: int >= 2, control points per side.
 
     Example:
@@ -133,6 +133,8 @@ def elastic_distortion(images, seed, strength, grid):
     """
     import tensorflow as tf
 
+    strength = check_float("strength", strength, minimum=0.0)
+    grid = check_int("grid", grid, minimum=2)
     images = tf.convert_to_tensor(images)
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]

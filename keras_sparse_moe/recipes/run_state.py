@@ -24,7 +24,17 @@ BACKUP_DIR = "backup"
 
 
 def read_json(path):
-    """The JSON document at `path`, or None if it is missing or unreadable."""
+    """The JSON document at `path`, or None if it is missing or unreadable.
+
+    Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.json")
+    >>> read_json(path) is None
+    True
+    >>> write_json(path, {"status": "running"})
+    >>> read_json(path)
+    {'status': 'running'}
+    """
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -33,13 +43,32 @@ def read_json(path):
 
 
 def write_json(path, obj, default=None):
-    """Write `obj` as indented JSON, atomically (temporary file + rename)."""
+    """Write `obj` as indented JSON, atomically (temporary file + rename);
+    `default` converts values `json` cannot (as in `json.dumps`).
+
+    Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "metrics.json")
+    >>> write_json(path, {"accuracy": 0.5})
+    >>> open(path).read()
+    '{\\n  "accuracy": 0.5\\n}\\n'
+    """
     atomic_write_text(path, json.dumps(obj, indent=2, default=default) + "\n")
 
 
 def clear_run(output_dir, artifacts):
     """Delete the files and directories named in `artifacts` (a run's own
-    outputs) from `output_dir`; anything else there is left alone."""
+    outputs) from `output_dir`; anything else there is left alone.
+
+    Example:
+    >>> import os, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> for name in ("log.csv", "notes.txt"):
+    ...     _ = open(os.path.join(directory, name), "w").write("x")
+    >>> clear_run(directory, ("log.csv", "backup"))
+    >>> os.listdir(directory)
+    ['notes.txt']
+    """
     for name in artifacts:
         path = os.path.join(output_dir, name)
         if os.path.isdir(path):

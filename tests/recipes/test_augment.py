@@ -127,3 +127,9 @@ def test_kinds_without_batch_augmentation_return_none(kind):
 def test_bad_arguments_fail_clearly(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_augmentation(**kwargs)
+
+
+@pytest.mark.parametrize("strength, grid, match", [(-0.1, 4, "strength"), (0.05, 1, "grid")])
+def test_elastic_distortion_rejects_bad_arguments(strength, grid, match):
+    with pytest.raises(ValueError, match=match):
+        elastic_distortion(tf.zeros((1, 8, 8, 1)), tf.constant([0, 0]), strength, grid)
