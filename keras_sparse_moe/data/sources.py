@@ -8,7 +8,10 @@ A dataset spec is one of:
   `"tfds:coco_captions"`), with `data_dir` / `download` / split options;
 - `"folder:PATH"`: your own images, one sub-folder per class (optionally
   inside `train/`, `validation/`, `test/`), plus `captions.tsv` for
-  image-text pairs.
+  image-text pairs;
+- `"synthetic-digits"` or `"synthetic-digits:N"`: digits drawn by
+  `synthetic_digits` in the embedded digits' format (N training images,
+  default 50,000; validation 4% and test 2% of N), for pretraining.
 
 Classification: `load_dataset` (one split, unbatched, raw uint8 images) and
 `build_datasets` (train / validation / test pipelines plus a `DatasetInfo`).
@@ -25,6 +28,7 @@ import numpy as np
 
 from keras_sparse_moe.data import digits as digits_lib
 from keras_sparse_moe.data import image_folder
+from keras_sparse_moe.data import synthetic_digits as synthetic_lib
 from keras_sparse_moe.data import tfds_source
 from keras_sparse_moe.data.dataset_info import DatasetInfo
 from keras_sparse_moe.data.pipeline import _pipeline
@@ -45,7 +49,9 @@ DEFAULT_TEST_FRACTION = 0.2
 SPEC_FORMS = (
     "'digits' (the embedded scikit-learn handwritten digits), "
     "'tfds:NAME' (a TensorFlow Datasets image dataset, e.g. 'tfds:mnist' or 'tfds:coco_captions'), "
-    "'folder:PATH' (your own images, one sub-folder per class)"
+    "'folder:PATH' (your own images, one sub-folder per class), "
+    "'synthetic-digits' or 'synthetic-digits:N' (N generated digits in the embedded digits' format, "
+    "default 50,000, for pretraining)"
 )
 
 
@@ -55,6 +61,8 @@ def parse_spec(spec):
     Example:
     >>> parse_spec("digits"), parse_spec("tfds:cifar10"), parse_spec("folder:/data/pets")
     (('digits', None), ('tfds', 'cifar10'), ('folder', '/data/pets'))
+    >>> parse_spec("synthetic-digits"), parse_spec("synthetic-digits:2000")
+    (('synthetic-digits', 50000), ('synthetic-digits', 2000))
     """
     if not isinstance(spec, str):
         raise ValueError(
@@ -66,6 +74,8 @@ def parse_spec(spec):
         return "digits", None
     kind, sep, argument = text.partition(":")
     kind = kind.strip().lower()
+    if kind == "synthetic-digits":
+        return kind, _synthetic_count(spec, argument.strip() if sep else None)
     if sep and kind in ("tfds", "folder"):
         argument = argument.strip()
         if not argument:
@@ -75,12 +85,27 @@ def parse_spec(spec):
     hints = []
     if difflib.get_close_matches(text.lower(), ["digits"], n=1, cutoff=0.6):
         hints.append("'digits'")
+    elif difflib.get_close_matches(kind, ["synthetic-digits"], n=1, cutoff=0.7):
+        hints.append("'synthetic-digits'")
     if os.path.isdir(os.path.expanduser(text)):
         hints.append(f"'folder:{text}'")
     elif not sep and text and "/" not in text:
         hints.append(f"'tfds:{text}'")
     hint = f" Did you mean {' or '.join(hints)}?" if hints else ""
     raise ValueError(f"Unknown dataset spec {spec!r}. Accepted forms: {SPEC_FORMS}.{hint}")
+
+
+def _synthetic_count(spec, argument):
+    if argument is None:
+        return synthetic_lib.SYNTHETIC_TRAIN_COUNT
+    text = argument.replace("_", "").replace(",", "")
+    if not text.isdigit() or int(text) < synthetic_lib.MIN_SYNTHETIC_COUNT:
+        raise ValueError(
+            f"Dataset spec {spec!r}: after 'synthetic-digits:' give the number of training images, "
+            f"an int >= {synthetic_lib.MIN_SYNTHETIC_COUNT} (e.g. 'synthetic-digits:20000'); "
+            f"received {argument!r}."
+        )
+    return int(text)
 
 
 def _class_caption_table(class_names, templates, class_fields=None):
@@ -180,6 +205,39 @@ class _DigitsSource(_Source):
 
         images, labels = digits_lib.load_digits(split, self.validation_fraction,
                                                 validation_fold=self.validation_fold)
+        return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels}), len(labels)
+
+
+class _SyntheticDigitsSource(_Source):
+    """Generated digits (`synthetic_digits`): train, validation (unless
+    `validation_fraction` is 0) and test splits with their own fixed seeds."""
+
+    def __init__(self, spec, train_count, validation_fraction, test_fraction, caption_templates=None):
+        if test_fraction is not None:
+            raise ValueError(
+                f"The splits of {spec!r} are generated (test: {synthetic_lib.SYNTHETIC_TEST_SHARE:.0%} of the "
+                f"training count); received test_fraction={test_fraction}. Leave test_fraction=None."
+            )
+        self.train_count = train_count
+        counts = synthetic_lib.synthetic_digits_counts(train_count, validation=validation_fraction > 0)
+        self.info = DatasetInfo(
+            spec=spec,
+            source="synthetic-digits",
+            num_classes=10,
+            class_names=digits_lib.DIGITS_CLASS_NAMES,
+            counts=counts,
+            image_shape=(8, 8, 1),
+            max_value=digits_lib.DIGITS_MAX_VALUE,
+            prompt_templates=DIGIT_PROMPT_TEMPLATES,
+            caption_templates=tuple(caption_templates or DIGIT_CAPTION_TEMPLATES),
+            class_fields=tuple(digit_fields(d) for d in range(10)),
+            splits={k: f"generated, seed {synthetic_lib.SYNTHETIC_SPLIT_SEEDS[k]}" for k in counts},
+        )
+
+    def _examples(self, split, training, seed):
+        import tensorflow as tf
+
+        images, labels = synthetic_lib.load_synthetic_digits(split, self.train_count)
         return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels}), len(labels)
 
 
@@ -368,6 +426,8 @@ def resolve_dataset(
     if kind == "digits":
         source = _DigitsSource(spec, validation_fraction, test_fraction, caption_templates,
                                validation_fold)
+    elif kind == "synthetic-digits":
+        source = _SyntheticDigitsSource(spec, argument, validation_fraction, test_fraction, caption_templates)
     elif kind == "folder":
         source = _FolderSource(
             spec, argument, validation_fraction, test_fraction if test_fraction is not None else DEFAULT_TEST_FRACTION,
@@ -392,7 +452,7 @@ def load_dataset(spec, split="train", **options):
     """One split of a classification dataset, unbatched and unshuffled.
 
     Args:
-        spec: `"digits"`, `"tfds:NAME"` or `"folder:PATH"`.
+        spec: `"digits"`, `"tfds:NAME"`, `"folder:PATH"` or `"synthetic-digits[:N]"`.
         split: `"train"`, `"validation"`, `"test"` or `"all"`.
         **options: the source options of `build_datasets` (`validation_fraction`,
             `validation_fold`, `test_fraction`, `data_dir`, `download`, `image_key`, `label_key`,
@@ -503,7 +563,7 @@ def build_datasets(spec, image_size=None, batch_size=32, **options):
     (see `make_pipeline` for the pipeline arguments).
 
     Args:
-        spec: `"digits"`, `"tfds:NAME"` or `"folder:PATH"`.
+        spec: `"digits"`, `"tfds:NAME"`, `"folder:PATH"` or `"synthetic-digits[:N]"`.
         image_size: int or (height, width), e.g. the model's image size; None
             keeps the native size.
         batch_size: int >= 1.
