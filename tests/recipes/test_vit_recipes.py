@@ -38,6 +38,28 @@ def test_whole_training_split_and_save_preset(tmp_path, capsys):
     assert "trained on the whole training split" in capsys.readouterr().out
 
 
+def test_pretrain_then_fine_tune(tmp_path, capsys):
+    """--pretrain trains the preset once on other data, and the runs start
+    from those weights; a second command reuses the finished pretraining."""
+    out = str(tmp_path / "runs")
+    argv = ["--pretrain", "synthetic-digits:200", "--pretrain-epochs", "1", "--learning-rate", "5e-4",
+            "--output", out] + TINY
+    assert main(argv) == 0
+    pretrain = json.load(open(os.path.join(out, "pretrain", "metrics.json")))
+    assert pretrain["dataset"]["spec"] == "synthetic-digits:200"
+    assert pretrain["dataset"]["counts"]["train"] == 200
+    run = json.load(open(os.path.join(out, "seed_0", "metrics.json")))
+    assert run["settings"]["preset"] == os.path.join(out, "pretrain", "preset")
+    assert run["settings"]["learning_rate"] == 5e-4
+    assert "pretrained on synthetic-digits:200 (1 epochs)" in json.load(
+        open(os.path.join(out, "summary.json")))["label"]
+    log = os.path.join(out, "pretrain", "log.csv")
+    before = os.path.getmtime(log)
+    assert main(argv + ["--cv-folds", "2"]) == 0  # the finished pretraining is reused
+    assert os.path.getmtime(log) == before
+    assert "pretrained on" in json.load(open(os.path.join(out, "cv2_seed_0", "cv_summary.json")))["label"]
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [
@@ -49,6 +71,9 @@ def test_whole_training_split_and_save_preset(tmp_path, capsys):
         (["--cv-folds", "5", "--compare-cv", "missing.json"], "not a readable cv_summary.json"),
         (["--cv-folds", "1"], "`folds` must be"),
         (["--cv-folds", "5", "--data", "tfds:mnist"], "needs the 'digits' dataset"),
+        (["--pretrain", "digits"], "pretrain on other data"),
+        (["--pretrain", "synthetic-digits:5"], "--pretrain: Dataset spec"),
+        (["--pretrain", "synthetic-digits", "--pretrain-epochs", "0"], "--pretrain-epochs must be >= 1"),
     ],
 )
 def test_bad_flags_exit_with_one_line(argv, match, capsys):
