@@ -174,6 +174,24 @@ def _describe_samples(indices):
     return "samples " + ", ".join(f"{a}..{b}" for a, b in zip(starts, stops))
 
 
+def _digits_format_info(spec, source, counts, caption_templates, splits):
+    """`DatasetInfo` of 8x8x1 digit images with values 0..16 and the digit
+    prompts and captions (the embedded digits and the synthetic ones)."""
+    return DatasetInfo(
+        spec=spec,
+        source=source,
+        num_classes=10,
+        class_names=digits_lib.DIGITS_CLASS_NAMES,
+        counts=counts,
+        image_shape=(8, 8, 1),
+        max_value=digits_lib.DIGITS_MAX_VALUE,
+        prompt_templates=DIGIT_PROMPT_TEMPLATES,
+        caption_templates=tuple(caption_templates or DIGIT_CAPTION_TEMPLATES),
+        class_fields=tuple(digit_fields(d) for d in range(10)),
+        splits=splits,
+    )
+
+
 class _DigitsSource(_Source):
     def __init__(self, spec, validation_fraction, test_fraction, caption_templates=None,
                  validation_fold=None):
@@ -186,17 +204,8 @@ class _DigitsSource(_Source):
         self.validation_fold = digits_lib.check_validation_fold(validation_fold)
         indices = digits_lib.digits_split_indices(validation_fraction, self.validation_fold)
         counts = {k: len(v) for k, v in indices.items() if k != "all"}
-        self.info = DatasetInfo(
-            spec=spec,
-            source="digits",
-            num_classes=10,
-            class_names=digits_lib.DIGITS_CLASS_NAMES,
-            counts=counts,
-            image_shape=(8, 8, 1),
-            max_value=digits_lib.DIGITS_MAX_VALUE,
-            prompt_templates=DIGIT_PROMPT_TEMPLATES,
-            caption_templates=tuple(caption_templates or DIGIT_CAPTION_TEMPLATES),
-            class_fields=tuple(digit_fields(d) for d in range(10)),
+        self.info = _digits_format_info(
+            spec, "digits", counts, caption_templates,
             splits={k: _describe_samples(v) for k, v in indices.items() if k != "all"},
         )
 
@@ -220,17 +229,8 @@ class _SyntheticDigitsSource(_Source):
             )
         self.train_count = train_count
         counts = synthetic_lib.synthetic_digits_counts(train_count, validation=validation_fraction > 0)
-        self.info = DatasetInfo(
-            spec=spec,
-            source="synthetic-digits",
-            num_classes=10,
-            class_names=digits_lib.DIGITS_CLASS_NAMES,
-            counts=counts,
-            image_shape=(8, 8, 1),
-            max_value=digits_lib.DIGITS_MAX_VALUE,
-            prompt_templates=DIGIT_PROMPT_TEMPLATES,
-            caption_templates=tuple(caption_templates or DIGIT_CAPTION_TEMPLATES),
-            class_fields=tuple(digit_fields(d) for d in range(10)),
+        self.info = _digits_format_info(
+            spec, "synthetic-digits", counts, caption_templates,
             splits={k: f"generated, seed {synthetic_lib.SYNTHETIC_SPLIT_SEEDS[k]}" for k in counts},
         )
 
