@@ -86,8 +86,11 @@ DIGITS_RECIPE = {
     "validation_fraction": 0.1,
     "ema_momentum": None,
 }
-"""The recipe that trained `moe_vit_tiny_digits` (`recipes/moe_vit.py`); the
-dense baseline (`recipes/dense_vit.py`) uses it too."""
+"""The digits recipe of `recipes/moe_vit.py` and of the dense baseline
+(`recipes/dense_vit.py`). `moe_vit_tiny_digits` is `moe_vit_tiny` trained with
+it for 10 epochs on `synthetic-digits`, then for 100 epochs on the digits at
+learning rate 5e-4 (`recipes/moe_vit.py --pretrain synthetic-digits
+--learning-rate 5e-4`; docs/results.md)."""
 
 
 # ---------------------------------------------------------------------------
