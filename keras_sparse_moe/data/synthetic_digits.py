@@ -20,7 +20,7 @@ that chain on digits it draws itself:
 
 The settings were matched to the statistics of the embedded training images
 (every digit spans all 8 rows, mostly 6 columns, about 310 counts of ink).
-A classifier trained on synthetic digits alone reads 84% of the real
+A classifier trained on synthetic digits alone reads 84-86% of the real
 training digits; pretraining on them before fine-tuning on the real ones
 is what `docs/results.md` measures. The data set `"synthetic-digits"`
 (`build_datasets("synthetic-digits")`, `--data synthetic-digits`) serves
