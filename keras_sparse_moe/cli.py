@@ -42,12 +42,13 @@ def _console(stderr=False):
     return Console(stderr=stderr)
 
 
-def _table(title, columns, rows, no_wrap=()):
+def _table(title, columns, rows, no_wrap=(), min_width=None):
     from rich.table import Table
 
     table = Table(title=title)
     for column in columns:
-        table.add_column(column, overflow="fold", no_wrap=column in no_wrap)
+        table.add_column(column, overflow="fold", no_wrap=column in no_wrap,
+                         min_width=(min_width or {}).get(column))
     for row in rows:
         table.add_row(*[str(c) for c in row])
     _console().print(table)
@@ -131,9 +132,11 @@ def cmd_presets(args):
         ))
     columns = ["name", "family", "params", "active/token", "weights", "description"]
     if _console().width < 110 and not args.width:
-        # Too narrow for descriptions: keep the figures readable.
-        columns, rows = columns[:5], [row[:5] for row in rows]
-    _table("keras-sparse-moe presets", columns, rows, no_wrap=columns[:5])
+        # Too narrow for descriptions and families: keep names and figures whole.
+        keep = (0, 2, 3, 4)
+        columns, rows = [columns[i] for i in keep], [tuple(row[i] for i in keep) for row in rows]
+    longest = max((len(row[0]) for row in rows), default=4)
+    _table("keras-sparse-moe presets", columns, rows, no_wrap=columns[:5], min_width={"name": longest})
     return 0
 
 

@@ -94,6 +94,11 @@ def test_presets_table(capsys):
     out = capsys.readouterr().out
     assert "moe_vit_tiny" in out and "vmoe_s32_e8_k2_last2" in out
     assert "limoe_tiny" not in out
+    # An 80-column terminal shows every name and figure whole.
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "moe_vit_tiny_synthetic_digits " in out and "limoe_tiny_digits " in out
+    assert "369.2K" in out and "1.01B" in out
 
 
 def test_profile_writes_json(capsys, tmp_path):
