@@ -300,6 +300,7 @@ def _is_dual_encoder(name_or_path):
 
 
 def _train_dual_encoder(args):
+    from keras_sparse_moe.recipes import run_state
     from keras_sparse_moe.recipes.dual_encoder import image_routing_by_class
     from keras_sparse_moe.recipes.dual_encoder import train_dual_encoder
 
@@ -312,17 +313,18 @@ def _train_dual_encoder(args):
             "--weight-decay, --warmup-fraction, --seed)"
         )
     metrics = train_dual_encoder(**_common_train_arguments(args), overwrite=args.overwrite)
-    artifacts = ["model.keras", "preset/", "metrics.json", "log.csv"]
+    artifacts = [run_state.MODEL_FILE, run_state.PRESET_DIR + "/", run_state.METRICS_FILE,
+                 run_state.LOG_FILE]
     if not args.no_plots:
         from keras_sparse_moe.recipes.plots import plot_routing_heatmap
         from keras_sparse_moe.recipes.plots import plot_training_curves
 
-        curves = os.path.join(args.output, "training_curves.png")
-        if plot_training_curves(os.path.join(args.output, "log.csv"), curves, title=args.preset):
+        curves = os.path.join(args.output, run_state.CURVES_FILE)
+        if plot_training_curves(os.path.join(args.output, run_state.LOG_FILE), curves, title=args.preset):
             artifacts.append(os.path.basename(curves))
-        routing, names = image_routing_by_class(os.path.join(args.output, "model.keras"),
+        routing, names = image_routing_by_class(os.path.join(args.output, run_state.MODEL_FILE),
                                                 args.data)
-        heatmap = os.path.join(args.output, "routing_heatmap.png")
+        heatmap = os.path.join(args.output, run_state.HEATMAP_FILE)
         if plot_routing_heatmap(routing, names, heatmap,
                                 title=f"{args.preset}: image tokens per class and expert"):
             artifacts.append(os.path.basename(heatmap))

@@ -32,6 +32,9 @@ import keras
 # A `Distiller` is saved as its student (the model being trained); the
 # student shares the Distiller's optimizer, so its file holds that state.
 from keras_sparse_moe.recipes.distillation import trained_model
+from keras_sparse_moe.recipes.run_state import BACKUP_DIR
+from keras_sparse_moe.recipes.run_state import BEST_FILE
+from keras_sparse_moe.recipes.run_state import LAST_FILE
 from keras_sparse_moe.utils.io import atomic_path
 from keras_sparse_moe.utils.io import atomic_write_text
 
@@ -151,7 +154,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             mode = "max" if ("acc" in name or name.startswith(("auc", "f1", "precision",
                                                                   "recall"))) else "min"
         self.directory = os.fspath(directory)
-        self.backup_dir = os.path.join(self.directory, "backup")
+        self.backup_dir = os.path.join(self.directory, BACKUP_DIR)
         self.monitor = monitor
         self.mode = mode
         self.save_best = bool(save_best)
@@ -226,9 +229,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         # always the one in best.keras (a crash in between leaves an
         # uncommitted epoch there, which the resumed run trains again).
         if self.save_last:
-            self._copy(checkpoint, os.path.join(self.directory, "last.keras"))
+            self._copy(checkpoint, os.path.join(self.directory, LAST_FILE))
         if self.save_best and improved:
-            self._copy(checkpoint, os.path.join(self.directory, "best.keras"))
+            self._copy(checkpoint, os.path.join(self.directory, BEST_FILE))
 
         # Commit point: from here on a resumed run starts after this epoch.
         state = {

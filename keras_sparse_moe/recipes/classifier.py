@@ -40,7 +40,14 @@ from keras_sparse_moe.recipes.augment import make_augmentation
 from keras_sparse_moe.recipes.distillation import DEFAULT_DISTILLATION_WEIGHT
 from keras_sparse_moe.recipes.distillation import DEFAULT_TEMPERATURE
 from keras_sparse_moe.recipes.metrics import classification_report
+from keras_sparse_moe.recipes.run_state import BACKUP_DIR
+from keras_sparse_moe.recipes.run_state import CURVES_FILE
+from keras_sparse_moe.recipes.run_state import HEATMAP_FILE
+from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.recipes.run_state import METRICS_FILE
+from keras_sparse_moe.recipes.run_state import MODEL_FILE
+from keras_sparse_moe.recipes.run_state import PRESET_DIR
+from keras_sparse_moe.recipes.run_state import RUN_ARTIFACTS
 from keras_sparse_moe.recipes.run_state import RUN_FILE
 from keras_sparse_moe.recipes.run_state import check_previous_run
 from keras_sparse_moe.recipes.run_state import read_json
@@ -54,15 +61,6 @@ from keras_sparse_moe.utils.validation import check_int
 logger = logging.getLogger("keras_sparse_moe.recipes")
 
 DEFAULT_PRESET = "moe_vit_tiny"
-MODEL_FILE = "model.keras"
-PRESET_DIR = "preset"
-CURVES_FILE = "training_curves.png"
-HEATMAP_FILE = "routing_heatmap.png"
-# Files (and directories) a training run writes; `overwrite=True` removes them.
-RUN_ARTIFACTS = (
-    RUN_FILE, METRICS_FILE, MODEL_FILE, PRESET_DIR, CURVES_FILE, HEATMAP_FILE,
-    "log.csv", "best.keras", "last.keras", "backup",
-)
 # Settings that must match to resume an interrupted run.
 _RESUME_KEYS = (
     "preset", "data", "epochs", "batch_size", "learning_rate", "weight_decay",
@@ -963,7 +961,7 @@ def train_classifier(
         from keras_sparse_moe.recipes.plots import plot_training_curves
 
         curves = os.path.join(output_dir, CURVES_FILE)
-        if plot_training_curves(os.path.join(output_dir, "log.csv"), curves, title=preset_label):
+        if plot_training_curves(os.path.join(output_dir, LOG_FILE), curves, title=preset_label):
             artifacts["training_curves"] = curves
         if routing:
             heatmap = os.path.join(output_dir, HEATMAP_FILE)
@@ -1071,11 +1069,11 @@ def _backup_epoch(output_dir):
     """Epochs finished (committed) by an interrupted run."""
     from keras_sparse_moe.recipes.checkpoints import committed_epoch
 
-    return committed_epoch(os.path.join(output_dir, "backup"))
+    return committed_epoch(os.path.join(output_dir, BACKUP_DIR))
 
 
 def _logged_epochs(output_dir):
-    path = os.path.join(output_dir, "log.csv")
+    path = os.path.join(output_dir, LOG_FILE)
     try:
         with open(path, encoding="utf-8") as handle:
             lines = [line for line in handle.read().splitlines()[1:] if line.strip()]

@@ -27,7 +27,11 @@ import time
 
 import numpy as np
 
+from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.recipes.run_state import METRICS_FILE
+from keras_sparse_moe.recipes.run_state import MODEL_FILE
+from keras_sparse_moe.recipes.run_state import PRESET_DIR
+from keras_sparse_moe.recipes.run_state import RUN_ARTIFACTS
 from keras_sparse_moe.recipes.run_state import RUN_FILE
 from keras_sparse_moe.recipes.run_state import check_previous_run
 from keras_sparse_moe.recipes.run_state import read_json
@@ -38,14 +42,7 @@ from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
 
 DEFAULT_PRESET = "limoe_tiny"
-MODEL_FILE = "model.keras"
-PRESET_DIR = "preset"
 logger = logging.getLogger(__name__)
-# A run's own files in its output directory (deleted by `overwrite`).
-RUN_ARTIFACTS = (
-    RUN_FILE, METRICS_FILE, MODEL_FILE, PRESET_DIR, "log.csv", "best.keras", "last.keras",
-    "backup", "training_curves.png", "routing_heatmap.png",
-)
 # Settings that must match to resume an interrupted run or reuse a finished one.
 _RESUME_KEYS = (
     "preset", "data", "epochs", "batch_size", "learning_rate", "weight_decay",
@@ -438,7 +435,7 @@ def train_dual_encoder(
         "initial_loss": initial_loss,
         "final_loss": final_loss,
         "train_seconds": train_seconds,
-        "history": read_log(os.path.join(output_dir, "log.csv")),
+        "history": read_log(os.path.join(output_dir, LOG_FILE)),
         **zero_shot,
     }
     if save:

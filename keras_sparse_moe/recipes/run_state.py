@@ -18,9 +18,22 @@ import shutil
 
 from keras_sparse_moe.utils.io import atomic_write_text
 
+# The files a training recipe writes into its output directory.
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.keras"
+PRESET_DIR = "preset"
+LOG_FILE = "log.csv"
+BEST_FILE = "best.keras"
+LAST_FILE = "last.keras"
 BACKUP_DIR = "backup"
+CURVES_FILE = "training_curves.png"
+HEATMAP_FILE = "routing_heatmap.png"
+RUN_ARTIFACTS = (
+    RUN_FILE, METRICS_FILE, MODEL_FILE, PRESET_DIR, LOG_FILE, BEST_FILE, LAST_FILE, BACKUP_DIR,
+    CURVES_FILE, HEATMAP_FILE,
+)
+"""A run's own files (and directories): `overwrite` deletes these, nothing else."""
 
 
 def read_json(path):

@@ -6,6 +6,8 @@ import os
 import keras
 from keras import ops
 
+from keras_sparse_moe.recipes.run_state import BEST_FILE
+from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
 
@@ -212,7 +214,7 @@ class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         self.best = float(state["best"])
         self.best_epoch = best_epoch - 1
         self.wait = int(state["epoch"]) - best_epoch
-        best_file = os.path.join(self.output_dir, "best.keras")
+        best_file = os.path.join(self.output_dir, BEST_FILE)
         if self.restore_best_weights and os.path.isfile(best_file):
             self.best_weights = _weights_with_trained_model_from(self.model, best_file)
 
@@ -263,7 +265,7 @@ def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss",
     callbacks = [
         # Before the checkpoint: an epoch's row is on disk before the epoch
         # is committed, so a crash never loses a committed epoch's row.
-        _ResumableCSVLogger(os.path.join(output_dir, "log.csv"), checkpoint.backup_dir),
+        _ResumableCSVLogger(os.path.join(output_dir, LOG_FILE), checkpoint.backup_dir),
         checkpoint,
     ]
     if early_stopping_patience is not None:

@@ -148,6 +148,7 @@ def _pretrain(parser, args, overrides):
     re-run, as every run); returns the preset directory of the result."""
     from keras_sparse_moe.data import parse_spec
     from keras_sparse_moe.recipes.classifier import train_classifier
+    from keras_sparse_moe.recipes.run_state import PRESET_DIR
 
     try:
         kind, _ = parse_spec(args.pretrain)
@@ -165,7 +166,7 @@ def _pretrain(parser, args, overrides):
                          max_batches=args.max_batches, plots=False, verbose=args.verbose, **recipe)
     except ValueError as error:
         parser.error(f"--pretrain: {error}")
-    return os.path.join(output_dir, "preset")
+    return os.path.join(output_dir, PRESET_DIR)
 
 
 def main(argv=None, dense=False):
