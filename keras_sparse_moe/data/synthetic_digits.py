@@ -70,7 +70,13 @@ _BLUR = 1.0
 
 
 def font_directory():
-    """The directory of the TrueType fonts bundled with matplotlib."""
+    """The directory of the TrueType fonts bundled with matplotlib.
+
+    Example:
+    >>> import os
+    >>> os.path.isfile(os.path.join(font_directory(), "DejaVuSans.ttf"))
+    True
+    """
     import matplotlib
 
     return os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
@@ -131,6 +137,10 @@ def smooth_field(rng, size, grid, std):
     >>> field.shape, bool(np.abs(np.diff(field, axis=1)).max() < 2.0)
     ((2, 32, 32), True)
     """
+    size = _check_count("size", size, 2)
+    grid = _check_count("grid", grid, 2)
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or std < 0:
+        raise ValueError(f"`std` must be a number >= 0; received {std!r}.")
     control = rng.normal(0.0, std, size=(2, grid, grid))
     position = np.linspace(0, grid - 1, size)
     i0 = np.clip(np.floor(position).astype(int), 0, grid - 2)
@@ -149,6 +159,12 @@ def bilinear_sample(image, ys, xs):
     >>> bilinear_sample(image, np.array([0.5, 2.0]), np.array([0.5, 3.0])).tolist()
     [2.0, 0.0]
     """
+    image, ys, xs = np.asarray(image), np.asarray(ys), np.asarray(xs)
+    if image.ndim != 2 or ys.shape != xs.shape:
+        raise ValueError(
+            "`image` must be 2-D and `ys`, `xs` of one shape; received shapes "
+            f"{image.shape}, {ys.shape}, {xs.shape}."
+        )
     h, w = image.shape
     y0 = np.floor(ys).astype(int)
     x0 = np.floor(xs).astype(int)
@@ -194,6 +210,9 @@ def to_optdigits(glyph, rng):
     from PIL import Image
     from PIL import ImageFilter
 
+    glyph = np.asarray(glyph)
+    if glyph.ndim != 2:
+        raise ValueError(f"`glyph` must be a 2-D array (height, width); received shape {glyph.shape}.")
     ink = glyph > 0.5
     if not ink.any():
         return None

@@ -130,6 +130,17 @@ def test_bad_arguments_fail_clearly():
         make_synthetic_digits(10, stroke_share=1.5)
     with pytest.raises(ValueError, match="`split` must be one of"):
         load_synthetic_digits("all", 500)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"`glyph` must be a 2-D array .*received shape \(4, 4, 1\)"):
+        to_optdigits(np.ones((4, 4, 1)), rng)
+    with pytest.raises(ValueError, match="`grid` must be an int >= 2; received 1"):
+        smooth_field(rng, 16, 1, 1.0)
+    with pytest.raises(ValueError, match="`std` must be a number >= 0"):
+        smooth_field(rng, 16, 4, -1.0)
+    with pytest.raises(ValueError, match="`image` must be 2-D"):
+        bilinear_sample(np.ones((3, 3, 1)), np.zeros(2), np.zeros(2))
+    with pytest.raises(ValueError, match="of one shape"):
+        bilinear_sample(np.ones((3, 3)), np.zeros(2), np.zeros(3))
 
 
 def test_synthetic_digits_data_set():
