@@ -560,6 +560,13 @@ def save_to_preset(model, directory, max_shard_size=10):
     written preset. An existing `directory` must be empty or a preset
     directory (holding `config.json`); anything else is refused.
 
+    A preset holds what inference needs: the configuration, the weights and
+    the preprocessing. A model that has been trained carries its optimizer's
+    state (for AdamW twice the size of the weights), which `from_preset`
+    never restores; such a model is saved through an untrained copy with the
+    same weights, so the preset holds no optimizer state and loads without
+    warnings.
+
     Args:
         model: a `keras_hub.models.Backbone` or `keras_hub.models.Task`.
         directory: path of the preset directory to write.
@@ -593,6 +600,7 @@ def save_to_preset(model, directory, max_shard_size=10):
             )
     from keras_sparse_moe.utils.io import atomic_directory
 
+    model = _without_optimizer_state(model)
     with atomic_directory(target) as tmp:
         _SAVING.active = True
         try:
@@ -601,6 +609,17 @@ def save_to_preset(model, directory, max_shard_size=10):
             _SAVING.active = False
         _stamp_metadata(tmp)
     return target
+
+
+def _without_optimizer_state(model):
+    """`model`, or an untrained copy with its weights if its optimizer holds
+    state (keras-hub would save that state into `task.weights.h5`)."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not getattr(optimizer, "built", False) or not optimizer.variables:
+        return model
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _stamp_metadata(path):

@@ -366,6 +366,28 @@ def test_save_refuses_to_clobber_other_directories(tmp_path):
         presets.save_to_preset(keras.Sequential([keras.layers.Dense(1)]), tmp_path / "x")
 
 
+def test_a_trained_model_is_saved_without_its_optimizer_state(tmp_path):
+    import warnings
+
+    import h5py
+
+    model = tiny_classifier()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = images(8)
+    model.fit(x, np.arange(8) % 3, epochs=1, verbose=0)
+    assert model.optimizer.variables  # AdamW's moments, about twice the weights
+    path = presets.save_to_preset(model, tmp_path / "trained")
+    with h5py.File(os.path.join(path, "task.weights.h5"), "r") as weights:
+        # No moments: at most the unbuilt optimizer's iteration count and learning rate.
+        assert len(weights["optimizer"]["vars"]) <= 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Skipping variable loading for optimizer"
+        restored = presets.from_preset(path)
+    np.testing.assert_array_equal(outputs(restored, x), outputs(model, x))
+    assert model.optimizer.variables and model.compiled  # the model itself is unchanged
+
+
 def test_method_save_to_preset_is_atomic_too(tmp_path):
     model = tiny_classifier()
     model.save_to_preset(str(tmp_path / "m"))
