@@ -63,6 +63,12 @@ def _parser(dense):
     parser.add_argument("--save-preset", default=None, metavar="DIR",
                         help="also save, as a preset directory, the model of the seed with the "
                         "best validation accuracy (the test split plays no part)")
+    parser.add_argument("--soup", action="store_true",
+                        help="also average the weights of the seeds' models into one model (a "
+                        "uniform model soup: fine-tune several seeds from the same pretrained "
+                        "weights, e.g. --preset moe_vit_tiny_synthetic_digits --seeds 0 1 2 3); "
+                        "it is evaluated like a seed, in OUTPUT/soup, and is what --save-preset "
+                        "saves; with --cv-folds it is cross-validated fold by fold")
     parser.add_argument("--pretrain", default=None, metavar="DATA",
                         help="first train the preset on DATA (e.g. synthetic-digits) for "
                         "--pretrain-epochs with the recipe's settings (learning rate "
@@ -139,6 +145,23 @@ def _cross_validate(parser, args, preset, recipe, overrides, label):
         if c is not None:
             row.append(f"{c['only_a']} / {c['only_b']}, p = {c['p_value']:.3f}")
         table.add_row(*row)
+    if args.soup:
+        from keras_sparse_moe.recipes.soup import cross_validate_soup
+
+        runs = [os.path.join(args.output, f"cv{args.cv_folds}_seed_{seed}") for seed in args.seeds]
+        try:
+            soup = cross_validate_soup(runs, os.path.join(args.output, f"cv{args.cv_folds}_soup"),
+                                       label=f"{label} soup of {len(runs)}")
+        except ValueError as error:
+            parser.error(str(error))
+        row = [f"{label}, weights averaged over the seeds (ingredients {soup['ingredient_accuracy_mean']:.4f} "
+               f"on average; predictions averaged {soup['ensemble_accuracy']:.4f})",
+               "soup", f"{soup['accuracy']:.4f} ({soup['correct']}/{soup['examples']})",
+               ", ".join(f"{a:.3f}" for a in soup["fold_accuracies"])]
+        if args.compare_cv:
+            c = paired_comparison(soup, other)
+            row.append(f"{c['only_a']} / {c['only_b']}, p = {c['p_value']:.3f}")
+        table.add_row(*row)
     Console().print(table)
     return 0
 
@@ -169,6 +192,32 @@ def _pretrain(parser, args, overrides):
     return os.path.join(output_dir, PRESET_DIR)
 
 
+def _soup(parser, args, summary):
+    """Average the seeds' models into `OUTPUT/soup` (model file, preset
+    directory, test metrics); returns the metrics."""
+    from keras_sparse_moe.presets import save_to_preset
+    from keras_sparse_moe.recipes.classifier import evaluate_classifier
+    from keras_sparse_moe.recipes.run_state import MODEL_FILE
+    from keras_sparse_moe.recipes.run_state import PRESET_DIR
+    from keras_sparse_moe.recipes.soup import uniform_soup
+    from keras_sparse_moe.utils.io import atomic_save_model
+
+    directory = os.path.join(args.output, "soup")
+    files = [os.path.join(args.output, f"seed_{run['seed']}", MODEL_FILE) for run in summary["runs"]]
+    try:
+        soup = uniform_soup(files)
+    except ValueError as error:
+        parser.error(f"--soup: {error}")
+    os.makedirs(directory, exist_ok=True)
+    atomic_save_model(soup, os.path.join(directory, MODEL_FILE))
+    save_to_preset(soup, os.path.join(directory, PRESET_DIR))
+    metrics = evaluate_classifier(soup, args.data, output_dir=directory, max_batches=args.max_batches,
+                                  single_image_latency=False, plots=False)
+    logging.getLogger("keras_sparse_moe.recipes").info(
+        "soup of %d seeds: test accuracy %.4f", len(files), metrics["accuracy"])
+    return metrics
+
+
 def main(argv=None, dense=False):
     """Run the recipe; returns the exit status."""
     parser = _parser(dense)
@@ -180,7 +229,10 @@ def main(argv=None, dense=False):
         parser.error("--compare-cv needs --cv-folds")
     if args.pretrain_epochs < 1:
         parser.error(f"--pretrain-epochs must be >= 1; received {args.pretrain_epochs}")
-    if args.save_preset and args.validation_fraction == 0 and len(args.seeds) > 1:
+    if args.soup and (len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds)):
+        parser.error(f"--soup averages the models of several different seeds; received --seeds "
+                     f"{' '.join(map(str, args.seeds))}: give at least two, e.g. --seeds 0 1 2 3")
+    if args.save_preset and args.validation_fraction == 0 and len(args.seeds) > 1 and not args.soup:
         parser.error("--save-preset with --validation-fraction 0 has no validation split "
                      "to choose a seed by: give one seed")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -224,7 +276,13 @@ def main(argv=None, dense=False):
         return _cross_validate(parser, args, preset, recipe, overrides, label)
     summary = train_seeds(preset, args.data, args.output, seeds=args.seeds,
                           overrides=overrides, label=label, verbose=args.verbose, **recipe)
-    if args.save_preset:
+    soup = _soup(parser, args, summary) if args.soup else None
+    if args.save_preset and soup is not None:
+        path = save_to_preset(load_classifier(os.path.join(args.output, "soup", "preset")),
+                              args.save_preset)
+        print(f"saved the soup of {len(args.seeds)} seeds (test accuracy {soup['accuracy']:.4f}) "
+              f"as {path}")
+    elif args.save_preset:
         if args.validation_fraction > 0:
             best = best_by_validation(summary)
             how = f"validation accuracy {best['val_accuracy']:.4f}, "
@@ -244,6 +302,9 @@ def main(argv=None, dense=False):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*row)
+    if soup is not None:
+        table.add_row(f"{label}, weights of the {len(args.seeds)} seeds averaged (soup)", rows[0][1],
+                      rows[0][2], f"{soup['accuracy']:.4f}", f"{soup['macro_f1']:.4f}", "")
     Console().print(table)
     return 0
 

@@ -3,8 +3,11 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
+from keras_sparse_moe.data import load_digits
+from keras_sparse_moe.recipes.classifier import load_classifier
 from keras_sparse_moe.recipes.vit_recipes import main
 
 TINY = ["--set", "num_layers=2", "--set", "hidden_dim=16", "--set", "mlp_dim=16",
@@ -60,6 +63,30 @@ def test_pretrain_then_fine_tune(tmp_path, capsys):
     assert "pretrained on" in json.load(open(os.path.join(out, "cv2_seed_0", "cv_summary.json")))["label"]
 
 
+def test_soup_of_seeds_is_evaluated_saved_and_cross_validated(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # rich tables: one line per row
+    out, preset = str(tmp_path / "runs"), str(tmp_path / "preset")
+    assert main(["--seeds", "0", "1", "--soup", "--validation-fraction", "0", "--output", out,
+                 "--save-preset", preset] + TINY) == 0
+    printed = capsys.readouterr().out
+    assert "weights of the 2 seeds averaged (soup)" in printed and "saved the soup of 2 seeds" in printed
+    metrics = json.load(open(os.path.join(out, "soup", "metrics.json")))
+    assert metrics["split"] == "test" and 0.0 <= metrics["accuracy"] <= 1.0
+    soup = load_classifier(os.path.join(out, "soup", "model.keras"))
+    seeds = [load_classifier(os.path.join(out, f"seed_{s}", "model.keras")) for s in (0, 1)]
+    for i, value in enumerate(soup.get_weights()):
+        np.testing.assert_allclose(value, (seeds[0].get_weights()[i] + seeds[1].get_weights()[i]) / 2,
+                                   rtol=1e-6, atol=1e-7)
+    images = load_digits("test")[0][:8].astype("float32")
+    np.testing.assert_allclose(load_classifier(preset).predict(images, verbose=0),
+                               soup.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+    # With --cv-folds the soup is cross-validated fold by fold.
+    assert main(["--cv-folds", "2", "--seeds", "0", "1", "--soup", "--output", out] + TINY) == 0
+    summary = json.load(open(os.path.join(out, "cv2_soup", "cv_summary.json")))
+    assert summary["examples"] == 1438 and [i["seed"] for i in summary["ingredients"]] == [0, 1]
+    assert "soup" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [
@@ -72,6 +99,8 @@ def test_pretrain_then_fine_tune(tmp_path, capsys):
         (["--cv-folds", "1"], "`folds` must be"),
         (["--cv-folds", "5", "--data", "tfds:mnist"], "needs the 'digits' dataset"),
         (["--pretrain", "digits"], "pretrain on other data"),
+        (["--soup"], "give at least two"),
+        (["--soup", "--seeds", "1", "1"], "several different seeds"),
         (["--pretrain", "synthetic-digits:5"], "--pretrain: Dataset spec"),
         (["--pretrain", "synthetic-digits", "--pretrain-epochs", "0"], "--pretrain-epochs must be >= 1"),
     ],
