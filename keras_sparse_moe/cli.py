@@ -301,7 +301,6 @@ def _is_dual_encoder(name_or_path):
 
 def _train_dual_encoder(args):
     from keras_sparse_moe.recipes import run_state
-    from keras_sparse_moe.recipes.dual_encoder import image_routing_by_class
     from keras_sparse_moe.recipes.dual_encoder import train_dual_encoder
 
     changed = [flag for key, (flag, default) in _CLASSIFIER_ONLY.items()
@@ -312,22 +311,11 @@ def _train_dual_encoder(args):
             "encoder (contrastive training: --epochs, --batch-size, --learning-rate, "
             "--weight-decay, --warmup-fraction, --seed)"
         )
-    metrics = train_dual_encoder(**_common_train_arguments(args), overwrite=args.overwrite)
+    metrics = train_dual_encoder(**_common_train_arguments(args), overwrite=args.overwrite,
+                                 plots=not args.no_plots)
     artifacts = [run_state.MODEL_FILE, run_state.PRESET_DIR + "/", run_state.METRICS_FILE,
                  run_state.LOG_FILE]
-    if not args.no_plots:
-        from keras_sparse_moe.recipes.plots import plot_routing_heatmap
-        from keras_sparse_moe.recipes.plots import plot_training_curves
-
-        curves = os.path.join(args.output, run_state.CURVES_FILE)
-        if plot_training_curves(os.path.join(args.output, run_state.LOG_FILE), curves, title=args.preset):
-            artifacts.append(os.path.basename(curves))
-        routing, names = image_routing_by_class(os.path.join(args.output, run_state.MODEL_FILE),
-                                                args.data)
-        heatmap = os.path.join(args.output, run_state.HEATMAP_FILE)
-        if plot_routing_heatmap(routing, names, heatmap,
-                                title=f"{args.preset}: image tokens per class and expert"):
-            artifacts.append(os.path.basename(heatmap))
+    artifacts += [os.path.basename(path) for path in metrics.get("figures", [])]
     _print_dual_metrics(f"train: {args.preset} on {args.data} (zero-shot, test split)", metrics)
     _console().print(f"artifacts in {args.output}: " + ", ".join(artifacts))
     return 0

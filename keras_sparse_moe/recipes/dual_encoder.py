@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from keras_sparse_moe.recipes.run_state import CURVES_FILE
+from keras_sparse_moe.recipes.run_state import HEATMAP_FILE
 from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.recipes.run_state import METRICS_FILE
 from keras_sparse_moe.recipes.run_state import MODEL_FILE
@@ -283,6 +285,24 @@ def image_routing_by_class(model, data="digits", split="test", max_images=512):
     return routing, [str(n) for n in info.class_names]
 
 
+def _plot_run(model, data, output_dir, title):
+    """Draw the training curves and the image tower's routing heatmap of a
+    finished run; returns the paths written."""
+    from keras_sparse_moe.recipes.plots import plot_routing_heatmap
+    from keras_sparse_moe.recipes.plots import plot_training_curves
+
+    figures = []
+    curves = os.path.join(output_dir, CURVES_FILE)
+    if plot_training_curves(os.path.join(output_dir, LOG_FILE), curves, title=title):
+        figures.append(curves)
+    routing, names = image_routing_by_class(model, data)
+    heatmap = os.path.join(output_dir, HEATMAP_FILE)
+    if plot_routing_heatmap(routing, names, heatmap,
+                            title=f"{title}: image tokens per class and expert"):
+        figures.append(heatmap)
+    return figures
+
+
 def train_dual_encoder(
     preset=DEFAULT_PRESET,
     data="digits",
@@ -302,6 +322,7 @@ def train_dual_encoder(
     callbacks=(),
     overwrite=False,
     verbose=2,
+    plots=True,
 ):
     """Train a dual encoder contrastively, then measure zero-shot accuracy.
 
@@ -334,12 +355,17 @@ def train_dual_encoder(
             settings is returned as it is (its `metrics.json`, no training),
             and a run with different settings is refused.
         verbose: `fit` verbosity.
+        plots: write the PNG figures: `training_curves.png` (loss and
+            routing statistics per epoch) and `routing_heatmap.png` (per MoE
+            layer of the image tower, the share of each class's image tokens
+            sent to each expert, on the test split).
 
     Returns:
         dict of metrics: `zero_shot_accuracy` (test split), `final_loss`,
         `initial_loss`, `history` (per-epoch metrics of every epoch, read
         from `log.csv`, so a resumed run's history includes the epochs before
-        the interruption), `train_seconds`, `epochs`, ...
+        the interruption), `train_seconds`, `epochs`, `figures` (paths of
+        the PNG files written), ...
 
     Example:
     >>> metrics = train_dual_encoder(output_dir="/tmp/limoe", epochs=1)  # doctest: +SKIP
@@ -443,6 +469,7 @@ def train_dual_encoder(
 
         atomic_save_model(model, os.path.join(output_dir, MODEL_FILE))
         save_to_preset(model, os.path.join(output_dir, PRESET_DIR))
+    metrics["figures"] = _plot_run(model, data, output_dir, settings["preset"]) if plots else []
     write_json(os.path.join(output_dir, METRICS_FILE), metrics)
     write_json(os.path.join(output_dir, RUN_FILE), {"status": "finished", "settings": settings})
     return metrics

@@ -37,8 +37,11 @@ def test_tiny_run_resumes_and_writes_artifacts(tmp_path):
     assert len(first["history"]["loss"]) == 3
     assert first["final_loss"] < first["initial_loss"]
     assert 0.0 <= first["zero_shot_accuracy"] <= 1.0
-    for name in ("model.keras", "metrics.json", "log.csv"):
+    for name in ("model.keras", "metrics.json", "log.csv", "training_curves.png",
+                 "routing_heatmap.png"):
         assert os.path.exists(os.path.join(out, name)), name
+    assert sorted(os.path.basename(f) for f in first["figures"]) == [
+        "routing_heatmap.png", "training_curves.png"]
     # Running a finished run again returns its metrics without training.
     assert train_dual_encoder(**quick) == first
     assert _logged_epochs(out) == [0, 1, 2]
@@ -46,9 +49,10 @@ def test_tiny_run_resumes_and_writes_artifacts(tmp_path):
     with pytest.raises(ValueError, match=r"different settings \(epochs: 3 -> 2\)"):
         train_dual_encoder(**dict(quick, epochs=2))
     # ... unless overwrite=True, which replaces the run (and its log).
-    again = train_dual_encoder(**dict(quick, epochs=2), overwrite=True)
+    again = train_dual_encoder(**dict(quick, epochs=2), overwrite=True, plots=False)
     assert _logged_epochs(out) == [0, 1]
     assert len(again["history"]["loss"]) == 2
+    assert again["figures"] == [] and not os.path.exists(os.path.join(out, "routing_heatmap.png"))
 
 
 def test_bad_models_are_rejected(tmp_path):
