@@ -131,7 +131,6 @@ def cross_validate_classifier(preset, output_dir, *, folds=5, data="digits", see
         fold_accuracies.append(accuracy)
         logger.info("%s fold %d/%d: validation accuracy %.4f (%d images)", label or preset,
                     k + 1, folds, accuracy, len(index))
-    correct = int(np.sum(predictions == labels))
     summary = {
         "label": label or preset,
         "preset": os.fspath(preset) if isinstance(preset, (str, os.PathLike)) else "model",
@@ -139,19 +138,41 @@ def cross_validate_classifier(preset, output_dir, *, folds=5, data="digits", see
         "folds": folds,
         "seed": seed,
         "recipe": dict(recipe, **({"teachers": teachers} if teachers else {})),
-        "accuracy": correct / DIGITS_TEST_START,
+        **pooled_accuracy(labels, predictions, fold_accuracies),
+    }
+    write_summary(output_dir, summary)
+    return summary
+
+
+def pooled_accuracy(labels, predictions, fold_accuracies):
+    """The accuracy entries of a cross-validation summary: `accuracy`,
+    `correct`, `examples`, `fold_accuracies`, `fold_accuracy_mean` / `_std`,
+    `labels` and `predictions` (lists, in sample order).
+
+    Example:
+    >>> r = pooled_accuracy(np.array([0, 1, 2, 3]), np.array([0, 1, 2, 0]), [1.0, 0.5])
+    >>> r["accuracy"], r["correct"], r["fold_accuracy_mean"]
+    (0.75, 3, 0.75)
+    """
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    correct = int(np.sum(predictions == labels))
+    return {
+        "accuracy": correct / len(labels),
         "correct": correct,
-        "examples": DIGITS_TEST_START,
-        "fold_accuracies": fold_accuracies,
+        "examples": int(len(labels)),
+        "fold_accuracies": [float(a) for a in fold_accuracies],
         "fold_accuracy_mean": float(np.mean(fold_accuracies)),
         "fold_accuracy_std": float(np.std(fold_accuracies, ddof=1)),
         "labels": labels.tolist(),
         "predictions": predictions.tolist(),
     }
+
+
+def write_summary(output_dir, summary):
+    """Write `summary` to `output_dir/cv_summary.json` atomically."""
     os.makedirs(output_dir, exist_ok=True)
     atomic_write_text(os.path.join(output_dir, SUMMARY_FILE),
                       json.dumps(summary, indent=1, default=str) + "\n")
-    return summary
 
 
 def _fold_teachers(teachers, k):

@@ -25,8 +25,6 @@ import os
 
 import numpy as np
 
-from keras_sparse_moe.utils.io import atomic_write_text
-
 logger = logging.getLogger("keras_sparse_moe.recipes")
 
 
@@ -150,6 +148,8 @@ def cross_validate_soup(cv_dirs, output_dir=None, label=None):
     from keras_sparse_moe.data.digits import DIGITS_TEST_START
     from keras_sparse_moe.recipes.classifier import load_classifier
     from keras_sparse_moe.recipes.cross_validation import SUMMARY_FILE
+    from keras_sparse_moe.recipes.cross_validation import pooled_accuracy
+    from keras_sparse_moe.recipes.cross_validation import write_summary
 
     if isinstance(cv_dirs, (str, os.PathLike)) or len(cv_dirs) < 2:
         raise ValueError(
@@ -201,7 +201,6 @@ def cross_validate_soup(cv_dirs, output_dir=None, label=None):
         fold_accuracies.append(float(np.mean(predictions[index] == fold_labels)))
         logger.info("soup fold %d/%d: held-out accuracy %.4f (%d images)", k + 1, folds,
                     fold_accuracies[-1], len(index))
-    correct = int(np.sum(predictions == labels))
     ingredients = [{"directory": os.fspath(d), "seed": s.get("seed"), "accuracy": s.get("accuracy")}
                    for d, s in zip(cv_dirs, summaries)]
     summary = {
@@ -211,20 +210,11 @@ def cross_validate_soup(cv_dirs, output_dir=None, label=None):
         "folds": folds,
         "seed": [s.get("seed") for s in summaries],
         "recipe": summaries[0].get("recipe"),
-        "accuracy": correct / DIGITS_TEST_START,
-        "correct": correct,
-        "examples": DIGITS_TEST_START,
-        "fold_accuracies": fold_accuracies,
-        "fold_accuracy_mean": float(np.mean(fold_accuracies)),
-        "fold_accuracy_std": float(np.std(fold_accuracies, ddof=1)),
+        **pooled_accuracy(labels, predictions, fold_accuracies),
         "ingredients": ingredients,
         "ingredient_accuracy_mean": float(np.mean([i["accuracy"] for i in ingredients])),
         "ensemble_accuracy": float(np.mean(ensemble == labels)),
-        "labels": labels.tolist(),
-        "predictions": predictions.tolist(),
     }
     if output_dir is not None:
-        os.makedirs(output_dir, exist_ok=True)
-        atomic_write_text(os.path.join(output_dir, SUMMARY_FILE),
-                          json.dumps(summary, indent=1, default=str) + "\n")
+        write_summary(output_dir, summary)
     return summary
