@@ -151,7 +151,8 @@ def cross_validate_soup(cv_dirs, output_dir=None, label=None):
     from keras_sparse_moe.recipes.cross_validation import pooled_accuracy
     from keras_sparse_moe.recipes.cross_validation import write_summary
 
-    if isinstance(cv_dirs, (str, os.PathLike)) or len(cv_dirs) < 2:
+    if (isinstance(cv_dirs, (str, os.PathLike)) or not hasattr(cv_dirs, "__len__")
+            or len(cv_dirs) < 2):
         raise ValueError(
             "Argument `cv_dirs` must be a list of at least two cross-validation directories "
             f"(each holding {SUMMARY_FILE}); received {cv_dirs!r}."

@@ -111,7 +111,8 @@ def test_cross_validated_soup_predicts_each_block_with_that_fold_soup(two_seeds)
 
 def test_cross_validated_soup_bad_input(two_seeds, tmp_path):
     _, dirs = two_seeds
-    with pytest.raises(ValueError, match="at least two cross-validation directories"):
-        cross_validate_soup(dirs[:1])
+    for bad in (dirs[:1], dirs[0], 3):
+        with pytest.raises(ValueError, match="at least two cross-validation directories"):
+            cross_validate_soup(bad)
     with pytest.raises(ValueError, match="not a finished cross-validation run"):
         cross_validate_soup([dirs[0], str(tmp_path / "missing")])
