@@ -41,7 +41,6 @@ from keras_sparse_moe.recipes.distillation import DEFAULT_DISTILLATION_WEIGHT
 from keras_sparse_moe.recipes.distillation import DEFAULT_TEMPERATURE
 from keras_sparse_moe.recipes.metrics import classification_report
 from keras_sparse_moe.recipes.run_state import BACKUP_DIR
-from keras_sparse_moe.recipes.run_state import CURVES_FILE
 from keras_sparse_moe.recipes.run_state import HEATMAP_FILE
 from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.recipes.run_state import METRICS_FILE
@@ -957,16 +956,9 @@ def train_classifier(
         "artifacts": artifacts,
     }
     if plots:
-        from keras_sparse_moe.recipes.plots import plot_routing_heatmap
-        from keras_sparse_moe.recipes.plots import plot_training_curves
+        from keras_sparse_moe.recipes.plots import plot_run
 
-        curves = os.path.join(output_dir, CURVES_FILE)
-        if plot_training_curves(os.path.join(output_dir, LOG_FILE), curves, title=preset_label):
-            artifacts["training_curves"] = curves
-        if routing:
-            heatmap = os.path.join(output_dir, HEATMAP_FILE)
-            plot_routing_heatmap(routing, info.class_names, heatmap, title=preset_label)
-            artifacts["routing_heatmap"] = heatmap
+        artifacts.update(plot_run(output_dir, routing, info.class_names, title=preset_label))
     metrics["wall_time_s"] = time.time() - start
     _write_json(os.path.join(output_dir, METRICS_FILE), metrics)
     _write_json(os.path.join(output_dir, RUN_FILE), {"status": "finished", "settings": settings})

@@ -27,8 +27,6 @@ import time
 
 import numpy as np
 
-from keras_sparse_moe.recipes.run_state import CURVES_FILE
-from keras_sparse_moe.recipes.run_state import HEATMAP_FILE
 from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.recipes.run_state import METRICS_FILE
 from keras_sparse_moe.recipes.run_state import MODEL_FILE
@@ -285,24 +283,6 @@ def image_routing_by_class(model, data="digits", split="test", max_images=512):
     return routing, [str(n) for n in info.class_names]
 
 
-def _plot_run(model, data, output_dir, title):
-    """Draw the training curves and the image tower's routing heatmap of a
-    finished run; returns the paths written."""
-    from keras_sparse_moe.recipes.plots import plot_routing_heatmap
-    from keras_sparse_moe.recipes.plots import plot_training_curves
-
-    figures = []
-    curves = os.path.join(output_dir, CURVES_FILE)
-    if plot_training_curves(os.path.join(output_dir, LOG_FILE), curves, title=title):
-        figures.append(curves)
-    routing, names = image_routing_by_class(model, data)
-    heatmap = os.path.join(output_dir, HEATMAP_FILE)
-    if plot_routing_heatmap(routing, names, heatmap,
-                            title=f"{title}: image tokens per class and expert"):
-        figures.append(heatmap)
-    return figures
-
-
 def train_dual_encoder(
     preset=DEFAULT_PRESET,
     data="digits",
@@ -469,7 +449,14 @@ def train_dual_encoder(
 
         atomic_save_model(model, os.path.join(output_dir, MODEL_FILE))
         save_to_preset(model, os.path.join(output_dir, PRESET_DIR))
-    metrics["figures"] = _plot_run(model, data, output_dir, settings["preset"]) if plots else []
+    metrics["figures"] = []
+    if plots:
+        from keras_sparse_moe.recipes.plots import plot_run
+
+        routing, names = image_routing_by_class(model, data)
+        metrics["figures"] = list(plot_run(
+            output_dir, routing, names, title=settings["preset"],
+            heatmap_title=f"{settings['preset']}: image tokens per class and expert").values())
     write_json(os.path.join(output_dir, METRICS_FILE), metrics)
     write_json(os.path.join(output_dir, RUN_FILE), {"status": "finished", "settings": settings})
     return metrics

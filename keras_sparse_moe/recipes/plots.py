@@ -9,7 +9,10 @@
   routing figures of V-MoE (Riquelme et al. 2021,
   https://arxiv.org/abs/2106.05974).
 
-Both write PNG files atomically.
+- `plot_run`: both figures of a finished training run, into its output
+  directory under the recipes' file names.
+
+All write PNG files atomically.
 """
 
 import csv
@@ -18,6 +21,9 @@ import os
 
 import numpy as np
 
+from keras_sparse_moe.recipes.run_state import CURVES_FILE
+from keras_sparse_moe.recipes.run_state import HEATMAP_FILE
+from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.utils.io import atomic_path
 
 
@@ -173,3 +179,39 @@ def plot_routing_heatmap(routing, class_names, path, title=None):
     )
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_run(output_dir, routing, class_names, title=None, heatmap_title=None):
+    """Draw a finished training run's figures into `output_dir`: the
+    training curves of its `log.csv` (`training_curves.png`) and the routing
+    heatmap (`routing_heatmap.png`).
+
+    Args:
+        output_dir: the run's output directory.
+        routing: routing statistics by class, as for `plot_routing_heatmap`
+            (empty or None: no heatmap).
+        class_names: names of the classes.
+        title: title of the curves (and of the heatmap, unless
+            `heatmap_title` is given).
+        heatmap_title: optional title of the heatmap.
+
+    Returns:
+        A dict of the figures written: `"training_curves"` and / or
+        `"routing_heatmap"`, each a path.
+
+    Example:
+    >>> import tempfile
+    >>> run = tempfile.mkdtemp()
+    >>> routing = {"encoder_block_1/moe": {"by_class": [[0.5, 0.5], [1.0, 0.0]]}}
+    >>> sorted(plot_run(run, routing, ["a", "b"]))  # no log.csv: no curves
+    ['routing_heatmap']
+    """
+    figures = {}
+    curves = os.path.join(output_dir, CURVES_FILE)
+    if plot_training_curves(os.path.join(output_dir, LOG_FILE), curves, title=title):
+        figures["training_curves"] = curves
+    heatmap = plot_routing_heatmap(routing, class_names, os.path.join(output_dir, HEATMAP_FILE),
+                                   title=heatmap_title or title)
+    if heatmap:
+        figures["routing_heatmap"] = heatmap
+    return figures
