@@ -22,6 +22,9 @@ from keras_sparse_moe.recipes.distillation import DEFAULT_DISTILLATION_WEIGHT
 from keras_sparse_moe.recipes.distillation import DEFAULT_TEMPERATURE
 
 
+SOUP_DIR = "soup"
+"""Sub-directory of `--output` that holds the `--soup` model."""
+
 PRETRAIN_EPOCHS = 10
 """Epochs of `--pretrain` (10 on `synthetic-digits`: 500,000 images seen)."""
 
@@ -104,6 +107,17 @@ def _row(summary):
     )
 
 
+def _cv_row(name, seed, summary, comparison=None):
+    """A row of the cross-validation table (with the McNemar comparison when
+    one is given)."""
+    row = [name, seed, f"{summary['accuracy']:.4f} ({summary['correct']}/{summary['examples']})",
+           ", ".join(f"{a:.3f}" for a in summary["fold_accuracies"])]
+    if comparison is not None:
+        c = comparison
+        row.append(f"{c['only_a']} / {c['only_b']}, p = {c['p_value']:.3f}")
+    return row
+
+
 def _cross_validate(parser, args, preset, recipe, overrides, label):
     import json
 
@@ -140,11 +154,7 @@ def _cross_validate(parser, args, preset, recipe, overrides, label):
             c = paired_comparison(summary, other) if args.compare_cv else None
         except ValueError as error:
             parser.error(str(error))
-        row = [label, str(seed), f"{summary['accuracy']:.4f} ({summary['correct']}/{summary['examples']})",
-               ", ".join(f"{a:.3f}" for a in summary["fold_accuracies"])]
-        if c is not None:
-            row.append(f"{c['only_a']} / {c['only_b']}, p = {c['p_value']:.3f}")
-        table.add_row(*row)
+        table.add_row(*_cv_row(label, str(seed), summary, c))
     if args.soup:
         from keras_sparse_moe.recipes.soup import cross_validate_soup
 
@@ -154,14 +164,11 @@ def _cross_validate(parser, args, preset, recipe, overrides, label):
                                        label=f"{label} soup of {len(runs)}")
         except ValueError as error:
             parser.error(str(error))
-        row = [f"{label}, weights averaged over the seeds (ingredients {soup['ingredient_accuracy_mean']:.4f} "
-               f"on average; predictions averaged {soup['ensemble_accuracy']:.4f})",
-               "soup", f"{soup['accuracy']:.4f} ({soup['correct']}/{soup['examples']})",
-               ", ".join(f"{a:.3f}" for a in soup["fold_accuracies"])]
-        if args.compare_cv:
-            c = paired_comparison(soup, other)
-            row.append(f"{c['only_a']} / {c['only_b']}, p = {c['p_value']:.3f}")
-        table.add_row(*row)
+        name = (f"{label}, weights averaged over the seeds (ingredients "
+                f"{soup['ingredient_accuracy_mean']:.4f} on average; predictions averaged "
+                f"{soup['ensemble_accuracy']:.4f})")
+        c = paired_comparison(soup, other) if args.compare_cv else None
+        table.add_row(*_cv_row(name, "soup", soup, c))
     Console().print(table)
     return 0
 
@@ -202,7 +209,7 @@ def _soup(parser, args, summary):
     from keras_sparse_moe.recipes.soup import uniform_soup
     from keras_sparse_moe.utils.io import atomic_save_model
 
-    directory = os.path.join(args.output, "soup")
+    directory = os.path.join(args.output, SOUP_DIR)
     files = [os.path.join(args.output, f"seed_{run['seed']}", MODEL_FILE) for run in summary["runs"]]
     try:
         soup = uniform_soup(files)
@@ -246,6 +253,7 @@ def main(argv=None, dense=False):
     from keras_sparse_moe.recipes.comparison import best_by_validation
     from keras_sparse_moe.recipes.comparison import dense_equivalent_overrides
     from keras_sparse_moe.recipes.comparison import train_seeds
+    from keras_sparse_moe.recipes.run_state import PRESET_DIR
     from keras_sparse_moe.utils.key_values import parse_key_values
 
     recipe = dict(DIGITS_RECIPE, epochs=args.epochs, batch_size=args.batch_size,
@@ -277,21 +285,21 @@ def main(argv=None, dense=False):
     summary = train_seeds(preset, args.data, args.output, seeds=args.seeds,
                           overrides=overrides, label=label, verbose=args.verbose, **recipe)
     soup = _soup(parser, args, summary) if args.soup else None
-    if args.save_preset and soup is not None:
-        path = save_to_preset(load_classifier(os.path.join(args.output, "soup", "preset")),
-                              args.save_preset)
-        print(f"saved the soup of {len(args.seeds)} seeds (test accuracy {soup['accuracy']:.4f}) "
-              f"as {path}")
-    elif args.save_preset:
-        if args.validation_fraction > 0:
-            best = best_by_validation(summary)
-            how = f"validation accuracy {best['val_accuracy']:.4f}, "
+    if args.save_preset:
+        if soup is not None:
+            run = SOUP_DIR
+            what = f"the soup of {len(args.seeds)} seeds (test accuracy {soup['accuracy']:.4f})"
         else:
-            best, how = summary["runs"][0], "trained on the whole training split, "
-        source = os.path.join(args.output, f"seed_{best['seed']}", "preset")
-        path = save_to_preset(load_classifier(source), args.save_preset)
-        print(f"saved the seed-{best['seed']} model ({how}test accuracy "
-              f"{best['accuracy']:.4f}) as {path}")
+            if args.validation_fraction > 0:
+                best = best_by_validation(summary)
+                how = f"validation accuracy {best['val_accuracy']:.4f}, "
+            else:
+                best, how = summary["runs"][0], "trained on the whole training split, "
+            run = f"seed_{best['seed']}"
+            what = f"the seed-{best['seed']} model ({how}test accuracy {best['accuracy']:.4f})"
+        path = save_to_preset(load_classifier(os.path.join(args.output, run, PRESET_DIR)),
+                              args.save_preset)
+        print(f"saved {what} as {path}")
     rows = [_row(summary)]
     if args.compare:
         with open(args.compare, encoding="utf-8") as handle:
