@@ -75,8 +75,6 @@ def cross_validate_classifier(preset, output_dir, *, folds=5, data="digits", see
     >>> s["examples"], len(s["predictions"]), len(s["fold_accuracies"])
     (1438, 1438, 2)
     """
-    from keras_sparse_moe.data import digits_split_indices
-    from keras_sparse_moe.data import load_digits
     from keras_sparse_moe.data import parse_spec
     from keras_sparse_moe.data.digits import DIGITS_TEST_START
     from keras_sparse_moe.recipes.classifier import train_classifier
@@ -117,14 +115,13 @@ def cross_validate_classifier(preset, output_dir, *, folds=5, data="digits", see
     for k in range(folds):
         fold = [k, folds]  # a list: it round-trips through run.json unchanged
         metrics, model = train_classifier(
-            preset, data, os.path.join(output_dir, f"fold_{k}"), seed=seed,
+            preset, data, fold_directory(output_dir, k), seed=seed,
             data_options={**data_options, "validation_fold": fold},
             evaluation_split="validation", validation_fraction=0.1, return_model=True,
             **recipe, **_fold_teachers(teachers, k),
         )
-        images, fold_labels = load_digits("validation", validation_fold=fold)
-        index = digits_split_indices(validation_fold=fold)["validation"]
-        logits = model.predict(images.astype("float32"), batch_size=256, verbose=0)
+        index, images, fold_labels = held_out_block(k, folds)
+        logits = model.predict(images, batch_size=256, verbose=0)
         predictions[index] = np.argmax(logits, axis=-1)
         labels[index] = fold_labels
         accuracy = float(np.mean(predictions[index] == fold_labels))
@@ -142,6 +139,32 @@ def cross_validate_classifier(preset, output_dir, *, folds=5, data="digits", see
     }
     write_summary(output_dir, summary)
     return summary
+
+
+def fold_directory(output_dir, k):
+    """The run directory of fold `k` of a cross-validation in `output_dir`."""
+    return os.path.join(output_dir, f"fold_{k}")
+
+
+def held_out_block(k, folds):
+    """Block `k` of `folds` contiguous blocks of the digits training split.
+
+    Returns:
+        `(index, images, labels)`: the blocks' sample indices (in
+        scikit-learn's order), its images as float32 and its labels.
+
+    Example:
+    >>> index, images, labels = held_out_block(1, 2)
+    >>> int(index[0]), images.shape, images.dtype.name, len(labels)
+    (719, (719, 8, 8, 1), 'float32', 719)
+    """
+    from keras_sparse_moe.data import digits_split_indices
+    from keras_sparse_moe.data import load_digits
+
+    fold = (k, folds)
+    images, labels = load_digits("validation", validation_fold=fold)
+    index = digits_split_indices(validation_fold=fold)["validation"]
+    return index, images.astype("float32"), labels
 
 
 def pooled_accuracy(labels, predictions, fold_accuracies):

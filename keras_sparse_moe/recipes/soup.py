@@ -143,13 +143,14 @@ def cross_validate_soup(cv_dirs, output_dir=None, label=None):
     """
     import keras
 
-    from keras_sparse_moe.data import digits_split_indices
-    from keras_sparse_moe.data import load_digits
     from keras_sparse_moe.data.digits import DIGITS_TEST_START
     from keras_sparse_moe.recipes.classifier import load_classifier
     from keras_sparse_moe.recipes.cross_validation import SUMMARY_FILE
+    from keras_sparse_moe.recipes.cross_validation import fold_directory
+    from keras_sparse_moe.recipes.cross_validation import held_out_block
     from keras_sparse_moe.recipes.cross_validation import pooled_accuracy
     from keras_sparse_moe.recipes.cross_validation import write_summary
+    from keras_sparse_moe.recipes.run_state import MODEL_FILE
 
     if (isinstance(cv_dirs, (str, os.PathLike)) or not hasattr(cv_dirs, "__len__")
             or len(cv_dirs) < 2):
@@ -181,16 +182,13 @@ def cross_validate_soup(cv_dirs, output_dir=None, label=None):
     labels = np.full(DIGITS_TEST_START, -1, np.int64)
     fold_accuracies = []
     for k in range(folds):
-        fold = [k, folds]
-        files = [os.path.join(d, f"fold_{k}", "model.keras") for d in cv_dirs]
+        files = [os.path.join(fold_directory(d, k), MODEL_FILE) for d in cv_dirs]
         missing = [f for f in files if not os.path.isfile(f)]
         if missing:
             raise ValueError(f"Missing fold model(s) {missing}: finish those runs first.")
         models = [load_classifier(f) for f in files]
         soup = uniform_soup(models)
-        images, fold_labels = load_digits("validation", validation_fold=fold)
-        index = digits_split_indices(validation_fold=fold)["validation"]
-        images = images.astype("float32")
+        index, images, fold_labels = held_out_block(k, folds)
         predictions[index] = np.argmax(soup.predict(images, batch_size=256, verbose=0), axis=-1)
         probabilities = [
             keras.ops.convert_to_numpy(keras.ops.softmax(
