@@ -5,6 +5,8 @@
 # processes (pytest-xdist; default 2, one per core: most tests compile or
 # run single-threaded); a test file stays on one worker so that its
 # module-scoped fixtures are built once. KSM_WORKERS=0 runs in one process.
+# Each backend's report ends with its 15 slowest tests (to keep the suite in
+# CI's budget).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 status=0
@@ -15,7 +17,7 @@ for backend in ${KSM_BACKENDS:-tensorflow jax torch}; do
   workers=${KSM_WORKERS:-2}
   parallel=()
   [ "$workers" != "0" ] && parallel=(-n "$workers" --dist loadfile)
-  KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider ${parallel[@]+"${parallel[@]}"} "$@"
+  KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider --durations=15 ${parallel[@]+"${parallel[@]}"} "$@"
   rc=$?
   dt=$(( $(date +%s) - t0 ))
   if [ "$rc" -eq 5 ]; then

@@ -1,12 +1,16 @@
 """The README's main job: `keras-sparse-moe demo`.
 
-Trains the `moe_vit_tiny` sparse MoE vision transformer on the embedded
+Fine-tunes the `moe_vit_tiny` sparse MoE vision transformer, pretrained on
+synthetic digits (the shipped preset `moe_vit_tiny_synthetic_digits`: load a
+pretrained preset, then `fit`, the keras-hub way), on the embedded
 scikit-learn digits (train split), evaluates it on the fixed test split
 (the last 20%, samples 1438..1796, never trained on), exports it to LiteRT
 (float32 and dynamic-range int8, builtin ops only), runs both `.tflite` files
 with the `ai_edge_litert` interpreter on the same test split, and returns a
 summary table. Budget: under 3 minutes on 2 CPU cores with the TensorFlow
-backend.
+backend. `from_scratch=True` (`keras-sparse-moe demo --from-scratch`)
+trains `moe_vit_tiny` from random weights instead (at `DIGITS_RECIPE`'s
+learning rate).
 
 Artifacts in `output_dir`: `train/` (everything `train_classifier` writes:
 model, preset, metrics, curves, routing heatmap), `moe_vit_tiny_float32.tflite`,
@@ -22,11 +26,17 @@ import numpy as np
 
 logger = logging.getLogger("keras_sparse_moe.recipes")
 
-DEMO_PRESET = "moe_vit_tiny"
+DEMO_MODEL = "moe_vit_tiny"
+"""The demo's architecture (and the prefix of its `.tflite` files)."""
+DEMO_PRESET = "moe_vit_tiny_synthetic_digits"
+"""Where the demo starts: `moe_vit_tiny` pretrained on synthetic digits."""
+DEMO_LEARNING_RATE = 5e-4
+"""Fine-tuning learning rate (the shipped `moe_vit_tiny_digits` recipe's)."""
 DEMO_EPOCHS = 40
 """Epoch budget of the demo (fits the 3-minute budget on 2 CPU cores)."""
 DEMO_QUANTIZATIONS = ("float32", "dynamic_int8")
-# `quick=True`: a smoke run of every step for tests (tiny model, few batches).
+# `quick=True` with `from_scratch=True`: a smoke run of every step for tests
+# (tiny model, few batches); without `from_scratch` the pretrained model is kept.
 QUICK_OVERRIDES = {"num_layers": 2, "hidden_dim": 16, "mlp_dim": 16, "num_heads": 2}
 
 
@@ -56,19 +66,26 @@ def _size(path):
 
 
 def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, deterministic=False,
-             verbose=1):
-    """Train, evaluate and export `moe_vit_tiny` on the embedded digits.
+             verbose=1, from_scratch=False):
+    """Fine-tune, evaluate and export `moe_vit_tiny` on the embedded digits.
 
     Args:
         output_dir: directory for the artifacts (a previous demo there is
             replaced).
         epochs: None (the demo budget, `DEMO_EPOCHS`) or int >= 1.
         seed: int >= 0.
-        quick: smoke-test mode: a 2-block width-16 model, 1 epoch of 2
-            batches, float32 export only. Every step runs; accuracy is low.
+        quick: smoke-test mode: 1 epoch of 2 batches, float32 export only.
+            Every step runs. The pretrained model keeps most of its accuracy
+            (it reads about 85% of the real digits before any fine-tuning);
+            with `from_scratch` the model is a 2-block width-16 one and its
+            accuracy is low.
         deterministic: deterministic kernels (process-wide): the same
             command repeats bit for bit on the same machine.
         verbose: 0 (quiet), 1 (progress bars) or 2 (one line per epoch).
+        from_scratch: bool. False (default): fine-tune the pretrained
+            `DEMO_PRESET` at `DEMO_LEARNING_RATE`. True: train `moe_vit_tiny`
+            from random weights at `DIGITS_RECIPE`'s learning rate (its test
+            accuracy varies more from run to run: see docs/results.md).
 
     Returns:
         A dict: `rows` (list of `(what, value)` pairs for the summary table)
@@ -77,11 +94,12 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
     Example:
     >>> import tempfile
     >>> result = run_demo(tempfile.mkdtemp(), quick=True, verbose=0)
-    >>> result["summary"]["litert"]["float32"]["accuracy"] >= 0.0
+    >>> result["summary"]["litert"]["float32"]["accuracy"] > 0.5   # pretrained
     True
     """
     from keras_sparse_moe.data import load_digits
     from keras_sparse_moe.export import export_litert
+    from keras_sparse_moe.recipes.classifier import DIGITS_RECIPE
     from keras_sparse_moe.recipes.classifier import preprocess
     from keras_sparse_moe.recipes.classifier import train_classifier
     from keras_sparse_moe.utils.io import atomic_write_text
@@ -92,24 +110,29 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
 
     start = time.time()
     epochs = DEMO_EPOCHS if epochs is None else check_int("epochs", epochs, minimum=1)
+    if not isinstance(from_scratch, bool):
+        raise ValueError(f"Argument `from_scratch` must be a bool; received {from_scratch!r}.")
     if quick:
         epochs = 1 if epochs == DEMO_EPOCHS else epochs
     check_writable_directory(output_dir)
     train_dir = os.path.join(output_dir, "train")
+    preset = DEMO_MODEL if from_scratch else DEMO_PRESET
+    learning_rate = DIGITS_RECIPE["learning_rate"] if from_scratch else DEMO_LEARNING_RATE
     logger.info(
-        "Demo: training %s on the embedded digits for %d epochs, then LiteRT export.",
-        DEMO_PRESET, epochs,
+        "Demo: %s %s on the embedded digits for %d epochs, then LiteRT export.",
+        "training" if from_scratch else "fine-tuning", preset, epochs,
     )
     metrics, model = train_classifier(
-        DEMO_PRESET,
+        preset,
         "digits",
         train_dir,
         epochs=epochs,
+        learning_rate=learning_rate,
         seed=seed,
         deterministic=deterministic,
         overwrite=True,
         single_image_latency=False,
-        overrides=QUICK_OVERRIDES if quick else None,
+        overrides=QUICK_OVERRIDES if quick and from_scratch else None,
         max_batches=2 if quick else None,
         # Few steps: skip graph tracing (JAX dispatches eager ops slowly, so jit there).
         run_eagerly=bool(quick) and keras.backend.backend() != "jax",
@@ -121,7 +144,7 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
     litert = {}
     quantizations = DEMO_QUANTIZATIONS[:1] if quick else DEMO_QUANTIZATIONS
     for quantization in quantizations:
-        path = os.path.join(output_dir, f"{DEMO_PRESET}_{quantization}.tflite")
+        path = os.path.join(output_dir, f"{DEMO_MODEL}_{quantization}.tflite")
         logger.info("Exporting LiteRT (%s) to %s ...", quantization, path)
         export_litert(model, path, quantization=None if quantization == "float32" else quantization)
         accuracy, latency = litert_accuracy(path, inputs, labels)
@@ -133,7 +156,9 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
         }
     wall = time.time() - start
     summary = {
-        "preset": DEMO_PRESET,
+        "preset": preset,
+        "pretrained": not from_scratch,
+        "learning_rate": learning_rate,
         "backend": metrics["backend"],
         "epochs": metrics["epochs_run"],
         "params_total": metrics["params_total"],
@@ -152,7 +177,9 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
     atomic_write_text(os.path.join(output_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     rows = [
         ("backend", summary["backend"]),
-        ("model", f"{DEMO_PRESET} ({summary['epochs']} epochs on digits train split)"),
+        ("model", f"{DEMO_MODEL} from scratch ({summary['epochs']} epochs on the digits train split)"
+         if from_scratch else
+         f"{DEMO_PRESET} fine-tuned ({summary['epochs']} epochs on the digits train split)"),
         ("parameters total / active per token",
          f"{summary['params_total']:,} / {summary['params_active']:,}"),
         ("test accuracy, Keras", f"{summary['keras_accuracy']:.4f} ({summary['test_examples']} images)"),
