@@ -12,6 +12,7 @@ The Keras backend is chosen with the `KERAS_BACKEND` environment variable
 """
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -201,11 +202,14 @@ def _pretrain(parser, args, overrides):
 
 def _soup(parser, args, summary):
     """Average the seeds' models into `OUTPUT/soup` (model file, preset
-    directory, test metrics); returns the metrics."""
+    directory, test metrics with the ingredients' model files); returns the
+    metrics."""
     from keras_sparse_moe.presets import save_to_preset
     from keras_sparse_moe.recipes.classifier import evaluate_classifier
+    from keras_sparse_moe.recipes.run_state import METRICS_FILE
     from keras_sparse_moe.recipes.run_state import MODEL_FILE
     from keras_sparse_moe.recipes.run_state import PRESET_DIR
+    from keras_sparse_moe.recipes.run_state import write_json
     from keras_sparse_moe.recipes.soup import uniform_soup
     from keras_sparse_moe.utils.io import atomic_save_model
 
@@ -220,6 +224,12 @@ def _soup(parser, args, summary):
     save_to_preset(soup, os.path.join(directory, PRESET_DIR))
     metrics = evaluate_classifier(soup, args.data, output_dir=directory, max_batches=args.max_batches,
                                   single_image_latency=False, plots=False)
+    # Record what went into the soup beside its metrics.
+    path = os.path.join(directory, METRICS_FILE)
+    with open(path) as f:
+        written = json.load(f)
+    write_json(path, dict(written, ingredients=files))
+    metrics["ingredients"] = files
     logging.getLogger("keras_sparse_moe.recipes").info(
         "soup of %d seeds: test accuracy %.4f", len(files), metrics["accuracy"])
     return metrics

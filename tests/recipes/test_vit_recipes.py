@@ -72,6 +72,7 @@ def test_soup_of_seeds_is_evaluated_saved_and_cross_validated(tmp_path, capsys, 
     assert "weights of the 2 seeds averaged (soup)" in printed and "saved the soup of 2 seeds" in printed
     metrics = json.load(open(os.path.join(out, "soup", "metrics.json")))
     assert metrics["split"] == "test" and 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["ingredients"] == [os.path.join(out, f"seed_{s}", "model.keras") for s in (0, 1)]
     soup = load_classifier(os.path.join(out, "soup", "model.keras"))
     seeds = [load_classifier(os.path.join(out, f"seed_{s}", "model.keras")) for s in (0, 1)]
     for i, value in enumerate(soup.get_weights()):
