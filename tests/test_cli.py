@@ -161,7 +161,7 @@ def test_console_entry_point_in_a_subprocess():
 @pytest.mark.slow
 def test_demo_quick(tmp_path, capsys):
     # The demo fine-tunes the shipped pretrained preset: after two batches at
-    # the fine-tuning rate it still reads most digits (about 85% before any
+    # the fine-tuning rate it still reads most digits (81% of the test split before any
     # fine-tuning), in Keras and in LiteRT; a model that lost its pretrained
     # weights would be near chance (0.1).
     assert main(["demo", "--quick", "--quiet", "--output", str(tmp_path)]) == 0

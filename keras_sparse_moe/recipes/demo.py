@@ -76,7 +76,7 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
         seed: int >= 0.
         quick: smoke-test mode: 1 epoch of 2 batches, float32 export only.
             Every step runs. The pretrained model keeps most of its accuracy
-            (it reads about 85% of the real digits before any fine-tuning);
+            (it reads about 81% of the test digits before any fine-tuning);
             with `from_scratch` the model is a 2-block width-16 one and its
             accuracy is low.
         deterministic: deterministic kernels (process-wide): the same
