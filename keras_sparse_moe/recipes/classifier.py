@@ -49,6 +49,7 @@ from keras_sparse_moe.recipes.run_state import PRESET_DIR
 from keras_sparse_moe.recipes.run_state import RUN_ARTIFACTS
 from keras_sparse_moe.recipes.run_state import RUN_FILE
 from keras_sparse_moe.recipes.run_state import check_previous_run
+from keras_sparse_moe.recipes.run_state import json_default
 from keras_sparse_moe.recipes.run_state import read_json
 from keras_sparse_moe.recipes.run_state import write_json
 from keras_sparse_moe.utils.io import atomic_save_model
@@ -492,15 +493,7 @@ def _environment():
 
 
 def _write_json(path, obj):
-    write_json(path, obj, default=_json_default)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+    write_json(path, obj, default=json_default)
 
 
 def evaluate_classifier(

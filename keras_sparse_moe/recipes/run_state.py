@@ -55,6 +55,26 @@ def read_json(path):
         return None
 
 
+def json_default(value):
+    """Convert what `json` cannot write (as `json.dumps`'s `default`): NumPy
+    scalars and arrays to Python numbers and lists, anything else to its
+    `str`.
+
+    Example:
+    >>> import json
+    >>> import numpy as np
+    >>> json.dumps({"n": np.int64(3), "a": np.zeros(2)}, default=json_default)
+    '{"n": 3, "a": [0.0, 0.0]}'
+    """
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
 def write_json(path, obj, default=None):
     """Write `obj` as indented JSON, atomically (temporary file + rename);
     `default` converts values `json` cannot (as in `json.dumps`).

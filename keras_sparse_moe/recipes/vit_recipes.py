@@ -120,8 +120,6 @@ def _cv_row(name, seed, summary, comparison=None):
 
 
 def _cross_validate(parser, args, preset, recipe, overrides, label):
-    import json
-
     from rich.console import Console
     from rich.table import Table
 
@@ -209,6 +207,7 @@ def _soup(parser, args, summary):
     from keras_sparse_moe.recipes.run_state import METRICS_FILE
     from keras_sparse_moe.recipes.run_state import MODEL_FILE
     from keras_sparse_moe.recipes.run_state import PRESET_DIR
+    from keras_sparse_moe.recipes.run_state import json_default
     from keras_sparse_moe.recipes.run_state import write_json
     from keras_sparse_moe.recipes.soup import uniform_soup
     from keras_sparse_moe.utils.io import atomic_save_model
@@ -222,14 +221,10 @@ def _soup(parser, args, summary):
     os.makedirs(directory, exist_ok=True)
     atomic_save_model(soup, os.path.join(directory, MODEL_FILE))
     save_to_preset(soup, os.path.join(directory, PRESET_DIR))
-    metrics = evaluate_classifier(soup, args.data, output_dir=directory, max_batches=args.max_batches,
-                                  single_image_latency=False, plots=False)
-    # Record what went into the soup beside its metrics.
-    path = os.path.join(directory, METRICS_FILE)
-    with open(path) as f:
-        written = json.load(f)
-    write_json(path, dict(written, ingredients=files))
+    metrics = evaluate_classifier(soup, args.data, max_batches=args.max_batches,
+                                  single_image_latency=False)
     metrics["ingredients"] = files
+    write_json(os.path.join(directory, METRICS_FILE), metrics, default=json_default)
     logging.getLogger("keras_sparse_moe.recipes").info(
         "soup of %d seeds: test accuracy %.4f", len(files), metrics["accuracy"])
     return metrics
@@ -253,8 +248,6 @@ def main(argv=None, dense=False):
         parser.error("--save-preset with --validation-fraction 0 has no validation split "
                      "to choose a seed by: give one seed")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import json
-
     from rich.console import Console
     from rich.table import Table
 
