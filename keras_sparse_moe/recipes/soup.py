@@ -12,6 +12,10 @@ units are permuted against each other).
 
 - `uniform_soup(models)`: the element-wise mean of the weights of several
   classifiers of one architecture.
+- `interpolate_weights(start, end, alpha)`: `(1 - alpha) * start + alpha *
+  end`, weight by weight; with a pretrained `start` and its fine-tune `end`
+  this is WiSE-FT (Wortsman et al. 2022), which keeps some of the pretrained
+  weights for robustness to shifted data.
 - `cross_validate_soup(cv_dirs)`: the soup of several cross-validation runs
   of one recipe with different seeds (`cross_validate_classifier`), fold by
   fold, scored on each fold's held-out block; the summary has the format of
@@ -67,8 +71,6 @@ def uniform_soup(models):
     >>> all(np.allclose(s, m) for s, m in zip(soup.get_weights(), w))
     True
     """
-    from keras_sparse_moe.recipes.classifier import load_classifier
-
     if isinstance(models, (str, os.PathLike)) or not hasattr(models, "__len__"):
         raise ValueError(
             "Argument `models` must be a list of at least two classifiers, .keras files or "
@@ -78,6 +80,60 @@ def uniform_soup(models):
         raise ValueError(
             f"Argument `models` must hold at least two models to average; received {len(models)}."
         )
+    loaded = _load_aligned(models, [f"model {i} of `models`" for i in range(len(models))])
+    return _weighted_copy(loaded, [1.0 / len(loaded)] * len(loaded))
+
+
+def interpolate_weights(start, end, alpha):
+    """A classifier whose weights are `(1 - alpha) * start + alpha * end`.
+
+    With `start` the pretrained model and `end` a fine-tune of it this is
+    WiSE-FT (Wortsman et al. 2022, "Robust fine-tuning of zero-shot models"):
+    `alpha = 1` is the fine-tune, smaller values keep more of the pretrained
+    weights, which can make the model more robust to a shift of the data.
+    Both models must share one architecture, preprocessing and class count
+    (the head is interpolated too); neither is changed.
+
+    Args:
+        start: the classifier at `alpha = 0` (a model, `.keras` file or preset
+            directory: anything `load_classifier` accepts).
+        end: the classifier at `alpha = 1`, fine-tuned from `start`.
+        alpha: a float in [0, 1], the share of `end`.
+
+    Returns:
+        A new, uncompiled `keras_hub.models.ImageClassifier`.
+
+    Raises:
+        ValueError: `alpha` outside [0, 1], or models of different
+            architectures, preprocessing or weight shapes.
+
+    Example:
+    >>> import numpy as np
+    >>> from keras_sparse_moe.recipes.classifier import load_classifier
+    >>> a = load_classifier("moe_vit_tiny", num_classes=3)
+    >>> b = load_classifier("moe_vit_tiny", num_classes=3)
+    >>> mixed = interpolate_weights(a, b, 0.25)
+    >>> w = [0.75 * x + 0.25 * y for x, y in zip(a.get_weights(), b.get_weights())]
+    >>> all(np.allclose(m, v, atol=1e-6) for m, v in zip(mixed.get_weights(), w))
+    True
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(
+            f"Argument `alpha` must be a number in [0, 1] (the share of `end`); received {alpha!r}."
+        )
+    loaded = _load_aligned([start, end], ["`start`", "`end`"])
+    alpha = float(alpha)
+    return _weighted_copy(loaded, [1.0 - alpha, alpha])
+
+
+def _load_aligned(models, names):
+    """Load `models` and check that they share one architecture and weight shapes.
+
+    `names` name each model in the error messages (e.g. "model 1 of `models`").
+    """
+    from keras_sparse_moe.recipes.classifier import load_classifier
+
     loaded = [load_classifier(m) for m in models]
     first = loaded[0]
     reference = _without_names(first.get_config())
@@ -85,27 +141,35 @@ def uniform_soup(models):
     for i, model in enumerate(loaded[1:], start=1):
         if type(model) is not type(first) or _without_names(model.get_config()) != reference:
             raise ValueError(
-                f"Model {i} of `models` ({_describe(models[i])}) has a different architecture "
-                f"or preprocessing from model 0 ({_describe(models[0])}): a soup averages "
-                "models of one preset configuration, fine-tuned from the same weights."
+                f"{names[i][0].upper()}{names[i][1:]} ({_describe(models[i])}) has a different "
+                f"architecture or preprocessing from {names[0]} ({_describe(models[0])}): "
+                "weights can only be averaged between models of one preset configuration, "
+                "fine-tuned from the same weights."
             )
         other = [tuple(w.shape) for w in model.weights]
         if other != shapes:
             raise ValueError(
-                f"Model {i} of `models` ({_describe(models[i])}) has weights of other shapes "
-                "than model 0: a soup averages models of one architecture."
+                f"{names[i][0].upper()}{names[i][1:]} ({_describe(models[i])}) has weights of "
+                f"other shapes than {names[0]}: weights can only be averaged between models of "
+                "one architecture."
             )
-    soup = type(first).from_config(first.get_config())
+    return loaded
+
+
+def _weighted_copy(loaded, coefficients):
+    """A fresh copy of `loaded[0]` whose weights are the `coefficients`-weighted sum."""
+    first = loaded[0]
+    copy = type(first).from_config(first.get_config())
     values = [m.get_weights() for m in loaded]
-    averaged = []
+    combined = []
     for index, value in enumerate(values[0]):
         if np.issubdtype(value.dtype, np.floating):
-            stacked = np.stack([v[index] for v in values]).astype("float64")
-            averaged.append(np.mean(stacked, axis=0).astype(value.dtype))
+            total = sum(c * v[index].astype("float64") for c, v in zip(coefficients, values))
+            combined.append(np.asarray(total).astype(value.dtype))
         else:  # integer state (none in the shipped models): the first model's
-            averaged.append(value)
-    soup.set_weights(averaged)
-    return soup
+            combined.append(value)
+    copy.set_weights(combined)
+    return copy
 
 
 def _describe(model):

@@ -13,6 +13,7 @@ from keras_sparse_moe.recipes.classifier import load_classifier
 from keras_sparse_moe.recipes.cross_validation import cross_validate_classifier
 from keras_sparse_moe.recipes.cross_validation import paired_comparison
 from keras_sparse_moe.recipes.soup import cross_validate_soup
+from keras_sparse_moe.recipes.soup import interpolate_weights
 from keras_sparse_moe.recipes.soup import uniform_soup
 
 TINY = {"num_layers": 2, "hidden_dim": 16, "mlp_dim": 16, "num_heads": 2}
@@ -74,6 +75,36 @@ def test_models_of_different_architectures_are_refused():
     wider = load_classifier("moe_vit_tiny", num_classes=10, overrides={**TINY, "mlp_dim": 32})
     with pytest.raises(ValueError, match="different architecture"):
         uniform_soup([_tiny(10), wider])
+
+
+def test_interpolation_runs_from_start_to_end(tmp_path):
+    start, end = _tiny(seed=4), _tiny(seed=5)
+    path = str(tmp_path / "end.keras")
+    end.save(path)
+    images = load_digits("test")[0][:16].astype("float32")
+    for alpha in (0, 0.3, 1.0, np.float32(0.5)):
+        mixed = interpolate_weights(start, path, alpha)
+        assert mixed is not start and type(mixed) is type(start)
+        for a, b, m in zip(start.get_weights(), end.get_weights(), mixed.get_weights()):
+            np.testing.assert_allclose(m, (1 - float(alpha)) * a + float(alpha) * b,
+                                       rtol=1e-6, atol=1e-6)
+    # The ends are the models themselves, and neither input is changed.
+    np.testing.assert_allclose(interpolate_weights(start, end, 0).predict(images, verbose=0),
+                               start.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(interpolate_weights(start, end, 1).predict(images, verbose=0),
+                               end.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(load_classifier(path).get_weights()[0], end.get_weights()[0])
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan"), "0.5", None, True])
+def test_interpolation_rejects_a_bad_alpha(alpha):
+    with pytest.raises(ValueError, match=r"`alpha` must be a number in \[0, 1\]"):
+        interpolate_weights(_tiny(seed=0), _tiny(seed=1), alpha)
+
+
+def test_interpolation_refuses_models_of_different_architectures():
+    with pytest.raises(ValueError, match="`end`.*different architecture.*from `start`"):
+        interpolate_weights(_tiny(10), _tiny(3), 0.5)
 
 
 @pytest.fixture(scope="module")
