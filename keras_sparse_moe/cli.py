@@ -8,7 +8,6 @@ or bad input prints one clear line (no traceback) and exits with status 2.
 """
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -454,9 +453,10 @@ def _load_model(name_or_path, load_weights=True):
 
 
 def _write_json(path, obj):
-    from keras_sparse_moe.utils.io import atomic_write_text
+    from keras_sparse_moe.recipes.run_state import json_default
+    from keras_sparse_moe.recipes.run_state import write_json
 
-    atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
+    write_json(path, obj, default=json_default)
 
 
 _SHOWN_METRICS = (
