@@ -43,13 +43,15 @@ def _console(stderr=False):
 
 def _table(title, columns, rows, no_wrap=(), min_width=None):
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title)
     for column in columns:
         table.add_column(column, overflow="fold", no_wrap=column in no_wrap,
                          min_width=(min_width or {}).get(column))
     for row in rows:
-        table.add_row(*[str(c) for c in row])
+        # Text, not markup: "[litert]" in a pip hint or a path must print as it is.
+        table.add_row(*[Text(str(c)) for c in row])
     _console().print(table)
 
 
@@ -152,9 +154,14 @@ def cmd_profile(args):
 
 
 # ---------------------------------------------------------------------- export
+_NOT_RUN = ("LiteRT check", "not run: the LiteRT interpreter (ai_edge_litert) is not installed; "
+            "pip install 'keras-sparse-moe[litert]'")
+
+
 def cmd_export(args):
     from keras_sparse_moe.export import LiteRTModel
     from keras_sparse_moe.export import export_litert
+    from keras_sparse_moe.export import litert_interpreter_available
     from keras_sparse_moe.recipes.classifier import match_converter_to_data
 
     quantization = None if args.quantization == "none" else args.quantization
@@ -181,19 +188,26 @@ def cmd_export(args):
                                                 data_options=_data_options(args))
     path = export_litert(model, args.output, quantization=quantization,
                          representative_data=representative, batch_size=args.batch_size)
-    runner = LiteRTModel(path)
     rows = [
         ("file", path),
         ("size", f"{os.path.getsize(path) / 1024:.0f} KB"),
         ("quantization", args.quantization),
-        ("input", f"{runner.input['dtype'].__name__} {tuple(int(d) for d in runner.input['shape'])}"),
-        ("builtin op types", len(runner.ops)),
     ]
+    can_run = litert_interpreter_available()
+    if can_run:
+        runner = LiteRTModel(path)
+        rows += [
+            ("input", f"{runner.input['dtype'].__name__} "
+                      f"{tuple(int(d) for d in runner.input['shape'])}"),
+            ("builtin op types", len(runner.ops)),
+        ]
+    else:
+        rows.append(_NOT_RUN)
     converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
     if converter is not None:
         rows.append(("input preprocessing", f"raw * {converter.scale} + {converter.offset or 0}"
                      " (the model's image converter; not in the .tflite)"))
-    if args.data:
+    if args.data and can_run:
         from keras_sparse_moe.recipes.classifier import litert_test_accuracy
 
         accuracy, n = litert_test_accuracy(model, path, args.data, data_options=_data_options(args))
@@ -205,6 +219,7 @@ def cmd_export(args):
 def _export_towers(args, model, quantization):
     """`export` of a dual encoder: both towers into the directory --output."""
     from keras_sparse_moe.export import LiteRTModel
+    from keras_sparse_moe.export import litert_interpreter_available
     from keras_sparse_moe.export.towers import evaluate_towers
     from keras_sparse_moe.export.towers import export_dual_encoder
 
@@ -222,18 +237,25 @@ def _export_towers(args, model, quantization):
                                 representative_images=images, data=args.data,
                                 batch_size=args.batch_size, overwrite=args.overwrite)
     rows = []
+    can_run = litert_interpreter_available()
     for key in ("image_encoder", "text_encoder"):
+        size = f"{os.path.getsize(paths[key]) / 1024:.0f} KB"
+        if not can_run:
+            rows.append((key, f"{paths[key]} ({size})"))
+            continue
         runner = LiteRTModel(paths[key])
         inputs = ", ".join(
             f"{name} {d['dtype'].__name__} {tuple(int(v) for v in d['shape'])}"
             for name, d in zip(runner.input_names, runner.inputs)
         )
-        rows.append((key, f"{paths[key]} ({os.path.getsize(paths[key]) / 1024:.0f} KB; {inputs})"))
+        rows.append((key, f"{paths[key]} ({size}; {inputs})"))
     rows.append(("quantization", args.quantization))
     for key in ("class_embeddings", "vocabulary", "manifest"):
         if key in paths:
             rows.append((key, paths[key]))
-    if args.data:
+    if not can_run:
+        rows.append(_NOT_RUN)
+    elif args.data:
         result = evaluate_towers(args.output, args.data, data_options=_data_options(args))
         rows.append(("LiteRT zero-shot test accuracy",
                      f"{result['zero_shot_accuracy']:.4f} ({result['num_examples']} images of "
@@ -316,7 +338,7 @@ def _train_dual_encoder(args):
                  run_state.LOG_FILE]
     artifacts += [os.path.basename(path) for path in metrics.get("figures", [])]
     _print_dual_metrics(f"train: {args.preset} on {args.data} (zero-shot, test split)", metrics)
-    _console().print(f"artifacts in {args.output}: " + ", ".join(artifacts))
+    _console().print(f"artifacts in {args.output}: " + ", ".join(artifacts), markup=False)
     return 0
 
 
@@ -363,7 +385,7 @@ def _evaluate_dual_encoder(args):
     if args.output:
         os.makedirs(args.output, exist_ok=True)
         _write_json(os.path.join(args.output, "metrics.json"), metrics)
-        _console().print(f"wrote {os.path.join(args.output, 'metrics.json')}")
+        _console().print(f"wrote {os.path.join(args.output, 'metrics.json')}", markup=False)
     return 0
 
 
@@ -390,7 +412,7 @@ def cmd_train(args):
     )
     _print_metrics(f"train: {args.preset} on {args.data} ({result.get('split', 'test')} split)", result)
     _console().print(f"artifacts in {args.output}: " + ", ".join(
-        os.path.basename(p) for p in result.get("artifacts", {}).values()))
+        os.path.basename(p) for p in result.get("artifacts", {}).values()), markup=False)
     return 0
 
 
@@ -420,7 +442,7 @@ def cmd_evaluate(args):
             ],
         )
     if args.output:
-        _console().print(f"wrote {os.path.join(args.output, 'metrics.json')}")
+        _console().print(f"wrote {os.path.join(args.output, 'metrics.json')}", markup=False)
     return 0
 
 

@@ -133,10 +133,12 @@ def test_train_distils_from_teachers(trained, tmp_path):
 
 def test_evaluate_command(trained, tmp_path, capsys):
     _, data, out = trained
+    output = tmp_path / "eval [run 1]"  # brackets print as they are (not rich markup)
     assert main(["evaluate", "--model", os.path.join(out, "model.keras"), "--data", data,
-                 "--output", str(tmp_path), "--quiet"]) == 0
-    assert "per class" in capsys.readouterr().out
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+                 "--output", str(output), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "per class" in printed and "eval [run 1]" in printed.replace("\n", "")
+    metrics = json.loads((output / "metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["latency_ms_per_image"] > 0
 
 
@@ -147,6 +149,35 @@ def test_export_command_checks_litert_accuracy(trained, tmp_path, capsys):
                  "--quantization", "dynamic_int8", "--data", data, "--quiet"]) == 0
     assert path.stat().st_size > 0
     assert "LiteRT test accuracy" in capsys.readouterr().out
+
+
+def _hide_litert_interpreter(monkeypatch):
+    # As on a platform without ai_edge_litert wheels: importing it fails.
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+
+
+def test_export_without_the_litert_interpreter_writes_the_file(trained, tmp_path, capsys,
+                                                               monkeypatch):
+    from keras_sparse_moe.export import LiteRTModel
+    from keras_sparse_moe.export import litert_interpreter_available
+
+    _, data, out = trained
+    _hide_litert_interpreter(monkeypatch)
+    assert not litert_interpreter_available()
+    path = tmp_path / "model.tflite"
+    assert main(["export", "--model", os.path.join(out, "model.keras"), "--output", str(path),
+                 "--data", data, "--quiet"]) == 0
+    assert path.stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "not run" in printed and "keras-sparse-moe[litert]" in printed
+    assert "LiteRT test accuracy" not in printed
+    # Running the file is what needs the interpreter: one clear error, not an ImportError.
+    with pytest.raises(RuntimeError, match=r"needs the LiteRT interpreter.*\[litert\]"):
+        LiteRTModel(str(path))
+    monkeypatch.undo()
+    assert litert_interpreter_available()
+    assert LiteRTModel(str(path)).input["shape"][0] == 1
 
 
 def test_console_entry_point_in_a_subprocess():
@@ -176,13 +207,20 @@ def test_demo_quick(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_quick_from_scratch(tmp_path):
+def test_demo_quick_from_scratch_and_without_the_litert_interpreter(tmp_path, capsys,
+                                                                    monkeypatch):
+    # test_demo_quick runs the .tflite file; here the interpreter is missing (as on a
+    # platform without ai_edge_litert wheels): the demo still exports and says so.
+    _hide_litert_interpreter(monkeypatch)
     assert main(["demo", "--quick", "--quiet", "--from-scratch", "--output", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["preset"] == "moe_vit_tiny" and not summary["pretrained"]
     assert summary["learning_rate"] == 2e-3
     assert summary["params_total"] < 100_000  # the quick smoke model, not moe_vit_tiny
-    assert 0.0 <= summary["litert"]["float32"]["accuracy"] <= 1.0
+    assert 0.0 <= summary["keras_accuracy"] <= 1.0
+    assert summary["litert"]["float32"]["accuracy"] is None
+    assert (tmp_path / "moe_vit_tiny_float32.tflite").stat().st_size > 0
+    assert "not run: no LiteRT interpreter" in capsys.readouterr().out
 
 
 def test_demo_rejects_a_non_bool_from_scratch(tmp_path):

@@ -4,6 +4,7 @@ contrastive training with its artifacts, zero-shot evaluation of the shipped
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -47,6 +48,19 @@ def test_evaluate_trained_model_file(capsys, trained):
     _, out = trained
     assert main(["evaluate", "--model", os.path.join(out, "model.keras"), "--data", "digits"]) == 0
     assert "zero-shot accuracy" in capsys.readouterr().out
+
+
+def test_export_towers_without_the_litert_interpreter(capsys, tmp_path, monkeypatch):
+    # As on a platform without ai_edge_litert wheels: the towers are written, not run.
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    out = tmp_path / "towers"
+    assert main(["export", "--model", "limoe_tiny_digits", "--output", str(out),
+                 "--data", "digits"]) == 0
+    text = capsys.readouterr().out
+    assert "not run" in text and "LiteRT zero-shot test accuracy" not in text
+    assert {"image_encoder.tflite", "text_encoder.tflite", "class_embeddings.npy"} <= set(
+        os.listdir(out))
 
 
 def test_export_towers_reports_litert_zero_shot(capsys, tmp_path):

@@ -457,11 +457,41 @@ def non_builtin_ops(op_names):
     ]
 
 
-def _interpreter(path, num_threads=None):
-    from ai_edge_litert.interpreter import Interpreter
+LITERT_INSTALL_HINT = "pip install 'keras-sparse-moe[litert]'"
+"""How to install the LiteRT interpreter (`ai_edge_litert`)."""
 
+
+def litert_interpreter_available():
+    """Whether the LiteRT interpreter (`ai_edge_litert`) can be imported.
+
+    Exporting needs only TensorFlow's converter; running a `.tflite` file
+    (`LiteRTModel`, `list_litert_ops`) needs the interpreter, a dependency
+    on the platforms it has wheels for (Linux x86_64 / aarch64, macOS arm64)
+    and otherwise `LITERT_INSTALL_HINT`.
+
+    Example:
+    >>> isinstance(litert_interpreter_available(), bool)
+    True
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreter(path, num_threads=None):
     if not os.path.isfile(path):
         raise ValueError(f"No LiteRT model at {path!r}.")
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise RuntimeError(
+            "Running a .tflite file needs the LiteRT interpreter (the ai_edge_litert package), "
+            f"which is not installed: {LITERT_INSTALL_HINT} (wheels exist for Linux x86_64 / "
+            f"aarch64 and macOS arm64). {os.fspath(path)!r} itself is complete: any LiteRT "
+            "runtime can run it."
+        ) from None
     return Interpreter(model_path=os.fspath(path), num_threads=num_threads)
 
 
