@@ -232,10 +232,12 @@ def _export_towers(args, model, quantization):
     if quantization == "int8":
         from keras_sparse_moe.recipes.dual_encoder import representative_tower_images
 
-        images = representative_tower_images(model, args.data, args.calibration_samples)
+        images = representative_tower_images(model, args.data, args.calibration_samples,
+                                             data_options=_data_options(args))
     paths = export_dual_encoder(model, args.output, quantization=quantization,
                                 representative_images=images, data=args.data,
-                                batch_size=args.batch_size, overwrite=args.overwrite)
+                                batch_size=args.batch_size, overwrite=args.overwrite,
+                                data_options=_data_options(args) if args.data else None)
     rows = []
     can_run = litert_interpreter_available()
     for key in ("image_encoder", "text_encoder"):
@@ -333,7 +335,7 @@ def _train_dual_encoder(args):
             "--weight-decay, --warmup-fraction, --seed)"
         )
     metrics = train_dual_encoder(**_common_train_arguments(args), overwrite=args.overwrite,
-                                 plots=not args.no_plots)
+                                 plots=not args.no_plots, data_options=_data_options(args))
     artifacts = [run_state.MODEL_FILE, run_state.PRESET_DIR + "/", run_state.METRICS_FILE,
                  run_state.LOG_FILE]
     artifacts += [os.path.basename(path) for path in metrics.get("figures", [])]
@@ -375,7 +377,7 @@ def _evaluate_dual_encoder(args):
     from keras_sparse_moe.recipes.dual_encoder import evaluate_zero_shot
 
     metrics = evaluate_zero_shot(args.model, data=args.data, split=args.split,
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, data_options=_data_options(args))
     _print_dual_metrics(f"evaluate: {args.model} on {args.data} ({args.split} split, zero-shot)",
                         metrics)
     _table("per class", ["class", "precision", "recall", "f1", "support"], [

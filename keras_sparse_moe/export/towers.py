@@ -71,13 +71,16 @@ def _check_directory(directory, overwrite):
     return directory
 
 
-def _class_prompts(class_names, prompts, templates, data=None):
+def _class_prompts(class_names, prompts, templates, data=None, data_options=None):
     """Class names and lists of prompts per class from the arguments (or
     from the class names and prompt templates of dataset `data`)."""
     if data is not None and class_names is None and prompts is None:
         from keras_sparse_moe.data import resolve_dataset
 
-        info = resolve_dataset(data).info
+        if data_options is not None and not isinstance(data_options, dict):
+            raise ValueError("Argument `data_options` must be None or a dict of dataset "
+                             f"options; received {data_options!r}.")
+        info = resolve_dataset(data, **(data_options or {})).info
         if not info.class_names:
             raise ValueError(f"Dataset {data!r} has no class names to make prompts from.")
         return [str(n) for n in info.class_names], info.zero_shot_prompts(templates)
@@ -188,6 +191,7 @@ def export_dual_encoder(
     batch_size=1,
     overwrite=False,
     quantize_routers=False,
+    data_options=None,
 ):
     """Export the image and text towers of a dual encoder to LiteRT.
 
@@ -213,6 +217,8 @@ def export_dual_encoder(
         overwrite: replace a non-empty `directory`.
         quantize_routers: `"int8"` only: quantize the router ops too (by
             default they stay float32; see `export_litert`).
+        data_options: None or a dict of more options for `data`'s source
+            (e.g. `{"data_dir": "...", "download": False}` for `tfds:`).
 
     Returns:
         dict with the paths written (`image_encoder`, `text_encoder`, and
@@ -231,7 +237,7 @@ def export_dual_encoder(
         raise ValueError(f"Argument `batch_size` must be an int >= 1; received {batch_size!r}.")
     directory = _check_directory(directory, overwrite)
     task = _load_task(model)
-    names, groups = _class_prompts(class_names, prompts, templates, data)
+    names, groups = _class_prompts(class_names, prompts, templates, data, data_options)
     images, _ = _representative_for_towers(task, representative_images, quantization)
     parent = os.path.dirname(directory)
     staging = tempfile.mkdtemp(prefix=".tmp-towers-", dir=parent)

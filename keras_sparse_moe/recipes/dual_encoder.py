@@ -80,7 +80,7 @@ def load_dual_encoder(model, load_weights=True):
     return loaded
 
 
-def _datasets(model, data, batch_size, augment, seed, training=True):
+def _datasets(model, data, batch_size, augment, seed, training=True, data_options=None):
     from keras_sparse_moe.data import build_image_text_datasets
 
     image_shape = tuple(model.backbone.image_shape)
@@ -94,12 +94,26 @@ def _datasets(model, data, batch_size, augment, seed, training=True):
             augment=augment,
             seed=seed,
             drop_remainder=training,
+            **_check_data_options(data_options),
         )
     except (ValueError, KeyError) as error:
         raise ValueError(
             f"Dataset {data!r} cannot be used to train a dual encoder: it needs image-caption "
             f"pairs (captions from the data or class names for caption templates). {error}"
         ) from error
+
+
+def _check_data_options(data_options):
+    """`data_options` as a dict (None -> {}): more keyword arguments of the
+    dataset source, e.g. `{"data_dir": ..., "download": False}` for `tfds:`."""
+    if data_options is None:
+        return {}
+    if not isinstance(data_options, dict):
+        raise ValueError(
+            "Argument `data_options` must be None or a dict of dataset options (e.g. "
+            f"{{'data_dir': 'path', 'download': False}}); received {data_options!r}."
+        )
+    return dict(data_options)
 
 
 def _to_pairs(ds):
@@ -145,11 +159,13 @@ def _encode_images(model, ds):
     return embeddings, np.concatenate(labels)
 
 
-def representative_tower_images(model, data="digits", samples=256, seed=0):
+def representative_tower_images(model, data="digits", samples=256, seed=0, data_options=None):
     """Preprocessed training images of `data` for int8 calibration of the
-    image tower of a dual encoder."""
+    image tower of a dual encoder (`data_options`: more dataset options, as in
+    `evaluate_zero_shot`)."""
     model = load_dual_encoder(model)
-    train, _, _, _ = _datasets(model, data, 64, False, seed, training=False)
+    train, _, _, _ = _datasets(model, data, 64, False, seed, training=False,
+                               data_options=data_options)
     converter = model.preprocessor.image_converter if model.preprocessor else None
     images, total = [], 0
     for batch in train:
@@ -195,7 +211,8 @@ def class_text_embeddings(model, prompts):
     return table / np.maximum(np.linalg.norm(table, axis=-1, keepdims=True), 1e-12)
 
 
-def evaluate_zero_shot(model_or_path, data="digits", templates=None, split="test", batch_size=128):
+def evaluate_zero_shot(model_or_path, data="digits", templates=None, split="test", batch_size=128,
+                       data_options=None):
     """Zero-shot classification accuracy from text prompts only.
 
     Args:
@@ -207,6 +224,8 @@ def evaluate_zero_shot(model_or_path, data="digits", templates=None, split="test
             {digit}", ...); all templates of a class are averaged.
         split: `"test"`, `"validation"` or `"train"`.
         batch_size: evaluation batch size.
+        data_options: None or a dict of more dataset options, e.g.
+            `{"data_dir": "...", "download": False}` for a `tfds:` dataset.
 
     Returns:
         dict with `zero_shot_accuracy`, `per_class_accuracy`, `macro_f1`,
@@ -223,7 +242,8 @@ def evaluate_zero_shot(model_or_path, data="digits", templates=None, split="test
 
     check_int("batch_size", batch_size, minimum=1)
     model = load_dual_encoder(model_or_path)
-    train, validation, test, info = _datasets(model, data, batch_size, False, 0, training=False)
+    train, validation, test, info = _datasets(model, data, batch_size, False, 0, training=False,
+                                              data_options=data_options)
     ds = {"train": train, "validation": validation, "test": test}.get(split)
     if ds is None:
         raise ValueError(f"Argument `split` must be 'train', 'validation' or 'test'; received {split!r}.")
@@ -258,13 +278,14 @@ def evaluate_zero_shot(model_or_path, data="digits", templates=None, split="test
     }
 
 
-def image_routing_by_class(model, data="digits", split="test", max_images=512):
+def image_routing_by_class(model, data="digits", split="test", max_images=512, data_options=None):
     """`routing_by_class` of the image tokens of a dual encoder (its image
     tower run on preprocessed images of `data`), for the routing heatmap."""
     from keras_sparse_moe.recipes.routing import routing_by_class
 
     model = load_dual_encoder(model)
-    train, validation, test, info = _datasets(model, data, 64, False, 0, training=False)
+    train, validation, test, info = _datasets(model, data, 64, False, 0, training=False,
+                                              data_options=data_options)
     ds = {"train": train, "validation": validation, "test": test}[split]
     converter = model.preprocessor.image_converter if model.preprocessor else None
     images, labels = [], []
@@ -303,6 +324,7 @@ def train_dual_encoder(
     overwrite=False,
     verbose=2,
     plots=True,
+    data_options=None,
 ):
     """Train a dual encoder contrastively, then measure zero-shot accuracy.
 
@@ -339,6 +361,9 @@ def train_dual_encoder(
             routing statistics per epoch) and `routing_heatmap.png` (per MoE
             layer of the image tower, the share of each class's image tokens
             sent to each expert, on the test split).
+        data_options: None or a dict of more dataset options, e.g.
+            `{"data_dir": "...", "download": False}` for a `tfds:` dataset
+            (recorded in `run.json`; not part of the resume check).
 
     Returns:
         dict of metrics: `zero_shot_accuracy` (test split), `final_loss`,
@@ -377,6 +402,9 @@ def train_dual_encoder(
         "seed": seed, "templates": None if templates is None else list(templates),
         "max_batches": max_batches, "deterministic": deterministic,
     }
+    data_options = _check_data_options(data_options)
+    if data_options:
+        settings["data_options"] = data_options
     check_writable_directory(output_dir)
     state = check_previous_run(output_dir, settings, keys=_RESUME_KEYS, artifacts=RUN_ARTIFACTS,
                                overwrite=overwrite)
@@ -391,7 +419,8 @@ def train_dual_encoder(
         enable_deterministic_ops()
     keras.utils.set_random_seed(seed)
     model = load_dual_encoder(preset)
-    train, validation, test, info = _datasets(model, data, batch_size, augment, seed)
+    train, validation, test, info = _datasets(model, data, batch_size, augment, seed,
+                                              data_options=data_options)
     _check_has_captions(train, data)
     train_pairs = _to_pairs(train)
     steps = max(1, info.counts.get("train", 0) // batch_size)
@@ -428,7 +457,8 @@ def train_dual_encoder(
     train_seconds = time.time() - start
     final_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
 
-    zero_shot = evaluate_zero_shot(model, data, templates=templates, split="test")
+    zero_shot = evaluate_zero_shot(model, data, templates=templates, split="test",
+                                   data_options=data_options)
     metrics = {
         "preset": preset if isinstance(preset, str) else type(preset).__name__,
         "data": data,
@@ -453,7 +483,7 @@ def train_dual_encoder(
     if plots:
         from keras_sparse_moe.recipes.plots import plot_run
 
-        routing, names = image_routing_by_class(model, data)
+        routing, names = image_routing_by_class(model, data, data_options=data_options)
         metrics["figures"] = list(plot_run(
             output_dir, routing, names, title=settings["preset"],
             heatmap_title=f"{settings['preset']}: image tokens per class and expert").values())

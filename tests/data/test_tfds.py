@@ -112,3 +112,37 @@ def test_bad_tfds_specs(tmp_path):
         build_datasets("tfds:mnistt")
     with pytest.raises(ValueError, match="not prepared.*download=True"):
         build_datasets("tfds:mnist", data_dir=str(tmp_path), download=False)
+
+
+def test_dual_encoder_commands_use_the_data_dir(tiny_data_dir, tmp_path, capsys):
+    # --data-dir / --no-download reach the image-text pipelines of dual encoders
+    # too (zero-shot evaluation, training, tower export), not only classifiers.
+    from keras_sparse_moe.cli import main
+    from keras_sparse_moe.recipes.dual_encoder import evaluate_zero_shot
+
+    spec = "tfds:ksm_tiny_shades"
+    options = {"data_dir": tiny_data_dir, "download": False}
+    metrics = evaluate_zero_shot("limoe_tiny_digits", spec, data_options=options)
+    assert metrics["num_examples"] == 8 and len(metrics["per_class"]) == 2
+    assert main(["evaluate", "--model", "limoe_tiny_digits", "--data", spec,
+                 "--data-dir", tiny_data_dir, "--no-download"]) == 0
+    assert "zero-shot accuracy" in capsys.readouterr().out
+    out = str(tmp_path / "train")
+    assert main(["train", "--preset", "limoe_tiny", "--data", spec, "--data-dir", tiny_data_dir,
+                 "--no-download", "--epochs", "1", "--batch-size", "8", "--max-batches", "1",
+                 "--no-plots", "--quiet", "--output", out]) == 0
+    import json
+    import os
+
+    settings = json.load(open(os.path.join(out, "run.json")))["settings"]
+    assert settings["data_options"] == options
+    towers = str(tmp_path / "towers")
+    assert main(["export", "--model", "limoe_tiny_digits", "--output", towers, "--data", spec,
+                 "--data-dir", tiny_data_dir, "--no-download"]) == 0
+    assert json.load(open(os.path.join(towers, "class_names.json")))["class_names"] == ["dark", "light"]
+    # Without the data dir the dataset is not found (and nothing is downloaded).
+    with pytest.raises(ValueError, match="not prepared"):
+        evaluate_zero_shot("limoe_tiny_digits", spec,
+                           data_options={"data_dir": str(tmp_path / "empty"), "download": False})
+    with pytest.raises(ValueError, match="`data_options` must be None or a dict"):
+        evaluate_zero_shot("limoe_tiny_digits", spec, data_options="data_dir")
