@@ -160,6 +160,7 @@ def _hide_litert_interpreter(monkeypatch):
 def test_export_without_the_litert_interpreter_writes_the_file(trained, tmp_path, capsys,
                                                                monkeypatch):
     from keras_sparse_moe.export import LiteRTModel
+    from keras_sparse_moe.export import list_litert_ops
     from keras_sparse_moe.export import litert_interpreter_available
 
     _, data, out = trained
@@ -177,7 +178,10 @@ def test_export_without_the_litert_interpreter_writes_the_file(trained, tmp_path
         LiteRTModel(str(path))
     monkeypatch.undo()
     assert litert_interpreter_available()
-    assert LiteRTModel(str(path)).input["shape"][0] == 1
+    runner = LiteRTModel(str(path))
+    assert runner.input["shape"][0] == 1
+    # The op types of the file, without the interpreter's run-time DELEGATE nodes.
+    assert runner.ops == list_litert_ops(str(path)) and "DELEGATE" not in runner.ops
 
 
 def test_console_entry_point_in_a_subprocess():

@@ -522,7 +522,10 @@ class LiteRTModel:
 
     @property
     def ops(self):
-        return sorted({d["op_name"] for d in self.interpreter._get_ops_details()})
+        """Sorted op types of the model file (as `list_litert_ops`): the
+        `DELEGATE` nodes the interpreter adds at run time (XNNPACK) are not
+        part of the file and are left out."""
+        return sorted({d["op_name"] for d in self.interpreter._get_ops_details()} - {"DELEGATE"})
 
     @property
     def input_names(self):
