@@ -3,8 +3,12 @@
 from keras_sparse_moe import _quiet_tensorflow
 
 if _quiet_tensorflow.is_cli_process():
-    # The command line hides TensorFlow's C++ start-up log lines; a library
-    # import leaves logging alone.
+    from keras_sparse_moe import _cli_backend
+
+    # --backend NAME decides before Keras is imported (a bad $KERAS_BACKEND
+    # gets one line); the command line also hides TensorFlow's C++ start-up
+    # log lines. A library import leaves both alone.
+    _cli_backend.choose_backend()
     _quiet_tensorflow.import_tensorflow_quietly()
 
 from keras_sparse_moe import data

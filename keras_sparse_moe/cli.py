@@ -13,12 +13,14 @@ import os
 import sys
 import warnings
 
+from keras_sparse_moe._cli_backend import CLI_BACKENDS
+
 # (`import keras_sparse_moe` has imported Keras before this module runs.)
 from keras_sparse_moe.recipes.augment import AUGMENTATIONS
 from keras_sparse_moe.recipes.distillation import DEFAULT_DISTILLATION_WEIGHT
 from keras_sparse_moe.recipes.distillation import DEFAULT_TEMPERATURE
 
-BACKENDS = ("tensorflow", "jax", "torch")
+BACKENDS = CLI_BACKENDS
 QUANTIZATION_CHOICES = ("none", "float16", "dynamic_int8", "int8")
 EXIT_USAGE = 2
 
@@ -144,7 +146,10 @@ def cmd_presets(args):
 # --------------------------------------------------------------------- profile
 def cmd_profile(args):
     from keras_sparse_moe.profile import profile
+    from keras_sparse_moe.utils.io import check_writable_file
 
+    if args.json:
+        check_writable_file(args.json)  # before building a possibly large model
     model = _load_model(args.preset, load_weights=False)
     report = profile(model)
     _console().print(str(report), markup=False, highlight=False)
@@ -267,11 +272,11 @@ def _export_towers(args, model, quantization):
 
 
 def _check_output_file(path):
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise CLIError(f"cannot write {path!r}: directory {directory!r} does not exist")
+    from keras_sparse_moe.utils.io import check_writable_file
+
     if not path.endswith(".tflite"):
         raise CLIError(f"--output must be a .tflite file name; received {path!r}")
+    check_writable_file(path)  # before converting
 
 
 # ------------------------------------------------------------ train / evaluate
@@ -375,6 +380,10 @@ def _print_dual_metrics(title, metrics):
 
 def _evaluate_dual_encoder(args):
     from keras_sparse_moe.recipes.dual_encoder import evaluate_zero_shot
+    from keras_sparse_moe.utils.io import check_writable_directory
+
+    if args.output:
+        check_writable_directory(args.output)  # before evaluating
 
     metrics = evaluate_zero_shot(args.model, data=args.data, split=args.split,
                                  batch_size=args.batch_size, data_options=_data_options(args))
@@ -385,7 +394,6 @@ def _evaluate_dual_encoder(args):
         for c in metrics["per_class"]
     ])
     if args.output:
-        os.makedirs(args.output, exist_ok=True)
         _write_json(os.path.join(args.output, "metrics.json"), metrics)
         _console().print(f"wrote {os.path.join(args.output, 'metrics.json')}", markup=False)
     return 0

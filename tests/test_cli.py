@@ -69,6 +69,22 @@ def test_help(capsys, command):
         (["profile", "--preset", "no_such_preset"], "Unknown preset 'no_such_preset'"),
         (["export", "--model", "moe_vit_tiny", "--output", "{tmp}/m.tflite",
           "--quantization", "int8"], "needs representative data"),
+        # Found by an audit (2026-12-06): each was a traceback or a silent bad run.
+        (["train", "--learning-rate", "nan", "--output", "{tmp}/run"],
+         "`learning_rate` must be a finite number"),
+        (["train", "--warmup-fraction", "nan", "--output", "{tmp}/run"],
+         "`warmup_fraction` must be a finite number"),
+        (["train", "--set", "capacity_factor=NaN", "--output", "{tmp}/run"],
+         "`capacity_factor` must be a finite number > 0"),
+        (["train", "--set", "num_classes=5", "--output", "{tmp}/run"],
+         "num_classes=5 is not allowed when training"),
+        (["evaluate", "--model", "limoe_tiny_digits", "--output", "{tmp}/file"],
+         "exists and is not a directory"),
+        (["profile", "--preset", "moe_vit_tiny", "--json", "{tmp}"], "it is a directory"),
+        (["profile", "--preset", "moe_vit_tiny", "--json", "{tmp}/missing/p.json"],
+         "does not exist"),
+        (["export", "--model", "moe_vit_tiny", "--output", "{tmp}/missing/m.tflite"],
+         "missing' does not exist"),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(capsys, tmp_path, argv, message):
@@ -182,6 +198,22 @@ def test_export_without_the_litert_interpreter_writes_the_file(trained, tmp_path
     assert runner.input["shape"][0] == 1
     # The op types of the file, without the interpreter's run-time DELEGATE nodes.
     assert runner.ops == list_litert_ops(str(path)) and "DELEGATE" not in runner.ops
+
+
+def test_a_bad_keras_backend_variable_gets_one_line_and_backend_overrides_it():
+    env = dict(os.environ, KERAS_BACKEND="bogus")
+    result = subprocess.run([sys.executable, "-m", "keras_sparse_moe.cli", "--help"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "KERAS_BACKEND='bogus' is not a Keras backend" in errors[0]
+    # --backend decides before Keras is imported, so the variable does not matter then.
+    backend = keras.backend.backend()
+    result = subprocess.run([sys.executable, "-m", "keras_sparse_moe.cli", "presets", "--backend",
+                             backend, "--family", "moe_vit"], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "moe_vit_tiny" in result.stdout
 
 
 def test_console_entry_point_in_a_subprocess():

@@ -150,6 +150,15 @@ def load_classifier(model, num_classes=None, load_weights=True, overrides=None):
     from keras_sparse_moe.presets import from_preset
 
     overrides = dict(overrides or {})
+    if "num_classes" in overrides:
+        requested = overrides.pop("num_classes")
+        if num_classes is not None and requested != num_classes:
+            raise ValueError(
+                f"Preset override num_classes={requested!r} contradicts the {num_classes} classes "
+                "of the data: the classifier's head is sized from the data, so leave "
+                "num_classes out of the overrides."
+            )
+        num_classes = check_int("num_classes", requested, minimum=1)
     if isinstance(model, keras.Model):
         if not _is_classifier(model):
             raise _not_a_classifier(getattr(model, "name", "model"), model)
@@ -758,6 +767,12 @@ def train_classifier(
         raise ValueError(f"Argument `jit_compile` must be 'auto', True or False; received {jit_compile!r}.")
     if overrides is not None and not isinstance(overrides, dict):
         raise ValueError(f"Argument `overrides` must be a dict or None; received {overrides!r}.")
+    if overrides and "num_classes" in overrides:
+        raise ValueError(
+            f"Preset override num_classes={overrides['num_classes']!r} is not allowed when "
+            "training: the classifier's head is sized from the classes of the data, so leave "
+            "num_classes out of the overrides."
+        )
     teachers = _check_teachers(teachers)
     distillation_temperature = check_float("distillation_temperature", distillation_temperature,
                                            minimum=0.0, strict=True)

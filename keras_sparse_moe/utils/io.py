@@ -52,17 +52,56 @@ def atomic_path(path, suffix=""):
     >>> open(target).read()
     'hi'
     """
-    path = os.fspath(path)
+    path = check_writable_file(path)
     directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix or os.path.splitext(path)[1], dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix or os.path.splitext(path)[1],
+                                   dir=directory)
+    except OSError as error:
+        raise ValueError(f"Cannot write {path!r}: {error.strerror}.") from None
     os.close(fd)
     try:
         yield tmp
         default_permissions(tmp)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as error:
+            raise ValueError(f"Cannot write {path!r}: {error.strerror}.") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def check_writable_file(path):
+    """Check that a file can be written at `path` (before any long work).
+
+    `path` must not be a directory, and its directory must exist and be
+    writable.
+
+    Returns:
+        `path` as a string.
+
+    Raises:
+        ValueError naming the path and the problem.
+
+    Example:
+    >>> import tempfile
+    >>> check_writable_file(tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    ValueError: Cannot write ...: it is a directory; give a file name.
+    """
+    path = os.fspath(path)
+    if not path:
+        raise ValueError("Cannot write a file at an empty path; give a file name.")
+    if os.path.isdir(path):
+        raise ValueError(f"Cannot write {path!r}: it is a directory; give a file name.")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"Cannot write {path!r}: directory {directory!r} does not exist.")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"Cannot write {path!r}: directory {directory!r} is not writable.")
+    return path
 
 
 def atomic_write_text(path, text):

@@ -2,6 +2,7 @@
 received and what is allowed."""
 
 import difflib
+import math
 import numbers
 
 
@@ -23,12 +24,23 @@ def check_int(name, value, minimum=None, maximum=None):
 
 
 def check_float(name, value, minimum=None, strict=False, allow_none=False):
-    """Return `value` as a float (or None when allowed)."""
+    """Return `value` as a finite float (or None when allowed).
+
+    Example:
+    >>> check_float("learning_rate", 1e-3, minimum=0.0, strict=True)
+    0.001
+    >>> check_float("learning_rate", float("nan"))
+    Traceback (most recent call last):
+    ...
+    ValueError: Argument `learning_rate` must be a finite number; received learning_rate=nan.
+    """
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"Argument `{name}` must be a number; received {value!r}.")
     value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"Argument `{name}` must be a finite number; received {name}={value}.")
     if minimum is not None:
         if (strict and value <= minimum) or (not strict and value < minimum):
             op = ">" if strict else ">="
@@ -40,9 +52,10 @@ def check_capacity_factor(name, value):
     """A capacity factor is a number > 0, or None (dropless / same as training)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0
+            or not math.isfinite(value)):
         raise ValueError(
-            f"Argument `{name}` must be a number > 0, or None for no token "
+            f"Argument `{name}` must be a finite number > 0, or None for no token "
             f"dropping; received {name}={value!r}."
         )
     return float(value)

@@ -197,6 +197,20 @@ def test_bad_inputs_fail_clearly(tmp_path, kwargs, error, match):
         train_classifier(**arguments, **QUICK)
 
 
+def test_num_classes_in_the_overrides(tmp_path):
+    # load_classifier: num_classes may come through `overrides` (e.g. the CLI's --set), once.
+    assert load_classifier("moe_vit_tiny", overrides={"num_classes": 3}).num_classes == 3
+    assert load_classifier("moe_vit_tiny", num_classes=3,
+                           overrides={"num_classes": 3}).num_classes == 3
+    with pytest.raises(ValueError, match="num_classes=5 contradicts the 3 classes"):
+        load_classifier("moe_vit_tiny", num_classes=3, overrides={"num_classes": 5})
+    # Training sizes the head from the data: the override is refused before any work.
+    with pytest.raises(ValueError, match="num_classes=10 is not allowed when training"):
+        train_classifier("moe_vit_tiny", "digits", str(tmp_path / "out"),
+                         **{**QUICK, "overrides": {"num_classes": 10}})
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_output_directory_that_cannot_be_created(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
