@@ -14,10 +14,9 @@ from keras_sparse_moe.data import load_dataset  # noqa: E402
 class KsmTinyShades(tfds.core.GeneratorBasedBuilder):
     """40 6x6 RGB images whose pixel value identifies them; only a train split."""
 
-    # A one-part module name keeps TFDS from looking for this builder's code
-    # as a package resource (that path needs the `importlib_resources`
-    # backport, which TFDS only declares for Python < 3.9).
-    __module__ = "ksm_tiny_shades_builder"
+    # Defined in this test package, so TFDS looks for the builder's code as a
+    # package resource when it prepares it, with `importlib_resources`: a
+    # dependency of this project because TFDS declares it only for Python < 3.9.
 
     VERSION = tfds.core.Version("1.0.0")
 
