@@ -185,7 +185,15 @@ def cmd_export(args):
     if args.data:
         from keras_sparse_moe.data import resolve_dataset
 
-        match_converter_to_data(model, resolve_dataset(args.data, **_data_options(args)).info.max_value)
+        info = resolve_dataset(args.data, **_data_options(args)).info
+        classes = getattr(model, "num_classes", None)
+        if classes is not None and info.num_classes and classes != info.num_classes:
+            raise CLIError(
+                f"{args.model} predicts {classes} classes but dataset {args.data!r} has "
+                f"{info.num_classes}: --data must be the data the model was trained on (it "
+                "calibrates int8 and measures the exported file's accuracy)"
+            )
+        match_converter_to_data(model, info.max_value)
     if quantization == "int8":
         from keras_sparse_moe.recipes.classifier import representative_images
 

@@ -99,6 +99,18 @@ def test_bad_arguments_give_one_line_and_exit_2(capsys, tmp_path, argv, message)
     assert "error:" in lines[0]
 
 
+def test_export_refuses_data_with_another_class_count(capsys, tmp_path):
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / "two_classes" / name)
+        for i in range(5):
+            Image.new("L", (8, 8), 30 * i).save(tmp_path / "two_classes" / name / f"{i}.png")
+    assert main(["export", "--model", "moe_vit_tiny_digits", "--output", str(tmp_path / "m.tflite"),
+                 "--data", f"folder:{tmp_path / 'two_classes'}"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "predicts 10 classes but dataset" in errors[0]
+    assert not (tmp_path / "m.tflite").exists()
+
+
 def test_backend_must_be_chosen_before_keras_is_imported(capsys):
     other = next(b for b in ("tensorflow", "jax", "torch") if b != keras.backend.backend())
     assert main(["presets", "--backend", other]) == 2

@@ -839,6 +839,11 @@ def train_classifier(
                 "with these options; pass validation_fraction > 0."
             )
         test = None  # never evaluate on the test split
+    elif test is None and validation is None:
+        logger.warning(
+            "Dataset %s has neither a test nor a validation split with these options (too few "
+            "images per class to carve them out): the run trains but reports no accuracy. Give "
+            "it more images, or train/ and test/ sub-folders.", data)
     elif test is None:
         logger.warning("Dataset %s has no test split: the final metrics use the validation split.", data)
     if model.num_classes != info.num_classes:

@@ -103,6 +103,11 @@ def _datasets(model, data, batch_size, augment, seed, training=True, data_option
         ) from error
 
 
+def _missing_split(data, split):
+    return (f"Dataset {data!r} has no {split!r} split with these options (too few images per "
+            "class to carve one out); give it more images, or train/ and test/ sub-folders.")
+
+
 def _check_data_options(data_options):
     """`data_options` as a dict (None -> {}): more keyword arguments of the
     dataset source, e.g. `{"data_dir": ..., "download": False}` for `tfds:`."""
@@ -244,9 +249,12 @@ def evaluate_zero_shot(model_or_path, data="digits", templates=None, split="test
     model = load_dual_encoder(model_or_path)
     train, validation, test, info = _datasets(model, data, batch_size, False, 0, training=False,
                                               data_options=data_options)
-    ds = {"train": train, "validation": validation, "test": test}.get(split)
-    if ds is None:
+    splits = {"train": train, "validation": validation, "test": test}
+    if split not in splits:
         raise ValueError(f"Argument `split` must be 'train', 'validation' or 'test'; received {split!r}.")
+    ds = splits[split]
+    if ds is None:
+        raise ValueError(_missing_split(data, split))
     _check_has_captions(ds, data)
     if "labels" not in ds.element_spec:
         raise ValueError(f"Dataset {data!r} has no labels, so zero-shot accuracy cannot be measured.")
@@ -421,6 +429,8 @@ def train_dual_encoder(
     model = load_dual_encoder(preset)
     train, validation, test, info = _datasets(model, data, batch_size, augment, seed,
                                               data_options=data_options)
+    if test is None:  # the zero-shot evaluation after training needs it: refuse before training
+        raise ValueError(_missing_split(data, "test"))
     _check_has_captions(train, data)
     train_pairs = _to_pairs(train)
     steps = max(1, info.counts.get("train", 0) // batch_size)

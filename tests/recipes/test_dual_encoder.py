@@ -62,3 +62,18 @@ def test_bad_models_are_rejected(tmp_path):
         load_dual_encoder(str(tmp_path / "missing.keras"))
     with pytest.raises(ValueError, match="split"):
         evaluate_zero_shot("limoe_tiny_digits", "digits", split="dev")
+
+
+def test_a_folder_too_small_for_a_test_split_is_refused_before_training(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    for name in ("cat", "dog"):
+        os.makedirs(folder / name)
+        Image.new("L", (8, 8), 40 if name == "cat" else 200).save(folder / name / "0.png")
+    with pytest.raises(ValueError, match="has no 'test' split with these options"):
+        evaluate_zero_shot("limoe_tiny_digits", f"folder:{folder}")
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="has no 'test' split with these options"):
+        train_dual_encoder(data=f"folder:{folder}", output_dir=str(out), epochs=1, batch_size=2)
+    assert not (out / "model.keras").exists() and not (out / "log.csv").exists()
