@@ -480,13 +480,13 @@ def _load_model(name_or_path, load_weights=True):
 
     name = os.fspath(name_or_path)
     if name.endswith(".keras"):
-        import keras
-
         import keras_sparse_moe  # noqa: F401 - registers the serializable classes
+
+        from keras_sparse_moe.utils.io import load_keras_file
 
         if not os.path.isfile(name):
             raise CLIError(f"no model file at {name!r}")
-        return keras.saving.load_model(name, safe_mode=True)
+        return load_keras_file(name)
     if os.path.sep in name and not os.path.exists(name) and "://" not in name:
         raise CLIError(f"no preset directory or model file at {name!r}")
     return from_preset(name, load_weights=load_weights)

@@ -66,6 +66,9 @@ def test_help(capsys, command):
          "must be a directory for its two towers"),
         (["train", "--output", "{tmp}/file/sub"], "directory"),
         (["evaluate", "--model", "{tmp}/missing.keras"], "No model file"),
+        (["evaluate", "--model", "{tmp}/notes.keras"], "is not a Keras model file"),
+        (["export", "--model", "{tmp}/notes.keras", "--output", "{tmp}/m.tflite"],
+         "is not a Keras model file"),
         (["profile", "--preset", "no_such_preset"], "Unknown preset 'no_such_preset'"),
         (["export", "--model", "moe_vit_tiny", "--output", "{tmp}/m.tflite",
           "--quantization", "int8"], "needs representative data"),
@@ -89,6 +92,7 @@ def test_help(capsys, command):
 )
 def test_bad_arguments_give_one_line_and_exit_2(capsys, tmp_path, argv, message):
     (tmp_path / "file").write_text("a file, not a directory")
+    (tmp_path / "notes.keras").write_text("a text file named like a model")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -54,6 +54,7 @@ from keras_sparse_moe.recipes.run_state import read_json
 from keras_sparse_moe.recipes.run_state import write_json
 from keras_sparse_moe.utils.io import atomic_save_model
 from keras_sparse_moe.utils.io import check_writable_directory
+from keras_sparse_moe.utils.io import load_keras_file
 from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
@@ -177,7 +178,7 @@ def load_classifier(model, num_classes=None, load_weights=True, overrides=None):
                 f"Preset overrides {sorted(overrides)} cannot be applied to a saved model "
                 f"({label!r}); use a preset name or directory."
             )
-        loaded = keras.saving.load_model(label, safe_mode=True)
+        loaded = load_keras_file(label)
         if not _is_classifier(loaded):
             raise _not_a_classifier(label, loaded)
         return loaded

@@ -58,11 +58,11 @@ def load_dual_encoder(model, load_weights=True):
     if isinstance(model, MoEDualEncoderContrastive):
         return model
     if isinstance(model, str) and model.endswith(".keras"):
-        import keras
+        from keras_sparse_moe.utils.io import load_keras_file
 
         if not os.path.exists(model):
             raise ValueError(f"Model file {model!r} does not exist.")
-        loaded = keras.saving.load_model(model, safe_mode=True)  # compiled, with its optimizer state
+        loaded = load_keras_file(model)  # compiled, with its optimizer state
     elif isinstance(model, str):
         from keras_sparse_moe.presets import from_preset
 

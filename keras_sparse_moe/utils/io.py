@@ -117,6 +117,36 @@ def atomic_save_model(model, path):
         model.save(tmp)
 
 
+def load_keras_file(path, **kwargs):
+    """`keras.saving.load_model(path, safe_mode=True, **kwargs)` with clear
+    errors: a missing file, or a file that is not a `.keras` archive (empty,
+    text, truncated), is named as such instead of Keras's "File not found".
+
+    Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "notes.keras")
+    >>> _ = open(path, "w").write("not a model")
+    >>> load_keras_file(path)
+    Traceback (most recent call last):
+    ...
+    ValueError: ... is not a Keras model file: a .keras file is a zip archive saved by model.save(); this one is not (empty, text or truncated?).
+    """
+    import zipfile
+
+    import keras
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path!r}.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path!r} is not a Keras model file: a .keras file is a zip archive saved by "
+            "model.save(); this one is not (empty, text or truncated?)."
+        )
+    kwargs.setdefault("safe_mode", True)
+    return keras.saving.load_model(path, **kwargs)
+
+
 @contextlib.contextmanager
 def atomic_directory(path):
     """Yield a temporary directory beside `path`; on success it replaces `path`.
