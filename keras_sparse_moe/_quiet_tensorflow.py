@@ -26,7 +26,8 @@ import tempfile
 
 # absl-formatted INFO / WARNING lines ("I0000 00:00:1795968843.286104 1266
 # port.cc:153] ..."), absl's pre-initialisation banner, the continuation line
-# of the CPU instruction hint, and CUDA probing errors on machines without a GPU.
+# of the CPU instruction hint, CUDA probing errors on machines without a GPU,
+# the LiteRT interpreter's XNNPACK note and the int8 calibrator's settings line.
 _NOISE = re.compile(
     r"^(?:"
     r"WARNING: All log messages before absl::InitializeLog\(\) is called"
@@ -34,6 +35,7 @@ _NOISE = re.compile(
     r"|E\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] .*(?:cuInit|CUDA|cuda)"
     r"|To enable the following instructions: .* rebuild TensorFlow"
     r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
+    r"|fully_quantize: \d+, inference_type: \d+, input_inference_type: "
     r")"
 )
 

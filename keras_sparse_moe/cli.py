@@ -437,6 +437,7 @@ def cmd_train(args):
 def cmd_evaluate(args):
     from keras_sparse_moe.recipes.classifier import evaluate_classifier
 
+    _warn_if_untrained(args.model)
     if _is_dual_encoder(args.model):
         return _evaluate_dual_encoder(args)
     metrics = evaluate_classifier(
@@ -490,6 +491,30 @@ def _load_model(name_or_path, load_weights=True):
     if os.path.sep in name and not os.path.exists(name) and "://" not in name:
         raise CLIError(f"no preset directory or model file at {name!r}")
     return from_preset(name, load_weights=load_weights)
+
+
+def _warn_if_untrained(name):
+    """Warn when `name` is a registered preset that ships no trained weights:
+    its figures are those of random weights."""
+    from keras_sparse_moe.presets import get_preset
+
+    name = os.fspath(name)
+    if name.endswith(".keras") or os.path.exists(name):
+        return
+    try:
+        spec = get_preset(name)
+    except ValueError:
+        return  # not a registered name: from_preset says what is wrong
+    if not spec.has_weights:
+        logging.getLogger("keras_sparse_moe.cli").warning(
+            "Preset %s ships no trained weights: the model has random weights, so its accuracy "
+            "means nothing. Train it first (keras-sparse-moe train --preset %s ...) or use a "
+            "preset with weights (keras-sparse-moe presets: the 'weights' column).", name, name)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Python warnings on the command line: one line, without the source line."""
+    print(f"keras-sparse-moe: warning: {message}", file=sys.stderr)
 
 
 def _write_json(path, obj):
@@ -734,6 +759,7 @@ def main(argv=None):
     restore_logging = _setup_logging(getattr(args, "quiet", False))
     try:
         with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # restored when the block ends
             warnings.filterwarnings("ignore", message=r".*shuffle=True.*")
             _check_numbers(args)
             return args.func(args) or 0

@@ -115,6 +115,28 @@ def test_export_refuses_data_with_another_class_count(capsys, tmp_path):
     assert not (tmp_path / "m.tflite").exists()
 
 
+def test_untrained_presets_and_python_warnings_are_one_line_warnings(capsys, tmp_path):
+    assert main(["evaluate", "--model", "moe_vit_tiny", "--data", "digits", "--max-batches", "1",
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "moe_vit_tiny ships no trained weights" in err
+    assert main(["evaluate", "--model", "moe_vit_tiny_digits", "--data", "digits",
+                 "--max-batches", "1", "--quiet"]) == 0
+    assert "no trained weights" not in capsys.readouterr().err
+    # A skipped unreadable image is a Python warning: one line, no source line.
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / "imgs" / name)
+        for i in range(5):
+            Image.new("L", (8, 8), 30 * i).save(tmp_path / "imgs" / name / f"{i}.png")
+    (tmp_path / "imgs" / "a" / "broken.png").write_bytes(b"not a png")
+    assert main(["evaluate", "--model", "moe_vit_tiny_digits", "--data",
+                 f"folder:{tmp_path / 'imgs'}", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if "warning:" in line]
+    assert len(warning) == 1 and warning[0].startswith("keras-sparse-moe: warning:")
+    assert "Skipped 1 unreadable" in warning[0] and "warnings.warn" not in err
+
+
 def test_backend_must_be_chosen_before_keras_is_imported(capsys):
     other = next(b for b in ("tensorflow", "jax", "torch") if b != keras.backend.backend())
     assert main(["presets", "--backend", other]) == 2

@@ -49,8 +49,9 @@ def get_builder(name, data_dir=None, download=True):
     if not builder.is_prepared():
         if not download:
             raise ValueError(
-                f"TFDS dataset {name!r} is not prepared in data_dir={builder.data_dir!r}; pass "
-                f"download=True, or prepare it beforehand with `tfds build {name} --data_dir DIR`."
+                f"TFDS dataset {name!r} is not prepared in data_dir={builder.data_dir!r}; allow "
+                "the download (download=True; on the command line, leave out --no-download), "
+                f"or prepare it beforehand with `tfds build {name} --data_dir DIR`."
             )
         logger.info("tfds:%s: not prepared in %s: downloading and preparing it (this may take a while) ...", name, builder.data_dir)
         try:

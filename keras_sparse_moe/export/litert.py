@@ -21,6 +21,7 @@ mode. Either way:
 import os
 import re
 import tempfile
+import warnings
 
 import keras
 import numpy as np
@@ -215,10 +216,15 @@ def _convert_tensorflow(model, quantization, representative, batch_size, input_s
         ]
     scopes = router_scopes(model) if quantization == "int8" and not quantize_routers else []
     try:
-        if scopes:
-            flatbuffer = convert_int8_float_routers(converter, scopes)
-        else:
-            flatbuffer = converter.convert()
+        # The calibrator's C++ line ("fully_quantize: 0, inference_type: ...") and a
+        # UserWarning about input statistics (the inputs stay float32 by design) are
+        # noise on the command line.
+        with quiet_if_cli(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Statistics for quantized inputs")
+            if scopes:
+                flatbuffer = convert_int8_float_routers(converter, scopes)
+            else:
+                flatbuffer = converter.convert()
     except Exception as error:  # The converter raises ConverterError.
         raise _conversion_error(model, error) from None
     return strip_tensor_names(flatbuffer)

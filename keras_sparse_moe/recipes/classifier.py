@@ -114,8 +114,8 @@ def _not_a_classifier(label, model):
     return ValueError(
         f"Model {label!r} is a {type(model).__name__}, not an image classifier, so it "
         f"cannot be trained or evaluated on image-label data.{hint} Image classifier "
-        "presets: moe_vit_tiny, dense_vit_tiny, moe_vit_tiny_digits, ... (see "
-        "`keras-sparse-moe presets`)."
+        "presets: moe_vit_tiny, moe_vit_tiny_digits, vmoe_s32_e8_k2_last2, ... (see "
+        "`keras-sparse-moe presets --family moe_vit`)."
     )
 
 
