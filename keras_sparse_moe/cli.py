@@ -370,9 +370,12 @@ def _common_train_arguments(args):
 
 
 def _print_dual_metrics(title, metrics):
-    rows = [("zero-shot accuracy", f"{metrics['zero_shot_accuracy']:.4f} "
-             f"({metrics['num_examples']} images, text prompts only, "
-             f"{metrics['num_templates']} templates per class)")]
+    if metrics.get("zero_shot_accuracy") is None:
+        rows = [("zero-shot accuracy", "not measured: the data has no class labels")]
+    else:
+        rows = [("zero-shot accuracy", f"{metrics['zero_shot_accuracy']:.4f} "
+                 f"({metrics['num_examples']} images, text prompts only, "
+                 f"{metrics['num_templates']} templates per class)")]
     if "macro_f1" in metrics:
         rows.append(("macro-F1", f"{metrics['macro_f1']:.4f}"))
     for key, label in (("latency_ms_per_image", "latency (ms / image, image tower)"),

@@ -1,9 +1,10 @@
 """Datasets and tf.data pipelines: the embedded digits, TFDS, image folders,
 and image-text pairs for dual encoders.
 
-Dataset specs: `"digits"`, `"tfds:NAME"`, `"folder:PATH"` (see `sources`).
-Importing this package does not import TensorFlow or TFDS; the functions
-that build pipelines do.
+Dataset specs: `"digits"`, `"synthetic-digits[:N]"`, `"tfds:NAME"`,
+`"folder:PATH"` (see `sources`). TFDS is imported only by the functions
+that need it (`import keras_sparse_moe` itself imports Keras and, through
+it, the backend).
 """
 
 from keras_sparse_moe.data.dataset_info import DatasetInfo

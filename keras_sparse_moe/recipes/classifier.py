@@ -67,10 +67,11 @@ _RESUME_KEYS = (
     "preset", "data", "epochs", "batch_size", "learning_rate", "weight_decay",
     "label_smoothing", "warmup_fraction", "clipnorm", "augment", "seed",
     "validation_fraction", "overrides", "max_batches", "ema_momentum", "data_options",
-    "evaluation_split",
+    "evaluation_split", "load_weights", "distillation",
 )
-# Values of resume keys that older run.json files do not record.
-_RESUME_DEFAULTS = {"evaluation_split": "test"}
+# Values of resume keys that older run.json files do not record ("distillation" is
+# recorded only for runs with teachers).
+_RESUME_DEFAULTS = {"evaluation_split": "test", "load_weights": True, "distillation": None}
 _NO_DECAY = ("bias", "gamma", "beta", "class_token", "position_embedding")
 
 DIGITS_RECIPE = {
@@ -524,7 +525,8 @@ def evaluate_classifier(
     Args:
         model: a classifier, a `.keras` file, a preset directory or a preset
             name (e.g. `"moe_vit_tiny_digits"`).
-        data: dataset spec (`"digits"`, `"tfds:NAME"`, `"folder:PATH"`).
+        data: dataset spec (`"digits"`, `"synthetic-digits[:N]"`, `"tfds:NAME"`,
+            `"folder:PATH"`).
         split: `"test"` (default) or `"validation"`.
         batch_size: int >= 1.
         output_dir: None, or a directory to write `metrics.json` (and
@@ -667,7 +669,8 @@ def train_classifier(
     Args:
         preset: preset name (e.g. `"moe_vit_tiny"`), preset directory or
             `.keras` file of an image classifier.
-        data: dataset spec: `"digits"`, `"tfds:NAME"` or `"folder:PATH"`.
+        data: dataset spec: `"digits"`, `"synthetic-digits[:N]"`, `"tfds:NAME"` or
+            `"folder:PATH"`.
         output_dir: directory for the artifacts (created; must be writable).
         epochs: int >= 1.
         batch_size: int >= 1.
@@ -680,7 +683,8 @@ def train_classifier(
         ema_momentum: None, or a float in (0, 1): keep an exponential moving
             average of the weights (Keras `use_ema`) and end training with
             it. Needs enough steps (0.999: several thousand).
-        augment: `"affine"` (rotation, zoom, shift), `"shift"` or `"none"`.
+        augment: `"affine"` (rotation, zoom, shift), `"elastic"` (affine plus
+            smooth elastic distortions), `"shift"` or `"none"`.
         seed: int >= 0: initialisation, shuffling and augmentation.
         early_stopping_patience: None or int >= 1 (epochs without improvement
             of the validation loss; the best weights are restored).

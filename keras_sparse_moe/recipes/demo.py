@@ -62,6 +62,10 @@ def litert_accuracy(path, images, labels):
     return accuracy, seconds / max(len(images), 1) * 1e3
 
 
+def _epochs(n):
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def _size(path):
     return f"{os.path.getsize(path) / 1024:.0f} KB"
 
@@ -184,9 +188,9 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
     atomic_write_text(os.path.join(output_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     rows = [
         ("backend", summary["backend"]),
-        ("model", f"{DEMO_MODEL} from scratch ({summary['epochs']} epochs on the digits train split)"
-         if from_scratch else
-         f"{DEMO_PRESET} fine-tuned ({summary['epochs']} epochs on the digits train split)"),
+        ("model", f"{DEMO_MODEL} from scratch ({_epochs(summary['epochs'])} on the digits train "
+         "split)" if from_scratch else
+         f"{DEMO_PRESET} fine-tuned ({_epochs(summary['epochs'])} on the digits train split)"),
         ("parameters total / active per token",
          f"{summary['params_total']:,} / {summary['params_active']:,}"),
         ("test accuracy, Keras", f"{summary['keras_accuracy']:.4f} ({summary['test_examples']} images)"),

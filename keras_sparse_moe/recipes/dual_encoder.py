@@ -348,7 +348,8 @@ def train_dual_encoder(
         data: dataset spec yielding image-caption pairs (`"digits"` makes
             captions from the class names).
         output_dir: where checkpoints, logs and the final model go.
-        epochs, batch_size: ints >= 1.
+        epochs: int >= 1. batch_size: int >= 2 (a contrastive batch needs
+            negatives).
         learning_rate: peak AdamW learning rate (warmup + cosine decay).
         weight_decay, warmup_fraction, clipnorm: optimizer settings.
         augment: random shifts of the training images.
@@ -374,7 +375,8 @@ def train_dual_encoder(
             (recorded in `run.json`; not part of the resume check).
 
     Returns:
-        dict of metrics: `zero_shot_accuracy` (test split), `final_loss`,
+        dict of metrics: `zero_shot_accuracy` (test split; None for data without
+        class labels, e.g. a captioned folder), `final_loss`,
         `initial_loss`, `history` (per-epoch metrics of every epoch, read
         from `log.csv`, so a resumed run's history includes the epochs before
         the interruption), `train_seconds`, `epochs`, `figures` (paths of
@@ -429,8 +431,13 @@ def train_dual_encoder(
     model = load_dual_encoder(preset)
     train, validation, test, info = _datasets(model, data, batch_size, augment, seed,
                                               data_options=data_options)
-    if test is None:  # the zero-shot evaluation after training needs it: refuse before training
+    labelled = bool(info.num_classes)
+    if labelled and test is None:  # the zero-shot evaluation after training needs it
         raise ValueError(_missing_split(data, "test"))
+    if not labelled:
+        logger.warning("Dataset %s has captions but no class labels: the model is trained and "
+                       "saved, without a zero-shot accuracy (that needs labelled test images).",
+                       data)
     _check_has_captions(train, data)
     train_pairs = _to_pairs(train)
     steps = max(1, info.counts.get("train", 0) // batch_size)
@@ -468,7 +475,8 @@ def train_dual_encoder(
     final_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
 
     zero_shot = evaluate_zero_shot(model, data, templates=templates, split="test",
-                                   data_options=data_options)
+                                   data_options=data_options) if labelled else {
+        "zero_shot_accuracy": None}
     metrics = {
         "preset": preset if isinstance(preset, str) else type(preset).__name__,
         "data": data,
@@ -493,7 +501,8 @@ def train_dual_encoder(
     if plots:
         from keras_sparse_moe.recipes.plots import plot_run
 
-        routing, names = image_routing_by_class(model, data, data_options=data_options)
+        routing, names = (image_routing_by_class(model, data, data_options=data_options)
+                          if labelled else ({}, []))
         metrics["figures"] = list(plot_run(
             output_dir, routing, names, title=settings["preset"],
             heatmap_title=f"{settings['preset']}: image tokens per class and expert").values())

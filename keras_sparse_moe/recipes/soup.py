@@ -46,7 +46,7 @@ def uniform_soup(models):
 
     The ingredients must share one architecture and preprocessing (the same
     preset configuration) and should be fine-tuned from the same pretrained
-    weights. The soup is a new, uncompiled copy of the first ingredient (its
+    weights. The soup is a new copy of the first ingredient (its
     configuration, preprocessing and class count) with the averaged weights;
     the ingredients are not changed.
 
@@ -101,7 +101,8 @@ def interpolate_weights(start, end, alpha):
         alpha: a float in [0, 1], the share of `end`.
 
     Returns:
-        A new, uncompiled `keras_hub.models.ImageClassifier`.
+        A new `keras_hub.models.ImageClassifier` (built from `start`'s
+        configuration, so compiled with the task's defaults; no optimizer state).
 
     Raises:
         ValueError: `alpha` outside [0, 1], or models of different

@@ -25,7 +25,7 @@ def make_optimizer(
     Args:
         learning_rate: float > 0, peak learning rate (reached after warmup).
         total_steps: int >= 1, optimizer steps of the whole run.
-        warmup_steps: int or None (default: 10% of `total_steps`).
+        warmup_steps: int or None (default: `max(1, total_steps // 10)`).
         weight_decay: float >= 0 (decoupled, AdamW).
         clipnorm: float > 0 or None, global-norm clipping of each gradient.
         min_learning_rate_ratio: final learning rate / peak.

@@ -102,6 +102,12 @@ def test_rerun_with_other_settings_is_refused(resumed_run):
     with pytest.raises(ValueError, match="evaluation_split: 'test' -> 'validation'"):
         train_classifier("moe_vit_tiny", "digits", out, epochs=3,
                          evaluation_split="validation", **QUICK)
+    # Random initial weights and distillation from teachers are other runs too.
+    with pytest.raises(ValueError, match="load_weights: True -> False"):
+        train_classifier("moe_vit_tiny", "digits", out, epochs=3, load_weights=False, **QUICK)
+    with pytest.raises(ValueError, match="distillation: None -> "):
+        train_classifier("moe_vit_tiny", "digits", out, epochs=3,
+                         teachers=[os.path.join(out, "model.keras")], **QUICK)
 
 
 def test_evaluate_saved_model_writes_metrics(resumed_run, tmp_path):

@@ -1,4 +1,5 @@
 import csv
+import json
 import os
 
 import pytest
@@ -77,3 +78,29 @@ def test_a_folder_too_small_for_a_test_split_is_refused_before_training(tmp_path
     with pytest.raises(ValueError, match="has no 'test' split with these options"):
         train_dual_encoder(data=f"folder:{folder}", output_dir=str(out), epochs=1, batch_size=2)
     assert not (out / "model.keras").exists() and not (out / "log.csv").exists()
+
+
+def test_captioned_folder_without_labels_trains_and_saves(tmp_path, capsys):
+    # Image-caption pairs without class labels: contrastive training works, the model
+    # is saved, and there is no zero-shot accuracy to measure (it needs labels).
+    from PIL import Image
+
+    root = tmp_path / "pairs"
+    os.makedirs(root / "pics")
+    lines = []
+    for i in range(24):
+        Image.new("L", (8, 8), 10 * i).save(root / "pics" / f"{i}.png")
+        lines.append(f"pics/{i}.png\ta grey square of shade {i}")
+    (root / "captions.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    from keras_sparse_moe.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "limoe_tiny", "--data", f"folder:{root}", "--output",
+                 str(out), "--epochs", "1", "--batch-size", "4", "--max-batches", "2",
+                 "--quiet"]) == 0
+    assert "not measured: the data has no class labels" in capsys.readouterr().out
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["zero_shot_accuracy"] is None
+    assert (out / "model.keras").exists() and (out / "training_curves.png").exists()
+    assert not (out / "routing_heatmap.png").exists()
+    assert json.load(open(out / "run.json"))["status"] == "finished"
