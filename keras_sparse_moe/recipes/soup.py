@@ -105,17 +105,17 @@ def interpolate_weights(start, end, alpha):
         configuration, so compiled with the task's defaults; no optimizer state).
 
     Raises:
-        ValueError: `alpha` outside [0, 1], or models of different
-            architectures, preprocessing or weight shapes.
+        ValueError: for an `alpha` outside [0, 1], and for two models that
+            differ in architecture, preprocessing or weight shapes.
 
     Example:
     >>> import numpy as np
     >>> from keras_sparse_moe.recipes.classifier import load_classifier
-    >>> a = load_classifier("moe_vit_tiny", num_classes=3)
-    >>> b = load_classifier("moe_vit_tiny", num_classes=3)
-    >>> mixed = interpolate_weights(a, b, 0.25)
-    >>> w = [0.75 * x + 0.25 * y for x, y in zip(a.get_weights(), b.get_weights())]
-    >>> all(np.allclose(m, v, atol=1e-6) for m, v in zip(mixed.get_weights(), w))
+    >>> pretrained = load_classifier("moe_vit_tiny", num_classes=3)
+    >>> fine_tuned = load_classifier("moe_vit_tiny", num_classes=3)
+    >>> wise = interpolate_weights(pretrained, fine_tuned, alpha=0.25)
+    >>> head = [m.get_weights()[-2] for m in (pretrained, fine_tuned, wise)]
+    >>> bool(np.allclose(head[2], 0.75 * head[0] + 0.25 * head[1], atol=1e-6))
     True
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) \
