@@ -159,8 +159,11 @@ def cmd_profile(args):
 
 
 # ---------------------------------------------------------------------- export
-_NOT_RUN = ("LiteRT check", "not run: the LiteRT interpreter (ai_edge_litert) is not installed; "
-            "pip install 'keras-sparse-moe[litert]'")
+def _not_run_row():
+    from keras_sparse_moe.export import LITERT_INSTALL_HINT
+
+    return ("LiteRT check", "not run: the LiteRT interpreter (ai_edge_litert) is not installed; "
+            + LITERT_INSTALL_HINT)
 
 
 def cmd_export(args):
@@ -215,7 +218,7 @@ def cmd_export(args):
             ("builtin op types", len(runner.ops)),
         ]
     else:
-        rows.append(_NOT_RUN)
+        rows.append(_not_run_row())
     converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
     if converter is not None:
         rows.append(("input preprocessing", f"raw * {converter.scale} + {converter.offset or 0}"
@@ -269,7 +272,7 @@ def _export_towers(args, model, quantization):
         if key in paths:
             rows.append((key, paths[key]))
     if not can_run:
-        rows.append(_NOT_RUN)
+        rows.append(_not_run_row())
     elif args.data:
         result = evaluate_towers(args.output, args.data, data_options=_data_options(args))
         rows.append(("LiteRT zero-shot test accuracy",
