@@ -150,12 +150,33 @@ def cmd_profile(args):
 
     if args.json:
         check_writable_file(args.json)  # before building a possibly large model
-    model = _load_model(args.preset, load_weights=False)
-    report = profile(model)
+    report = _profile_without_building(args.preset)
+    if report is None:
+        report = profile(_load_model(args.preset, load_weights=False))
     _console().print(str(report), markup=False, highlight=False)
     if args.json:
         _write_json(args.json, report.to_dict())
     return 0
+
+
+def _profile_without_building(name):
+    """The profile of a registered architecture preset (a backbone without
+    weights, e.g. the paper-sized V-MoE / Soft MoE ones), computed from its
+    configuration (`profile_config`: equal to profiling the built model, without
+    allocating billions of parameters); None for anything else."""
+    from keras_sparse_moe.presets import get_preset
+    from keras_sparse_moe.profile import profile_config
+
+    name = os.fspath(name)
+    if os.path.exists(name) or "://" in name:
+        return None
+    try:
+        spec = get_preset(name)
+    except ValueError:
+        return None  # from_preset reports the unknown name
+    if spec.has_weights or spec.task_cls is not None or spec.backbone_cls is None:
+        return None
+    return profile_config(spec.backbone_cls, {**spec.backbone_config, "name": name})
 
 
 # ---------------------------------------------------------------------- export

@@ -163,6 +163,30 @@ def test_profile_writes_json(capsys, tmp_path):
     assert report["params_total"] > report["params_active"] > 0
 
 
+def test_profile_of_paper_sized_presets_does_not_build_them(capsys, tmp_path, monkeypatch):
+    import keras_sparse_moe.cli as cli
+    from keras_sparse_moe import from_preset
+    from keras_sparse_moe import profile
+
+    # The same report as the built model (checked on a small-enough preset) ...
+    path = tmp_path / "s32.json"
+    assert main(["profile", "--preset", "vmoe_s32_e8_k2_last2", "--json", str(path)]) == 0
+    built = profile(from_preset("vmoe_s32_e8_k2_last2", load_weights=False)).to_dict()
+    report = json.loads(path.read_text())
+    assert report.pop("name") == "vmoe_s32_e8_k2_last2"  # named after the preset
+    built.pop("name")
+    assert report == json.loads(json.dumps(built, default=float))
+    # ... and a 3.68B-parameter preset is profiled without allocating it.
+    def no_build(*args, **kwargs):
+        raise AssertionError("profile built the model")
+
+    monkeypatch.setattr(cli, "_load_model", no_build)
+    path = tmp_path / "soft.json"
+    assert main(["profile", "--preset", "soft_moe_b16_e128_last6", "--json", str(path)]) == 0
+    assert 3.6e9 < json.loads(path.read_text())["params_total"] < 3.8e9
+    capsys.readouterr()
+
+
 def test_train_writes_artifacts_for_folder_data(trained):
     code, _, out = trained
     assert code == 0
