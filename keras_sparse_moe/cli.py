@@ -164,19 +164,26 @@ def _profile_without_building(name):
     weights, e.g. the paper-sized V-MoE / Soft MoE ones), computed from its
     configuration (`profile_config`: equal to profiling the built model, without
     allocating billions of parameters); None for anything else."""
-    from keras_sparse_moe.presets import get_preset
     from keras_sparse_moe.profile import profile_config
+
+    spec = _registered_preset(name)
+    if spec is None or spec.has_weights or spec.task_cls is not None or spec.backbone_cls is None:
+        return None
+    return profile_config(spec.backbone_cls, {**spec.backbone_config, "name": spec.name})
+
+
+def _registered_preset(name):
+    """The `PresetSpec` registered as `name`, or None for a path, a hub handle or
+    an unknown name (loading it then reports what is wrong)."""
+    from keras_sparse_moe.presets import get_preset
 
     name = os.fspath(name)
     if os.path.exists(name) or "://" in name:
         return None
     try:
-        spec = get_preset(name)
+        return get_preset(name)
     except ValueError:
-        return None  # from_preset reports the unknown name
-    if spec.has_weights or spec.task_cls is not None or spec.backbone_cls is None:
         return None
-    return profile_config(spec.backbone_cls, {**spec.backbone_config, "name": name})
 
 
 # ---------------------------------------------------------------------- export
@@ -523,16 +530,8 @@ def _load_model(name_or_path, load_weights=True):
 def _warn_if_untrained(name):
     """Warn when `name` is a registered preset that ships no trained weights:
     its figures are those of random weights."""
-    from keras_sparse_moe.presets import get_preset
-
-    name = os.fspath(name)
-    if name.endswith(".keras") or os.path.exists(name):
-        return
-    try:
-        spec = get_preset(name)
-    except ValueError:
-        return  # not a registered name: from_preset says what is wrong
-    if not spec.has_weights:
+    spec = _registered_preset(name)
+    if spec is not None and not spec.has_weights:
         logging.getLogger("keras_sparse_moe.cli").warning(
             "Preset %s ships no trained weights: the model has random weights, so its accuracy "
             "means nothing. Train it first (keras-sparse-moe train --preset %s ...) or use a "

@@ -77,10 +77,9 @@ def _class_prompts(class_names, prompts, templates, data=None, data_options=None
     if data is not None and class_names is None and prompts is None:
         from keras_sparse_moe.data import resolve_dataset
 
-        if data_options is not None and not isinstance(data_options, dict):
-            raise ValueError("Argument `data_options` must be None or a dict of dataset "
-                             f"options; received {data_options!r}.")
-        info = resolve_dataset(data, **(data_options or {})).info
+        from keras_sparse_moe.utils.validation import check_data_options
+
+        info = resolve_dataset(data, **check_data_options(data_options)).info
         if not info.class_names:
             raise ValueError(f"Dataset {data!r} has no class names to make prompts from.")
         return [str(n) for n in info.class_names], info.zero_shot_prompts(templates)

@@ -39,6 +39,7 @@ from keras_sparse_moe.recipes.run_state import write_json
 from keras_sparse_moe.utils.io import atomic_save_model
 from keras_sparse_moe.utils.io import check_writable_directory
 from keras_sparse_moe.utils.validation import check_float
+from keras_sparse_moe.utils.validation import check_data_options
 from keras_sparse_moe.utils.validation import check_int
 
 DEFAULT_PRESET = "limoe_tiny"
@@ -84,6 +85,7 @@ def _datasets(model, data, batch_size, augment, seed, training=True, data_option
     from keras_sparse_moe.data import build_image_text_datasets
 
     image_shape = tuple(model.backbone.image_shape)
+    options = check_data_options(data_options)  # outside the try: its own message
     try:
         return build_image_text_datasets(
             data,
@@ -94,7 +96,7 @@ def _datasets(model, data, batch_size, augment, seed, training=True, data_option
             augment=augment,
             seed=seed,
             drop_remainder=training,
-            **_check_data_options(data_options),
+            **options,
         )
     except (ValueError, KeyError) as error:
         raise ValueError(
@@ -106,19 +108,6 @@ def _datasets(model, data, batch_size, augment, seed, training=True, data_option
 def _missing_split(data, split):
     return (f"Dataset {data!r} has no {split!r} split with these options (too few images per "
             "class to carve one out); give it more images, or train/ and test/ sub-folders.")
-
-
-def _check_data_options(data_options):
-    """`data_options` as a dict (None -> {}): more keyword arguments of the
-    dataset source, e.g. `{"data_dir": ..., "download": False}` for `tfds:`."""
-    if data_options is None:
-        return {}
-    if not isinstance(data_options, dict):
-        raise ValueError(
-            "Argument `data_options` must be None or a dict of dataset options (e.g. "
-            f"{{'data_dir': 'path', 'download': False}}); received {data_options!r}."
-        )
-    return dict(data_options)
 
 
 def _to_pairs(ds):
@@ -412,7 +401,7 @@ def train_dual_encoder(
         "seed": seed, "templates": None if templates is None else list(templates),
         "max_batches": max_batches, "deterministic": deterministic,
     }
-    data_options = _check_data_options(data_options)
+    data_options = check_data_options(data_options)
     if data_options:
         settings["data_options"] = data_options
     check_writable_directory(output_dir)

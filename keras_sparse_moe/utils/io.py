@@ -52,7 +52,7 @@ def atomic_path(path, suffix=""):
     >>> open(target).read()
     'hi'
     """
-    path = check_writable_file(path)
+    path = _check_file_target(path)
     directory = os.path.dirname(os.path.abspath(path)) or "."
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix or os.path.splitext(path)[1],
@@ -91,16 +91,22 @@ def check_writable_file(path):
     ...
     ValueError: Cannot write ...: it is a directory; give a file name.
     """
+    path = _check_file_target(path)
+    try:
+        check_writable_directory(os.path.dirname(os.path.abspath(path)), create=False)
+    except ValueError as error:
+        raise ValueError(f"Cannot write {path!r}: {error}") from None
+    return path
+
+
+def _check_file_target(path):
+    """`path` as a string, unless it is empty or an existing directory (a file
+    cannot replace one)."""
     path = os.fspath(path)
     if not path:
         raise ValueError("Cannot write a file at an empty path; give a file name.")
     if os.path.isdir(path):
         raise ValueError(f"Cannot write {path!r}: it is a directory; give a file name.")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise ValueError(f"Cannot write {path!r}: directory {directory!r} does not exist.")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise ValueError(f"Cannot write {path!r}: directory {directory!r} is not writable.")
     return path
 
 

@@ -61,6 +61,24 @@ def check_capacity_factor(name, value):
     return float(value)
 
 
+def check_data_options(data_options):
+    """`data_options` as a new dict (None -> {}): more keyword arguments for a
+    dataset source, e.g. `{"data_dir": ..., "download": False}` for `tfds:`.
+
+    Example:
+    >>> check_data_options(None), check_data_options({"download": False})
+    ({}, {'download': False})
+    """
+    if data_options is None:
+        return {}
+    if not isinstance(data_options, dict):
+        raise ValueError(
+            "Argument `data_options` must be None or a dict of dataset options (e.g. "
+            f"{{'data_dir': 'path', 'download': False}}); received {data_options!r}."
+        )
+    return dict(data_options)
+
+
 def check_choice(name, value, choices):
     """Check that `value` is one of `choices`, suggesting the closest."""
     if value in choices:
