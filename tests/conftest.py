@@ -14,8 +14,31 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
     ).strip()
 
+import tempfile  # noqa: E402
+
 import keras  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_under_pytest(tmp_path_factory):
+    """Keep every temporary file the tests make under pytest's own basetemp.
+
+    The docstring examples call ``tempfile.mkdtemp()`` and TensorFlow Datasets
+    makes its own scratch folders; without this they piled up in /tmp (about
+    2,000 folders per suite run). pytest keeps only its last three basetemps.
+    Subprocesses (the command-line tests) inherit ``TMPDIR``.
+    """
+    directory = str(tmp_path_factory.mktemp("tmp"))
+    old_tempdir, old_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = directory
+    os.environ["TMPDIR"] = directory
+    yield
+    tempfile.tempdir = old_tempdir
+    if old_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old_env
 
 
 @pytest.fixture(autouse=True)
