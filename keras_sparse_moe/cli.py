@@ -626,7 +626,7 @@ def build_parser():
     )
     p.add_argument("--preset", default="moe_vit_tiny",
                    help="preset name, preset directory or .keras file (default: moe_vit_tiny)")
-    p.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH | synthetic-digits[:N] (default: digits)")
+    p.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH | synthetic-digits[:N] | optdigits-train (default: digits)")
     p.add_argument("--output", default="runs/train", help="output directory (default: runs/train)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
@@ -677,7 +677,7 @@ def build_parser():
         "limoe_tiny_digits) is evaluated by zero-shot classification from text prompts.",
     )
     p.add_argument("--model", required=True, help=".keras file, preset directory or preset name")
-    p.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH | synthetic-digits[:N] (default: digits)")
+    p.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH | synthetic-digits[:N] | optdigits-train (default: digits)")
     p.add_argument("--split", choices=("test", "validation"), default="test")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--output", default=None,

@@ -1,8 +1,8 @@
 """Datasets and tf.data pipelines: the embedded digits, TFDS, image folders,
 and image-text pairs for dual encoders.
 
-Dataset specs: `"digits"`, `"synthetic-digits[:N]"`, `"tfds:NAME"`,
-`"folder:PATH"` (see `sources`). TFDS is imported only by the functions
+Dataset specs: `"digits"`, `"synthetic-digits[:N]"`, `"optdigits-train"`,
+`"tfds:NAME"`, `"folder:PATH"` (see `sources`). TFDS is imported only by the functions
 that need it (`import keras_sparse_moe` itself imports Keras and, through
 it, the backend).
 """
@@ -16,6 +16,7 @@ from keras_sparse_moe.data.digits import load_digits
 from keras_sparse_moe.data.image_folder import CAPTIONS_FILE
 from keras_sparse_moe.data.image_folder import IMAGE_EXTENSIONS
 from keras_sparse_moe.data.image_folder import read_captions_file
+from keras_sparse_moe.data.optdigits import load_optdigits_train
 from keras_sparse_moe.data.pipeline import make_image_text_pipeline
 from keras_sparse_moe.data.pipeline import make_pipeline
 from keras_sparse_moe.data.prompts import DEFAULT_PROMPT_TEMPLATES

@@ -12,8 +12,9 @@ class DatasetInfo:
 
     Args:
         spec: the dataset spec string (`"digits"`, `"synthetic-digits[:N]"`,
-            `"tfds:NAME"`, `"folder:PATH"`).
-        source: `"digits"`, `"synthetic-digits"`, `"tfds"` or `"folder"`.
+            `"optdigits-train"`, `"tfds:NAME"`, `"folder:PATH"`).
+        source: `"digits"`, `"synthetic-digits"`, `"optdigits-train"`,
+            `"tfds"` or `"folder"`.
         num_classes: number of classes, or None for unlabelled data.
         class_names: tuple of `num_classes` names (index = label), or None.
         counts: dict split name -> number of examples (None when unknown);

@@ -11,7 +11,10 @@ A dataset spec is one of:
   image-text pairs;
 - `"synthetic-digits"` or `"synthetic-digits:N"`: digits drawn by
   `synthetic_digits` in the embedded digits' format (N training images,
-  default 50,000; validation 4% and test 2% of N), for pretraining.
+  default 50,000; validation 4% and test 2% of N), for pretraining;
+- `"optdigits-train"`: UCI optdigits' training set (3,823 real digits by 30
+  writers who wrote none of the embedded digits; train and validation
+  splits, no test split), for pretraining (`optdigits`).
 
 Classification: `load_dataset` (one split, unbatched, raw uint8 images) and
 `build_datasets` (train / validation / test pipelines plus a `DatasetInfo`).
@@ -28,6 +31,7 @@ import numpy as np
 
 from keras_sparse_moe.data import digits as digits_lib
 from keras_sparse_moe.data import image_folder
+from keras_sparse_moe.data import optdigits as optdigits_lib
 from keras_sparse_moe.data import synthetic_digits as synthetic_lib
 from keras_sparse_moe.data import tfds_source
 from keras_sparse_moe.data.dataset_info import DatasetInfo
@@ -51,7 +55,8 @@ SPEC_FORMS = (
     "'tfds:NAME' (a TensorFlow Datasets image dataset, e.g. 'tfds:mnist' or 'tfds:coco_captions'), "
     "'folder:PATH' (your own images, one sub-folder per class), "
     "'synthetic-digits' or 'synthetic-digits:N' (N generated digits in the embedded digits' format, "
-    "default 50,000, for pretraining)"
+    "default 50,000, for pretraining), "
+    "'optdigits-train' (UCI optdigits' training set: 3,823 real digits by other writers, for pretraining)"
 )
 
 
@@ -63,6 +68,8 @@ def parse_spec(spec):
     (('digits', None), ('tfds', 'cifar10'), ('folder', '/data/pets'))
     >>> parse_spec("synthetic-digits"), parse_spec("synthetic-digits:2000")
     (('synthetic-digits', 50000), ('synthetic-digits', 2000))
+    >>> parse_spec("optdigits-train")
+    ('optdigits-train', None)
     """
     if not isinstance(spec, str):
         raise ValueError(
@@ -70,8 +77,8 @@ def parse_spec(spec):
             f"Accepted forms: {SPEC_FORMS}."
         )
     text = spec.strip()
-    if text.lower() == "digits":
-        return "digits", None
+    if text.lower() in ("digits", "optdigits-train"):
+        return text.lower(), None
     kind, sep, argument = text.partition(":")
     kind = kind.strip().lower()
     if kind == "synthetic-digits":
@@ -83,7 +90,9 @@ def parse_spec(spec):
             raise ValueError(f"Dataset spec {spec!r} is missing {what}.")
         return kind, (os.path.expanduser(argument) if kind == "folder" else argument)
     hints = []
-    if difflib.get_close_matches(text.lower(), ["digits"], n=1, cutoff=0.6):
+    if difflib.get_close_matches(text.lower(), ["optdigits-train"], n=1, cutoff=0.7):
+        hints.append("'optdigits-train'")
+    elif difflib.get_close_matches(text.lower(), ["digits"], n=1, cutoff=0.6):
         hints.append("'digits'")
     elif difflib.get_close_matches(kind, ["synthetic-digits"], n=1, cutoff=0.7):
         hints.append("'synthetic-digits'")
@@ -238,6 +247,31 @@ class _SyntheticDigitsSource(_Source):
         import tensorflow as tf
 
         images, labels = synthetic_lib.load_synthetic_digits(split, self.train_count)
+        return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels}), len(labels)
+
+
+class _OptdigitsSource(_Source):
+    """UCI optdigits' training set (`optdigits`): train and validation
+    splits in UCI's order, no test split."""
+
+    def __init__(self, spec, validation_fraction, test_fraction, caption_templates=None):
+        if test_fraction is not None:
+            raise ValueError(
+                f"{spec!r} has no test split (the embedded digits' test split is the test for models "
+                f"pretrained on it); received test_fraction={test_fraction}. Leave test_fraction=None."
+            )
+        self.validation_fraction = validation_fraction
+        ranges = optdigits_lib.optdigits_split_ranges(validation_fraction)
+        self.info = _digits_format_info(
+            spec, "optdigits-train", {k: b - a for k, (a, b) in ranges.items() if k != "all"},
+            caption_templates,
+            splits={k: f"samples {a}..{b - 1}" for k, (a, b) in ranges.items() if k != "all"},
+        )
+
+    def _examples(self, split, training, seed):
+        import tensorflow as tf
+
+        images, labels = optdigits_lib.load_optdigits_train(split, self.validation_fraction)
         return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels}), len(labels)
 
 
@@ -428,6 +462,8 @@ def resolve_dataset(
                                validation_fold)
     elif kind == "synthetic-digits":
         source = _SyntheticDigitsSource(spec, argument, validation_fraction, test_fraction, caption_templates)
+    elif kind == "optdigits-train":
+        source = _OptdigitsSource(spec, validation_fraction, test_fraction, caption_templates)
     elif kind == "folder":
         source = _FolderSource(
             spec, argument, validation_fraction, test_fraction if test_fraction is not None else DEFAULT_TEST_FRACTION,
@@ -452,7 +488,7 @@ def load_dataset(spec, split="train", **options):
     """One split of a classification dataset, unbatched and unshuffled.
 
     Args:
-        spec: `"digits"`, `"tfds:NAME"`, `"folder:PATH"` or `"synthetic-digits[:N]"`.
+        spec: `"digits"`, `"tfds:NAME"`, `"folder:PATH"`, `"synthetic-digits[:N]"` or `"optdigits-train"`.
         split: `"train"`, `"validation"`, `"test"` or `"all"`.
         **options: the source options of `build_datasets` (`validation_fraction`,
             `validation_fold`, `test_fraction`, `data_dir`, `download`, `image_key`, `label_key`,
@@ -563,7 +599,7 @@ def build_datasets(spec, image_size=None, batch_size=32, **options):
     (see `make_pipeline` for the pipeline arguments).
 
     Args:
-        spec: `"digits"`, `"tfds:NAME"`, `"folder:PATH"` or `"synthetic-digits[:N]"`.
+        spec: `"digits"`, `"tfds:NAME"`, `"folder:PATH"`, `"synthetic-digits[:N]"` or `"optdigits-train"`.
         image_size: int or (height, width), e.g. the model's image size; None
             keeps the native size.
         batch_size: int >= 1.

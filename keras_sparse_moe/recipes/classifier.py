@@ -525,8 +525,8 @@ def evaluate_classifier(
     Args:
         model: a classifier, a `.keras` file, a preset directory or a preset
             name (e.g. `"moe_vit_tiny_digits"`).
-        data: dataset spec (`"digits"`, `"synthetic-digits[:N]"`, `"tfds:NAME"`,
-            `"folder:PATH"`).
+        data: dataset spec (`"digits"`, `"synthetic-digits[:N]"`,
+            `"optdigits-train"`, `"tfds:NAME"`, `"folder:PATH"`).
         split: `"test"` (default) or `"validation"`.
         batch_size: int >= 1.
         output_dir: None, or a directory to write `metrics.json` (and
@@ -669,8 +669,8 @@ def train_classifier(
     Args:
         preset: preset name (e.g. `"moe_vit_tiny"`), preset directory or
             `.keras` file of an image classifier.
-        data: dataset spec: `"digits"`, `"synthetic-digits[:N]"`, `"tfds:NAME"` or
-            `"folder:PATH"`.
+        data: dataset spec: `"digits"`, `"synthetic-digits[:N]"`,
+            `"optdigits-train"`, `"tfds:NAME"` or `"folder:PATH"`.
         output_dir: directory for the artifacts (created; must be writable).
         epochs: int >= 1.
         batch_size: int >= 1.

@@ -41,7 +41,7 @@ def _parser(dense):
     )
     parser.add_argument("--preset", default="moe_vit_tiny",
                         help="MoE-ViT preset (the dense model is derived from it)")
-    parser.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH | synthetic-digits[:N]")
+    parser.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH | synthetic-digits[:N] | optdigits-train")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=DIGITS_RECIPE["epochs"])
     parser.add_argument("--batch-size", type=int, default=DIGITS_RECIPE["batch_size"])
