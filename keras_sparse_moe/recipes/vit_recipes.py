@@ -4,8 +4,9 @@ summary of the test metrics, and optionally the trained preset directory.
 With `--cv-folds N` it cross-validates the recipe on the digits training
 split instead (`keras_sparse_moe.recipes.cross_validation`) and never evaluates on
 the test split. With `--pretrain DATA` the preset is first trained on DATA
-(e.g. `synthetic-digits`) once, in `OUTPUT/pretrain`, and every run starts
-from those weights (the recipe of `moe_vit_tiny_digits`, docs/results.md).
+(e.g. `synthetic-digits` or `optdigits-train`) once, in `OUTPUT/pretrain`,
+and every run starts from those weights (the recipe of
+`moe_vit_tiny_digits`, docs/results.md).
 
 The Keras backend is chosen with the `KERAS_BACKEND` environment variable
 (default tensorflow).
@@ -74,7 +75,7 @@ def _parser(dense):
                         "it is evaluated like a seed, in OUTPUT/soup, and is what --save-preset "
                         "saves; with --cv-folds it is cross-validated fold by fold")
     parser.add_argument("--pretrain", default=None, metavar="DATA",
-                        help="first train the preset on DATA (e.g. synthetic-digits) for "
+                        help="first train the preset on DATA (e.g. synthetic-digits or optdigits-train) for "
                         "--pretrain-epochs with the recipe's settings (learning rate "
                         f"{DIGITS_RECIPE['learning_rate']:g}), once, in OUTPUT/pretrain; every run "
                         "then starts from those weights (fine-tune with e.g. --learning-rate 5e-4)")
