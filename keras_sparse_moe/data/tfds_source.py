@@ -15,7 +15,9 @@ remains of the training split. Carved splits use TFDS slicing
 (`"train[:54000]"`, `"train[54000:]"`), so they are the same on every run.
 """
 
+import contextlib
 import logging
+import sys
 
 from keras_sparse_moe.data.splitting import num_held_out
 
@@ -55,7 +57,10 @@ def get_builder(name, data_dir=None, download=True):
             )
         logger.info("tfds:%s: not prepared in %s: downloading and preparing it (this may take a while) ...", name, builder.data_dir)
         try:
-            builder.download_and_prepare()
+            # TFDS prints its progress ("Downloading and preparing ...") on
+            # stdout; progress belongs on stderr, beside the log and the bars.
+            with contextlib.redirect_stdout(sys.stderr):
+                builder.download_and_prepare()
         except Exception as error:  # noqa: BLE001 - report what failed in our terms
             raise RuntimeError(
                 f"Could not download and prepare TFDS dataset {name!r} into {builder.data_dir!r}: "

@@ -145,3 +145,12 @@ def test_dual_encoder_commands_use_the_data_dir(tiny_data_dir, tmp_path, capsys)
                            data_options={"data_dir": str(tmp_path / "empty"), "download": False})
     with pytest.raises(ValueError, match="`data_options` must be None or a dict"):
         evaluate_zero_shot("limoe_tiny_digits", spec, data_options="data_dir")
+
+
+def test_preparing_a_dataset_prints_progress_on_stderr_not_stdout(tmp_path, capfd):
+    data_dir = str(tmp_path / "fresh")
+    data = build_datasets("tfds:ksm_tiny_shades", image_size=6, batch_size=4, data_dir=data_dir)
+    assert data.info.counts["train"] > 0
+    out, err = capfd.readouterr()
+    assert "Downloading and preparing" not in out and "prepared" not in out
+    assert "Downloading and preparing" in err
