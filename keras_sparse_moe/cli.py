@@ -331,6 +331,7 @@ _CLASSIFIER_ONLY = {
     "set": ("--set", None),
     "run_eagerly": ("--run-eagerly", False),
     "teachers": ("--teachers", None),
+    "extra_train_data": ("--extra-train-data", None),
     "distillation_temperature": ("--distillation-temperature", DEFAULT_TEMPERATURE),
     "distillation_weight": ("--distillation-weight", DEFAULT_DISTILLATION_WEIGHT),
 }
@@ -454,7 +455,8 @@ def cmd_train(args):
         early_stopping_patience=args.early_stopping,
         validation_fraction=args.validation_fraction,
         overrides=_overrides(args.set),
-        data_options=_data_options(args),
+        data_options={**_data_options(args), **(
+            {"extra_train_data": list(args.extra_train_data)} if args.extra_train_data else {})},
         overwrite=args.overwrite,
         plots=not args.no_plots,
         run_eagerly=args.run_eagerly,
@@ -643,6 +645,10 @@ def build_parser():
                    "elastic = affine + smooth elastic distortion)")
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of the training split held out for validation")
+    p.add_argument("--extra-train-data", nargs="+", default=None, metavar="DATA",
+                   help="datasets whose training data joins the --data train split (e.g. "
+                   "optdigits-train beside digits: same classes and image format); validation "
+                   "and test stay those of --data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help=_DETERMINISTIC_HELP)
     p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",

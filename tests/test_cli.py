@@ -60,6 +60,10 @@ def test_help(capsys, command):
          "only for image classifiers"),
         (["train", "--preset", "limoe_tiny", "--teachers", "a.keras", "--output", "{tmp}"],
          "only for image classifiers"),
+        (["train", "--preset", "limoe_tiny", "--extra-train-data", "optdigits-train", "--output",
+          "{tmp}"], "--extra-train-data: only for image classifiers"),
+        (["train", "--extra-train-data", "optdigit", "--output", "{tmp}/run"],
+         "Unknown dataset spec 'optdigit'"),
         (["train", "--teachers", "{tmp}/missing.keras", "--output", "{tmp}/run"],
          "missing.keras"),
         (["export", "--model", "limoe_tiny", "--output", "{tmp}/towers.tflite"],
@@ -207,6 +211,16 @@ def test_train_distils_from_teachers(trained, tmp_path):
     settings = json.load(open(os.path.join(student, "metrics.json")))["settings"]
     assert settings["distillation"] == {"teachers": [teacher, teacher], "temperature": 2.0,
                                         "weight": 0.5}
+
+
+def test_train_with_extra_training_data(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--extra-train-data", "optdigits-train", "--output", out, "--epochs", "1",
+                 "--batch-size", "32", "--max-batches", "2", "--quiet", "--no-plots", *EAGER, *TINY]) == 0
+    dataset = json.load(open(os.path.join(out, "metrics.json")))["dataset"]
+    assert dataset["counts"] == {"train": 1294 + 3823, "validation": 144, "test": 359}
+    assert "optdigits-train train (3823)" in dataset["splits"]["train"]
+    capsys.readouterr()
 
 
 def test_evaluate_command(trained, tmp_path, capsys):

@@ -90,7 +90,7 @@ def parse_spec(spec):
             raise ValueError(f"Dataset spec {spec!r} is missing {what}.")
         return kind, (os.path.expanduser(argument) if kind == "folder" else argument)
     hints = []
-    if difflib.get_close_matches(text.lower(), ["optdigits-train"], n=1, cutoff=0.7):
+    if difflib.get_close_matches(text.lower(), ["optdigits-train"], n=1, cutoff=0.65):
         hints.append("'optdigits-train'")
     elif difflib.get_close_matches(text.lower(), ["digits"], n=1, cutoff=0.6):
         hints.append("'digits'")
@@ -556,13 +556,95 @@ class Datasets:
         return iter((self.train, self.validation, self.test, self.info))
 
 
-def _build(image_text, spec, image_size, batch_size, options):
+def _check_extra_train_data(spec, extra_train_data):
+    """The specs of `extra_train_data` (None, a spec or a list of specs),
+    checked before anything is loaded."""
+    if extra_train_data is None:
+        return []
+    specs = [extra_train_data] if isinstance(extra_train_data, str) else extra_train_data
+    if not isinstance(specs, (list, tuple)) or not specs or not all(isinstance(s, str) for s in specs):
+        raise ValueError(
+            "Argument `extra_train_data` must be None, a dataset spec or a non-empty list of specs "
+            f"(e.g. 'optdigits-train'); received {extra_train_data!r}."
+        )
+    seen = [parse_spec(spec)]
+    for extra_spec in specs:
+        parsed = parse_spec(extra_spec)
+        if parsed in seen:
+            raise ValueError(
+                f"`extra_train_data` names {extra_spec!r} twice or as the dataset itself ({spec!r}): "
+                "each dataset may join the training data once."
+            )
+        seen.append(parsed)
+    return list(specs)
+
+
+def _extra_train_sources(spec, source, specs, source_options):
+    """Resolve the extra training datasets `specs` and check that they fit
+    `source` (same classes, pixel range and kind of images)."""
+    info = source.info
+    if specs and not info.num_classes:
+        raise ValueError(f"Dataset {spec!r} has no class labels: `extra_train_data` needs a labelled dataset.")
+    extras = []
+    for extra_spec in specs:
+        tfds_options = {k: source_options[k] for k in ("data_dir", "download") if k in source_options}
+        extra = resolve_dataset(
+            extra_spec, validation_fraction=0.0, check_images=source_options.get("check_images", True),
+            **(tfds_options if parse_spec(extra_spec)[0] == "tfds" else {}),
+        )
+        mismatch = [
+            what for what, ours, theirs in (
+                ("class names", info.class_names, extra.info.class_names),
+                ("pixel range (max_value)", info.max_value, extra.info.max_value),
+                ("image format (files or arrays)", source.decode_fn is None, extra.decode_fn is None),
+            ) if ours != theirs
+        ]
+        if mismatch:
+            raise ValueError(
+                f"Extra training data {extra_spec!r} does not match {spec!r}: different {', '.join(mismatch)} "
+                f"({extra.info.num_classes} classes {extra.info.class_names} and max_value "
+                f"{extra.info.max_value:g} against {info.num_classes} classes {info.class_names} and "
+                f"{info.max_value:g}). Extra training data must have the same classes, in the same order, "
+                "and the same kind of images."
+            )
+        extras.append(extra)
+    return extras
+
+
+def _join_extra_training(spec, ds, count, extras, seed):
+    """The train split `ds` (`count` examples) followed by each extra
+    source's train split; the pipeline's shuffle mixes them."""
+    for extra in extras:
+        more, more_count = extra.examples("train", True, seed)
+        if more.element_spec != ds.element_spec:
+            raise ValueError(
+                f"Extra training data {extra.info.spec!r} has examples {more.element_spec}, which cannot "
+                f"join those of {spec!r}, {ds.element_spec} (image size, channels or dtype differ)."
+            )
+        ds = ds.concatenate(more)
+        count = None if count is None or more_count is None else count + more_count
+    return ds, count
+
+
+def _build(image_text, spec, image_size, batch_size, options, extra_train_data=None):
     """`build_datasets` / `build_image_text_datasets` with every option given."""
     image_size = check_image_size(image_size)
     source_options = {name: options.pop(name) for name in list(options) if name in _SOURCE_OPTIONS}
     drop_remainder = options.pop("drop_remainder")
+    extra_specs = _check_extra_train_data(spec, extra_train_data)
     source = resolve_dataset(spec, image_text=image_text, **source_options)
     info = source.info
+    extras = _extra_train_sources(spec, source, extra_specs, source_options)
+    if extras:
+        extra_counts = [e.info.counts["train"] for e in extras]
+        info = dataclasses.replace(
+            info,
+            counts={**info.counts, "train": info.counts["train"] + sum(extra_counts)},
+            splits={**info.splits, "train": "; ".join(
+                [f"{info.splits.get('train', spec)} ({info.counts['train']})"]
+                + [f"{e.info.spec} train ({n})" for e, n in zip(extras, extra_counts)])},
+        )
+        logger.info("  train with extra data: %s", info.splits["train"])
     if image_size is None and None in info.image_shape[:2]:
         raise ValueError(
             f"Dataset {spec!r} has images of mixed sizes; pass image_size=(height, width) to resize them."
@@ -575,6 +657,8 @@ def _build(image_text, spec, image_size, batch_size, options):
         training = split == "train"
         examples = source.caption_examples if image_text else source.examples
         ds, count = examples(split, training, options["seed"])
+        if training and extras:
+            ds, count = _join_extra_training(spec, ds, count, extras, options["seed"])
         pipelines[split] = _pipeline(
             ds, count=count, structure="dict" if image_text else "supervised", image_size=image_size,
             batch_size=batch_size, training=training, max_value=info.max_value, decode_fn=source.decode_fn,
@@ -591,7 +675,7 @@ _SOURCE_OPTIONS = frozenset(inspect.signature(resolve_dataset).parameters) - {"s
 
 
 @takes_options_of(_pipeline, resolve_dataset, exclude=_FIXED_PIPELINE_OPTIONS + ("image_text",) + _CAPTION_OPTIONS)
-def build_datasets(spec, image_size=None, batch_size=32, **options):
+def build_datasets(spec, image_size=None, batch_size=32, *, extra_train_data=None, **options):
     """Train / validation / test classification pipelines for a dataset spec.
 
     Each pipeline yields `(images float32 (B, h, w, c), labels int32 (B,))`;
@@ -621,6 +705,13 @@ def build_datasets(spec, image_size=None, batch_size=32, **options):
             validation_split, test_split: TFDS options (see `tfds_source`).
         check_images: folder sources: decode every file once while scanning
             and skip unreadable ones.
+        extra_train_data: None, or a dataset spec (or list of specs) whose
+            training data joins the train split, e.g. `"optdigits-train"`
+            beside `"digits"`: same class names in the same order, same
+            pixel range and kind of images. Each contributes its train split
+            with nothing held out for validation (`validation_fraction` 0);
+            validation and test stay those of `spec`. `info.counts["train"]`
+            counts them all.
 
     Returns:
         `Datasets(train, validation, test, info)`; unpacks as a 4-tuple.
@@ -632,7 +723,7 @@ def build_datasets(spec, image_size=None, batch_size=32, **options):
     >>> tuple(next(iter(train))[0].shape)
     (32, 16, 16, 3)
     """
-    return _build(False, spec, image_size, batch_size, options)
+    return _build(False, spec, image_size, batch_size, options, extra_train_data)
 
 
 @takes_options_of(_pipeline, resolve_dataset, exclude=_FIXED_PIPELINE_OPTIONS + ("image_text",))

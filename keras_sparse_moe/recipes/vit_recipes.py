@@ -80,6 +80,10 @@ def _parser(dense):
                         f"{DIGITS_RECIPE['learning_rate']:g}), once, in OUTPUT/pretrain; every run "
                         "then starts from those weights (fine-tune with e.g. --learning-rate 5e-4)")
     parser.add_argument("--pretrain-epochs", type=int, default=PRETRAIN_EPOCHS, metavar="N")
+    parser.add_argument("--extra-train-data", nargs="+", default=None, metavar="DATA",
+                        help="datasets whose training data joins the --data train split while "
+                        "fine-tuning (e.g. optdigits-train beside digits; same classes and image "
+                        "format); validation, test and cross-validation folds stay those of --data")
     parser.add_argument("--teachers", nargs="+", default=None, metavar="MODEL",
                         help="trained classifiers (.keras files or preset directories, e.g. "
                         "runs/moe_vit/seed_0/model.keras): distil their ensemble into each seed's "
@@ -242,6 +246,13 @@ def main(argv=None, dense=False):
         parser.error("--compare-cv needs --cv-folds")
     if args.pretrain_epochs < 1:
         parser.error(f"--pretrain-epochs must be >= 1; received {args.pretrain_epochs}")
+    for spec in args.extra_train_data or ():
+        from keras_sparse_moe.data import parse_spec
+
+        try:
+            parse_spec(spec)
+        except ValueError as error:
+            parser.error(f"--extra-train-data: {error}")
     if args.soup and (len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds)):
         parser.error(f"--soup averages the models of several different seeds; received --seeds "
                      f"{' '.join(map(str, args.seeds))}: give at least two, e.g. --seeds 0 1 2 3")
@@ -284,10 +295,16 @@ def main(argv=None, dense=False):
     if args.pretrain:
         preset = _pretrain(parser, args, overrides)
         label += f" pretrained on {args.pretrain} ({args.pretrain_epochs} epochs)"
+    if args.extra_train_data:
+        recipe["data_options"] = {"extra_train_data": list(args.extra_train_data)}
+        label += f" trained with {' + '.join(args.extra_train_data)}"
     if args.cv_folds is not None:
         return _cross_validate(parser, args, preset, recipe, overrides, label)
-    summary = train_seeds(preset, args.data, args.output, seeds=args.seeds,
-                          overrides=overrides, label=label, verbose=args.verbose, **recipe)
+    try:
+        summary = train_seeds(preset, args.data, args.output, seeds=args.seeds,
+                              overrides=overrides, label=label, verbose=args.verbose, **recipe)
+    except ValueError as error:
+        parser.error(str(error))
     soup = _soup(parser, args, summary) if args.soup else None
     if args.save_preset:
         if soup is not None:

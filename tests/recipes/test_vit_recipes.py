@@ -41,6 +41,22 @@ def test_whole_training_split_and_save_preset(tmp_path, capsys):
     assert "trained on the whole training split" in capsys.readouterr().out
 
 
+def test_extra_train_data_joins_the_training_split_only(tmp_path, capsys):
+    out = str(tmp_path / "runs")
+    assert main(["--validation-fraction", "0", "--extra-train-data", "optdigits-train", "--output", out]
+                + TINY) == 0
+    metrics = json.load(open(os.path.join(out, "seed_0", "metrics.json")))
+    assert metrics["dataset"]["counts"] == {"train": 1438 + 3823, "test": 359}
+    assert "optdigits-train train (3823)" in metrics["dataset"]["splits"]["train"]
+    assert "trained with optdigits-train" in json.load(open(os.path.join(out, "summary.json")))["label"]
+    # Cross-validation: the extra data joins each fold's training part; the
+    # held-out blocks are the digits' alone.
+    assert main(["--cv-folds", "2", "--extra-train-data", "optdigits-train", "--output", out] + TINY) == 0
+    fold = json.load(open(os.path.join(out, "cv2_seed_0", "fold_0", "metrics.json")))
+    assert fold["dataset"]["counts"]["train"] == 719 + 3823 and fold["dataset"]["counts"]["validation"] == 719
+    assert json.load(open(os.path.join(out, "cv2_seed_0", "cv_summary.json")))["examples"] == 1438
+
+
 def test_pretrain_then_fine_tune(tmp_path, capsys):
     """--pretrain trains the preset once on other data, and the runs start
     from those weights; a second command reuses the finished pretraining."""
@@ -104,6 +120,8 @@ def test_soup_of_seeds_is_evaluated_saved_and_cross_validated(tmp_path, capsys, 
         (["--soup", "--seeds", "1", "1"], "several different seeds"),
         (["--pretrain", "synthetic-digits:5"], "--pretrain: Dataset spec"),
         (["--pretrain", "synthetic-digits", "--pretrain-epochs", "0"], "--pretrain-epochs must be >= 1"),
+        (["--extra-train-data", "optdigit"], "--extra-train-data: Unknown dataset spec 'optdigit'"),
+        (["--extra-train-data", "digits"], "as the dataset itself"),
     ],
 )
 def test_bad_flags_exit_with_one_line(argv, match, capsys):
