@@ -4,9 +4,12 @@ embedded digits by default), trained with the digits recipe
 cosine decay, label smoothing, weight decay, gradient clipping, random
 rotation / zoom / shift), evaluated on the fixed test split.
 
-This recipe trained the shipped `moe_vit_tiny_digits` preset:
+This recipe trained the shipped `moe_vit_tiny_digits` preset (from the
+shipped synthetic-digits pretraining, together with UCI's optdigits-train):
 
-    python recipes/moe_vit.py --seeds 0 1 2 --save-preset keras_sparse_moe/presets_data/moe_vit_tiny_digits
+    python recipes/moe_vit.py --preset moe_vit_tiny_synthetic_digits --extra-train-data optdigits-train \
+        --epochs 30 --learning-rate 5e-4 --validation-fraction 0 --output runs/digits_final \
+        --save-preset keras_sparse_moe/presets_data/moe_vit_tiny_digits
 
 MoE versus dense comparison (see docs/results.md):
 
