@@ -40,15 +40,21 @@ DIGITS_MAX_VALUE = 16.0
 DIGITS_CLASS_NAMES = tuple(str(d) for d in range(10))
 
 
-@functools.lru_cache(maxsize=1)
-def _read_digits():
-    resource = importlib.resources.files("keras_sparse_moe.data").joinpath("digits.npz")
+@functools.lru_cache(maxsize=None)
+def read_packaged_digits(filename):
+    """`(images, labels)` of a digits file shipped in `keras_sparse_moe.data`
+    (`digits.npz`, `optdigits_train.npz`), read once and read-only."""
+    resource = importlib.resources.files("keras_sparse_moe.data").joinpath(filename)
     with resource.open("rb") as f, np.load(f) as data:
         images = data["images"]
         labels = data["labels"]
     images.setflags(write=False)
     labels.setflags(write=False)
     return images, labels
+
+
+def _read_digits():
+    return read_packaged_digits("digits.npz")
 
 
 def check_validation_fold(validation_fold):

@@ -22,29 +22,16 @@ contiguous validation block holds out writers):
 Dataset spec: `"optdigits-train"`.
 """
 
-import functools
-import importlib.resources
-
 import numpy as np
 
 from keras_sparse_moe.data.digits import DIGITS_MAX_VALUE
+from keras_sparse_moe.data.digits import read_packaged_digits
 from keras_sparse_moe.data.splitting import check_fraction
 from keras_sparse_moe.data.splitting import num_held_out
 from keras_sparse_moe.utils.validation import check_choice
 
 OPTDIGITS_TRAIN_COUNT = 3823
 OPTDIGITS_SPLITS = ("train", "validation", "all")
-
-
-@functools.lru_cache(maxsize=1)
-def _read_optdigits_train():
-    resource = importlib.resources.files("keras_sparse_moe.data").joinpath("optdigits_train.npz")
-    with resource.open("rb") as f, np.load(f) as data:
-        images = data["images"]
-        labels = data["labels"]
-    images.setflags(write=False)
-    labels.setflags(write=False)
-    return images, labels
 
 
 def optdigits_split_ranges(validation_fraction=0.1):
@@ -91,7 +78,7 @@ def load_optdigits_train(split="train", validation_fraction=0.1, normalize=False
             "pass validation_fraction > 0 (e.g. 0.1) or use split='train'."
         )
     start, stop = ranges[split]
-    images, labels = _read_optdigits_train()
+    images, labels = read_packaged_digits("optdigits_train.npz")
     images = images[start:stop, :, :, None]
     images = images.astype(np.float32) / DIGITS_MAX_VALUE if normalize else images.copy()
     return images, labels[start:stop].astype(np.int32)
