@@ -718,7 +718,8 @@ def build_parser():
         "demo", parents=[common],
         help="fine-tune, evaluate and export moe_vit_tiny on the embedded digits",
         description="The README's main job: fine-tune moe_vit_tiny (pretrained on synthetic "
-        "digits: the preset moe_vit_tiny_synthetic_digits) on the embedded digits, evaluate it "
+        "digits: the preset moe_vit_tiny_synthetic_digits) on the embedded digits together with "
+        "optdigits-train (real digits of other writers), evaluate it "
         "on the test split, export LiteRT float32 and dynamic-int8 files, check them with the "
         "LiteRT interpreter and print a summary (under 3 minutes on 2 cores).",
     )
@@ -727,8 +728,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help=_DETERMINISTIC_HELP)
     p.add_argument("--from-scratch", action="store_true",
-                   help="train moe_vit_tiny from random weights instead of fine-tuning the "
-                   "pretrained preset (test accuracy varies more between runs)")
+                   help="train moe_vit_tiny from random weights on the digits alone instead of "
+                   "fine-tuning the pretrained preset (test accuracy varies more between runs)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)

@@ -313,6 +313,9 @@ def test_demo_quick(tmp_path, capsys):
     assert summary["backend"] == keras.backend.backend()
     assert summary["preset"] == "moe_vit_tiny_synthetic_digits" and summary["pretrained"]
     assert summary["learning_rate"] == 5e-4
+    assert summary["extra_train_data"] == "optdigits-train" and summary["epochs"] == 1
+    train = json.loads((tmp_path / "train" / "metrics.json").read_text())["dataset"]
+    assert train["counts"]["train"] == 1294 + 3823  # the digits' train split and optdigits-train
     assert os.path.isfile(summary["litert"]["float32"]["path"])
     assert summary["keras_accuracy"] > 0.5
     assert summary["litert"]["float32"]["accuracy"] > 0.5
@@ -327,7 +330,7 @@ def test_demo_quick_from_scratch_and_without_the_litert_interpreter(tmp_path, ca
     assert main(["demo", "--quick", "--quiet", "--from-scratch", "--output", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["preset"] == "moe_vit_tiny" and not summary["pretrained"]
-    assert summary["learning_rate"] == 2e-3
+    assert summary["learning_rate"] == 2e-3 and summary["extra_train_data"] is None
     assert summary["params_total"] < 100_000  # the quick smoke model, not moe_vit_tiny
     assert 0.0 <= summary["keras_accuracy"] <= 1.0
     assert summary["litert"]["float32"]["accuracy"] is None
