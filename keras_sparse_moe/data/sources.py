@@ -556,9 +556,15 @@ class Datasets:
         return iter((self.train, self.validation, self.test, self.info))
 
 
-def _check_extra_train_data(spec, extra_train_data):
-    """The specs of `extra_train_data` (None, a spec or a list of specs),
-    checked before anything is loaded."""
+def check_extra_train_data(spec, extra_train_data):
+    """The specs of `extra_train_data` (None, a spec or a list of specs) as a
+    list, checked against the dataset `spec` before anything is loaded: each
+    a valid spec, none twice, none the dataset itself.
+
+    Example:
+    >>> check_extra_train_data("digits", "optdigits-train"), check_extra_train_data("digits", None)
+    (['optdigits-train'], [])
+    """
     if extra_train_data is None:
         return []
     specs = [extra_train_data] if isinstance(extra_train_data, str) else extra_train_data
@@ -631,7 +637,7 @@ def _build(image_text, spec, image_size, batch_size, options, extra_train_data=N
     image_size = check_image_size(image_size)
     source_options = {name: options.pop(name) for name in list(options) if name in _SOURCE_OPTIONS}
     drop_remainder = options.pop("drop_remainder")
-    extra_specs = _check_extra_train_data(spec, extra_train_data)
+    extra_specs = check_extra_train_data(spec, extra_train_data)
     source = resolve_dataset(spec, image_text=image_text, **source_options)
     info = source.info
     extras = _extra_train_sources(spec, source, extra_specs, source_options)

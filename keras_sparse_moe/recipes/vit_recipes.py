@@ -246,11 +246,11 @@ def main(argv=None, dense=False):
         parser.error("--compare-cv needs --cv-folds")
     if args.pretrain_epochs < 1:
         parser.error(f"--pretrain-epochs must be >= 1; received {args.pretrain_epochs}")
-    for spec in args.extra_train_data or ():
-        from keras_sparse_moe.data import parse_spec
+    if args.extra_train_data:  # before any pretraining
+        from keras_sparse_moe.data.sources import check_extra_train_data
 
         try:
-            parse_spec(spec)
+            check_extra_train_data(args.data, args.extra_train_data)
         except ValueError as error:
             parser.error(f"--extra-train-data: {error}")
     if args.soup and (len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds)):
