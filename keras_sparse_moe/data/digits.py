@@ -43,7 +43,13 @@ DIGITS_CLASS_NAMES = tuple(str(d) for d in range(10))
 @functools.lru_cache(maxsize=None)
 def read_packaged_digits(filename):
     """`(images, labels)` of a digits file shipped in `keras_sparse_moe.data`
-    (`digits.npz`, `optdigits_train.npz`), read once and read-only."""
+    (`digits.npz`, `optdigits_train.npz`), read once and read-only.
+
+    Example:
+    >>> images, labels = read_packaged_digits("optdigits_train.npz")
+    >>> images.shape, labels.shape, images.flags.writeable
+    ((3823, 8, 8), (3823,), False)
+    """
     resource = importlib.resources.files("keras_sparse_moe.data").joinpath(filename)
     with resource.open("rb") as f, np.load(f) as data:
         images = data["images"]
