@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from keras_sparse_moe import presets
+from keras_sparse_moe.layers.encoder_block import MoETransformerEncoderBlock
 from keras_sparse_moe.models import MoEViTBackbone
 from keras_sparse_moe.models import MoEViTImageClassifier
 from keras_sparse_moe.models import MoEViTImageClassifierPreprocessor
@@ -179,6 +180,23 @@ def test_dtype_override_and_mixed_precision_presets(tmp_path):
     # ...unless a dtype is given.
     restored = MoEViTImageClassifier.from_preset(path, dtype="mixed_bfloat16")
     assert restored.backbone.dtype_policy.name == "mixed_bfloat16"
+
+
+def test_preset_classes_are_read_without_building(tmp_path, monkeypatch):
+    from keras_sparse_moe.models.moe_dual_encoder import LIMoEBackbone
+    from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderContrastive
+
+    assert presets.preset_classes("limoe_tiny") == (LIMoEBackbone, MoEDualEncoderContrastive)
+    assert presets.preset_classes("vmoe_s32_e8_k2_last2") == (MoEViTBackbone, None)
+    path = presets.save_to_preset(tiny_classifier(), tmp_path / "classifier")
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("preset_classes built the model")
+
+    monkeypatch.setattr(MoETransformerEncoderBlock, "__init__", no_build)
+    assert presets.preset_classes(path) == (MoEViTBackbone, MoEViTImageClassifier)
+    with pytest.raises(ValueError, match="Unknown preset 'no_such_preset'"):
+        presets.preset_classes("no_such_preset")
 
 
 def test_unknown_preset_name_suggests_close_names():
