@@ -319,7 +319,6 @@ def _check_output_file(path):
 
 
 # ------------------------------------------------------------ train / evaluate
-DUAL_ENCODER_FAMILY = "moe_dual_encoder"
 # Classifier-only `train` options and their defaults: a dual encoder rejects
 # them when they are changed.
 _CLASSIFIER_ONLY = {
@@ -339,32 +338,33 @@ _CLASSIFIER_ONLY = {
 
 def _is_dual_encoder(name_or_path):
     """Whether a preset name, preset directory or `.keras` file holds a dual
-    encoder (looked up without building the model)."""
+    encoder, decided by its model classes (read without building the model)."""
+    import json
     import zipfile
 
-    from keras_sparse_moe.presets import get_preset
+    import keras
+
+    from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderBackbone
+    from keras_sparse_moe.presets import preset_classes
 
     name = os.fspath(name_or_path)
-    text = ""
     if name.endswith(".keras") and os.path.isfile(name):
         try:
             with zipfile.ZipFile(name) as archive:
-                text = archive.read("config.json").decode("utf-8", "replace")
-        except (OSError, KeyError, zipfile.BadZipFile):
+                config = json.loads(archive.read("config.json"))
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
             return False
-    elif os.path.isdir(name):
-        for file in ("task.json", "config.json"):
-            path = os.path.join(name, file)
-            if os.path.isfile(path):
-                with open(path, encoding="utf-8") as handle:
-                    text = handle.read()
-                break
+        # A task file nests its backbone's config; a backbone file is the backbone.
+        config = config.get("config", {}).get("backbone", config)
+        classes = [keras.saving.get_registered_object(config.get("registered_name"))]
     else:
         try:
-            return get_preset(name).family == DUAL_ENCODER_FAMILY
-        except ValueError:
+            classes = preset_classes(name)
+        except (ValueError, OSError):
             return False
-    return any(key in text for key in ("MoEDualEncoder", "LIMoEBackbone", "MoETwoTowerBackbone"))
+    return any(
+        isinstance(cls, type) and issubclass(cls, MoEDualEncoderBackbone) for cls in classes
+    )
 
 
 def _train_dual_encoder(args):

@@ -15,6 +15,8 @@ Public API:
   docstring for the two kinds: built from a config, or loaded from a
   shipped preset directory).
 - `get_preset(name)`: the registered `PresetSpec`.
+- `preset_classes(preset)`: the backbone and task classes of a registered
+  name or a preset directory, without building the model.
 - `list_presets(family=None, params=True)`: one dict per preset (name,
   family, classes, parameter counts, whether weights ship, description).
 - `from_preset(preset, load_weights=True, **overrides)`: build a registered
@@ -30,8 +32,14 @@ Public API:
 
 A preset directory holds `config.json` (backbone), `model.weights.h5`,
 `metadata.json` and, for a task, `task.json`, `task.weights.h5`,
-`preprocessor.json` plus converter configs / `assets/`. Loading goes through
-keras-hub's loader, in Keras safe mode (no lambdas, no pickle).
+`preprocessor.json` plus converter configs / `assets/`. A directory is read
+with Keras deserialization in safe mode (no lambdas, no pickle) and
+`load_weights`; `hf://` / `kaggle://` handles and keras-hub's built-in preset
+names go to keras-hub's own `from_preset`.
+
+This module imports no model: the model families register their presets
+when `keras_sparse_moe.models` is imported (as `import keras_sparse_moe`
+does).
 """
 
 import dataclasses
@@ -42,10 +50,13 @@ import os
 import re
 import threading
 
+import h5py
 import keras
 import keras_hub
-from keras_hub.src.utils import preset_utils
-from keras_hub.src.utils.python_utils import classproperty
+
+from keras_sparse_moe.profiling import profile_config
+from keras_sparse_moe.utils.io import atomic_directory
+from keras_sparse_moe.version import __version__
 
 PRESETS_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets_data")
 """Directory of preset directories shipped inside the package."""
@@ -172,7 +183,6 @@ def register_preset(
             "Argument `name` must be a non-empty string of lower-case letters, digits and "
             f"underscores; received name={name!r}."
         )
-    _ensure_builtin_presets()
     if name in _REGISTRY and not overwrite:
         raise ValueError(
             f"A preset named '{name}' is already registered (family "
@@ -240,7 +250,6 @@ def get_preset(name):
     >>> get_preset("moe_vit_tiny").family
     'moe_vit'
     """
-    _ensure_builtin_presets()
     if name not in _REGISTRY:
         raise ValueError(_unknown_preset_message(name))
     return _REGISTRY[name]
@@ -270,7 +279,6 @@ def list_presets(family=None, params=True):
     >>> "moe_vit_tiny" in [row["name"] for row in rows]
     True
     """
-    _ensure_builtin_presets()
     families = sorted({spec.family for spec in _REGISTRY.values()})
     if family is not None and family not in families:
         close = difflib.get_close_matches(str(family), families, n=3)
@@ -301,6 +309,34 @@ def list_presets(family=None, params=True):
     return rows
 
 
+def preset_classes(preset):
+    """The `(backbone class, task class or None)` of a preset, read without
+    building the model: from the registry for a registered name, from
+    `config.json` / `task.json` for a preset directory.
+
+    Args:
+        preset: a registered preset name or a preset directory path.
+
+    Example:
+    >>> [cls.__name__ for cls in preset_classes("moe_vit_tiny")]
+    ['MoEViTBackbone', 'MoEViTImageClassifier']
+    """
+    if isinstance(preset, os.PathLike):
+        preset = os.fspath(preset)
+    if isinstance(preset, str) and preset in _REGISTRY:
+        backbone_cls, _, task_cls, _ = _spec_classes_and_configs(_REGISTRY[preset])
+        return backbone_cls, task_cls
+    if not isinstance(preset, str) or not os.path.isdir(preset):
+        raise ValueError(_unknown_preset_message(preset))
+    _check_preset_directory(preset, load_weights=False)
+    backbone_cls = _registered_class(_read_json(preset, _CONFIG_FILE), preset, _CONFIG_FILE)
+    task_cls = None
+    if os.path.isfile(os.path.join(preset, _TASK_CONFIG_FILE)):
+        task_config = _read_json(preset, _TASK_CONFIG_FILE)
+        task_cls = _registered_class(task_config, preset, _TASK_CONFIG_FILE)
+    return backbone_cls, task_cls
+
+
 # --------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------
@@ -310,7 +346,8 @@ def from_preset(preset, load_weights=True, **overrides):
     Args:
         preset: a registered preset name (see `list_presets()`), a path to a
             keras-hub-format preset directory, or an `hf://` / `kaggle://`
-            handle (read with keras-hub's loader).
+            handle (loaded by keras-hub's `from_preset`: the backbone, or the
+            task when called as `TaskClass.from_preset(handle)`).
         load_weights: bool, load the weights when the preset has them.
             Architecture presets always start from random weights.
         **overrides: constructor arguments replacing the preset's, routed by
@@ -344,7 +381,6 @@ def _load(preset, cls, load_weights, overrides):
         )
     if not isinstance(load_weights, bool):
         raise ValueError(f"Argument `load_weights` must be a bool; received {load_weights!r}.")
-    _ensure_builtin_presets()
     if preset in _REGISTRY:
         spec = _REGISTRY[preset]
         if spec.has_weights:
@@ -366,9 +402,14 @@ def _load(preset, cls, load_weights, overrides):
         return _load_directory(preset, cls, load_weights, overrides, label=preset)
     if "://" in preset:
         return _load_directory(preset, cls, load_weights, overrides, label=preset)
-    if preset in preset_utils.BUILTIN_PRESETS:
+    if _is_keras_hub_preset(preset):
         return _keras_hub_from_preset(cls, preset, load_weights, overrides)
     raise ValueError(_unknown_preset_message(preset))
+
+
+def _is_keras_hub_preset(name):
+    """Whether `name` is one of keras-hub's built-in presets."""
+    return name in keras_hub.models.Backbone.presets
 
 
 def _keras_hub_from_preset(cls, preset, load_weights, overrides):
@@ -406,20 +447,17 @@ def _build_from_spec(spec, cls, overrides):
 
 
 def _load_directory(preset, cls, load_weights, overrides, label):
-    """Load a keras-hub-format preset through keras-hub's loader."""
-    if os.path.isdir(preset):
-        _check_preset_directory(preset, load_weights)
-    try:
-        loader = preset_utils.get_preset_loader(preset)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"Preset '{label}': a JSON file is corrupt: {error}") from error
-    if not isinstance(loader, preset_utils.KerasPresetLoader):
+    """Load a keras-hub-format preset directory (or hand a hub handle to
+    keras-hub's own `from_preset`)."""
+    if not os.path.isdir(preset):
         return _keras_hub_from_preset(cls, preset, load_weights, overrides)
-    backbone_cls = _registered_class(loader.config, preset, _CONFIG_FILE)
+    _check_preset_directory(preset, load_weights)
+    config = _read_json(preset, _CONFIG_FILE)
+    backbone_cls = _registered_class(config, preset, _CONFIG_FILE)
     task_config = None
     task_cls = None
-    if preset_utils.check_file_exists(preset, _TASK_CONFIG_FILE):
-        task_config = preset_utils.load_json(preset, _TASK_CONFIG_FILE)
+    if os.path.isfile(os.path.join(preset, _TASK_CONFIG_FILE)):
+        task_config = _read_json(preset, _TASK_CONFIG_FILE)
         task_cls = _registered_class(task_config, preset, _TASK_CONFIG_FILE)
     want_task = _wants_task(cls, task_cls)
     if cls is not None:
@@ -429,24 +467,25 @@ def _load_directory(preset, cls, load_weights, overrides, label):
     backbone_over, task_over = _split_overrides(
         label, overrides, backbone_cls, task_cls if want_task else None
     )
-    loader = _OverrideLoader(preset, loader.config, backbone_over, label)
+    backbone = _load_backbone(preset, config, backbone_over, load_weights, label)
     if not want_task:
-        return loader.load_backbone(backbone_cls, load_weights)
+        return backbone
     if task_config is not None:
-        # keras-hub's task loader takes `dtype` itself and hands it to the backbone.
-        dtype = backbone_over.pop("dtype", None) or _default_dtype(loader.config)
-        task = loader.load_task(
-            task_cls, load_weights, "num_classes" not in task_over, dtype=dtype, **task_over
-        )
+        task_config["config"] = {**task_config["config"], "backbone": backbone, **task_over}
+        task = keras.saving.deserialize_keras_object(task_config)
+        if hasattr(task.preprocessor, "load_preset_assets"):
+            task.preprocessor.load_preset_assets(preset)
+        task_weights = os.path.join(preset, _TASK_WEIGHTS_FILE)
+        if load_weights and "num_classes" not in task_over and os.path.isfile(task_weights):
+            task.load_task_weights(task_weights)
     else:
-        backbone = loader.load_backbone(backbone_cls, load_weights)
         preprocessor = None
         has_preprocessing = any(
-            preset_utils.check_file_exists(preset, name)
+            os.path.isfile(os.path.join(preset, name))
             for name in ("preprocessor.json", "image_converter.json", "tokenizer.json")
         )
         if task_cls.preprocessor_cls is not None and has_preprocessing:
-            preprocessor = loader.load_preprocessor(task_cls.preprocessor_cls)
+            preprocessor = task_cls.preprocessor_cls.from_preset(preset)
         task_kwargs = {"backbone": backbone, "preprocessor": preprocessor, **task_over}
         task = _construct(label, task_cls, task_kwargs, task_over)
     if "image_shape" in backbone_over:
@@ -454,50 +493,52 @@ def _load_directory(preset, cls, load_weights, overrides, label):
     return task
 
 
-def _default_dtype(config):
-    """The dtype to load a task in when the caller gives none.
+def _load_backbone(preset, config, overrides, load_weights, label):
+    """The backbone of a preset directory: `config` (from `config.json`) with
+    the `overrides`, deserialized in Keras safe mode, then its weights."""
+    overrides = dict(overrides)
+    overrides["dtype"] = _load_dtype(config, overrides.get("dtype"))
+    config = {**config, "config": {**config["config"], **overrides}}
+    backbone = keras.saving.deserialize_keras_object(config)
+    if not load_weights:
+        return backbone
+    weights = os.path.join(preset, _WEIGHTS_FILE)
+    if not os.path.isfile(weights):
+        weights = os.path.join(preset, _SHARDED_WEIGHTS_FILE)
+    try:
+        backbone.load_weights(weights)
+    except (ValueError, TypeError, KeyError) as error:
+        changed = {k: v for k, v in overrides.items() if k != "dtype"}
+        hint = (
+            f" The overrides {changed} change the architecture; pass "
+            "load_weights=False to start from random weights."
+            if changed
+            else ""
+        )
+        raise ValueError(
+            f"Cannot load the backbone weights of preset '{label}': {error}.{hint}"
+        ) from error
+    return backbone
 
-    keras-hub loads a preset saved with a float policy in the current global
-    policy, but fails on a saved mixed policy (e.g. "mixed_bfloat16"); give
-    those the current global policy too. Anything else (None, quantized
-    policy maps) is left to keras-hub.
+
+def _load_dtype(config, dtype):
+    """The dtype policy to build a preset's backbone in.
+
+    A dtype given by the caller wins. Otherwise a preset saved with a float
+    or mixed policy loads in the current global policy (its weights are
+    cast), and a quantized one (a `DTypePolicyMap`) as saved.
     """
+    if dtype is not None:
+        return dtype
     saved = config.get("config", {}).get("dtype")
-    name = saved.get("config", {}).get("name") if isinstance(saved, dict) else None
-    if isinstance(name, str) and name.startswith("mixed_"):
-        return keras.config.dtype_policy()
+    if isinstance(saved, dict) and "DTypePolicyMap" in str(saved.get("class_name")):
+        return saved
     return None
 
 
-class _OverrideLoader(preset_utils.KerasPresetLoader):
-    """keras-hub's Keras preset loader, also forwarding backbone overrides
-    (keras-hub itself only forwards `dtype` and `image_shape`) and naming the
-    preset when its weights do not load."""
-
-    def __init__(self, preset, config, backbone_overrides, label):
-        super().__init__(preset, config)
-        self.backbone_overrides = dict(backbone_overrides)
-        self.label = label
-
-    def get_backbone_kwargs(self, **kwargs):
-        backbone_kwargs, kwargs = super().get_backbone_kwargs(**kwargs)
-        backbone_kwargs.update(self.backbone_overrides)
-        return backbone_kwargs, kwargs
-
-    def _load_backbone_weights(self, backbone):
-        try:
-            super()._load_backbone_weights(backbone)
-        except (ValueError, TypeError, KeyError) as error:
-            changed = {k: v for k, v in self.backbone_overrides.items() if k != "dtype"}
-            hint = (
-                f" The overrides {changed} change the architecture; pass "
-                "load_weights=False to start from random weights."
-                if changed
-                else ""
-            )
-            raise ValueError(
-                f"Cannot load the backbone weights of preset '{self.label}': {error}.{hint}"
-            ) from error
+def _read_json(preset, filename):
+    with open(os.path.join(preset, filename), encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def _check_preset_directory(path, load_weights):
@@ -529,8 +570,6 @@ def _check_preset_directory(path, load_weights):
             f"Preset directory '{path}' has no weights file {_WEIGHTS_FILE}; pass "
             "load_weights=False to build the model with random weights."
         )
-    import h5py
-
     for name in (_WEIGHTS_FILE, _TASK_WEIGHTS_FILE):
         file_path = os.path.join(path, name)
         if os.path.isfile(file_path) and not h5py.is_hdf5(file_path):
@@ -546,7 +585,17 @@ def _registered_class(config, preset, filename):
             f"Preset file '{filename}' in '{preset}' is not a serialized Keras object "
             "(no 'registered_name')."
         )
-    return preset_utils.check_config_class(config)
+    name = config["registered_name"]
+    if name in ("Functional", "Sequential"):
+        return keras.Model
+    cls = keras.saving.get_registered_object(name)
+    if cls is None:
+        raise ValueError(
+            f"Preset file '{filename}' in '{preset}' holds a {name}, which is not a class "
+            "registered with Keras (keras.saving.register_keras_serializable); import the "
+            "module that defines it first."
+        )
+    return cls
 
 
 # --------------------------------------------------------------------------
@@ -598,8 +647,6 @@ def save_to_preset(model, directory, max_shard_size=10):
                 f"Refusing to replace '{target}': it is a non-empty directory that is not "
                 f"a preset (no {_CONFIG_FILE})."
             )
-    from keras_sparse_moe.utils.io import atomic_directory
-
     model = _without_optimizer_state(model)
     with atomic_directory(target) as tmp:
         _SAVING.active = True
@@ -629,8 +676,6 @@ def _stamp_metadata(path):
     if os.path.isfile(metadata_path):
         with open(metadata_path, encoding="utf-8") as handle:
             metadata = json.load(handle)
-    from keras_sparse_moe import __version__
-
     metadata["keras_sparse_moe_version"] = __version__
     with open(metadata_path, "w", encoding="utf-8") as handle:
         json.dump(metadata, handle, indent=4)
@@ -639,6 +684,17 @@ def _stamp_metadata(path):
 # --------------------------------------------------------------------------
 # Mixin for model classes
 # --------------------------------------------------------------------------
+class _classproperty:
+    """A read-only property of the class (like keras-hub's `presets`)."""
+
+    def __init__(self, getter):
+        self.getter = getter
+        self.__doc__ = getter.__doc__
+
+    def __get__(self, instance, owner):
+        return self.getter(owner)
+
+
 class PresetMixin:
     """Registry-aware `from_preset` and atomic `save_to_preset` for keras-hub
     `Backbone` / `Task` subclasses. Put it first in the bases:
@@ -650,10 +706,9 @@ class PresetMixin:
     64
     """
 
-    @classproperty
+    @_classproperty
     def presets(cls):
         """Registered presets this class can be built from: {name: PresetSpec}."""
-        _ensure_builtin_presets()
         usable = {}
         for spec in _REGISTRY.values():
             backbone_cls, _, task_cls, _ = _spec_classes_and_configs(spec)
@@ -681,11 +736,6 @@ class PresetMixin:
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
-def _ensure_builtin_presets():
-    """Import the model families, which register their presets."""
-    import keras_sparse_moe.models  # noqa: F401
-
-
 def _unknown_preset_message(name):
     names = sorted(_REGISTRY)
     close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
@@ -823,15 +873,7 @@ def _param_counts(spec):
         if counter is not None:
             counts = dict(counter(backbone_config))
         elif backbone_cls is not None:
-            counts = _profile_counts(backbone_cls, backbone_config)
+            report = profile_config(backbone_cls, dict(backbone_config))
+            counts = {"total": int(report.params_total), "active": int(report.params_active)}
         _PARAM_CACHE[spec.name] = counts
     return _PARAM_CACHE[spec.name]
-
-
-def _profile_counts(backbone_cls, config):
-    """Total and active parameters via `keras_sparse_moe.profile.profile_config`
-    (analytic for MoE-ViT, so paper-sized presets are not allocated)."""
-    from keras_sparse_moe.profile import profile_config
-
-    report = profile_config(backbone_cls, dict(config))
-    return {"total": int(report.params_total), "active": int(report.params_active)}

@@ -10,7 +10,10 @@ import numbers
 
 import numpy as np
 from keras import ops
+from keras_hub.models import Task
+from keras_hub.models import ViTBackbone
 
+from keras_sparse_moe.models.moe_vit import MoEViTBackbone
 from keras_sparse_moe.utils.validation import check_float
 
 _ACCEPTED = (
@@ -120,11 +123,6 @@ def _from_dense_moe_vit(backbone):
 
 
 def _dense_view(dense_backbone):
-    from keras_hub.models import Task
-    from keras_hub.models import ViTBackbone
-
-    from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
-
     if isinstance(dense_backbone, Task):
         raise ValueError(
             f"Argument `dense_backbone` must be {_ACCEPTED}; received the task "
@@ -308,8 +306,6 @@ def upcycle(
     ...                  atol=1e-5))
     True
     """
-    from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
-
     source = _dense_view(dense_backbone)
     if router_stddev is not None:
         router_stddev = check_float("router_stddev", router_stddev, minimum=0.0)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from keras_sparse_moe import presets
+from keras_sparse_moe.layers.encoder_block import MoETransformerEncoderBlock
 from keras_sparse_moe.models import MoEViTBackbone
 from keras_sparse_moe.models import MoEViTImageClassifier
 from keras_sparse_moe.models import MoEViTImageClassifierPreprocessor
@@ -181,6 +182,23 @@ def test_dtype_override_and_mixed_precision_presets(tmp_path):
     assert restored.backbone.dtype_policy.name == "mixed_bfloat16"
 
 
+def test_preset_classes_are_read_without_building(tmp_path, monkeypatch):
+    from keras_sparse_moe.models.moe_dual_encoder import LIMoEBackbone
+    from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderContrastive
+
+    assert presets.preset_classes("limoe_tiny") == (LIMoEBackbone, MoEDualEncoderContrastive)
+    assert presets.preset_classes("vmoe_s32_e8_k2_last2") == (MoEViTBackbone, None)
+    path = presets.save_to_preset(tiny_classifier(), tmp_path / "classifier")
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("preset_classes built the model")
+
+    monkeypatch.setattr(MoETransformerEncoderBlock, "__init__", no_build)
+    assert presets.preset_classes(path) == (MoEViTBackbone, MoEViTImageClassifier)
+    with pytest.raises(ValueError, match="Unknown preset 'no_such_preset'"):
+        presets.preset_classes("no_such_preset")
+
+
 def test_unknown_preset_name_suggests_close_names():
     with pytest.raises(ValueError, match="list_presets") as info:
         presets.from_preset("moe_vit_tinny")
@@ -208,9 +226,9 @@ def test_conflicting_override_gives_a_clear_error():
 
 
 def test_keras_hub_preset_names_go_to_keras_hub(monkeypatch):
-    from keras_hub.src.utils import preset_utils
-
-    monkeypatch.setitem(preset_utils.BUILTIN_PRESETS, "fake_keras_hub_preset", {})
+    # A real keras-hub built-in name; its (network) loading is replaced below.
+    name = "vit_base_patch16_224_imagenet"
+    assert name in keras_hub.models.Backbone.presets
     calls = []
 
     def fake_from_preset(cls, preset, load_weights=True, **kwargs):
@@ -218,9 +236,9 @@ def test_keras_hub_preset_names_go_to_keras_hub(monkeypatch):
         return "loaded by keras-hub"
 
     monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", classmethod(fake_from_preset))
-    result = MoEViTBackbone.from_preset("fake_keras_hub_preset", load_weights=False)
+    result = MoEViTBackbone.from_preset(name, load_weights=False)
     assert result == "loaded by keras-hub"
-    assert calls == [(MoEViTBackbone, "fake_keras_hub_preset", False, {})]
+    assert calls == [(MoEViTBackbone, name, False, {})]
 
 
 def test_wrong_model_class_is_rejected():

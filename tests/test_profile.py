@@ -11,10 +11,13 @@ from keras_hub.models import ViTBackbone
 
 from keras_sparse_moe import SparseMoE
 from keras_sparse_moe import presets
+from keras_sparse_moe.layers.encoder_block import MoETransformerEncoderBlock
 from keras_sparse_moe.models import MoEViTBackbone
 from keras_sparse_moe.profile import ModelProfile
 from keras_sparse_moe.profile import profile
+from keras_sparse_moe.profile import config_profiler
 from keras_sparse_moe.profile import profile_config
+from keras_sparse_moe.profile import register_config_profiler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,6 +157,52 @@ def test_keras_hub_vit_profile_matches_config():
     assert measured.flops == flops
     assert measured.moe_layers == []
     assert without_name(profile_config(ViTBackbone, model.get_config())) == without_name(measured)
+
+
+def test_profile_config_asks_the_class_not_its_identity(monkeypatch):
+    # A subclass inherits the analytic profile: nothing is built.
+    @keras.saving.register_keras_serializable(package="test_profile")
+    class WiderViT(MoEViTBackbone):
+        pass
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("profile_config built the model")
+
+    expected = profile_config(MoEViTBackbone, TINY)
+    monkeypatch.setattr(MoETransformerEncoderBlock, "__init__", no_build)
+    assert without_name(profile_config(WiderViT, TINY)) == without_name(expected)
+    assert profile_config(WiderViT, TINY).name == "WiderViT"
+
+
+def test_registered_config_profiler_is_used_for_its_class():
+    class Foreign(keras.Model):
+        """Stands for a class of another library that cannot get a method."""
+
+    seen = []
+
+    def profiler(cls, config):
+        seen.append((cls, config))
+        return profile_config(MoEViTBackbone, config)
+
+    register_config_profiler(Foreign, profiler)
+    result = profile_config(Foreign, TINY)
+    assert seen == [(Foreign, TINY)]
+    assert result.params_total == profile(MoEViTBackbone(**TINY)).params_total
+    with pytest.raises(ValueError, match="profiler"):
+        register_config_profiler(Foreign, "not callable")
+    with pytest.raises(ValueError, match="backbone_cls"):
+        register_config_profiler("Foreign", profiler)
+
+
+def test_classes_without_a_profiler_are_built_and_profiled():
+    class Dense(keras.Model):
+        def __init__(self, units=3, **kwargs):
+            inputs = keras.Input((5,))
+            super().__init__(inputs, keras.layers.Dense(units)(inputs), **kwargs)
+
+    assert config_profiler(Dense) is None
+    result = profile_config(Dense, {"units": 4})
+    assert (result.params_total, result.flops) == (5 * 4 + 4, 2 * 5 * 4)
 
 
 # ----------------------------------------------------------- paper sizes

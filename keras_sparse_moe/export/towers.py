@@ -33,6 +33,9 @@ from keras_sparse_moe.export import handover
 from keras_sparse_moe.export.litert import _check_quantization
 from keras_sparse_moe.export.litert import check_quantize_routers
 from keras_sparse_moe.export.litert import export_litert
+from keras_sparse_moe.models.moe_dual_encoder import class_text_embeddings
+from keras_sparse_moe.models.moe_dual_encoder import load_dual_encoder
+from keras_sparse_moe.models.moe_dual_encoder import pack_prompts
 from keras_sparse_moe.utils.io import default_permissions
 
 IMAGE_FILE = "image_encoder.tflite"
@@ -44,8 +47,6 @@ MANIFEST_FILE = "export.json"
 
 
 def _load_task(model):
-    from keras_sparse_moe.recipes.dual_encoder import load_dual_encoder
-
     return load_dual_encoder(model)
 
 
@@ -166,8 +167,6 @@ def _representative_for_towers(task, representative_images, quantization):
 
 
 def _text_calibration(task, groups):
-    from keras_sparse_moe.recipes.dual_encoder import pack_prompts
-
     texts = [t for g in (groups or []) for t in g]
     if len(texts) < 16:
         from keras_sparse_moe.data import DIGIT_CAPTION_TEMPLATES
@@ -250,8 +249,6 @@ def export_dual_encoder(
                                       quantize_routers)
         paths = {"image_encoder": IMAGE_FILE, "text_encoder": TEXT_FILE}
         if groups is not None:
-            from keras_sparse_moe.recipes.dual_encoder import class_text_embeddings
-
             table = class_text_embeddings(task, groups).astype("float32")
             np.save(os.path.join(staging, CLASS_EMBEDDINGS_FILE), table, allow_pickle=False)
             with open(os.path.join(staging, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:

@@ -1,10 +1,15 @@
 """The arguments every MoE transformer encoder of the zoo shares
-(`MoEViTBackbone`, `LIMoEBackbone`, `MoETextEncoder`): their validation, and
-the `SparseMoE` arguments of each block derived from them."""
+(`MoEViTBackbone`, `LIMoEBackbone`, `MoETextEncoder`): their validation
+(including the image and patch shapes of the image encoders), and the
+`SparseMoE` arguments of each block derived from them."""
 
 import collections
+import numbers
 
 from keras_sparse_moe.layers.sparse_moe import ROUTERS
+from keras_sparse_moe.models.moe_layer_schedule import block_moe_arguments
+from keras_sparse_moe.models.moe_layer_schedule import resolve_moe_layers
+from keras_sparse_moe.models.moe_layer_schedule import split_moe_kwargs
 from keras_sparse_moe.utils.validation import check_capacity_factor
 from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_float
@@ -29,6 +34,49 @@ def check_rate(name, value):
     if value >= 1.0:
         raise ValueError(f"Argument `{name}` must be in [0, 1); received {name}={value}.")
     return value
+
+
+def check_image_shape(image_shape, patch_size):
+    """Validated `(image_shape, (patch_h, patch_w))` of an image encoder: a
+    (height, width, channels) of positive ints whose sides the patch size
+    (an int or a pair) divides.
+
+    Example:
+    >>> check_image_shape([16, 8, 1], 4)
+    ((16, 8, 1), (4, 4))
+    """
+    if (
+        not isinstance(image_shape, (list, tuple))
+        or len(image_shape) != 3
+        or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+            for v in image_shape
+        )
+    ):
+        raise ValueError(
+            "Argument `image_shape` must be (height, width, channels) with positive "
+            f"integers; received image_shape={image_shape!r}."
+        )
+    patch = (patch_size, patch_size) if isinstance(patch_size, numbers.Integral) else patch_size
+    if (
+        isinstance(patch_size, bool)
+        or not isinstance(patch, (list, tuple))
+        or len(patch) != 2
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+                   for v in patch)
+    ):
+        raise ValueError(
+            "Argument `patch_size` must be a positive int or a (height, width) pair; "
+            f"received patch_size={patch_size!r}."
+        )
+    height, width = int(image_shape[0]), int(image_shape[1])
+    if height % patch[0] or width % patch[1]:
+        raise ValueError(
+            f"The image size must be divisible by the patch size; received "
+            f"image_shape={tuple(image_shape)} and patch_size={patch_size!r} "
+            f"({height}x{width} is not a multiple of {patch[0]}x{patch[1]})."
+        )
+    return tuple(int(v) for v in image_shape), (int(patch[0]), int(patch[1]))
 
 
 def check_encoder_arguments(
@@ -65,11 +113,6 @@ def check_encoder_arguments(
     >>> args.moe_indices, args.block_moe[0], args.block_moe[1]["num_experts"]
     ((1, 3), None, 4)
     """
-    # Imported here: the moe_vit package imports this module while it loads.
-    from keras_sparse_moe.models.moe_vit.moe_layer_schedule import block_moe_arguments
-    from keras_sparse_moe.models.moe_vit.moe_layer_schedule import resolve_moe_layers
-    from keras_sparse_moe.models.moe_vit.moe_layer_schedule import split_moe_kwargs
-
     num_layers = check_int("num_layers", num_layers, minimum=1)
     num_heads = check_int("num_heads", num_heads, minimum=1)
     hidden_dim = check_int("hidden_dim", hidden_dim, minimum=1)

@@ -16,6 +16,7 @@ from keras_sparse_moe.models.moe_dual_encoder.entropy_losses import global_entro
 from keras_sparse_moe.models.moe_dual_encoder.entropy_losses import limoe_entropy_loss
 from keras_sparse_moe.models.moe_dual_encoder.entropy_losses import local_entropy
 from keras_sparse_moe.models.moe_dual_encoder.limoe_backbone import LIMoEBackbone
+from keras_sparse_moe.models.moe_dual_encoder.load_dual_encoder import load_dual_encoder
 from keras_sparse_moe.models.moe_dual_encoder.modality_encoder_block import (
     ModalityEncoderBlock,
 )
@@ -43,6 +44,8 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_zero_shot_classif
 )
 from keras_sparse_moe.models.moe_dual_encoder.moe_text_encoder import MoETextEncoder
 from keras_sparse_moe.models.moe_dual_encoder.moe_two_tower_backbone import MoETwoTowerBackbone
+from keras_sparse_moe.models.moe_dual_encoder.prompt_embeddings import class_text_embeddings
+from keras_sparse_moe.models.moe_dual_encoder.prompt_embeddings import pack_prompts
 
 register_moe_dual_encoder_presets()
 
@@ -63,11 +66,14 @@ __all__ = [
     "SigmoidContrastiveLoss",
     "SoftmaxContrastiveLoss",
     "TokenPooling",
+    "class_text_embeddings",
     "global_entropy",
     "global_entropy_loss",
     "limoe_entropy_loss",
     "limoe_param_counts",
+    "load_dual_encoder",
     "local_entropy",
+    "pack_prompts",
     "prompts",
     "sigmoid_contrastive_loss",
     "softmax_contrastive_loss",

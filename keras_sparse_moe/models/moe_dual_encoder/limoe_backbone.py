@@ -24,9 +24,11 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
     text_shape_checks,
 )
 from keras_sparse_moe.models.encoder_arguments import check_encoder_arguments
+from keras_sparse_moe.models.encoder_arguments import check_image_shape
 from keras_sparse_moe.models.encoder_arguments import shared_encoder_config
 from keras_sparse_moe.models.encoder_arguments import store_encoder_arguments
-from keras_sparse_moe.models.moe_vit.moe_vit_backbone import _check_image_shape
+from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
+from keras_sparse_moe.profiling.config_arithmetic import init_defaults
 from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
@@ -34,6 +36,12 @@ from keras_sparse_moe.utils.validation import check_int
 IMAGE_POOLINGS = {"token": "first", "gap": "mean"}
 TEXT_POOLINGS = {"eos": "last", "mean": "mean"}
 MODALITIES = ("image", "text")
+# The arguments the shared tower has in common with a `MoEViTBackbone`.
+_VIT_KEYS = (
+    "image_shape", "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim",
+    "num_experts", "top_k", "moe_layers", "router", "capacity_factor",
+    "eval_capacity_factor", "moe_kwargs",
+)
 
 
 def per_modality(name, value, allow_none=False):
@@ -167,7 +175,7 @@ class LIMoEBackbone(MoEDualEncoderBackbone):
     ):
         # === Validation ===
         vocabulary_size = check_int("vocabulary_size", vocabulary_size, minimum=1)
-        image_shape, patch = _check_image_shape(image_shape, patch_size)
+        image_shape, patch = check_image_shape(image_shape, patch_size)
         max_sequence_length = check_int("max_sequence_length", max_sequence_length, minimum=1)
         args = check_encoder_arguments(
             num_layers=num_layers, num_heads=num_heads, hidden_dim=hidden_dim,
@@ -312,9 +320,34 @@ class LIMoEBackbone(MoEDualEncoderBackbone):
     @classmethod
     def param_counts_from_config(cls, config):
         """Exact trainable parameter counts (`{"total", "active"}`) of the
-        backbone `config` would build, without building it."""
-        from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_params import (
-            limoe_param_counts,
-        )
+        backbone `config` would build, without building it.
 
-        return limoe_param_counts(config)
+        The shared tower counts as a `MoEViTBackbone` of the same shape (patch
+        embedding, blocks, final norm; see its `param_counts_from_config` for
+        `active`, the parameters applied to one image token), plus the text
+        token and position embeddings, the two modality embeddings, the two
+        projections and the head's temperature and bias.
+
+        Args:
+            config: dict of `LIMoEBackbone` arguments; missing ones take the
+                constructor defaults.
+
+        Example:
+        >>> counts = LIMoEBackbone.param_counts_from_config({"vocabulary_size": 1000})
+        >>> counts["total"] > counts["active"]
+        True
+        """
+        args = {**init_defaults(cls), **config}
+        vit_config = {key: args[key] for key in _VIT_KEYS}
+        vit_config["pooling"] = args["image_pooling"]
+        counts = MoEViTBackbone.param_counts_from_config(vit_config)
+        dim = args["hidden_dim"]
+        embedding_dim = args["embedding_dim"] or dim
+        extra = (
+            args["vocabulary_size"] * dim
+            + args["max_sequence_length"] * dim
+            + 2 * dim
+            + 2 * dim * embedding_dim
+            + 2
+        )
+        return {"total": counts["total"] + extra, "active": counts["active"] + extra}

@@ -1,7 +1,7 @@
 """MoE vision transformers (V-MoE, Soft MoE ViT): backbone, classifier task,
 preprocessing and architecture presets."""
 
-from keras_sparse_moe.models.moe_vit.moe_layer_schedule import resolve_moe_layers
+from keras_sparse_moe.models.moe_layer_schedule import resolve_moe_layers
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
 from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier import MoEViTImageClassifier
 from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier_preprocessor import (

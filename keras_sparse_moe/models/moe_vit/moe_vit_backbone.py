@@ -8,106 +8,16 @@ from keras_hub.src.models.vit.vit_layers import ViTPatchingAndEmbedding
 
 from keras_sparse_moe.layers.encoder_block import MoETransformerEncoderBlock
 from keras_sparse_moe.models.encoder_arguments import check_encoder_arguments
+from keras_sparse_moe.models.encoder_arguments import check_image_shape
 from keras_sparse_moe.models.encoder_arguments import shared_encoder_config
 from keras_sparse_moe.models.encoder_arguments import store_encoder_arguments
+from keras_sparse_moe.models.moe_vit.moe_vit_geometry import check_stem_channels
+from keras_sparse_moe.models.moe_vit.moe_vit_geometry import stem_geometry
+from keras_sparse_moe.models.moe_vit.moe_vit_profile import profile_moe_vit_config
 from keras_sparse_moe.presets import PresetMixin
 from keras_sparse_moe.utils.validation import check_choice
 
 POOLINGS = ("token", "gap")
-
-
-def _check_image_shape(image_shape, patch_size):
-    """Validated `(image_shape, (patch_h, patch_w))`."""
-    if (
-        not isinstance(image_shape, (list, tuple))
-        or len(image_shape) != 3
-        or not all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
-            for v in image_shape
-        )
-    ):
-        raise ValueError(
-            "Argument `image_shape` must be (height, width, channels) with positive "
-            f"integers; received image_shape={image_shape!r}."
-        )
-    patch = (patch_size, patch_size) if isinstance(patch_size, numbers.Integral) else patch_size
-    if (
-        isinstance(patch_size, bool)
-        or not isinstance(patch, (list, tuple))
-        or len(patch) != 2
-        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
-                   for v in patch)
-    ):
-        raise ValueError(
-            "Argument `patch_size` must be a positive int or a (height, width) pair; "
-            f"received patch_size={patch_size!r}."
-        )
-    height, width = int(image_shape[0]), int(image_shape[1])
-    if height % patch[0] or width % patch[1]:
-        raise ValueError(
-            f"The image size must be divisible by the patch size; received "
-            f"image_shape={tuple(image_shape)} and patch_size={patch_size!r} "
-            f"({height}x{width} is not a multiple of {patch[0]}x{patch[1]})."
-        )
-    return tuple(int(v) for v in image_shape), (int(patch[0]), int(patch[1]))
-
-
-def _check_stem_channels(stem_channels, patch):
-    """Validated stem widths as a tuple (empty: no convolutional stem)."""
-    if stem_channels is None:
-        return ()
-    if (
-        not isinstance(stem_channels, (list, tuple))
-        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
-                   for v in stem_channels)
-    ):
-        raise ValueError(
-            "Argument `stem_channels` must be None or a list of positive ints (the "
-            f"output channels of each stride-2 3x3 stem convolution); received "
-            f"stem_channels={stem_channels!r}."
-        )
-    factor = 2 ** len(stem_channels)
-    if patch[0] % factor or patch[1] % factor:
-        raise ValueError(
-            f"Each stem convolution halves the image, so the patch size must be "
-            f"divisible by 2**len(stem_channels) = {factor}; received "
-            f"stem_channels={list(stem_channels)!r} with patch size "
-            f"{patch[0]}x{patch[1]}. Use at most "
-            f"{min(_twos(patch[0]), _twos(patch[1]))} stem convolutions or a larger "
-            "patch size."
-        )
-    return tuple(int(v) for v in stem_channels)
-
-
-def _twos(value):
-    """The exponent of the largest power of two dividing `value`."""
-    count = 0
-    while value % 2 == 0:
-        value //= 2
-        count += 1
-    return count
-
-
-def stem_geometry(image_shape, patch, stem_channels):
-    """`(image_shape, patch)` seen by the patch embedding after the stem:
-    each of the `len(stem_channels)` stride-2 convolutions halves the image
-    (and so the remaining patch), and the last one sets the channels.
-    Arguments as validated by `MoEViTBackbone` (`image_shape` a 3-tuple,
-    `patch` a pair divisible by `2**len(stem_channels)`).
-
-    Example:
-    >>> stem_geometry((16, 16, 1), (4, 4), (32, 64))
-    ((4, 4, 64), (1, 1))
-    >>> stem_geometry((16, 16, 1), (4, 4), ())
-    ((16, 16, 1), (4, 4))
-    """
-    if not stem_channels:
-        return tuple(image_shape), tuple(patch)
-    factor = 2 ** len(stem_channels)
-    return (
-        (image_shape[0] // factor, image_shape[1] // factor, stem_channels[-1]),
-        (patch[0] // factor, patch[1] // factor),
-    )
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
@@ -210,7 +120,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
         **kwargs,
     ):
         # === Validation ===
-        image_shape, patch = _check_image_shape(image_shape, patch_size)
+        image_shape, patch = check_image_shape(image_shape, patch_size)
         args = check_encoder_arguments(
             num_layers=num_layers, num_heads=num_heads, hidden_dim=hidden_dim,
             mlp_dim=mlp_dim, num_experts=num_experts, top_k=top_k, router=router,
@@ -225,7 +135,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
         dropout_rate, attention_dropout = args.dropout_rate, args.attention_dropout
         stochastic_depth, layer_norm_epsilon = args.stochastic_depth, args.layer_norm_epsilon
         pooling = check_choice("pooling", pooling, POOLINGS)
-        stem_channels = _check_stem_channels(stem_channels, patch)
+        stem_channels = check_stem_channels(stem_channels, patch)
         embedded_shape, embedded_patch = stem_geometry(image_shape, patch, stem_channels)
 
         # === Layers ===
@@ -314,9 +224,28 @@ class MoEViTBackbone(PresetMixin, Backbone):
         return config
 
     @classmethod
+    def profile_config(cls, config):
+        """The `keras_sparse_moe.profile.ModelProfile` of the backbone `config`
+        would build, computed analytically without building it (equal to
+        profiling the built model; cheap for paper-sized configs).
+
+        Args:
+            config: dict of constructor arguments (as from `get_config()`);
+                missing ones take the constructor defaults.
+
+        Example:
+        >>> result = MoEViTBackbone.profile_config(
+        ...     {"image_shape": (8, 8, 1), "patch_size": 4, "num_layers": 2,
+        ...      "num_heads": 1, "hidden_dim": 4, "mlp_dim": 8, "num_experts": 4})
+        >>> len(result.moe_layers), result.params_total > result.params_active
+        (1, True)
+        """
+        return profile_moe_vit_config(cls, dict(config))
+
+    @classmethod
     def param_counts_from_config(cls, config):
         """Trainable and active-per-token parameter counts of the backbone
-        `config` would build, without building it (`moe_vit_param_counts`).
+        `config` would build, without building it (from `profile_config`).
 
         Example:
         >>> MoEViTBackbone.param_counts_from_config(
@@ -324,6 +253,5 @@ class MoEViTBackbone(PresetMixin, Backbone):
         ...      "num_heads": 1, "hidden_dim": 4, "mlp_dim": 8, "moe_layers": "none"})
         {'total': 272, 'active': 272}
         """
-        from keras_sparse_moe.models.moe_vit.moe_vit_params import moe_vit_param_counts
-
-        return moe_vit_param_counts(config)
+        report = cls.profile_config(config)
+        return {"total": int(report.params_total), "active": int(report.params_active)}

@@ -1,11 +1,13 @@
 """Parameter counts of a `MoEViTBackbone` config, without building it."""
 
+from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
+
 
 def moe_vit_param_counts(config):
     """Trainable and active-per-token parameters of the `MoEViTBackbone`
     built from `config`, computed analytically (no weight is allocated, so
-    paper-sized configs are cheap) by `keras_sparse_moe.profile.profile_config`,
-    whose docstring defines "active".
+    paper-sized configs are cheap) by `MoEViTBackbone.profile_config`; the
+    docstring of `keras_sparse_moe.profile` defines "active".
 
     Args:
         config: dict of `MoEViTBackbone` constructor arguments (as from
@@ -20,8 +22,4 @@ def moe_vit_param_counts(config):
     >>> counts["total"] > counts["active"]
     True
     """
-    from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
-    from keras_sparse_moe.profile import profile_config
-
-    report = profile_config(MoEViTBackbone, dict(config))
-    return {"total": int(report.params_total), "active": int(report.params_active)}
+    return MoEViTBackbone.param_counts_from_config(config)
