@@ -54,10 +54,9 @@ import numpy as np
 
 from keras_sparse_moe.layers.experts import Experts
 from keras_sparse_moe.layers.router_base import Router
-from keras_sparse_moe.layers.routing_ops import compute_capacity
-from keras_sparse_moe.layers.soft_router import SoftRouter
+from keras_sparse_moe.layers.router_registry import make_router
+from keras_sparse_moe.layers.router_registry import router_option_names
 from keras_sparse_moe.layers.sparse_moe import SparseMoE
-from keras_sparse_moe.layers.sparse_moe import dropless_path_is_ragged
 
 
 # ----------------------------------------------------------------------------
@@ -200,22 +199,6 @@ def _weights_size(weights):
     return int(sum(_size(w.shape) for w in weights))
 
 
-def moe_experts_per_token(router, num_experts, top_k, group_size, capacity_eval):
-    """Experts counted as active per token (see the module docstring).
-
-    Example:
-    >>> moe_experts_per_token("token_choice", 8, 2, 197, 62)
-    2
-    >>> moe_experts_per_token("soft", 128, 1, 196, 1)
-    128
-    """
-    if router == "token_choice":
-        return top_k
-    if router == "expert_choice":
-        return num_experts * capacity_eval / group_size
-    return num_experts
-
-
 def _children(layer):
     return layer._flatten_layers(include_self=False, recursive=False)
 
@@ -281,16 +264,8 @@ def _einsum_contracted(equation, kernel_shape):
 
 def _call_flops(layer, bound, output_shape):
     """Forward FLOPs of one recorded call, for the whole traced batch."""
-    if isinstance(layer, SoftRouter):
-        # Router projection, plus Soft MoE's dispatch (each slot mixes the
-        # tokens) and combine (each token mixes the slots): two more
-        # (S x E*n) by D products per group, counted here with the router.
-        x_shape = bound["inputs"]
-        tokens = _size(x_shape[:-1])
-        slots = _size(layer.kernel.shape[1:])
-        return 2 * tokens * _size(layer.kernel.shape) + 2 * 2 * tokens * slots * int(x_shape[-1])
-    if isinstance(layer, Router):
-        return 2 * _size(bound["inputs"][:-1]) * _size(layer.kernel.shape)
+    if isinstance(layer, Router):  # the router counts its own (e.g. Soft MoE's mixing)
+        return layer.flops(_size(bound["inputs"][:-1]), int(bound["inputs"][-1]))
     if isinstance(layer, Experts):
         # (E, N, D) padded buffers, or (rows, D) expert-sorted rows on the
         # dropless ragged path (each row goes through one expert).
@@ -603,15 +578,8 @@ def _moe_layer_profile(path, layer, router_calls, expert_calls, batch):
     size and capacities.
     """
     num_experts = layer.num_experts
-    soft = layer.router_type == "soft"
-
-    def train_capacity(group):
-        if soft:
-            return layer.slots_per_expert
-        return compute_capacity(group, num_experts, layer.top_k, layer.capacity_factor)
-
-    ragged_eval = layer.uses_ragged_experts(training=False)
-    ragged_train = layer.uses_ragged_experts(training=True)
+    router = layer.router
+    ragged_eval = router.uses_ragged_experts(training=False)
     flops = flops_train = 0.0
     shapes = []
     for (router_shape, router_flops), (experts_shape, experts_flops) in zip(
@@ -627,11 +595,8 @@ def _moe_layer_profile(path, layer, router_calls, expert_calls, batch):
         else:
             capacity_eval = int(experts_shape[1]) // groups
             rows_eval = num_experts * groups * capacity_eval
-        capacity_train = train_capacity(group)
-        if ragged_train:
-            rows_train = groups * group * layer.top_k
-        else:
-            rows_train = num_experts * groups * capacity_train
+        capacity_train = router.capacity(True, group)
+        rows_train = router.expert_rows(groups, group, training=True)
         shapes.append((group, capacity_train, capacity_eval))
         flops += router_flops + experts_flops
         flops_train += router_flops + experts_flops * rows_train / rows_eval
@@ -643,14 +608,12 @@ def _moe_layer_profile(path, layer, router_calls, expert_calls, batch):
     params_router = _weights_size(layer.router.trainable_weights)
     params_experts = _weights_size(layer.experts.trainable_weights)
     per_expert = params_experts // num_experts
-    per_token = moe_experts_per_token(
-        layer.router_type, num_experts, layer.top_k, group, capacity_eval
-    )
+    per_token = router.experts_per_token(group, training=False)
     return MoELayerProfile(
         name=path,
         router=layer.router_type,
         num_experts=num_experts,
-        top_k=1 if soft else layer.top_k,
+        top_k=router.top_k,
         group_size=group,
         capacity_train=capacity_train,
         capacity_eval=capacity_eval,
@@ -709,46 +672,29 @@ def _vit_dense_profile(args, use_class_token, biases):
 def _moe_config_profile(name, moe, tokens, dim, mlp):
     experts = int(moe["num_experts"])
     group = int(moe["group_size"] or tokens)
-    router = moe["router"]
     per_expert_kernels = dim * mlp * (2 if moe["gated"] else 1) + mlp * dim
     per_expert = per_expert_kernels + ((mlp + dim) if moe["use_bias"] else 0)
-    if router == "soft":
-        slots = int(moe["slots_per_expert"])
-        capacity_train = capacity_eval = slots
-        params_router = dim * experts * slots + 1
-        router_flops = 2 * tokens * dim * experts * slots
-        mixing_flops = 2 * 2 * tokens * experts * slots * dim
-        top_k = 1
-    else:
-        top_k = int(moe["top_k"])
-        train_factor = moe["capacity_factor"]
-        eval_factor = moe["eval_capacity_factor"]
-        if eval_factor is None:
-            eval_factor = train_factor
-        capacity_train = compute_capacity(group, experts, top_k, train_factor)
-        capacity_eval = compute_capacity(group, experts, top_k, eval_factor)
-        params_router = dim * experts
-        router_flops = 2 * tokens * dim * experts
-        mixing_flops = 0
+    # The router (no weights) answers its own capacity and cost questions.
+    options = {key: value for key, value in moe.items() if key in router_option_names()}
+    router = make_router(moe["router"], experts, int(moe["top_k"]), moe["capacity_factor"],
+                         moe["eval_capacity_factor"], **options)
+    capacity_train, capacity_eval = router.capacity(True, group), router.capacity(False, group)
+    params_router = router.num_parameters(dim)
+    router_flops = router.flops(tokens, dim)
     groups_per_example = tokens / group
 
-    def expert_flops(capacity, training):
-        if dropless_path_is_ragged(
-            router, moe["capacity_factor"], moe["eval_capacity_factor"],
-            moe["dropless_impl"], training,
-        ):
-            # Expert-sorted rows: each token's top_k assignments only.
-            return 2 * tokens * top_k * per_expert_kernels
-        return 2 * groups_per_example * experts * capacity * per_expert_kernels
+    def expert_flops(training):
+        rows = router.expert_rows(1, group, training) * groups_per_example
+        return 2 * rows * per_expert_kernels
 
-    per_token = moe_experts_per_token(router, experts, top_k, group, capacity_eval)
-    flops = router_flops + mixing_flops + expert_flops(capacity_eval, False)
-    flops_train = router_flops + mixing_flops + expert_flops(capacity_train, True)
+    per_token = router.experts_per_token(group, training=False)
+    flops = router_flops + expert_flops(False)
+    flops_train = router_flops + expert_flops(True)
     return MoELayerProfile(
         name=name,
-        router=router,
+        router=moe["router"],
         num_experts=experts,
-        top_k=top_k,
+        top_k=router.top_k,
         group_size=group,
         capacity_train=capacity_train,
         capacity_eval=capacity_eval,
