@@ -88,17 +88,18 @@ class GatherDispatcher(Dispatcher):
                 "GatherDispatcher needs either `expert_index`/`expert_position`/`gates` "
                 "or `combine_weights`, not both nor neither."
             )
-        self.slot_token = slot_token
+        self.slot_token = ops.convert_to_tensor(slot_token)
         self.capacity = int(slot_token.shape[-1])
-        self.expert_index = expert_index
-        self.expert_position = expert_position
-        self.gates = gates
-        self.combine_weights = combine_weights
+        self.expert_index, self.expert_position, self.gates, self.combine_weights = (
+            None if t is None else ops.convert_to_tensor(t)
+            for t in (expert_index, expert_position, gates, combine_weights)
+        )
 
     def dispatch(self, tokens):
-        return gather_dispatch(tokens, self.slot_token)
+        return gather_dispatch(ops.convert_to_tensor(tokens), self.slot_token)
 
     def combine(self, expert_outputs):
+        expert_outputs = ops.convert_to_tensor(expert_outputs)
         if self.combine_weights is not None:
             return dense_combine(expert_outputs, self.combine_weights)
         return gather_combine(
@@ -121,14 +122,14 @@ class DenseDispatcher(Dispatcher):
     """
 
     def __init__(self, dispatch_weights, combine_weights):
-        self.dispatch_weights = dispatch_weights
-        self.combine_weights = combine_weights
+        self.dispatch_weights = ops.convert_to_tensor(dispatch_weights)
+        self.combine_weights = ops.convert_to_tensor(combine_weights)
 
     def dispatch(self, tokens):
-        return dense_dispatch(tokens, self.dispatch_weights)
+        return dense_dispatch(ops.convert_to_tensor(tokens), self.dispatch_weights)
 
     def combine(self, expert_outputs):
-        return dense_combine(expert_outputs, self.combine_weights)
+        return dense_combine(ops.convert_to_tensor(expert_outputs), self.combine_weights)
 
 
 class RaggedDispatcher(Dispatcher):
@@ -161,9 +162,9 @@ class RaggedDispatcher(Dispatcher):
         num_groups, group_size, top_k = expert_index.shape
         self.group_size = int(group_size)
         self.top_k = int(top_k)
-        self.gates = ops.reshape(gates, (-1, self.top_k))
+        self.gates = ops.reshape(ops.convert_to_tensor(gates), (-1, self.top_k))
         self.sorting = sort_assignments(
-            ops.reshape(expert_index, (-1, self.top_k)),
+            ops.reshape(ops.convert_to_tensor(expert_index), (-1, self.top_k)),
             num_experts,
             None if token_mask is None else ops.reshape(token_mask, (-1,)),
         )
@@ -173,8 +174,10 @@ class RaggedDispatcher(Dispatcher):
         return {"group_sizes": self.sorting["group_sizes"]}
 
     def dispatch(self, tokens):
+        tokens = ops.convert_to_tensor(tokens)
         return ragged_dispatch(ops.reshape(tokens, (-1, tokens.shape[-1])), self.sorting)
 
     def combine(self, expert_outputs):
+        expert_outputs = ops.convert_to_tensor(expert_outputs)
         combined = ragged_combine(expert_outputs, self.sorting, self.gates)
         return ops.reshape(combined, (-1, self.group_size, expert_outputs.shape[-1]))

@@ -208,6 +208,13 @@ class Router(keras.layers.Layer):
 
         `token_mask` (G, S), optional: false marks tokens (e.g. padding) that
         must not be routed: they take no capacity and get zero gates.
+
+        Returns a dict with at least `router_probs` (G, S, E), `aux_losses`
+        (unweighted, by name), `aux_loss` (weighted sum, added by `SparseMoE`
+        in training), `dropped_fraction` and `expert_fraction` (E,), plus
+        what `dispatcher` reads (for the default one: `slot_token` and
+        `expert_index`/`gates` or `slot_gates`, or `dispatch_weights` and
+        `combine_weights`).
         """
         raise NotImplementedError
 

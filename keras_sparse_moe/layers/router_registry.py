@@ -165,7 +165,7 @@ def make_router(router, num_experts, top_k, capacity_factor, eval_capacity_facto
                 f"Argument `router` has num_experts={router.num_experts}, but the layer has "
                 f"num_experts={num_experts}; they must match."
             )
-        if router.router_name is None:
+        if _REGISTRY.get(type(router).router_name) is not type(router):
             raise ValueError(
                 f"Argument `router` is a {type(router).__name__}, which is not registered; "
                 "register its class with keras_sparse_moe.layers.register_router."

@@ -152,6 +152,12 @@ def test_registry_errors():
         register_router("token_choice", TemperedTop1Router)
     with pytest.raises(ValueError, match="subclass"):
         register_router("not_a_router", dict)
+    class Unregistered(TokenChoiceRouter):
+        pass
+
+    with pytest.raises(ValueError, match="register_router"):  # not saved as its parent
+        SparseMoE(num_experts=NUM_EXPERTS, intermediate_dim=8,
+                  router=Unregistered(num_experts=NUM_EXPERTS))
     with pytest.raises(ValueError, match="num_experts"):
         SparseMoE(num_experts=8, intermediate_dim=8,
                   router=TokenChoiceRouter(num_experts=NUM_EXPERTS))
