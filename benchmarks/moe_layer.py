@@ -63,7 +63,7 @@ import numpy as np  # noqa: E402
 
 from keras_sparse_moe import SparseMoE  # noqa: E402
 from keras_sparse_moe.layers import Experts  # noqa: E402
-from keras_sparse_moe.layers.sparse_moe import dropless_path_is_ragged  # noqa: E402
+from keras_sparse_moe.layers import TokenChoiceRouter  # noqa: E402
 
 TARGET_TRAIN_VS_DENSE = 1.25
 TARGET_PREDICT_64_VS_8 = 1.15
@@ -195,7 +195,7 @@ def active_flops(case, num_experts, args):
         return tokens * num_experts * 3 * per_expert_token // 2
     if case == "experts_only":
         return num_experts * experts_only_slots(num_experts, args) * per_expert_token
-    ragged = dropless_path_is_ragged("token_choice", None, None, "auto", training=False)
+    ragged = TokenChoiceRouter(num_experts, capacity_factor=None).uses_ragged_experts(False)
     if case == "moe_dropless" and ragged:
         return tokens * 2 * per_expert_token  # the routed assignments only
     if case in ("moe_dropless", "moe_dropless_padded"):

@@ -19,9 +19,11 @@ from keras_sparse_moe import presets
 from keras_sparse_moe import recipes  # registers the recipe losses that saved models refer to
 from keras_sparse_moe.layers import ExpertChoiceRouter
 from keras_sparse_moe.layers import Experts
+from keras_sparse_moe.layers import Router
 from keras_sparse_moe.layers import SoftRouter
 from keras_sparse_moe.layers import SparseMoE
 from keras_sparse_moe.layers import TokenChoiceRouter
+from keras_sparse_moe.layers import register_router
 
 from keras_sparse_moe.data import DatasetInfo
 from keras_sparse_moe.data import build_datasets

@@ -48,7 +48,6 @@ Conventions (also in `ModelProfile`'s docstring):
 from keras_sparse_moe.profiling import ModelProfile
 from keras_sparse_moe.profiling import MoELayerProfile
 from keras_sparse_moe.profiling import config_profiler
-from keras_sparse_moe.profiling import moe_experts_per_token
 from keras_sparse_moe.profiling import profile
 from keras_sparse_moe.profiling import profile_config
 from keras_sparse_moe.profiling import register_config_profiler
@@ -57,7 +56,6 @@ __all__ = [
     "ModelProfile",
     "MoELayerProfile",
     "config_profiler",
-    "moe_experts_per_token",
     "profile",
     "profile_config",
     "register_config_profiler",

@@ -13,6 +13,7 @@ from keras import ops
 from keras_hub.models import Task
 from keras_hub.models import ViTBackbone
 
+from keras_sparse_moe.layers.router_registry import get_router_class
 from keras_sparse_moe.models.moe_vit import MoEViTBackbone
 from keras_sparse_moe.utils.validation import check_float
 
@@ -329,8 +330,8 @@ def upcycle(
             "Argument `use_bias` must be True (the default) when the dense MLP has "
             "biases: the experts copy them; received use_bias=False."
         )
-    if router == "token_choice":
-        moe_kwargs.setdefault("renormalize_gates", True)
+    if "renormalize_gates" in get_router_class(router).option_names():
+        moe_kwargs.setdefault("renormalize_gates", True)  # top-k gates sum to 1
 
     config = dict(source.config)
     config.update(

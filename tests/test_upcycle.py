@@ -80,7 +80,7 @@ def test_experts_are_copies_and_router_is_new():
         np.testing.assert_array_equal(old, to_numpy(weight))
     # Same settings as the dense model.
     assert (moe.pooling, moe.layer_norm_epsilon, moe.num_heads) == ("token", 1e-6, 2)
-    assert moe.get_layer("encoder_block_1").mlp.renormalize_gates
+    assert moe.get_layer("encoder_block_1").mlp.router.renormalize_gates
 
 
 @pytest.mark.parametrize("router", ["expert_choice", "soft"])

@@ -5,6 +5,9 @@ from keras_sparse_moe.layers import routing_ops
 from keras_sparse_moe.layers.expert_choice_router import ExpertChoiceRouter
 from keras_sparse_moe.layers.experts import Experts
 from keras_sparse_moe.layers.router_base import Router
+from keras_sparse_moe.layers.router_registry import get_router_class
+from keras_sparse_moe.layers.router_registry import register_router
+from keras_sparse_moe.layers.router_registry import registered_routers
 from keras_sparse_moe.layers.encoder_block import MoETransformerEncoderBlock
 from keras_sparse_moe.layers.encoder_block import StochasticDepth
 from keras_sparse_moe.layers.soft_router import SoftRouter
@@ -22,4 +25,7 @@ __all__ = [
     "SoftRouter",
     "SparseMoE",
     "TokenChoiceRouter",
+    "get_router_class",
+    "register_router",
+    "registered_routers",
 ]

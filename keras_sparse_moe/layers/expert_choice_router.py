@@ -4,10 +4,14 @@ import keras
 from keras import ops
 
 from keras_sparse_moe.layers import aux_losses
+from keras_sparse_moe.layers.dispatchers import GatherDispatcher
 from keras_sparse_moe.layers.router_base import Router
+from keras_sparse_moe.layers.router_registry import register_router
 from keras_sparse_moe.layers.routing_ops import expert_choice_slots
+from keras_sparse_moe.layers.routing_ops import to_dense
 
 
+@register_router("expert_choice")
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
 class ExpertChoiceRouter(Router):
     """Each expert takes its `capacity` best tokens of the group.
@@ -47,6 +51,20 @@ class ExpertChoiceRouter(Router):
                 "routing (every expert fills a fixed number of slots); received None."
             )
         super().__init__(num_experts, top_k=top_k, capacity_factor=capacity_factor, **kwargs)
+
+    def experts_per_token(self, group_size=None, training=False):
+        """The average number of experts that take a token,
+        `num_experts * capacity / group_size`."""
+        group_size = group_size or self.group_size
+        return self.num_experts * self.capacity(training, group_size) / group_size
+
+    def dispatcher(self, routing, group_size, training=False, token_mask=None):
+        # A token sits in any number of slots: gather into the slots, combine
+        # with the dense (G, S, E, C) slot gates.
+        _, combine = to_dense(
+            routing, group_size, self.num_experts, self.capacity(training, group_size)
+        )
+        return GatherDispatcher(routing["slot_token"], combine_weights=combine)
 
     def route(self, inputs, training=False, token_mask=None):
         group_size = self.static_group_size(inputs)

@@ -1,7 +1,10 @@
-"""Common base of the routers: argument checks, capacity, config."""
+"""Common base of the routers: argument checks, capacity, cost, config."""
+
+import inspect
 
 import keras
 
+from keras_sparse_moe.layers.dispatchers import DenseDispatcher
 from keras_sparse_moe.layers.routing_ops import compute_capacity
 from keras_sparse_moe.layers.routing_ops import to_dense
 from keras_sparse_moe.utils.validation import check_capacity_factor
@@ -15,10 +18,21 @@ class Router(keras.layers.Layer):
     computes in float32 (the router is numerically sensitive and cheap), even
     under a mixed-precision policy.
 
-    Subclasses implement `route(x, training)` returning the compact routing
-    dictionary (see `routing_ops`); `call(x, training, dense=True)` adds the
-    classic `dispatch_mask` / `combine_weights` tensors of shape
-    `(G, S, E, C)`.
+    Subclasses implement `route(x, training, token_mask)` returning the
+    compact routing dictionary (see `routing_ops`), and may override
+    `dispatcher(routing, ...)`, which returns the object that moves tokens to
+    the experts and back (`dispatchers.py`; by default a `DenseDispatcher`
+    on `to_dense(routing)`). `call(x, training, dense=True)` adds the classic
+    `dispatch_mask` / `combine_weights` tensors of shape `(G, S, E, C)`.
+
+    The router also owns its cost arithmetic, which `SparseMoE` and
+    `keras_sparse_moe.profile` ask for: `capacity`, `experts_per_token`,
+    `expert_rows`, `num_parameters` and `flops`.
+
+    A new router is a subclass in its own file registered by name with
+    `register_router` (see `router_registry.py`); every `__init__` argument
+    is then an option that `SparseMoE` forwards from its keyword arguments
+    and writes back in its config.
 
     Args:
         num_experts: int >= 1.
@@ -30,6 +44,9 @@ class Router(keras.layers.Layer):
         kernel_initializer: initializer of the router projection.
         z_loss_weight: float >= 0, weight of the ST-MoE router z-loss.
     """
+
+    # Set by `register_router`: the name this class is registered under.
+    router_name = None
 
     def __init__(
         self,
@@ -98,6 +115,67 @@ class Router(keras.layers.Layer):
             factor = self.eval_capacity_factor
         return compute_capacity(group_size, self.num_experts, self.top_k, factor)
 
+    def experts_per_token(self, group_size=None, training=False):
+        """Experts a token's output depends on (the "active" experts): `top_k`
+        for routers where each token picks its experts."""
+        return self.top_k
+
+    def expert_rows(self, num_groups, group_size, training=False):
+        """Expert MLP rows computed for `num_groups` groups of `group_size`
+        tokens: every capacity slot, filled or not."""
+        return self.num_experts * num_groups * self.capacity(training, group_size)
+
+    def uses_ragged_experts(self, training=False):
+        """Whether the experts run on expert-sorted rows (`RaggedDispatcher`)
+        rather than on `(E, G * C, D)` buffers."""
+        return False
+
+    def num_parameters(self, dim):
+        """Trainable parameters of the router for `dim`-wide tokens (the
+        `(dim, num_logits)` projection)."""
+        return int(dim) * self.num_logits()
+
+    def flops(self, num_tokens, dim):
+        """Forward FLOPs of routing `num_tokens` tokens of width `dim` (the
+        projection: 1 multiply-add = 2 FLOPs)."""
+        return 2 * int(num_tokens) * int(dim) * self.num_logits()
+
+    def dispatcher(self, routing, group_size, training=False, token_mask=None):
+        """The `Dispatcher` moving tokens for this `routing` (from `route`).
+
+        Args:
+            routing: the dict returned by `route`.
+            group_size: int, tokens per group.
+            training: bool.
+            token_mask: optional bool (G, S).
+        """
+        dispatch, combine = to_dense(
+            routing, group_size, self.num_experts, self.capacity(training, group_size)
+        )
+        return DenseDispatcher(dispatch, combine)
+
+    @classmethod
+    def option_names(cls):
+        """Names of the constructor arguments of this router class (its own
+        and its `Router` base classes', without `**kwargs`)."""
+        names = set()
+        for klass in cls.__mro__:
+            if not (isinstance(klass, type) and issubclass(klass, Router)):
+                continue
+            for parameter in list(inspect.signature(klass.__init__).parameters.values())[1:]:
+                if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                    names.add(parameter.name)
+        return names
+
+    def options(self):
+        """The router's config without the arguments `SparseMoE` sets itself
+        (`num_experts`, `top_k`, capacity factors, the kernel initializer)
+        and the layer bookkeeping (`name`, `trainable`, `dtype`)."""
+        config = self.get_config()
+        for key in MOE_ARGUMENTS + ("name", "trainable", "dtype"):
+            config.pop(key, None)
+        return config
+
     @staticmethod
     def static_group_size(inputs):
         """The (static) number of tokens per group of `inputs` (G, S, D)."""
@@ -130,6 +208,13 @@ class Router(keras.layers.Layer):
 
         `token_mask` (G, S), optional: false marks tokens (e.g. padding) that
         must not be routed: they take no capacity and get zero gates.
+
+        Returns a dict with at least `router_probs` (G, S, E), `aux_losses`
+        (unweighted, by name), `aux_loss` (weighted sum, added by `SparseMoE`
+        in training), `dropped_fraction` and `expert_fraction` (E,), plus
+        what `dispatcher` reads (for the default one: `slot_token` and
+        `expert_index`/`gates` or `slot_gates`, or `dispatch_weights` and
+        `combine_weights`).
         """
         raise NotImplementedError
 
@@ -147,3 +232,9 @@ class Router(keras.layers.Layer):
             }
         )
         return config
+
+
+# Arguments of `SparseMoE` itself that it passes to every router.
+MOE_ARGUMENTS = (
+    "num_experts", "top_k", "capacity_factor", "eval_capacity_factor", "kernel_initializer",
+)

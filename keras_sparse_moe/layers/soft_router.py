@@ -4,10 +4,13 @@ import keras
 from keras import ops
 
 from keras_sparse_moe.layers import aux_losses
+from keras_sparse_moe.layers.dispatchers import DenseDispatcher
 from keras_sparse_moe.layers.router_base import Router
+from keras_sparse_moe.layers.router_registry import register_router
 from keras_sparse_moe.utils.validation import check_int
 
 
+@register_router("soft")
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
 class SoftRouter(Router):
     """Soft MoE: every slot is a convex combination of all tokens.
@@ -60,6 +63,24 @@ class SoftRouter(Router):
 
     def capacity(self, training=False, group_size=None):
         return self.slots_per_expert
+
+    def experts_per_token(self, group_size=None, training=False):
+        """All experts: every slot mixes all tokens of the group and every
+        token mixes all slots (its *compute* per token is
+        `num_experts * slots_per_expert / group_size` experts)."""
+        return self.num_experts
+
+    def num_parameters(self, dim):
+        return int(dim) * self.num_logits() + (1 if self.normalize else 0)
+
+    def flops(self, num_tokens, dim):
+        """The projection, plus the dispatch (each slot mixes the tokens)
+        and combine (each token mixes the slots) products: two more
+        `(S x E*n)` by `D` products per group."""
+        return super().flops(num_tokens, dim) + 2 * 2 * int(num_tokens) * self.num_logits() * int(dim)
+
+    def dispatcher(self, routing, group_size, training=False, token_mask=None):
+        return DenseDispatcher(routing["dispatch_weights"], routing["combine_weights"])
 
     def route(self, inputs, training=False, token_mask=None):
         group_size = self.static_group_size(inputs)

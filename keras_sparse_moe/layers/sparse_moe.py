@@ -1,48 +1,16 @@
 """The sparse mixture-of-experts layer."""
 
+import inspect
+
 import keras
 import numpy as np
 from keras import ops
 
 from keras_sparse_moe.distribution.constraints import constrain_expert_tensor
-from keras_sparse_moe.layers import grouped_matmul
-from keras_sparse_moe.layers.dispatch import dense_combine
-from keras_sparse_moe.layers.dispatch import dense_dispatch
-from keras_sparse_moe.layers.dispatch import gather_combine
-from keras_sparse_moe.layers.dispatch import gather_dispatch
-from keras_sparse_moe.layers.expert_choice_router import ExpertChoiceRouter
 from keras_sparse_moe.layers.experts import Experts
-from keras_sparse_moe.layers.ragged_experts import ragged_combine
-from keras_sparse_moe.layers.ragged_experts import ragged_dispatch
-from keras_sparse_moe.layers.ragged_experts import sort_assignments
-from keras_sparse_moe.layers.routing_ops import to_dense
-from keras_sparse_moe.layers.soft_router import SoftRouter
-from keras_sparse_moe.layers.token_choice_router import TokenChoiceRouter
-from keras_sparse_moe.utils.validation import check_capacity_factor
-from keras_sparse_moe.utils.validation import check_choice
+from keras_sparse_moe.layers.router_registry import make_router
+from keras_sparse_moe.layers.router_registry import router_option_names
 from keras_sparse_moe.utils.validation import check_int
-
-ROUTERS = ("token_choice", "expert_choice", "soft")
-DROPLESS_IMPLS = ("auto", "ragged", "padded")
-
-
-def dropless_path_is_ragged(router, capacity_factor, eval_capacity_factor, dropless_impl,
-                            training):
-    """Whether a `SparseMoE` with these arguments runs its experts on
-    expert-sorted rows (the dropless `"ragged"` path, `N * top_k` expert rows)
-    rather than on padded per-expert buffers, on the current backend.
-
-    Example:
-    >>> dropless_path_is_ragged("token_choice", 1.25, None, "auto", training=True)
-    False
-    """
-    if router != "token_choice" or capacity_factor is not None:
-        return False
-    if not training and eval_capacity_factor is not None:
-        return False  # capacity-limited at inference
-    if dropless_impl != "auto":
-        return dropless_impl == "ragged"
-    return grouped_matmul.is_supported() and keras.distribution.distribution() is None
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
@@ -58,7 +26,8 @@ class SparseMoE(keras.layers.Layer):
     tokens per group, a static Python int, so the layer works with a dynamic
     batch size, under XLA, in torch and in LiteRT.
 
-    Routers (`router=`):
+    Routers (`router=`, a registered name, see `register_router`, or a
+    `Router` instance):
 
     - `"token_choice"`: top-k softmax router (V-MoE/GShard/Switch) with noisy
       gating, jitter, optional gate renormalisation and Batch Priority
@@ -68,6 +37,12 @@ class SparseMoE(keras.layers.Layer):
       (see `dropless_impl`).
     - `"expert_choice"`: each expert picks its best tokens (Zhou et al. 2022).
     - `"soft"`: Soft MoE slots (Puigcerver et al. 2023), no dropping.
+
+    The layer has no per-router code: the router returns its routing and a
+    dispatcher (`dispatchers.py`) that moves the tokens to the experts and
+    back. Router options are keyword arguments of this layer, forwarded to
+    the router (each router validates its own; options of other routers are
+    ignored), and written back by `get_config`.
 
     Auxiliary losses (V-MoE importance and load, Switch load balancing,
     ST-MoE z-loss) are added with `add_loss` in training only, each scaled by
@@ -80,7 +55,10 @@ class SparseMoE(keras.layers.Layer):
         num_experts: int >= 1.
         intermediate_dim: int >= 1, hidden width of each expert.
         top_k: int in [1, num_experts], experts per token.
-        router: one of `"token_choice"`, `"expert_choice"`, `"soft"`.
+        router: a registered router name (`"token_choice"`,
+            `"expert_choice"`, `"soft"`, or one added with
+            `register_router`), a `Router` instance (then `top_k` and the
+            capacity factors are the router's) or a serialized router dict.
         capacity_factor: float > 0, or None for dropless token choice.
         eval_capacity_factor: float > 0 or None (same as training); the
             capacity factor used at inference.
@@ -91,27 +69,17 @@ class SparseMoE(keras.layers.Layer):
         gated: bool, gated experts (SwiGLU with `activation="silu"`).
         dropout: float in [0, 1), dropout inside the experts.
         use_bias: bool, biases in the experts.
-        noise_std: float >= 0, token-choice gating noise (std = noise_std /
-            num_experts, training only).
-        jitter: float in [0, 1), token-choice multiplicative input jitter.
-        renormalize_gates: bool, token choice: renormalise top-k gates.
-        batch_priority: bool, token choice: Batch Priority Routing.
-        slots_per_expert: int >= 1, soft router slots per expert.
-        importance_loss_weight, load_loss_weight, load_balancing_loss_weight,
-            z_loss_weight: floats >= 0, auxiliary loss weights.
         kernel_initializer: initializer of the expert kernels.
-        router_initializer: initializer of the router kernel.
-        seed: int or None, seed of the router noise.
-        dropless_impl: how dropless token choice (`capacity_factor=None`,
-            and at inference `eval_capacity_factor=None`) runs the experts.
-            `"ragged"`: assignments sorted by expert, each expert multiplies
-            only its own tokens (cost independent of `num_experts`; JAX and
-            PyTorch only). `"padded"`: the capacity path with capacity =
-            group size (every expert gets a buffer for the whole group:
-            `num_experts / top_k` times the work; portable, exports to
-            LiteRT). `"auto"` (default): `"ragged"` on JAX and PyTorch
-            unless a `keras.distribution` is set, `"padded"` otherwise.
-            Both give the same outputs.
+        router_initializer: initializer of the router kernel (None: the
+            router's default).
+        **kwargs: router options, forwarded to the router class, e.g. for
+            `"token_choice"` (see `TokenChoiceRouter`): `noise_std`,
+            `jitter`, `renormalize_gates`, `batch_priority`,
+            `importance_loss_weight`, `load_loss_weight`,
+            `load_balancing_loss_weight`, `seed`, `dropless_impl`; for
+            `"soft"` (`SoftRouter`): `slots_per_expert`, `normalize`; for
+            every router `z_loss_weight`. Other keyword arguments go to
+            `keras.layers.Layer` (`name`, `dtype`, ...).
 
     Example:
     >>> import numpy as np
@@ -134,35 +102,15 @@ class SparseMoE(keras.layers.Layer):
         gated=False,
         dropout=0.0,
         use_bias=True,
-        noise_std=1.0,
-        jitter=0.0,
-        renormalize_gates=False,
-        batch_priority=True,
-        slots_per_expert=1,
-        importance_loss_weight=0.005,
-        load_loss_weight=0.005,
-        load_balancing_loss_weight=0.0,
-        z_loss_weight=0.0,
         kernel_initializer="glorot_uniform",
         router_initializer=None,
-        seed=None,
-        dropless_impl="auto",
         **kwargs,
     ):
+        known = router_option_names()
+        options = {key: kwargs.pop(key) for key in list(kwargs) if key in known}
         super().__init__(**kwargs)
         self.num_experts = check_int("num_experts", num_experts, minimum=1)
         self.intermediate_dim = check_int("intermediate_dim", intermediate_dim, minimum=1)
-        self.top_k = check_int("top_k", top_k, minimum=1)
-        if self.top_k > self.num_experts:
-            raise ValueError(
-                f"Argument `top_k` must be between 1 and num_experts={num_experts}; "
-                f"received top_k={top_k}."
-            )
-        self.router_type = check_choice("router", router, ROUTERS)
-        self.capacity_factor = check_capacity_factor("capacity_factor", capacity_factor)
-        self.eval_capacity_factor = check_capacity_factor(
-            "eval_capacity_factor", eval_capacity_factor
-        )
         self.group_size = (
             None if group_size is None else check_int("group_size", group_size, minimum=1)
         )
@@ -170,70 +118,30 @@ class SparseMoE(keras.layers.Layer):
         self.gated = bool(gated)
         self.dropout = dropout
         self.use_bias = bool(use_bias)
-        self.noise_std = noise_std
-        self.jitter = jitter
-        self.renormalize_gates = bool(renormalize_gates)
-        self.batch_priority = bool(batch_priority)
-        self.slots_per_expert = check_int("slots_per_expert", slots_per_expert, minimum=1)
-        self.importance_loss_weight = importance_loss_weight
-        self.load_loss_weight = load_loss_weight
-        self.load_balancing_loss_weight = load_balancing_loss_weight
-        self.z_loss_weight = z_loss_weight
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.router_initializer = (
-            None if router_initializer is None else keras.initializers.get(router_initializer)
+        self.router = make_router(
+            router,
+            num_experts=self.num_experts,
+            top_k=top_k,
+            capacity_factor=capacity_factor,
+            eval_capacity_factor=eval_capacity_factor,
+            kernel_initializer=router_initializer,
+            **options,
         )
-        self.seed = seed
-        self.dropless_impl = check_choice("dropless_impl", dropless_impl, DROPLESS_IMPLS)
-        if self.dropless_impl == "ragged":
-            if self.router_type != "token_choice" or self.capacity_factor is not None:
-                raise ValueError(
-                    "Argument `dropless_impl`='ragged' applies to dropless token choice only "
-                    "(router='token_choice', capacity_factor=None); received "
-                    f"router={router!r}, capacity_factor={capacity_factor!r}. Use "
-                    "dropless_impl='auto'."
-                )
-            if not grouped_matmul.is_supported():
-                raise ValueError(
-                    "Argument `dropless_impl`='ragged' needs the JAX or PyTorch backend; "
-                    f"the current backend is {keras.backend.backend()!r}. Use "
-                    "dropless_impl='auto' (ragged where available, padded elsewhere) or "
-                    "'padded'."
-                )
-
-        router_kwargs = {"name": "router", "z_loss_weight": z_loss_weight}
-        if self.router_initializer is not None:
-            router_kwargs["kernel_initializer"] = self.router_initializer
-        if self.router_type == "token_choice":
-            self.router = TokenChoiceRouter(
-                num_experts=self.num_experts,
-                top_k=self.top_k,
-                capacity_factor=self.capacity_factor,
-                eval_capacity_factor=self.eval_capacity_factor,
-                noise_std=noise_std,
-                jitter=jitter,
-                renormalize_gates=renormalize_gates,
-                batch_priority=batch_priority,
-                importance_loss_weight=importance_loss_weight,
-                load_loss_weight=load_loss_weight,
-                load_balancing_loss_weight=load_balancing_loss_weight,
-                seed=seed,
-                **router_kwargs,
+        self.router_type = self.router.router_name
+        if isinstance(router, str):
+            self.top_k = top_k
+            self.capacity_factor = capacity_factor
+            self.eval_capacity_factor = eval_capacity_factor
+            self.router_initializer = (
+                None if router_initializer is None
+                else keras.initializers.get(router_initializer)
             )
-        elif self.router_type == "expert_choice":
-            self.router = ExpertChoiceRouter(
-                num_experts=self.num_experts,
-                top_k=self.top_k,
-                capacity_factor=self.capacity_factor,
-                eval_capacity_factor=self.eval_capacity_factor,
-                **router_kwargs,
-            )
-        else:
-            self.router = SoftRouter(
-                num_experts=self.num_experts,
-                slots_per_expert=self.slots_per_expert,
-                **router_kwargs,
-            )
+        else:  # the router's own settings
+            self.top_k = self.router.top_k
+            self.capacity_factor = self.router.capacity_factor
+            self.eval_capacity_factor = self.router.eval_capacity_factor
+            self.router_initializer = self.router.kernel_initializer
         self.experts = Experts(
             num_experts=self.num_experts,
             intermediate_dim=self.intermediate_dim,
@@ -247,6 +155,20 @@ class SparseMoE(keras.layers.Layer):
         )
         self._tokens_per_example = None
         self._input_rank = None
+
+    @classmethod
+    def argument_names(cls):
+        """Names of the layer's own arguments and of every registered
+        router's options (the keyword arguments `SparseMoE` accepts besides
+        the `keras.layers.Layer` ones).
+
+        Example:
+        >>> "noise_std" in SparseMoE.argument_names()
+        True
+        """
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        own = {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        return sorted(own | router_option_names())
 
     # ------------------------------------------------------------------ build
     def build(self, input_shape):
@@ -348,56 +270,27 @@ class SparseMoE(keras.layers.Layer):
 
     def uses_ragged_experts(self, training=False):
         """Whether a call runs the experts on expert-sorted rows (dropless
-        `"ragged"` path) rather than on padded per-expert buffers."""
-        return dropless_path_is_ragged(
-            self.router_type, self.capacity_factor, self.eval_capacity_factor,
-            self.dropless_impl, training,
-        )
+        `"ragged"` path) rather than on padded per-expert buffers (the
+        router's choice)."""
+        return self.router.uses_ragged_experts(training)
 
     def _route(self, x, training, group_size, token_mask=None):
         """Expert outputs combined per token, and the routing dict."""
-        dim = x.shape[-1]
-        groups = ops.reshape(x, (-1, group_size, dim))
+        groups = ops.reshape(x, (-1, group_size, x.shape[-1]))
         mask = None if token_mask is None else ops.reshape(token_mask, (-1, group_size))
         routing = self.router(groups, training=training, dense=False, token_mask=mask)
-        if self.uses_ragged_experts(training):
-            # Dropless: sort the assignments by expert; every expert only
-            # multiplies its own tokens (no padding to the group size).
-            sorting = sort_assignments(
-                ops.reshape(routing["expert_index"], (-1, self.top_k)),
-                self.num_experts,
-                None if token_mask is None else ops.reshape(token_mask, (-1,)),
-            )
-            expert_inputs = ragged_dispatch(ops.reshape(x, (-1, dim)), sorting)
-            expert_outputs = self.experts(
-                expert_inputs, training=training, group_sizes=sorting["group_sizes"]
-            )
-            combined = ragged_combine(
-                expert_outputs, sorting, ops.reshape(routing["gates"], (-1, self.top_k))
-            )
-            return ops.reshape(combined, (-1, group_size, dim)), routing
-        capacity = self.capacity(training, group_size)
-        if self.router_type == "soft":
-            expert_inputs = dense_dispatch(groups, routing["dispatch_weights"])
-        else:
-            expert_inputs = gather_dispatch(groups, routing["slot_token"])
-        expert_inputs = constrain_expert_tensor(expert_inputs)  # (E, G*C, D) on "expert"
-        expert_outputs = constrain_expert_tensor(self.experts(expert_inputs, training=training))
-        if self.router_type == "token_choice":
-            combined = gather_combine(
-                expert_outputs,
-                routing["expert_index"],
-                routing["expert_position"],
-                routing["gates"],
-                capacity,
-            )
-        else:
-            if self.router_type == "soft":
-                combine = routing["combine_weights"]
-            else:
-                _, combine = to_dense(routing, group_size, self.num_experts, capacity)
-            combined = dense_combine(expert_outputs, combine)
-        return combined, routing
+        dispatcher = self.router.dispatcher(
+            routing, group_size, training=training, token_mask=mask
+        )
+        expert_inputs = dispatcher.dispatch(groups)
+        if dispatcher.expert_major:  # (E, G*C, D), sharded on "expert"
+            expert_inputs = constrain_expert_tensor(expert_inputs)
+        expert_outputs = self.experts(
+            expert_inputs, training=training, **dispatcher.expert_kwargs
+        )
+        if dispatcher.expert_major:
+            expert_outputs = constrain_expert_tensor(expert_outputs)
+        return dispatcher.combine(expert_outputs), routing
 
     def call(self, inputs, training=None, token_mask=None, return_routing=False):
         """Route, run the experts and combine.
@@ -506,21 +399,11 @@ class SparseMoE(keras.layers.Layer):
                 "gated": self.gated,
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,
-                "noise_std": self.noise_std,
-                "jitter": self.jitter,
-                "renormalize_gates": self.renormalize_gates,
-                "batch_priority": self.batch_priority,
-                "slots_per_expert": self.slots_per_expert,
-                "importance_loss_weight": self.importance_loss_weight,
-                "load_loss_weight": self.load_loss_weight,
-                "load_balancing_loss_weight": self.load_balancing_loss_weight,
-                "z_loss_weight": self.z_loss_weight,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "router_initializer": None
                 if self.router_initializer is None
                 else keras.initializers.serialize(self.router_initializer),
-                "seed": self.seed,
-                "dropless_impl": self.dropless_impl,
+                **self.router.options(),
             }
         )
         return config

@@ -5,13 +5,21 @@ from keras import ops
 
 from keras_sparse_moe.layers import aux_losses
 from keras_sparse_moe.layers import backend_random
+from keras_sparse_moe.layers import grouped_matmul
+from keras_sparse_moe.layers.dispatchers import GatherDispatcher
+from keras_sparse_moe.layers.dispatchers import RaggedDispatcher
 from keras_sparse_moe.layers.router_base import Router
+from keras_sparse_moe.layers.router_registry import register_router
 from keras_sparse_moe.layers.routing_ops import slots_from_assignments
 from keras_sparse_moe.layers.routing_ops import token_choice_positions
 from keras_sparse_moe.layers.routing_ops import top_k
+from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_float
 
+DROPLESS_IMPLS = ("auto", "ragged", "padded")
 
+
+@register_router("token_choice")
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
 class TokenChoiceRouter(Router):
     """Each token picks its top-k experts; experts keep at most `capacity`.
@@ -46,6 +54,16 @@ class TokenChoiceRouter(Router):
         z_loss_weight: float >= 0, ST-MoE router z-loss weight.
         kernel_initializer: initializer of the `(dim, num_experts)` kernel.
         seed: int or None, seed of the noise.
+        dropless_impl: how the experts run when routing is dropless
+            (`capacity_factor=None`, and at inference
+            `eval_capacity_factor=None`). `"ragged"`: assignments sorted by
+            expert, each expert multiplies only its own tokens (cost
+            independent of `num_experts`; JAX and PyTorch only; see
+            `RaggedDispatcher`). `"padded"`: the capacity path with capacity
+            = group size (`num_experts / top_k` times the work; portable,
+            exports to LiteRT). `"auto"` (default): `"ragged"` on JAX and
+            PyTorch unless a `keras.distribution` is set, `"padded"`
+            otherwise. Both give the same outputs.
 
     Call arguments:
         inputs: (G, S, D) grouped tokens.
@@ -84,6 +102,7 @@ class TokenChoiceRouter(Router):
         z_loss_weight=0.0,
         kernel_initializer="glorot_uniform",
         seed=None,
+        dropless_impl="auto",
         **kwargs,
     ):
         super().__init__(
@@ -110,6 +129,53 @@ class TokenChoiceRouter(Router):
         )
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.dropless_impl = check_choice("dropless_impl", dropless_impl, DROPLESS_IMPLS)
+        if self.dropless_impl == "ragged":
+            if self.capacity_factor is not None:
+                raise ValueError(
+                    "Argument `dropless_impl`='ragged' applies to dropless token choice only "
+                    f"(capacity_factor=None); received capacity_factor={capacity_factor!r}. "
+                    "Use dropless_impl='auto'."
+                )
+            if not grouped_matmul.is_supported():
+                raise ValueError(
+                    "Argument `dropless_impl`='ragged' needs the JAX or PyTorch backend; "
+                    f"the current backend is {keras.backend.backend()!r}. Use "
+                    "dropless_impl='auto' (ragged where available, padded elsewhere) or "
+                    "'padded'."
+                )
+
+    def uses_ragged_experts(self, training=False):
+        """Whether a call runs the experts on expert-sorted rows (the dropless
+        `"ragged"` path, `top_k` rows per token) rather than on padded
+        per-expert buffers, on the current backend.
+
+        Example:
+        >>> TokenChoiceRouter(num_experts=4, capacity_factor=1.25).uses_ragged_experts()
+        False
+        """
+        if self.capacity_factor is None and (training or self.eval_capacity_factor is None):
+            if self.dropless_impl != "auto":
+                return self.dropless_impl == "ragged"
+            return grouped_matmul.is_supported() and keras.distribution.distribution() is None
+        return False
+
+    def expert_rows(self, num_groups, group_size, training=False):
+        if self.uses_ragged_experts(training):
+            return num_groups * group_size * self.top_k
+        return super().expert_rows(num_groups, group_size, training)
+
+    def dispatcher(self, routing, group_size, training=False, token_mask=None):
+        if self.uses_ragged_experts(training):
+            return RaggedDispatcher(
+                routing["expert_index"], routing["gates"], self.num_experts, token_mask
+            )
+        return GatherDispatcher(
+            routing["slot_token"],
+            expert_index=routing["expert_index"],
+            expert_position=routing["expert_position"],
+            gates=routing["gates"],
+        )
 
     def route(self, inputs, training=False, token_mask=None):
         group_size = self.static_group_size(inputs)
@@ -219,6 +285,7 @@ class TokenChoiceRouter(Router):
                 "load_loss_weight": self.load_loss_weight,
                 "load_balancing_loss_weight": self.load_balancing_loss_weight,
                 "seed": self.seed,
+                "dropless_impl": self.dropless_impl,
             }
         )
         return config

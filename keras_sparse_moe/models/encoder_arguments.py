@@ -6,12 +6,11 @@
 import collections
 import numbers
 
-from keras_sparse_moe.layers.sparse_moe import ROUTERS
+from keras_sparse_moe.layers.router_registry import get_router_class
 from keras_sparse_moe.models.moe_layer_schedule import block_moe_arguments
 from keras_sparse_moe.models.moe_layer_schedule import resolve_moe_layers
 from keras_sparse_moe.models.moe_layer_schedule import split_moe_kwargs
 from keras_sparse_moe.utils.validation import check_capacity_factor
-from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
 
@@ -124,7 +123,7 @@ def check_encoder_arguments(
     mlp_dim = check_int("mlp_dim", mlp_dim, minimum=1)
     num_experts = check_int("num_experts", num_experts, minimum=1)
     top_k = check_int("top_k", top_k, minimum=1, maximum=num_experts)
-    router = check_choice("router", router, ROUTERS)
+    get_router_class(router)  # a registered router name
     capacity_factor = check_capacity_factor("capacity_factor", capacity_factor)
     eval_capacity_factor = check_capacity_factor("eval_capacity_factor", eval_capacity_factor)
     moe_indices = resolve_moe_layers(moe_layers, num_layers)

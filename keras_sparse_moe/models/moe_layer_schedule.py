@@ -5,7 +5,6 @@ Pure functions shared by MoE backbones: the V-MoE placement grammar
 https://arxiv.org/abs/2106.05974) and per-block `SparseMoE` arguments.
 """
 
-import inspect
 import numbers
 import re
 
@@ -95,14 +94,7 @@ def resolve_moe_layers(moe_layers, num_layers):
 
 
 def _sparse_moe_arguments():
-    params = inspect.signature(SparseMoE.__init__).parameters
-    return sorted(
-        name
-        for name, p in params.items()
-        if name != "self"
-        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        and name not in _RESERVED_MOE_KWARGS
-    )
+    return sorted(set(SparseMoE.argument_names()) - set(_RESERVED_MOE_KWARGS))
 
 
 def split_moe_kwargs(moe_kwargs, moe_indices):

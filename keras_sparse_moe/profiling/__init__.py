@@ -13,14 +13,12 @@ from keras_sparse_moe.profiling.config_profile import register_config_profiler
 from keras_sparse_moe.profiling.model_profile import profile
 from keras_sparse_moe.profiling.results import ModelProfile
 from keras_sparse_moe.profiling.results import MoELayerProfile
-from keras_sparse_moe.profiling.results import moe_experts_per_token
 
 __all__ = [
     "ModelProfile",
     "MoELayerProfile",
     "config_profiler",
     "keras_hub_vit",
-    "moe_experts_per_token",
     "profile",
     "profile_config",
     "register_config_profiler",

@@ -6,11 +6,10 @@ allocated): the pieces the model families assemble into the
 import inspect
 import numbers
 
-from keras_sparse_moe.layers.routing_ops import compute_capacity
-from keras_sparse_moe.layers.sparse_moe import dropless_path_is_ragged
+from keras_sparse_moe.layers.router_registry import make_router
+from keras_sparse_moe.layers.router_registry import router_option_names
 from keras_sparse_moe.profiling.results import ModelProfile
 from keras_sparse_moe.profiling.results import MoELayerProfile
-from keras_sparse_moe.profiling.results import moe_experts_per_token
 
 
 def init_defaults(cls):
@@ -59,46 +58,29 @@ def moe_config_profile(name, moe, tokens, dim, mlp):
     `dim` and experts of hidden width `mlp`."""
     experts = int(moe["num_experts"])
     group = int(moe["group_size"] or tokens)
-    router = moe["router"]
     per_expert_kernels = dim * mlp * (2 if moe["gated"] else 1) + mlp * dim
     per_expert = per_expert_kernels + ((mlp + dim) if moe["use_bias"] else 0)
-    if router == "soft":
-        slots = int(moe["slots_per_expert"])
-        capacity_train = capacity_eval = slots
-        params_router = dim * experts * slots + 1
-        router_flops = 2 * tokens * dim * experts * slots
-        mixing_flops = 2 * 2 * tokens * experts * slots * dim
-        top_k = 1
-    else:
-        top_k = int(moe["top_k"])
-        train_factor = moe["capacity_factor"]
-        eval_factor = moe["eval_capacity_factor"]
-        if eval_factor is None:
-            eval_factor = train_factor
-        capacity_train = compute_capacity(group, experts, top_k, train_factor)
-        capacity_eval = compute_capacity(group, experts, top_k, eval_factor)
-        params_router = dim * experts
-        router_flops = 2 * tokens * dim * experts
-        mixing_flops = 0
+    # The router (no weights) answers its own capacity and cost questions.
+    options = {key: value for key, value in moe.items() if key in router_option_names()}
+    router = make_router(moe["router"], experts, int(moe["top_k"]), moe["capacity_factor"],
+                         moe["eval_capacity_factor"], **options)
+    capacity_train, capacity_eval = router.capacity(True, group), router.capacity(False, group)
+    params_router = router.num_parameters(dim)
+    router_flops = router.flops(tokens, dim)
     groups_per_example = tokens / group
 
-    def expert_flops(capacity, training):
-        if dropless_path_is_ragged(
-            router, moe["capacity_factor"], moe["eval_capacity_factor"],
-            moe["dropless_impl"], training,
-        ):
-            # Expert-sorted rows: each token's top_k assignments only.
-            return 2 * tokens * top_k * per_expert_kernels
-        return 2 * groups_per_example * experts * capacity * per_expert_kernels
+    def expert_flops(training):
+        rows = router.expert_rows(1, group, training) * groups_per_example
+        return 2 * rows * per_expert_kernels
 
-    per_token = moe_experts_per_token(router, experts, top_k, group, capacity_eval)
-    flops = router_flops + mixing_flops + expert_flops(capacity_eval, False)
-    flops_train = router_flops + mixing_flops + expert_flops(capacity_train, True)
+    per_token = router.experts_per_token(group, training=False)
+    flops = router_flops + expert_flops(False)
+    flops_train = router_flops + expert_flops(True)
     return MoELayerProfile(
         name=name,
-        router=router,
+        router=moe["router"],
         num_experts=experts,
-        top_k=top_k,
+        top_k=router.top_k,
         group_size=group,
         capacity_train=capacity_train,
         capacity_eval=capacity_eval,

@@ -14,12 +14,9 @@ from keras_hub.layers import ReversibleEmbedding
 
 from keras_sparse_moe.layers.experts import Experts
 from keras_sparse_moe.layers.router_base import Router
-from keras_sparse_moe.layers.routing_ops import compute_capacity
-from keras_sparse_moe.layers.soft_router import SoftRouter
 from keras_sparse_moe.layers.sparse_moe import SparseMoE
 from keras_sparse_moe.profiling.results import ModelProfile
 from keras_sparse_moe.profiling.results import MoELayerProfile
-from keras_sparse_moe.profiling.results import moe_experts_per_token
 
 
 # ----------------------------------------------------------------------------
@@ -92,16 +89,8 @@ def _einsum_contracted(equation, kernel_shape):
 
 def _call_flops(layer, bound, output_shape):
     """Forward FLOPs of one recorded call, for the whole traced batch."""
-    if isinstance(layer, SoftRouter):
-        # Router projection, plus Soft MoE's dispatch (each slot mixes the
-        # tokens) and combine (each token mixes the slots): two more
-        # (S x E*n) by D products per group, counted here with the router.
-        x_shape = bound["inputs"]
-        tokens = _size(x_shape[:-1])
-        slots = _size(layer.kernel.shape[1:])
-        return 2 * tokens * _size(layer.kernel.shape) + 2 * 2 * tokens * slots * int(x_shape[-1])
-    if isinstance(layer, Router):
-        return 2 * _size(bound["inputs"][:-1]) * _size(layer.kernel.shape)
+    if isinstance(layer, Router):  # the router counts its own (e.g. Soft MoE's mixing)
+        return layer.flops(_size(bound["inputs"][:-1]), int(bound["inputs"][-1]))
     if isinstance(layer, Experts):
         # (E, N, D) padded buffers, or (rows, D) expert-sorted rows on the
         # dropless ragged path (each row goes through one expert).
@@ -414,15 +403,8 @@ def _moe_layer_profile(path, layer, router_calls, expert_calls, batch):
     size and capacities.
     """
     num_experts = layer.num_experts
-    soft = layer.router_type == "soft"
-
-    def train_capacity(group):
-        if soft:
-            return layer.slots_per_expert
-        return compute_capacity(group, num_experts, layer.top_k, layer.capacity_factor)
-
-    ragged_eval = layer.uses_ragged_experts(training=False)
-    ragged_train = layer.uses_ragged_experts(training=True)
+    router = layer.router
+    ragged_eval = router.uses_ragged_experts(training=False)
     flops = flops_train = 0.0
     shapes = []
     for (router_shape, router_flops), (experts_shape, experts_flops) in zip(
@@ -438,11 +420,8 @@ def _moe_layer_profile(path, layer, router_calls, expert_calls, batch):
         else:
             capacity_eval = int(experts_shape[1]) // groups
             rows_eval = num_experts * groups * capacity_eval
-        capacity_train = train_capacity(group)
-        if ragged_train:
-            rows_train = groups * group * layer.top_k
-        else:
-            rows_train = num_experts * groups * capacity_train
+        capacity_train = router.capacity(True, group)
+        rows_train = router.expert_rows(groups, group, training=True)
         shapes.append((group, capacity_train, capacity_eval))
         flops += router_flops + experts_flops
         flops_train += router_flops + experts_flops * rows_train / rows_eval
@@ -454,14 +433,12 @@ def _moe_layer_profile(path, layer, router_calls, expert_calls, batch):
     params_router = _weights_size(layer.router.trainable_weights)
     params_experts = _weights_size(layer.experts.trainable_weights)
     per_expert = params_experts // num_experts
-    per_token = moe_experts_per_token(
-        layer.router_type, num_experts, layer.top_k, group, capacity_eval
-    )
+    per_token = router.experts_per_token(group, training=False)
     return MoELayerProfile(
         name=path,
         router=layer.router_type,
         num_experts=num_experts,
-        top_k=1 if soft else layer.top_k,
+        top_k=router.top_k,
         group_size=group,
         capacity_train=capacity_train,
         capacity_eval=capacity_eval,

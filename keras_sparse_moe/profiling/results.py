@@ -132,19 +132,3 @@ def _jsonable_shape(shape):
     if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple, dict)):
         return [_jsonable_shape(s) for s in shape]
     return list(shape) if isinstance(shape, (list, tuple)) else shape
-
-
-def moe_experts_per_token(router, num_experts, top_k, group_size, capacity_eval):
-    """Experts counted as active per token (see `keras_sparse_moe.profile`).
-
-    Example:
-    >>> moe_experts_per_token("token_choice", 8, 2, 197, 62)
-    2
-    >>> moe_experts_per_token("soft", 128, 1, 196, 1)
-    128
-    """
-    if router == "token_choice":
-        return top_k
-    if router == "expert_choice":
-        return num_experts * capacity_eval / group_size
-    return num_experts

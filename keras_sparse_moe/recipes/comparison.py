@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from keras_sparse_moe.layers.router_registry import make_router
 from keras_sparse_moe.utils.io import atomic_write_text
 
 logger = logging.getLogger("keras_sparse_moe.recipes")
@@ -56,9 +57,11 @@ def dense_equivalent_overrides(preset="moe_vit_tiny", overrides=None):
             f"A dense equivalent is defined for token-choice routing only; preset {preset!r} "
             f"uses router={router!r}."
         )
-    top_k = int(config.get("top_k", 2))
+    experts_per_token = make_router(
+        router, int(config.get("num_experts", 8)), int(config.get("top_k", 2)), None, None
+    ).experts_per_token()
     moe = resolve_moe_layers(config.get("moe_layers", "every_2"), num_layers)
-    hidden = mlp_dim * (num_layers - len(moe)) + top_k * mlp_dim * len(moe)
+    hidden = mlp_dim * (num_layers - len(moe)) + experts_per_token * mlp_dim * len(moe)
     width = int(round(hidden / num_layers))
     return {**dict(overrides or {}), "moe_layers": "none", "mlp_dim": width}
 

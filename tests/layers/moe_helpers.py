@@ -50,7 +50,7 @@ def reference_routing(moe, groups, training=False, router_kernel=None, token_mas
     if moe.router_type == "soft":
         scale = float(to_numpy(router.scale)) if router.normalize else 1.0
         ref = npref.soft(
-            groups, kernel, scale, moe.num_experts, moe.slots_per_expert, router.normalize,
+            groups, kernel, scale, moe.num_experts, router.slots_per_expert, router.normalize,
             token_mask=token_mask,
         )
         return ref["dispatch"], ref["combine"]
@@ -63,8 +63,8 @@ def reference_routing(moe, groups, training=False, router_kernel=None, token_mas
         sub = groups[g : g + 1, real]
         if moe.router_type == "token_choice":
             ref = npref.token_choice(sub, kernel, moe.top_k, capacity,
-                                     batch_priority=moe.batch_priority,
-                                     renormalize=moe.renormalize_gates)
+                                     batch_priority=router.batch_priority,
+                                     renormalize=router.renormalize_gates)
         else:
             ref = npref.expert_choice(sub, kernel, min(capacity, len(real)))
         dispatch[g, real, :, : ref["dispatch"].shape[-1]] = ref["dispatch"][0]

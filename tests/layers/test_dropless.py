@@ -268,12 +268,12 @@ def test_save_load_round_trip(tmp_path):
     loaded = keras.models.load_model(path)
     layer = loaded.layers[-1]
     assert layer.get_config() == ragged.get_config()
-    assert layer.dropless_impl == ragged.dropless_impl
+    assert layer.router.dropless_impl == ragged.router.dropless_impl
     np.testing.assert_allclose(to_numpy(loaded(x)), to_numpy(model(x)), atol=1e-6)
     # Configs saved before `dropless_impl` existed load with the default.
     config = ragged.get_config()
     del config["dropless_impl"]
-    assert SparseMoE.from_config(config).dropless_impl == "auto"
+    assert SparseMoE.from_config(config).router.dropless_impl == "auto"
 
 
 def test_fit_and_predict_compiled():
@@ -335,9 +335,12 @@ def test_dropless_impl_validation():
                   dropless_impl="sparse")
     with pytest.raises(ValueError, match="dropless_impl.*capacity_factor=1.25"):
         SparseMoE(num_experts=4, intermediate_dim=8, dropless_impl="ragged")
-    with pytest.raises(ValueError, match="dropless_impl.*expert_choice"):
-        SparseMoE(num_experts=4, intermediate_dim=8, router="expert_choice",
-                  capacity_factor=1.0, dropless_impl="ragged")
+    # A token-choice option is not one of expert choice's: it is ignored, as
+    # every router ignores the other routers' flat SparseMoE options.
+    moe = SparseMoE(num_experts=4, intermediate_dim=8, router="expert_choice",
+                    capacity_factor=1.0, dropless_impl="ragged")
+    assert "dropless_impl" not in moe.get_config()
+    assert not moe.uses_ragged_experts(training=True)
     if not RAGGED:
         with pytest.raises(ValueError, match=f"dropless_impl.*{BACKEND}"):
             SparseMoE(num_experts=4, intermediate_dim=8, capacity_factor=None,

@@ -26,7 +26,7 @@ from tests.layers.moe_helpers import to_numpy
         (dict(capacity_factor="big"), "capacity_factor", "big"),
         (dict(eval_capacity_factor=0), "eval_capacity_factor", "0"),
         (dict(group_size=0), "group_size", "0"),
-        (dict(slots_per_expert=0), "slots_per_expert", "0"),
+        (dict(router="soft", slots_per_expert=0), "slots_per_expert", "0"),
         (dict(noise_std=-1.0), "noise_std", "-1.0"),
         (dict(jitter=1.0), "jitter", "1.0"),
         (dict(dropout=1.0), "dropout", "1.0"),
