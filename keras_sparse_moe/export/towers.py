@@ -30,6 +30,9 @@ import keras
 import numpy as np
 
 from keras_sparse_moe.export import handover
+from keras_sparse_moe.export.dual_encoder_task import class_text_embeddings
+from keras_sparse_moe.export.dual_encoder_task import load_dual_encoder
+from keras_sparse_moe.export.dual_encoder_task import pack_prompts
 from keras_sparse_moe.export.litert import _check_quantization
 from keras_sparse_moe.export.litert import check_quantize_routers
 from keras_sparse_moe.export.litert import export_litert
@@ -41,11 +44,13 @@ CLASS_EMBEDDINGS_FILE = "class_embeddings.npy"
 CLASS_NAMES_FILE = "class_names.json"
 VOCABULARY_FILE = "vocabulary.txt"
 MANIFEST_FILE = "export.json"
+# Class names of the built-in captions that calibrate an int8 text tower
+# when no prompts are given.
+_CALIBRATION_NAMES = ("cat", "dog", "bird", "car", "tree", "house", "person", "flower", "boat",
+                      "chair", "number", "letter", "shape")
 
 
 def _load_task(model):
-    from keras_sparse_moe.recipes.dual_encoder import load_dual_encoder
-
     return load_dual_encoder(model)
 
 
@@ -166,15 +171,13 @@ def _representative_for_towers(task, representative_images, quantization):
 
 
 def _text_calibration(task, groups):
-    from keras_sparse_moe.recipes.dual_encoder import pack_prompts
-
     texts = [t for g in (groups or []) for t in g]
     if len(texts) < 16:
-        from keras_sparse_moe.data import DIGIT_CAPTION_TEMPLATES
-        from keras_sparse_moe.data import digit_captions
+        from keras_sparse_moe.data import zero_shot_prompts
+        from keras_sparse_moe.data.prompts import DEFAULT_PROMPT_TEMPLATES
 
-        labels = np.repeat(np.arange(10), max(1, 64 // len(DIGIT_CAPTION_TEMPLATES)))
-        texts += list(digit_captions(labels))
+        texts += [t for g in zero_shot_prompts(_CALIBRATION_NAMES, DEFAULT_PROMPT_TEMPLATES)
+                  for t in g]
     return pack_prompts(task, texts)
 
 
@@ -250,8 +253,6 @@ def export_dual_encoder(
                                       quantize_routers)
         paths = {"image_encoder": IMAGE_FILE, "text_encoder": TEXT_FILE}
         if groups is not None:
-            from keras_sparse_moe.recipes.dual_encoder import class_text_embeddings
-
             table = class_text_embeddings(task, groups).astype("float32")
             np.save(os.path.join(staging, CLASS_EMBEDDINGS_FILE), table, allow_pickle=False)
             with open(os.path.join(staging, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
