@@ -120,7 +120,7 @@ def test_train_chooses_the_task_from_the_model_class():
     from keras_sparse_moe.recipes.trainer import is_dual_encoder
 
     assert is_dual_encoder("limoe_tiny") and not is_dual_encoder("moe_vit_tiny")
-    assert not is_dual_encoder(ksm.from_preset("moe_vit_tiny", num_layers=1))
+    assert not is_dual_encoder(ksm.from_preset("moe_vit_tiny", num_layers=2))
     with pytest.raises(ValueError, match="moe_vit_tiny"):
         is_dual_encoder("moe_vit_tinyy")
     with pytest.raises(ValueError, match="TrainingConfig"):
