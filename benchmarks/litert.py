@@ -94,7 +94,8 @@ def main(argv=None):
     from keras_sparse_moe.recipes.classifier import load_classifier
     from keras_sparse_moe.recipes.classifier import preprocess
     from keras_sparse_moe.recipes.classifier import representative_images
-    from keras_sparse_moe.recipes.comparison import dense_equivalent_overrides
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes"))
+    from dense_vit import dense_equivalent_overrides
 
     model = load_classifier(args.model)
     raw, labels = load_digits("test")

@@ -45,5 +45,7 @@ from keras_sparse_moe.upcycle import upcycle
 from keras_sparse_moe.presets import list_presets
 from keras_sparse_moe.presets import register_preset
 from keras_sparse_moe.presets import save_to_preset
+from keras_sparse_moe.recipes import TrainingConfig
+from keras_sparse_moe.recipes import train
 from keras_sparse_moe.version import __version__
 

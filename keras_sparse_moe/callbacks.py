@@ -37,10 +37,7 @@ class RoutingStatistics(keras.callbacks.Callback):
     def _stats(self):
         logs = {}
         dropped, imbalance = [], []
-        from keras_sparse_moe.recipes.distillation import trained_model
-
-        # A distillation run fits a `Distiller`: report its student only.
-        for layer in moe_layers(trained_model(self.model)):
+        for layer in moe_layers(self.model):
             if not layer.built:
                 continue
             d = float(keras.ops.convert_to_numpy(layer.stat_dropped_fraction))

@@ -17,8 +17,6 @@ from keras_sparse_moe._cli_backend import CLI_BACKENDS
 
 # (`import keras_sparse_moe` has imported Keras before this module runs.)
 from keras_sparse_moe.recipes.augment import AUGMENTATIONS
-from keras_sparse_moe.recipes.distillation import DEFAULT_DISTILLATION_WEIGHT
-from keras_sparse_moe.recipes.distillation import DEFAULT_TEMPERATURE
 
 BACKENDS = CLI_BACKENDS
 QUANTIZATION_CHOICES = ("none", "float16", "dynamic_int8", "int8")
@@ -323,16 +321,9 @@ def _check_output_file(path):
 # them when they are changed.
 _CLASSIFIER_ONLY = {
     "label_smoothing": ("--label-smoothing", 0.1),
-    "ema_momentum": ("--ema-momentum", None),
-    "augment": ("--augment", "affine"),
-    "validation_fraction": ("--validation-fraction", 0.1),
-    "early_stopping": ("--early-stopping", None),
     "set": ("--set", None),
     "run_eagerly": ("--run-eagerly", False),
-    "teachers": ("--teachers", None),
     "extra_train_data": ("--extra-train-data", None),
-    "distillation_temperature": ("--distillation-temperature", DEFAULT_TEMPERATURE),
-    "distillation_weight": ("--distillation-weight", DEFAULT_DISTILLATION_WEIGHT),
 }
 
 
@@ -369,18 +360,19 @@ def _is_dual_encoder(name_or_path):
 
 def _train_dual_encoder(args):
     from keras_sparse_moe.recipes import run_state
-    from keras_sparse_moe.recipes.dual_encoder import train_dual_encoder
+    from keras_sparse_moe.recipes import train
 
     changed = [flag for key, (flag, default) in _CLASSIFIER_ONLY.items()
                if getattr(args, key, default) != default]
     if changed:
         raise CLIError(
             f"{', '.join(changed)}: only for image classifiers; {args.preset} is a dual "
-            "encoder (contrastive training: --epochs, --batch-size, --learning-rate, "
-            "--weight-decay, --warmup-fraction, --seed)"
+            "encoder (contrastive training: the other options of `train` apply; --augment "
+            "other than none shifts the images at random)"
         )
-    metrics = train_dual_encoder(**_common_train_arguments(args), overwrite=args.overwrite,
-                                 plots=not args.no_plots, data_options=_data_options(args))
+    metrics = train(args.preset, args.data, _training_config(args), args.output,
+                    overwrite=args.overwrite, plots=not args.no_plots,
+                    data_options=_data_options(args), verbose=0 if args.quiet else args.verbose)
     artifacts = [run_state.MODEL_FILE, run_state.PRESET_DIR + "/", run_state.METRICS_FILE,
                  run_state.LOG_FILE]
     artifacts += [os.path.basename(path) for path in metrics.get("figures", [])]
@@ -389,16 +381,18 @@ def _train_dual_encoder(args):
     return 0
 
 
-def _common_train_arguments(args):
-    """`train` arguments shared by classifiers and dual encoders."""
-    return {
-        "preset": args.preset, "data": args.data, "output_dir": args.output,
-        "epochs": args.epochs, "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
-        "warmup_fraction": args.warmup_fraction, "seed": args.seed,
-        "max_batches": args.max_batches, "verbose": 0 if args.quiet else args.verbose,
-        "deterministic": args.deterministic,
-    }
+def _training_config(args):
+    """The `TrainingConfig` of the `train` command's flags."""
+    from keras_sparse_moe.recipes.config import TrainingConfig
+
+    return TrainingConfig(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay, warmup_fraction=args.warmup_fraction,
+        ema_momentum=args.ema_momentum, label_smoothing=args.label_smoothing,
+        augment=args.augment, validation_fraction=args.validation_fraction,
+        early_stopping_patience=args.early_stopping, seed=args.seed,
+        max_batches=args.max_batches, deterministic=args.deterministic,
+    )
 
 
 def _print_dual_metrics(title, metrics):
@@ -443,26 +437,19 @@ def _evaluate_dual_encoder(args):
 
 
 def cmd_train(args):
-    from keras_sparse_moe.recipes.classifier import train_classifier
+    from keras_sparse_moe.recipes import train
 
     if _is_dual_encoder(args.preset):
         return _train_dual_encoder(args)
-    result = train_classifier(
-        **_common_train_arguments(args),
-        label_smoothing=args.label_smoothing,
-        ema_momentum=args.ema_momentum,
-        augment=args.augment,
-        early_stopping_patience=args.early_stopping,
-        validation_fraction=args.validation_fraction,
+    result = train(
+        args.preset, args.data, _training_config(args), args.output,
+        verbose=0 if args.quiet else args.verbose,
         overrides=_overrides(args.set),
         data_options={**_data_options(args), **(
             {"extra_train_data": list(args.extra_train_data)} if args.extra_train_data else {})},
         overwrite=args.overwrite,
         plots=not args.no_plots,
         run_eagerly=args.run_eagerly,
-        teachers=args.teachers,
-        distillation_temperature=args.distillation_temperature,
-        distillation_weight=args.distillation_weight,
     )
     _print_metrics(f"train: {args.preset} on {args.data} ({result.get('split', 'test')} split)", result)
     _console().print(f"artifacts in {args.output}: " + ", ".join(
@@ -546,10 +533,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def _write_json(path, obj):
-    from keras_sparse_moe.recipes.run_state import json_default
-    from keras_sparse_moe.recipes.run_state import write_json
+    from keras_sparse_moe.utils.io import write_json
 
-    write_json(path, obj, default=json_default)
+    write_json(path, obj)
 
 
 _SHOWN_METRICS = (
@@ -628,7 +614,7 @@ def build_parser():
     )
     p.add_argument("--preset", default="moe_vit_tiny",
                    help="preset name, preset directory or .keras file (default: moe_vit_tiny)")
-    p.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH | synthetic-digits[:N] | optdigits-train (default: digits)")
+    p.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH | optdigits-train (default: digits)")
     p.add_argument("--output", default="runs/train", help="output directory (default: runs/train)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
@@ -655,16 +641,6 @@ def build_parser():
                    help="stop after PATIENCE epochs without validation improvement")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="preset override, e.g. --set dropout=0.1 --set stochastic_depth=0.1")
-    p.add_argument("--teachers", nargs="+", default=None, metavar="MODEL",
-                   help="trained classifiers (.keras files, preset directories or names) whose "
-                   "ensemble is distilled into the model: label loss + W * T^2 * "
-                   "KL(teachers_T || model_T)")
-    p.add_argument("--distillation-temperature", type=float, default=DEFAULT_TEMPERATURE,
-                   metavar="T",
-                   help="softmax temperature of the distillation (with --teachers)")
-    p.add_argument("--distillation-weight", type=float, default=DEFAULT_DISTILLATION_WEIGHT,
-                   metavar="W",
-                   help="weight of the distillation term (with --teachers)")
     p.add_argument("--overwrite", action="store_true",
                    help="discard a previous run in the output directory")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG figures")
@@ -683,7 +659,7 @@ def build_parser():
         "limoe_tiny_digits) is evaluated by zero-shot classification from text prompts.",
     )
     p.add_argument("--model", required=True, help=".keras file, preset directory or preset name")
-    p.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH | synthetic-digits[:N] | optdigits-train (default: digits)")
+    p.add_argument("--data", default="digits", help="digits | tfds:NAME | folder:PATH | optdigits-train (default: digits)")
     p.add_argument("--split", choices=("test", "validation"), default="test")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--output", default=None,

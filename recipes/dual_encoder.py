@@ -43,14 +43,14 @@ def main(argv=None):
     from rich.table import Table
 
     from keras_sparse_moe.presets import save_to_preset
+    from keras_sparse_moe.recipes import TrainingConfig
+    from keras_sparse_moe.recipes import train
     from keras_sparse_moe.recipes.dual_encoder import load_dual_encoder
-    from keras_sparse_moe.recipes.dual_encoder import train_dual_encoder
 
-    metrics = train_dual_encoder(
-        preset=args.preset, data=args.data, output_dir=args.output, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay, seed=args.seed, verbose=args.verbose,
-    )
+    config = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size,
+                            learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+                            seed=args.seed)
+    metrics = train(args.preset, args.data, config, args.output, verbose=args.verbose)
     if args.save_preset:
         import os
 

@@ -58,14 +58,10 @@ def test_help(capsys, command):
         (["train", "--data", "folder:{tmp}/missing", "--output", "{tmp}"], "missing"),
         (["train", "--preset", "limoe_tiny", "--label-smoothing", "0.2", "--output", "{tmp}"],
          "only for image classifiers"),
-        (["train", "--preset", "limoe_tiny", "--teachers", "a.keras", "--output", "{tmp}"],
-         "only for image classifiers"),
         (["train", "--preset", "limoe_tiny", "--extra-train-data", "optdigits-train", "--output",
           "{tmp}"], "--extra-train-data: only for image classifiers"),
         (["train", "--extra-train-data", "optdigit", "--output", "{tmp}/run"],
          "Unknown dataset spec 'optdigit'"),
-        (["train", "--teachers", "{tmp}/missing.keras", "--output", "{tmp}/run"],
-         "missing.keras"),
         (["export", "--model", "limoe_tiny", "--output", "{tmp}/towers.tflite"],
          "must be a directory for its two towers"),
         (["train", "--output", "{tmp}/file/sub"], "directory"),
@@ -199,18 +195,6 @@ def test_train_writes_artifacts_for_folder_data(trained):
     assert len(metrics["per_class"]) == 3
     for name in ("model.keras", "training_curves.png", "routing_heatmap.png", "preset/config.json"):
         assert os.path.isfile(os.path.join(out, name)), name
-
-
-def test_train_distils_from_teachers(trained, tmp_path):
-    _, data, out = trained
-    student = str(tmp_path / "student")
-    teacher = os.path.join(out, "model.keras")
-    assert main(["train", "--data", data, "--output", student, "--epochs", "1", "--batch-size",
-                 "8", "--max-batches", "2", "--quiet", "--no-plots", "--teachers", teacher,
-                 teacher, "--distillation-weight", "0.5", *EAGER, *TINY]) == 0
-    settings = json.load(open(os.path.join(student, "metrics.json")))["settings"]
-    assert settings["distillation"] == {"teachers": [teacher, teacher], "temperature": 2.0,
-                                        "weight": 0.5}
 
 
 def test_train_with_extra_training_data(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Datasets and tf.data pipelines: the embedded digits, TFDS, image folders,
 and image-text pairs for dual encoders.
 
-Dataset specs: `"digits"`, `"synthetic-digits[:N]"`, `"optdigits-train"`,
+Dataset specs: `"digits"`, `"optdigits-train"`,
 `"tfds:NAME"`, `"folder:PATH"` (see `sources`). TFDS is imported only by the functions
 that need it (`import keras_sparse_moe` itself imports Keras and, through
 it, the backend).

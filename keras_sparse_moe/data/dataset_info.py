@@ -11,9 +11,9 @@ class DatasetInfo:
     """Metadata of a prepared dataset.
 
     Args:
-        spec: the dataset spec string (`"digits"`, `"synthetic-digits[:N]"`,
+        spec: the dataset spec string (`"digits"`,
             `"optdigits-train"`, `"tfds:NAME"`, `"folder:PATH"`).
-        source: `"digits"`, `"synthetic-digits"`, `"optdigits-train"`,
+        source: `"digits"`, `"optdigits-train"`,
             `"tfds"` or `"folder"`.
         num_classes: number of classes, or None for unlabelled data.
         class_names: tuple of `num_classes` names (index = label), or None.

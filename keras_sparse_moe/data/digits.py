@@ -11,14 +11,6 @@ Fixed split, in scikit-learn's order:
 - train: samples 0..1437 (1,438 images), of which the last
   `round(validation_fraction * 1438)` (default 144: samples 1294..1437) form
   the validation split when `validation_fraction > 0`.
-
-Cross-validation (`validation_fold=(k, n)`): the 1,438 training samples are
-cut into `n` contiguous blocks in scikit-learn's order (`numpy.array_split`
-boundaries) and block `k` is the validation split, the other blocks the train
-split. Contiguous blocks, not shuffled ones, because neighbouring samples
-tend to come from the same writers: a held-out block asks, like the test
-split, how well a model reads handwriting it has not seen. The test split
-never changes.
 """
 
 import functools
@@ -63,46 +55,6 @@ def _read_digits():
     return read_packaged_digits("digits.npz")
 
 
-def check_validation_fold(validation_fold):
-    """Check a `(k, n)` cross-validation fold: ints with `2 <= n <= 1438` and
-    `0 <= k < n`; None passes through.
-
-    Example:
-    >>> check_validation_fold((1, 5)), check_validation_fold(None)
-    ((1, 5), None)
-    """
-    if validation_fold is None:
-        return None
-    ok = (
-        isinstance(validation_fold, (tuple, list))
-        and len(validation_fold) == 2
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in validation_fold)
-    )
-    if ok:
-        k, n = (int(v) for v in validation_fold)
-        ok = 2 <= n <= DIGITS_TEST_START and 0 <= k < n
-    if not ok:
-        raise ValueError(
-            "Argument `validation_fold` must be None or a pair (k, n) of ints with "
-            f"2 <= n <= {DIGITS_TEST_START} and 0 <= k < n (hold out block k of n of the "
-            f"training samples); received validation_fold={validation_fold!r}."
-        )
-    return (k, n)
-
-
-def digits_fold_range(validation_fold):
-    """`(start, stop)` of the training samples that fold `(k, n)` holds out.
-
-    Example:
-    >>> [digits_fold_range((k, 5)) for k in range(5)]
-    [(0, 288), (288, 576), (576, 864), (864, 1151), (1151, 1438)]
-    """
-    k, n = check_validation_fold(validation_fold)
-    size, extra = divmod(DIGITS_TEST_START, n)
-    start = k * size + min(k, extra)
-    return start, start + size + (1 if k < extra else 0)
-
-
 def digits_split_ranges(validation_fraction=0.1):
     """`{split: (start, stop)}` sample ranges of the fixed digits split.
 
@@ -121,27 +73,18 @@ def digits_split_ranges(validation_fraction=0.1):
     return ranges
 
 
-def digits_split_indices(validation_fraction=0.1, validation_fold=None):
+def digits_split_indices(validation_fraction=0.1):
     """`{split: sample indices}` of the digits split (see the module docstring).
 
     Example:
-    >>> idx = digits_split_indices(validation_fold=(1, 5))
+    >>> idx = digits_split_indices(0.1)
     >>> {k: (len(v), int(v[0]), int(v[-1])) for k, v in idx.items()}
-    {'train': (1150, 0, 1437), 'validation': (288, 288, 575), 'test': (359, 1438, 1796), 'all': (1797, 0, 1796)}
+    {'train': (1294, 0, 1293), 'validation': (144, 1294, 1437), 'test': (359, 1438, 1796), 'all': (1797, 0, 1796)}
     """
-    if validation_fold is None:
-        return {k: np.arange(a, b) for k, (a, b) in digits_split_ranges(validation_fraction).items()}
-    start, stop = digits_fold_range(validation_fold)
-    training = np.arange(DIGITS_TEST_START)
-    return {
-        "train": np.concatenate([training[:start], training[stop:]]),
-        "validation": training[start:stop],
-        "test": np.arange(DIGITS_TEST_START, DIGITS_NUM_EXAMPLES),
-        "all": np.arange(DIGITS_NUM_EXAMPLES),
-    }
+    return {k: np.arange(a, b) for k, (a, b) in digits_split_ranges(validation_fraction).items()}
 
 
-def load_digits(split="train", validation_fraction=0.1, normalize=False, validation_fold=None):
+def load_digits(split="train", validation_fraction=0.1, normalize=False):
     """Load a split of the embedded scikit-learn digits as NumPy arrays.
 
     Args:
@@ -152,10 +95,6 @@ def load_digits(split="train", validation_fraction=0.1, normalize=False, validat
             all 1,438 samples and `"validation"` unavailable.
         normalize: False returns uint8 values 0..16 (`DIGITS_MAX_VALUE`);
             True returns float32 values in [0, 1].
-        validation_fold: None, or `(k, n)` for cross-validation: block `k`
-            of `n` contiguous blocks of the training samples is the
-            validation split and the rest the train split (replaces
-            `validation_fraction`; the test split is unchanged).
 
     Returns:
         `(images, labels)`: images (N, 8, 8, 1), labels (N,) int32 in 0..9.
@@ -166,7 +105,7 @@ def load_digits(split="train", validation_fraction=0.1, normalize=False, validat
     ((359, 8, 8, 1), 'uint8', (359,), 16)
     """
     check_choice("split", split, SPLITS)
-    indices = digits_split_indices(validation_fraction, validation_fold)
+    indices = digits_split_indices(validation_fraction)
     if split not in indices:
         raise ValueError(
             "The digits 'validation' split is empty because validation_fraction=0; "

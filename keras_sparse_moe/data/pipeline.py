@@ -19,7 +19,6 @@ import numbers
 
 import numpy as np
 
-from keras_sparse_moe.utils.shared_options import takes_options_of
 from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
@@ -227,6 +226,14 @@ def _pipeline(
     return ds.prefetch(autotune)
 
 
+PIPELINE_OPTIONS = (
+    "image_size", "batch_size", "training", "augment", "horizontal_flip", "pad_fraction",
+    "channels", "rescale", "max_value", "seed", "shuffle_buffer", "drop_remainder", "cache",
+    "decode_fn", "batch_map_fn", "interpolation",
+)
+"""The keyword options of `make_pipeline` and `make_image_text_pipeline`."""
+
+
 def _as_example_dataset(images, labels, what):
     """Arrays or a dataset -> (dataset of dicts, count, has_labels)."""
     import tensorflow as tf
@@ -270,7 +277,17 @@ def _as_example_dataset(images, labels, what):
     return tf.data.Dataset.from_tensor_slices(example), images.shape[0], labels is not None
 
 
-@takes_options_of(_pipeline)
+def check_options(function, options, allowed):
+    """Raise the `TypeError` Python gives for keyword arguments of
+    `function` (its name) outside `allowed`."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"{function}() got unexpected keyword argument(s) {', '.join(unknown)}; "
+            f"its options are {', '.join(sorted(allowed))}."
+        )
+
+
 def make_pipeline(images, labels=None, *, count=None, **options):
     """Batched classification pipeline yielding `(images, labels)`.
 
@@ -321,6 +338,7 @@ def make_pipeline(images, labels=None, *, count=None, **options):
     >>> tuple(images.shape), labels.dtype.name, float(images.numpy().max()) <= 1.0
     ((8, 16, 16, 3), 'int32', True)
     """
+    check_options("make_pipeline", options, PIPELINE_OPTIONS)
     ds, n, has_labels = _as_example_dataset(images, labels, "classification")
     structure = "supervised" if has_labels else "images"
     return _pipeline(ds, count=n if count is None else count, structure=structure, **options)
@@ -342,7 +360,6 @@ def _captions_tensor(captions, n):
     return tf.ragged.constant(rows, dtype=tf.string)
 
 
-@takes_options_of(_pipeline)
 def make_image_text_pipeline(images, captions=None, labels=None, *, count=None, **options):
     """Batched image-text pipeline yielding dicts
     `{"images": float32 (B, h, w, c), "captions": string (B,), "labels": int32 (B,)}`
@@ -373,6 +390,7 @@ def make_image_text_pipeline(images, captions=None, labels=None, *, count=None, 
     """
     import tensorflow as tf
 
+    check_options("make_image_text_pipeline", options, PIPELINE_OPTIONS)
     if isinstance(images, tf.data.Dataset):
         if captions is not None or labels is not None:
             raise ValueError(

@@ -5,6 +5,8 @@ name (underscores shown as spaces); a dataset may offer extra per-class fields
 (digits: `{digit}` -> "7", `{word}` -> "seven").
 """
 
+import string
+
 DEFAULT_PROMPT_TEMPLATES = (
     "a photo of a {}.",
     "a picture of a {}.",
@@ -61,10 +63,25 @@ def zero_shot_prompts(class_names, templates=DEFAULT_PROMPT_TEMPLATES, class_fie
     >>> zero_shot_prompts(["cat", "dog"], ["a photo of a {}."])
     [['a photo of a cat.'], ['a photo of a dog.']]
     """
+    if isinstance(class_names, str) or not class_names or not all(
+        isinstance(name, str) and name.strip() for name in class_names
+    ):
+        raise ValueError(
+            f"Argument `class_names` must be a non-empty list of non-empty strings; received "
+            f"{class_names!r}."
+        )
     if isinstance(templates, str):
         templates = [templates]
-    if not templates:
-        raise ValueError("Argument `templates` must hold at least one template; received none.")
+    if not templates or not all(isinstance(t, str) for t in templates):
+        raise ValueError(
+            f"Argument `templates` must be a non-empty list of strings; received {templates!r}."
+        )
+    for template in templates:
+        if not any(field is not None for _, field, _, _ in string.Formatter().parse(template)):
+            raise ValueError(
+                f"Template {template!r} has no placeholder for the class name: use '{{}}' or "
+                "'{name}', e.g. 'a photo of a {}.'."
+            )
     class_fields = class_fields or [None] * len(class_names)
     return [
         [format_template(t, name, fields) for t in templates]

@@ -9,9 +9,6 @@ A dataset spec is one of:
 - `"folder:PATH"`: your own images, one sub-folder per class (optionally
   inside `train/`, `validation/`, `test/`), plus `captions.tsv` for
   image-text pairs;
-- `"synthetic-digits"` or `"synthetic-digits:N"`: digits drawn by
-  `synthetic_digits` in the embedded digits' format (N training images,
-  default 50,000; validation 4% and test 2% of N), for pretraining;
 - `"optdigits-train"`: UCI optdigits' training set (3,823 real digits by 30
   writers who wrote none of the embedded digits; train and validation
   splits, no test split), for pretraining (`optdigits`).
@@ -23,7 +20,6 @@ Image-text pairs: `load_image_text_dataset` and `build_image_text_datasets`.
 
 import dataclasses
 import difflib
-import inspect
 import logging
 import os
 
@@ -32,10 +28,11 @@ import numpy as np
 from keras_sparse_moe.data import digits as digits_lib
 from keras_sparse_moe.data import image_folder
 from keras_sparse_moe.data import optdigits as optdigits_lib
-from keras_sparse_moe.data import synthetic_digits as synthetic_lib
 from keras_sparse_moe.data import tfds_source
 from keras_sparse_moe.data.dataset_info import DatasetInfo
+from keras_sparse_moe.data.pipeline import PIPELINE_OPTIONS
 from keras_sparse_moe.data.pipeline import _pipeline
+from keras_sparse_moe.data.pipeline import check_options
 from keras_sparse_moe.data.pipeline import check_image_size
 from keras_sparse_moe.data.prompts import DEFAULT_PROMPT_TEMPLATES
 from keras_sparse_moe.data.prompts import DIGIT_CAPTION_TEMPLATES
@@ -44,7 +41,6 @@ from keras_sparse_moe.data.prompts import digit_fields
 from keras_sparse_moe.data.prompts import zero_shot_prompts
 from keras_sparse_moe.data.splitting import SPLITS
 from keras_sparse_moe.data.splitting import check_fraction
-from keras_sparse_moe.utils.shared_options import takes_options_of
 from keras_sparse_moe.utils.validation import check_choice
 
 logger = logging.getLogger("keras_sparse_moe.data")
@@ -54,8 +50,6 @@ SPEC_FORMS = (
     "'digits' (the embedded scikit-learn handwritten digits), "
     "'tfds:NAME' (a TensorFlow Datasets image dataset, e.g. 'tfds:mnist' or 'tfds:coco_captions'), "
     "'folder:PATH' (your own images, one sub-folder per class), "
-    "'synthetic-digits' or 'synthetic-digits:N' (N generated digits in the embedded digits' format, "
-    "default 50,000, for pretraining), "
     "'optdigits-train' (UCI optdigits' training set: 3,823 real digits by other writers, for pretraining)"
 )
 
@@ -66,8 +60,6 @@ def parse_spec(spec):
     Example:
     >>> parse_spec("digits"), parse_spec("tfds:cifar10"), parse_spec("folder:/data/pets")
     (('digits', None), ('tfds', 'cifar10'), ('folder', '/data/pets'))
-    >>> parse_spec("synthetic-digits"), parse_spec("synthetic-digits:2000")
-    (('synthetic-digits', 50000), ('synthetic-digits', 2000))
     >>> parse_spec("optdigits-train")
     ('optdigits-train', None)
     """
@@ -81,8 +73,6 @@ def parse_spec(spec):
         return text.lower(), None
     kind, sep, argument = text.partition(":")
     kind = kind.strip().lower()
-    if kind == "synthetic-digits":
-        return kind, _synthetic_count(spec, argument.strip() if sep else None)
     if sep and kind in ("tfds", "folder"):
         argument = argument.strip()
         if not argument:
@@ -94,27 +84,12 @@ def parse_spec(spec):
         hints.append("'optdigits-train'")
     elif difflib.get_close_matches(text.lower(), ["digits"], n=1, cutoff=0.6):
         hints.append("'digits'")
-    elif difflib.get_close_matches(kind, ["synthetic-digits"], n=1, cutoff=0.7):
-        hints.append("'synthetic-digits'")
     if os.path.isdir(os.path.expanduser(text)):
         hints.append(f"'folder:{text}'")
     elif not sep and text and "/" not in text:
         hints.append(f"'tfds:{text}'")
     hint = f" Did you mean {' or '.join(hints)}?" if hints else ""
     raise ValueError(f"Unknown dataset spec {spec!r}. Accepted forms: {SPEC_FORMS}.{hint}")
-
-
-def _synthetic_count(spec, argument):
-    if argument is None:
-        return synthetic_lib.SYNTHETIC_TRAIN_COUNT
-    text = argument.replace("_", "").replace(",", "")
-    if not text.isdigit() or int(text) < synthetic_lib.MIN_SYNTHETIC_COUNT:
-        raise ValueError(
-            f"Dataset spec {spec!r}: after 'synthetic-digits:' give the number of training images, "
-            f"an int >= {synthetic_lib.MIN_SYNTHETIC_COUNT} (e.g. 'synthetic-digits:20000'); "
-            f"received {argument!r}."
-        )
-    return int(text)
 
 
 def _class_caption_table(class_names, templates, class_fields=None):
@@ -185,7 +160,7 @@ def _describe_samples(indices):
 
 def _digits_format_info(spec, source, counts, caption_templates, splits):
     """`DatasetInfo` of 8x8x1 digit images with values 0..16 and the digit
-    prompts and captions (the embedded digits and the synthetic ones)."""
+    prompts and captions."""
     return DatasetInfo(
         spec=spec,
         source=source,
@@ -202,16 +177,14 @@ def _digits_format_info(spec, source, counts, caption_templates, splits):
 
 
 class _DigitsSource(_Source):
-    def __init__(self, spec, validation_fraction, test_fraction, caption_templates=None,
-                 validation_fold=None):
+    def __init__(self, spec, validation_fraction, test_fraction, caption_templates=None):
         if test_fraction is not None and abs(test_fraction - DEFAULT_TEST_FRACTION) > 1e-9:
             raise ValueError(
                 f"The digits test split is fixed (the last 20%: samples 1438..1796); received "
                 f"test_fraction={test_fraction}. Leave test_fraction=None."
             )
         self.validation_fraction = validation_fraction
-        self.validation_fold = digits_lib.check_validation_fold(validation_fold)
-        indices = digits_lib.digits_split_indices(validation_fraction, self.validation_fold)
+        indices = digits_lib.digits_split_indices(validation_fraction)
         counts = {k: len(v) for k, v in indices.items() if k != "all"}
         self.info = _digits_format_info(
             spec, "digits", counts, caption_templates,
@@ -221,32 +194,7 @@ class _DigitsSource(_Source):
     def _examples(self, split, training, seed):
         import tensorflow as tf
 
-        images, labels = digits_lib.load_digits(split, self.validation_fraction,
-                                                validation_fold=self.validation_fold)
-        return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels}), len(labels)
-
-
-class _SyntheticDigitsSource(_Source):
-    """Generated digits (`synthetic_digits`): train, validation (unless
-    `validation_fraction` is 0) and test splits with their own fixed seeds."""
-
-    def __init__(self, spec, train_count, validation_fraction, test_fraction, caption_templates=None):
-        if test_fraction is not None:
-            raise ValueError(
-                f"The splits of {spec!r} are generated (test: {synthetic_lib.SYNTHETIC_TEST_SHARE:.0%} of the "
-                f"training count); received test_fraction={test_fraction}. Leave test_fraction=None."
-            )
-        self.train_count = train_count
-        counts = synthetic_lib.synthetic_digits_counts(train_count, validation=validation_fraction > 0)
-        self.info = _digits_format_info(
-            spec, "synthetic-digits", counts, caption_templates,
-            splits={k: f"generated, seed {synthetic_lib.SYNTHETIC_SPLIT_SEEDS[k]}" for k in counts},
-        )
-
-    def _examples(self, split, training, seed):
-        import tensorflow as tf
-
-        images, labels = synthetic_lib.load_synthetic_digits(split, self.train_count)
+        images, labels = digits_lib.load_digits(split, self.validation_fraction)
         return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels}), len(labels)
 
 
@@ -418,7 +366,6 @@ def resolve_dataset(
     spec,
     *,
     validation_fraction=0.1,
-    validation_fold=None,
     test_fraction=None,
     data_dir=None,
     download=True,
@@ -450,18 +397,10 @@ def resolve_dataset(
         given = sorted(k for k, v in options.items() if v is not None)
         if given:
             raise ValueError(f"Options {given} only apply to 'tfds:NAME' datasets; the spec is {spec!r}.")
-    if validation_fold is not None and kind != "digits":
-        raise ValueError(
-            f"Option `validation_fold` only applies to the 'digits' dataset; the spec is {spec!r} "
-            "(use validation_fraction, or a TFDS validation_split, for other datasets)."
-        )
     if captions_file is not None and kind != "folder":
         raise ValueError(f"Option `captions_file` only applies to 'folder:PATH' datasets; the spec is {spec!r}.")
     if kind == "digits":
-        source = _DigitsSource(spec, validation_fraction, test_fraction, caption_templates,
-                               validation_fold)
-    elif kind == "synthetic-digits":
-        source = _SyntheticDigitsSource(spec, argument, validation_fraction, test_fraction, caption_templates)
+        source = _DigitsSource(spec, validation_fraction, test_fraction, caption_templates)
     elif kind == "optdigits-train":
         source = _OptdigitsSource(spec, validation_fraction, test_fraction, caption_templates)
     elif kind == "folder":
@@ -488,10 +427,10 @@ def load_dataset(spec, split="train", **options):
     """One split of a classification dataset, unbatched and unshuffled.
 
     Args:
-        spec: `"digits"`, `"tfds:NAME"`, `"folder:PATH"`, `"synthetic-digits[:N]"` or `"optdigits-train"`.
+        spec: `"digits"`, `"tfds:NAME"`, `"folder:PATH"` or `"optdigits-train"`.
         split: `"train"`, `"validation"`, `"test"` or `"all"`.
         **options: the source options of `build_datasets` (`validation_fraction`,
-            `validation_fold`, `test_fraction`, `data_dir`, `download`, `image_key`, `label_key`,
+            `test_fraction`, `data_dir`, `download`, `image_key`, `label_key`,
             `train_split`, `validation_split`, `test_split`, `check_images`).
 
     Returns:
@@ -635,8 +574,9 @@ def _join_extra_training(spec, ds, count, extras, seed):
 def _build(image_text, spec, image_size, batch_size, options, extra_train_data=None):
     """`build_datasets` / `build_image_text_datasets` with every option given."""
     image_size = check_image_size(image_size)
-    source_options = {name: options.pop(name) for name in list(options) if name in _SOURCE_OPTIONS}
-    drop_remainder = options.pop("drop_remainder")
+    source_options = {name: options.pop(name) for name in list(options) if name in _SOURCE_OPTIONS + _CAPTION_OPTIONS}
+    drop_remainder = options.pop("drop_remainder", None)
+    seed = options.setdefault("seed", 0)
     extra_specs = check_extra_train_data(spec, extra_train_data)
     source = resolve_dataset(spec, image_text=image_text, **source_options)
     info = source.info
@@ -662,9 +602,9 @@ def _build(image_text, spec, image_size, batch_size, options, extra_train_data=N
             continue
         training = split == "train"
         examples = source.caption_examples if image_text else source.examples
-        ds, count = examples(split, training, options["seed"])
+        ds, count = examples(split, training, seed)
         if training and extras:
-            ds, count = _join_extra_training(spec, ds, count, extras, options["seed"])
+            ds, count = _join_extra_training(spec, ds, count, extras, seed)
         pipelines[split] = _pipeline(
             ds, count=count, structure="dict" if image_text else "supervised", image_size=image_size,
             batch_size=batch_size, training=training, max_value=info.max_value, decode_fn=source.decode_fn,
@@ -673,14 +613,18 @@ def _build(image_text, spec, image_size, batch_size, options, extra_train_data=N
     return Datasets(pipelines["train"], pipelines["validation"], pipelines["test"], info)
 
 
-# The options of `build_datasets` / `build_image_text_datasets`, with their
-# defaults, are those of the pipeline and of `resolve_dataset` except these.
-_FIXED_PIPELINE_OPTIONS = ("training", "max_value", "decode_fn")
+# The options of `build_datasets` / `build_image_text_datasets`: those of
+# the pipeline and of `resolve_dataset` except the ones they set themselves.
+_SOURCE_OPTIONS = (
+    "validation_fraction", "test_fraction", "data_dir", "download", "image_key", "label_key",
+    "train_split", "validation_split", "test_split", "check_images",
+)
 _CAPTION_OPTIONS = ("captions_file", "caption_key", "caption_templates")
-_SOURCE_OPTIONS = frozenset(inspect.signature(resolve_dataset).parameters) - {"spec"}
+_BUILD_OPTIONS = tuple(
+    name for name in PIPELINE_OPTIONS if name not in ("training", "max_value", "decode_fn")
+) + _SOURCE_OPTIONS
 
 
-@takes_options_of(_pipeline, resolve_dataset, exclude=_FIXED_PIPELINE_OPTIONS + ("image_text",) + _CAPTION_OPTIONS)
 def build_datasets(spec, image_size=None, batch_size=32, *, extra_train_data=None, **options):
     """Train / validation / test classification pipelines for a dataset spec.
 
@@ -689,7 +633,7 @@ def build_datasets(spec, image_size=None, batch_size=32, *, extra_train_data=Non
     (see `make_pipeline` for the pipeline arguments).
 
     Args:
-        spec: `"digits"`, `"tfds:NAME"`, `"folder:PATH"`, `"synthetic-digits[:N]"` or `"optdigits-train"`.
+        spec: `"digits"`, `"tfds:NAME"`, `"folder:PATH"` or `"optdigits-train"`.
         image_size: int or (height, width), e.g. the model's image size; None
             keeps the native size.
         batch_size: int >= 1.
@@ -700,9 +644,6 @@ def build_datasets(spec, image_size=None, batch_size=32, *, extra_train_data=Non
         seed: int >= 0: shuffle and augmentation seed (splits never depend on it).
         validation_fraction: fraction in [0, 1) of the training data held out
             for validation when the source has no validation split.
-        validation_fold: digits only: None, or `(k, n)` to hold out block `k`
-            of `n` contiguous blocks of the training samples as the validation
-            split (cross-validation; `load_digits`).
         test_fraction: fraction held out for testing when the source has no
             test split (None: 0.2). Digits have a fixed test split.
         shuffle_buffer, cache, drop_remainder, interpolation, batch_map_fn:
@@ -729,10 +670,10 @@ def build_datasets(spec, image_size=None, batch_size=32, *, extra_train_data=Non
     >>> tuple(next(iter(train))[0].shape)
     (32, 16, 16, 3)
     """
+    check_options("build_datasets", options, _BUILD_OPTIONS)
     return _build(False, spec, image_size, batch_size, options, extra_train_data)
 
 
-@takes_options_of(_pipeline, resolve_dataset, exclude=_FIXED_PIPELINE_OPTIONS + ("image_text",))
 def build_image_text_datasets(spec, image_size=None, batch_size=32, **options):
     """Train / validation / test image-text pipelines for a dataset spec.
 
@@ -761,4 +702,5 @@ def build_image_text_datasets(spec, image_size=None, batch_size=32, **options):
     >>> tuple(batch["images"].shape), batch["captions"].numpy()[0]
     ((4, 8, 8, 1), b'a handwritten digit three')
     """
+    check_options("build_image_text_datasets", options, _BUILD_OPTIONS + _CAPTION_OPTIONS)
     return _build(True, spec, image_size, batch_size, options)

@@ -44,6 +44,10 @@ CLASS_EMBEDDINGS_FILE = "class_embeddings.npy"
 CLASS_NAMES_FILE = "class_names.json"
 VOCABULARY_FILE = "vocabulary.txt"
 MANIFEST_FILE = "export.json"
+# Class names of the built-in captions that calibrate an int8 text tower
+# when no prompts are given.
+_CALIBRATION_NAMES = ("cat", "dog", "bird", "car", "tree", "house", "person", "flower", "boat",
+                      "chair", "number", "letter", "shape")
 
 
 def _load_task(model):
@@ -169,11 +173,11 @@ def _representative_for_towers(task, representative_images, quantization):
 def _text_calibration(task, groups):
     texts = [t for g in (groups or []) for t in g]
     if len(texts) < 16:
-        from keras_sparse_moe.data import DIGIT_CAPTION_TEMPLATES
-        from keras_sparse_moe.data import digit_captions
+        from keras_sparse_moe.data import zero_shot_prompts
+        from keras_sparse_moe.data.prompts import DEFAULT_PROMPT_TEMPLATES
 
-        labels = np.repeat(np.arange(10), max(1, 64 // len(DIGIT_CAPTION_TEMPLATES)))
-        texts += list(digit_captions(labels))
+        texts += [t for g in zero_shot_prompts(_CALIBRATION_NAMES, DEFAULT_PROMPT_TEMPLATES)
+                  for t in g]
     return pack_prompts(task, texts)
 
 

@@ -7,9 +7,6 @@ RGB_SCALING = {"scale": 1 / 127.5, "offset": -1.0}
 """RGB values in [0, 255] -> [-1, 1], as in the V-MoE / big_vision input
 pipelines."""
 
-DIGITS_SCALING = {"scale": 1 / 16}
-"""scikit-learn's 8x8 digits (values 0..16) -> [0, 1]."""
-
 NO_WEIGHTS = "No pretrained weights ship: the model starts from random initialisation."
 """Last sentence of the description of a preset without weights."""
 
@@ -21,7 +18,7 @@ def scaled_preprocessor(preprocessor_cls, scaling):
     Example:
     >>> from keras_sparse_moe.models.moe_vit import MoEViTBackbone
     >>> from keras_sparse_moe.models.moe_vit import MoEViTImageClassifierPreprocessor
-    >>> make = scaled_preprocessor(MoEViTImageClassifierPreprocessor, DIGITS_SCALING)
+    >>> make = scaled_preprocessor(MoEViTImageClassifierPreprocessor, {"scale": 1 / 16})
     >>> backbone = MoEViTBackbone(image_shape=(8, 8, 1), patch_size=4, num_layers=1,
     ...     num_heads=1, hidden_dim=4, mlp_dim=8, moe_layers="none")
     >>> make(backbone).image_converter.scale

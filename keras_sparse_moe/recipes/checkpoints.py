@@ -29,14 +29,11 @@ import shutil
 
 import keras
 
-# A `Distiller` is saved as its student (the model being trained); the
-# student shares the Distiller's optimizer, so its file holds that state.
-from keras_sparse_moe.recipes.distillation import trained_model
 from keras_sparse_moe.recipes.run_state import BACKUP_DIR
 from keras_sparse_moe.recipes.run_state import BEST_FILE
 from keras_sparse_moe.recipes.run_state import LAST_FILE
 from keras_sparse_moe.utils.io import atomic_path
-from keras_sparse_moe.utils.io import atomic_write_text
+from keras_sparse_moe.utils.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +100,7 @@ def _is_better(mode, value, best):
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Per-epoch checkpoints that survive a crash and resume a run.
 
-    After every epoch the trained model (a `Distiller`'s student) is saved
+    After every epoch the trained model is saved
     once to `directory/backup/epoch_{N}.keras` (weights, optimizer state,
     compile settings), `directory/last.keras` (and `directory/best.keras`
     when `monitor` improved) are replaced by copies of it, and then the
@@ -181,7 +178,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         if state is not None:
-            trained_model(model).load_weights(os.path.join(self.backup_dir, state["checkpoint"]))
+            model.load_weights(os.path.join(self.backup_dir, state["checkpoint"]))
             epoch = state["epoch"]
             best = state.get("best")
             if best is not None and state.get("monitor") == self.monitor:
@@ -208,7 +205,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         name = f"epoch_{epoch + 1}.keras"
         checkpoint = os.path.join(self.backup_dir, name)
         with atomic_path(checkpoint, suffix=".keras") as tmp:
-            trained_model(self.model).save(tmp)
+            self.model.save(tmp)
 
         improved = False
         value = logs.get(self.monitor)
@@ -241,7 +238,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             "best": None if math.isinf(self.best) else self.best,
             "best_epoch": self.best_epoch,
         }
-        atomic_write_text(os.path.join(self.backup_dir, STATE_FILE), json.dumps(state) + "\n")
+        write_json(os.path.join(self.backup_dir, STATE_FILE), state)
         for old in glob.glob(os.path.join(self.backup_dir, "epoch_*.keras")):
             if os.path.basename(old) != name:
                 os.remove(old)

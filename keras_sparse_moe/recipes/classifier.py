@@ -1,18 +1,18 @@
 """Train and evaluate image classifiers built from presets.
 
-The `moe_vit` and `dense_vit` recipes (and `keras-sparse-moe train` /
-`evaluate`) are thin wrappers around `train_classifier` and
-`evaluate_classifier`:
+`train` (`keras-sparse-moe train`, the `moe_vit` and `dense_vit` recipe
+scripts) trains image classifiers with `train_classifier`, and
+`keras-sparse-moe evaluate` is `evaluate_classifier`:
 
 - model from a preset (`moe_vit_tiny`, `vmoe_s32_e8_k2_last2`, a preset
   directory, or a `.keras` file), with the number of classes taken from the
   data;
 - `tf.data` pipelines from a dataset spec (`digits`, `tfds:NAME`,
   `folder:PATH`) at the model's image size, with training augmentation;
-- `compile`: AdamW with linear warmup + cosine decay, decoupled weight decay
-  (not on biases and normalisation scales), global-norm gradient clipping
-  and label-smoothed cross-entropy; the MoE auxiliary losses are added by
-  the layers;
+- `compile`: the optimizer of the `TrainingConfig` (AdamW with linear warmup
+  + cosine decay, decoupled weight decay, global-norm gradient clipping) and
+  label-smoothed cross-entropy; the MoE auxiliary losses are added by the
+  layers;
 - `fit` with the callbacks of `make_callbacks` (crash-safe best / last
   checkpoints; re-running with the same output directory resumes after the
   last finished epoch; CSV log; optional early stopping) and
@@ -35,10 +35,9 @@ import warnings
 
 import numpy as np
 
-from keras_sparse_moe.recipes.augment import AUGMENTATIONS
+from keras_sparse_moe.data.sources import Datasets
+from keras_sparse_moe.data.sources import parse_spec
 from keras_sparse_moe.recipes.augment import make_augmentation
-from keras_sparse_moe.recipes.distillation import DEFAULT_DISTILLATION_WEIGHT
-from keras_sparse_moe.recipes.distillation import DEFAULT_TEMPERATURE
 from keras_sparse_moe.recipes.metrics import classification_report
 from keras_sparse_moe.recipes.run_state import BACKUP_DIR
 from keras_sparse_moe.recipes.run_state import HEATMAP_FILE
@@ -49,14 +48,12 @@ from keras_sparse_moe.recipes.run_state import PRESET_DIR
 from keras_sparse_moe.recipes.run_state import RUN_ARTIFACTS
 from keras_sparse_moe.recipes.run_state import RUN_FILE
 from keras_sparse_moe.recipes.run_state import check_previous_run
-from keras_sparse_moe.recipes.run_state import json_default
-from keras_sparse_moe.recipes.run_state import read_json
-from keras_sparse_moe.recipes.run_state import write_json
 from keras_sparse_moe.utils.io import atomic_save_model
 from keras_sparse_moe.utils.io import check_writable_directory
 from keras_sparse_moe.utils.io import load_keras_file
+from keras_sparse_moe.utils.io import read_json
+from keras_sparse_moe.utils.io import write_json
 from keras_sparse_moe.utils.validation import check_choice
-from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
 
 logger = logging.getLogger("keras_sparse_moe.recipes")
@@ -67,34 +64,11 @@ _RESUME_KEYS = (
     "preset", "data", "epochs", "batch_size", "learning_rate", "weight_decay",
     "label_smoothing", "warmup_fraction", "clipnorm", "augment", "seed",
     "validation_fraction", "overrides", "max_batches", "ema_momentum", "data_options",
-    "evaluation_split", "load_weights", "distillation",
+    "load_weights",
 )
-# Values of resume keys that older run.json files do not record ("distillation" is
-# recorded only for runs with teachers).
-_RESUME_DEFAULTS = {"evaluation_split": "test", "load_weights": True, "distillation": None}
+# Values of resume keys that older run.json files do not record.
+_RESUME_DEFAULTS = {"load_weights": True}
 _NO_DECAY = ("bias", "gamma", "beta", "class_token", "position_embedding")
-
-DIGITS_RECIPE = {
-    "epochs": 100,
-    "batch_size": 64,
-    "learning_rate": 2e-3,
-    "weight_decay": 0.05,
-    "label_smoothing": 0.1,
-    "warmup_fraction": 0.1,
-    "clipnorm": 1.0,
-    "augment": "affine",
-    "validation_fraction": 0.1,
-    "ema_momentum": None,
-}
-"""The digits recipe of `recipes/moe_vit.py` and of the dense baseline
-(`recipes/dense_vit.py`). `moe_vit_tiny_digits` is `moe_vit_tiny` trained with
-it for 10 epochs on `synthetic-digits` (the preset
-`moe_vit_tiny_synthetic_digits`), then for 30 epochs at learning rate 5e-4 on
-the digits' 1,438 training images together with `optdigits-train`'s 3,823
-(`recipes/moe_vit.py --preset moe_vit_tiny_synthetic_digits --extra-train-data
-optdigits-train --epochs 30 --learning-rate 5e-4 --validation-fraction 0`;
-docs/results.md)."""
-
 
 # ---------------------------------------------------------------------------
 # Models
@@ -294,8 +268,15 @@ def param_counts(model):
 # Data
 # ---------------------------------------------------------------------------
 def _datasets(model, data, batch_size, augment, seed, validation_fraction, data_options, training):
+    from keras_sparse_moe.data import Datasets
     from keras_sparse_moe.data import build_datasets
 
+    if isinstance(data, Datasets):  # ready pipelines
+        if data_options:
+            raise ValueError("Argument `data_options` applies to dataset specs, not to a Datasets.")
+        if not data.info.num_classes:
+            raise ValueError(f"Dataset {data.info.spec!r} has no class labels.")
+        return data
     image_shape = tuple(model.backbone.image_shape)
     options = dict(data_options or {})
     options.setdefault("validation_fraction", validation_fraction)
@@ -506,10 +487,6 @@ def _environment():
     }
 
 
-def _write_json(path, obj):
-    write_json(path, obj, default=json_default)
-
-
 def evaluate_classifier(
     model,
     data="digits",
@@ -528,8 +505,8 @@ def evaluate_classifier(
     Args:
         model: a classifier, a `.keras` file, a preset directory or a preset
             name (e.g. `"moe_vit_tiny_digits"`).
-        data: dataset spec (`"digits"`, `"synthetic-digits[:N]"`,
-            `"optdigits-train"`, `"tfds:NAME"`, `"folder:PATH"`).
+        data: dataset spec (`"digits"`, `"optdigits-train"`, `"tfds:NAME"`,
+            `"folder:PATH"`).
         split: `"test"` (default) or `"validation"`.
         batch_size: int >= 1.
         output_dir: None, or a directory to write `metrics.json` (and
@@ -597,7 +574,7 @@ def evaluate_classifier(
         "routing": routing,
     }
     if output_dir is not None:
-        _write_json(os.path.join(output_dir, METRICS_FILE), metrics)
+        write_json(os.path.join(output_dir, METRICS_FILE), metrics)
         if plots and routing:
             from keras_sparse_moe.recipes.plots import plot_routing_heatmap
 
@@ -629,19 +606,8 @@ def train_classifier(
     preset=DEFAULT_PRESET,
     data="digits",
     output_dir="runs/train",
+    config=None,
     *,
-    epochs=30,
-    batch_size=64,
-    learning_rate=2e-3,
-    weight_decay=0.05,
-    label_smoothing=0.1,
-    warmup_fraction=0.1,
-    clipnorm=1.0,
-    ema_momentum=None,
-    augment="affine",
-    seed=0,
-    early_stopping_patience=None,
-    validation_fraction=0.1,
     overrides=None,
     load_weights=True,
     data_options=None,
@@ -651,18 +617,13 @@ def train_classifier(
     plots=True,
     overwrite=False,
     callbacks=(),
-    max_batches=None,
     jit_compile="auto",
     run_eagerly=False,
-    deterministic=False,
     verbose=1,
     return_model=False,
-    teachers=None,
-    distillation_temperature=DEFAULT_TEMPERATURE,
-    distillation_weight=DEFAULT_DISTILLATION_WEIGHT,
-    evaluation_split="test",
 ):
-    """Train an image classifier from a preset and evaluate it on the test split.
+    """Train an image classifier from a preset and evaluate it on the test
+    split (`train` calls this for classifiers).
 
     Re-running with the same `output_dir` resumes an interrupted run after
     its last finished epoch (the settings must match); re-running a finished
@@ -671,63 +632,29 @@ def train_classifier(
 
     Args:
         preset: preset name (e.g. `"moe_vit_tiny"`), preset directory or
-            `.keras` file of an image classifier.
-        data: dataset spec: `"digits"`, `"synthetic-digits[:N]"`,
-            `"optdigits-train"`, `"tfds:NAME"` or `"folder:PATH"`.
+            `.keras` file of an image classifier, or a classifier.
+        data: dataset spec: `"digits"`, `"optdigits-train"`, `"tfds:NAME"`
+            or `"folder:PATH"`; or a `Datasets` of ready pipelines (batched
+            `(raw images at the model's input size, labels)`, e.g. from
+            `make_pipeline`; `info.spec` names it in `run.json`).
         output_dir: directory for the artifacts (created; must be writable).
-        epochs: int >= 1.
-        batch_size: int >= 1.
-        learning_rate: float > 0, peak AdamW learning rate.
-        weight_decay: float >= 0, decoupled weight decay (not applied to
-            biases, LayerNorm scales, class token and position embeddings).
-        label_smoothing: float in [0, 1).
-        warmup_fraction: float in [0, 1), share of the steps spent warming up.
-        clipnorm: float > 0 or None, gradient clipping norm.
-        ema_momentum: None, or a float in (0, 1): keep an exponential moving
-            average of the weights (Keras `use_ema`) and end training with
-            it. Needs enough steps (0.999: several thousand).
-        augment: `"affine"` (rotation, zoom, shift), `"elastic"` (affine plus
-            smooth elastic distortions), `"shift"` or `"none"`.
-        seed: int >= 0: initialisation, shuffling and augmentation.
-        early_stopping_patience: None or int >= 1 (epochs without improvement
-            of the validation loss; the best weights are restored).
-        validation_fraction: share of the training data held out for
-            validation when the dataset has no validation split (0: none).
+        config: a `TrainingConfig` (None: the defaults).
         overrides: dict of preset overrides, e.g. `{"dropout": 0.1,
             "stochastic_depth": 0.1}`.
         load_weights: load the preset's weights when it ships some.
         data_options: dict of extra `build_datasets` options (TFDS
-            `data_dir`, `download`, splits, ...).
+            `data_dir`, `download`, splits, `extra_train_data`, ...).
         routing_examples: int >= 0, test images used for the routing heatmap.
         single_image_latency: also time one-image batches.
         save_preset: write `output_dir/preset/`.
         plots: write the PNG figures.
         overwrite: remove the artifacts of a previous run first.
         callbacks: extra Keras callbacks.
-        max_batches: None, or use at most this many batches of each split per
-            epoch (quick smoke runs; the metrics then cover part of the data).
-        jit_compile: `"auto"`, True or False, as in `keras.Model.compile`
-            (False skips XLA compilation).
+        jit_compile: `"auto"`, True or False, as in `keras.Model.compile`.
         run_eagerly: run `fit` and the evaluation step by step without
-            compiling a graph (much faster for a few steps, e.g. smoke
-            tests; much slower for real training).
-        deterministic: use deterministic kernels
-            (`keras_sparse_moe.utils.determinism`, process-wide), so that the
-            same command and seed repeat bit for bit on the same machine.
+            compiling a graph (faster for a few steps, e.g. smoke tests).
         verbose: 0 (silent), 1 (progress bar) or 2 (one line per epoch).
         return_model: also return the trained model.
-        teachers: None, or a list of trained classifiers (`.keras` files,
-            preset directories or names, or models) with the same image size
-            and classes: distil their ensemble into the model
-            (`keras_sparse_moe.recipes.distillation`: label loss plus
-            `distillation_weight * T^2 * KL(teachers_T || model_T)`).
-        distillation_temperature: float > 0, the softmax temperature `T`.
-        distillation_weight: float >= 0, weight of the distillation term.
-        evaluation_split: `"test"`: the final metrics are those of the test
-            split (of the validation split when the dataset has none);
-            `"validation"`: of the validation split, and the test split is
-            never evaluated (cross-validation and recipe selection, see
-            `keras_sparse_moe.recipes.cross_validation`).
 
     Returns:
         The metrics dict also written to `metrics.json` (see
@@ -737,40 +664,23 @@ def train_classifier(
 
     Example:
     >>> import tempfile
-    >>> metrics = train_classifier("moe_vit_tiny", "digits", tempfile.mkdtemp(), epochs=1,
-    ...     max_batches=2, verbose=0, plots=False, routing_examples=0,
-    ...     single_image_latency=False, overrides={"num_layers": 2, "hidden_dim": 16,
-    ...     "mlp_dim": 16, "num_heads": 2})
+    >>> from keras_sparse_moe.recipes.config import TrainingConfig
+    >>> metrics = train_classifier("moe_vit_tiny", "digits", tempfile.mkdtemp(),
+    ...     TrainingConfig(epochs=1, max_batches=2), verbose=0, plots=False,
+    ...     routing_examples=0, single_image_latency=False,
+    ...     overrides={"num_layers": 2, "hidden_dim": 16, "mlp_dim": 16, "num_heads": 2})
     >>> 0.0 <= metrics["accuracy"] <= 1.0
     True
     """
+    from keras_sparse_moe.recipes.config import TrainingConfig
+
     start = time.time()
-    epochs = check_int("epochs", epochs, minimum=1)
-    batch_size = check_int("batch_size", batch_size, minimum=1)
-    learning_rate = check_float("learning_rate", learning_rate, minimum=0.0, strict=True)
-    weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
-    label_smoothing = check_float("label_smoothing", label_smoothing, minimum=0.0)
-    if label_smoothing >= 1:
-        raise ValueError(f"Argument `label_smoothing` must be in [0, 1); received {label_smoothing}.")
-    warmup_fraction = check_float("warmup_fraction", warmup_fraction, minimum=0.0)
-    if warmup_fraction >= 1:
-        raise ValueError(f"Argument `warmup_fraction` must be in [0, 1); received {warmup_fraction}.")
-    clipnorm = check_float("clipnorm", clipnorm, minimum=0.0, strict=True, allow_none=True)
-    ema_momentum = check_float("ema_momentum", ema_momentum, minimum=0.0, strict=True,
-                               allow_none=True)
-    if ema_momentum is not None and ema_momentum >= 1:
-        raise ValueError(f"Argument `ema_momentum` must be in (0, 1) or None; received {ema_momentum}.")
-    augment = check_choice("augment", augment, AUGMENTATIONS)
-    seed = check_int("seed", seed, minimum=0)
-    if early_stopping_patience is not None:
-        early_stopping_patience = check_int("early_stopping_patience", early_stopping_patience, minimum=1)
-    validation_fraction = check_float("validation_fraction", validation_fraction, minimum=0.0)
-    evaluation_split = check_choice("evaluation_split", evaluation_split, ("test", "validation"))
+    config = TrainingConfig() if config is None else config
+    if not isinstance(config, TrainingConfig):
+        raise ValueError(f"Argument `config` must be a TrainingConfig or None; received {config!r}.")
+    epochs, batch_size, seed = config.epochs, config.batch_size, config.seed
+    augment, max_batches = config.augment, config.max_batches
     routing_examples = check_int("routing_examples", routing_examples, minimum=0)
-    if max_batches is not None:
-        max_batches = check_int("max_batches", max_batches, minimum=1)
-    if not isinstance(deterministic, bool):
-        raise ValueError(f"Argument `deterministic` must be True or False; received {deterministic!r}.")
     if jit_compile not in ("auto", True, False):
         raise ValueError(f"Argument `jit_compile` must be 'auto', True or False; received {jit_compile!r}.")
     if overrides is not None and not isinstance(overrides, dict):
@@ -781,35 +691,19 @@ def train_classifier(
             "training: the classifier's head is sized from the classes of the data, so leave "
             "num_classes out of the overrides."
         )
-    teachers = _check_teachers(teachers)
-    distillation_temperature = check_float("distillation_temperature", distillation_temperature,
-                                           minimum=0.0, strict=True)
-    distillation_weight = check_float("distillation_weight", distillation_weight, minimum=0.0)
     if not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir):
         raise ValueError(f"Argument `output_dir` must be a directory path; received {output_dir!r}.")
     output_dir = os.fspath(output_dir)
     preset_label = _label(preset)
+    datasets, data = (data, data.info.spec) if isinstance(data, Datasets) else (None, data)
     settings = {
-        "preset": preset_label, "data": data, "epochs": epochs, "batch_size": batch_size,
-        "learning_rate": learning_rate, "weight_decay": weight_decay,
-        "label_smoothing": label_smoothing, "warmup_fraction": warmup_fraction,
-        "clipnorm": clipnorm, "ema_momentum": ema_momentum, "augment": augment, "seed": seed,
-        "early_stopping_patience": early_stopping_patience,
-        "validation_fraction": validation_fraction, "overrides": dict(overrides or {}),
-        "load_weights": bool(load_weights), "data_options": dict(data_options or {}),
-        "max_batches": max_batches, "evaluation_split": evaluation_split,
-        "deterministic": bool(deterministic),
+        "preset": preset_label, "data": data, **config.to_dict(),
+        "overrides": dict(overrides or {}), "load_weights": bool(load_weights),
+        "data_options": dict(data_options or {}),
     }
-    if teachers:
-        settings["distillation"] = {
-            "teachers": [_label(t) for t in teachers],
-            "temperature": distillation_temperature,
-            "weight": distillation_weight,
-        }
     # Validate the data spec before touching the output directory.
-    from keras_sparse_moe.data import parse_spec
-
-    parse_spec(data)
+    if datasets is None:
+        parse_spec(data)
     check_writable_directory(output_dir)
     state = _check_previous_run(output_dir, settings, overwrite)
     if state == "finished":
@@ -827,27 +721,20 @@ def train_classifier(
     from keras_sparse_moe.callbacks import RoutingStatistics
     from keras_sparse_moe.recipes.training import SparseCategoricalCrossentropyWithSmoothing
     from keras_sparse_moe.recipes.training import make_callbacks
-    from keras_sparse_moe.recipes.training import make_schedule
 
-    if deterministic:
+    if config.deterministic:
         from keras_sparse_moe.utils.determinism import enable_deterministic_ops
 
         enable_deterministic_ops()
     keras.utils.set_random_seed(seed)
     model = load_classifier(preset, load_weights=load_weights, overrides=overrides)
     train, validation, test, info = _datasets(
-        model, data, batch_size, augment, seed, validation_fraction, data_options, training=True
+        model, data if datasets is None else datasets, batch_size, augment, seed,
+        config.validation_fraction, data_options, training=True,
     )
     if train is None:
         raise ValueError(f"Dataset {data!r} has no training split.")
-    if evaluation_split == "validation":
-        if validation is None:
-            raise ValueError(
-                f"evaluation_split='validation' but dataset {data!r} has no validation split "
-                "with these options; pass validation_fraction > 0."
-            )
-        test = None  # never evaluate on the test split
-    elif test is None and validation is None:
+    if test is None and validation is None:
         logger.warning(
             "Dataset %s has neither a test nor a validation split with these options (too few "
             "images per class to carve them out): the run trains but reports no accuracy. Give "
@@ -875,46 +762,21 @@ def train_classifier(
     test = _limit(test, max_batches)
     total_steps = steps * epochs
 
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=make_schedule(
-            learning_rate, total_steps, warmup_steps=int(round(warmup_fraction * total_steps))
-        ),
-        weight_decay=weight_decay,
-        clipnorm=clipnorm,
-        use_ema=ema_momentum is not None,
-        ema_momentum=ema_momentum or 0.99,
+    optimizer = config.make_optimizer(total_steps, no_decay=_NO_DECAY)
+
+    model.compile(
+        optimizer=optimizer,
+        loss=SparseCategoricalCrossentropyWithSmoothing(config.label_smoothing, from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+        run_eagerly=bool(run_eagerly),
     )
-    optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY))
-
-    def _compile(trainee):
-        trainee.compile(
-            optimizer=optimizer,
-            loss=SparseCategoricalCrossentropyWithSmoothing(label_smoothing, from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=jit_compile,
-            run_eagerly=bool(run_eagerly),
-        )
-
-    _compile(model)  # the saved model carries these compile settings
-    trainer = model
-    if teachers:
-        # `fit_validation` is preprocessed for the Distiller; the evaluation
-        # below runs the model (which preprocesses itself) on `validation`.
-        trainer, train, fit_validation = _distiller(
-            model, teachers, train, validation, distillation_temperature, distillation_weight
-        )
-        # The same optimizer: the Distiller builds and updates it on the
-        # student's variables, so the student's saved optimizer state matches
-        # its weights (and reloads without a warning).
-        _compile(trainer)
-    else:
-        fit_validation = validation
     monitor = "val_loss" if validation is not None else "loss"
     # RoutingStatistics first: it adds its values to the epoch logs that the
     # CSV logger and the checkpoints then see.
     fit_callbacks = [RoutingStatistics()] + make_callbacks(
         output_dir,
-        early_stopping_patience=early_stopping_patience,
+        early_stopping_patience=config.early_stopping_patience,
         monitor=monitor,
         extra=list(callbacks),
     )
@@ -927,14 +789,14 @@ def train_classifier(
         "each), batch %d, backend %s.", preset_label, f"{counts['total']:,}",
         f"{counts['active']:,}", data, epochs, steps, batch_size, keras.backend.backend(),
     )
-    _write_json(os.path.join(output_dir, RUN_FILE), {"status": "running", "settings": settings})
+    write_json(os.path.join(output_dir, RUN_FILE), {"status": "running", "settings": settings})
     train_start = time.time()
     with warnings.catch_warnings():
         # The tf.data pipeline shuffles itself; Keras warns that `shuffle` is ignored.
         warnings.filterwarnings("ignore", message=r".*shuffle=True.*")
-        history = trainer.fit(
+        history = model.fit(
             train,
-            validation_data=fit_validation,
+            validation_data=validation,
             epochs=epochs,
             callbacks=fit_callbacks,
             verbose=verbose,
@@ -981,8 +843,8 @@ def train_classifier(
 
         artifacts.update(plot_run(output_dir, routing, info.class_names, title=preset_label))
     metrics["wall_time_s"] = time.time() - start
-    _write_json(os.path.join(output_dir, METRICS_FILE), metrics)
-    _write_json(os.path.join(output_dir, RUN_FILE), {"status": "finished", "settings": settings})
+    write_json(os.path.join(output_dir, METRICS_FILE), metrics)
+    write_json(os.path.join(output_dir, RUN_FILE), {"status": "finished", "settings": settings})
     logger.info(
         "%s: %s accuracy %.4f, macro-F1 %.4f (%d images); wrote %s.", preset_label, eval_split,
         metrics.get("accuracy", float("nan")), metrics.get("macro_f1", float("nan")),
@@ -993,89 +855,6 @@ def train_classifier(
 
 def _label(model):
     return os.fspath(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name", "model")
-
-
-def _check_teachers(teachers):
-    """`teachers` as a list (None or empty: no distillation)."""
-    if teachers is None:
-        return []
-    import keras
-
-    if isinstance(teachers, (str, os.PathLike, keras.Model)):
-        teachers = [teachers]
-    if not isinstance(teachers, (list, tuple)) or not all(
-        isinstance(t, (str, os.PathLike, keras.Model)) for t in teachers
-    ):
-        raise ValueError(
-            "Argument `teachers` must be None or a list of trained classifiers (.keras files, "
-            f"preset directories or names, or Keras models); received {teachers!r}."
-        )
-    for teacher in teachers:
-        if isinstance(teacher, (str, os.PathLike)):
-            path = os.fspath(teacher)
-            looks_like_path = path.endswith(".keras") or os.path.sep in path
-            if looks_like_path and "://" not in path and not os.path.exists(path):
-                raise FileNotFoundError(f"Teacher {path!r}: no such model file or preset directory.")
-    return list(teachers)
-
-
-def _input_scaling(model):
-    """`(scale, offset)` of a classifier's image converter (rounded lists),
-    or None without one."""
-    converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
-    if converter is None:
-        return None
-
-    def rounded(value):
-        return None if value is None else np.round(np.asarray(value, "float64"), 6).tolist()
-
-    return rounded(converter.scale), rounded(converter.offset)
-
-
-def _distiller(model, teachers, train, validation, temperature, weight):
-    """A `Distiller` of `teachers` into `model`, and the pipelines mapped
-    through the model's preprocessor (the Distiller is not a keras-hub Task,
-    so `fit` does not apply it)."""
-    import tensorflow as tf
-
-    from keras_sparse_moe.recipes.distillation import Distiller
-
-    loaded = []
-    student_scaling = _input_scaling(model)
-    for teacher in teachers:
-        classifier = load_classifier(teacher)
-        if classifier.num_classes != model.num_classes:
-            raise ValueError(
-                f"Teacher {_label(teacher)!r} predicts {classifier.num_classes} classes; the "
-                f"model being trained predicts {model.num_classes}. Distil teachers trained "
-                "on the same dataset."
-            )
-        if tuple(classifier.backbone.image_shape) != tuple(model.backbone.image_shape):
-            raise ValueError(
-                f"Teacher {_label(teacher)!r} takes images of shape "
-                f"{tuple(classifier.backbone.image_shape)}; the model being trained takes "
-                f"{tuple(model.backbone.image_shape)}. Teachers and student must share the "
-                "image size and preprocessing."
-            )
-        teacher_scaling = _input_scaling(classifier)
-        if teacher_scaling != student_scaling:
-            raise ValueError(
-                f"Teacher {_label(teacher)!r} scales its input pixels by (scale, offset) = "
-                f"{teacher_scaling}; the model being trained by {student_scaling}. Teachers "
-                "and student must share the preprocessing."
-            )
-        loaded.append(classifier)
-    trainer = Distiller(model, loaded, temperature=temperature, distillation_weight=weight,
-                        name="distiller")
-
-    def prepare(ds):
-        if ds is None or getattr(model, "preprocessor", None) is None:
-            return ds
-        return ds.map(model.preprocess_samples, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-            tf.data.AUTOTUNE
-        )
-
-    return trainer, prepare(train), prepare(validation)
 
 
 def _backup_epoch(output_dir):

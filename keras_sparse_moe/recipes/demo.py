@@ -13,14 +13,13 @@ installed, the files are written and the table says they were not run), and
 returns a summary table. Budget: under 3 minutes on 2 CPU cores with the TensorFlow
 backend. `from_scratch=True` (`keras-sparse-moe demo --from-scratch`)
 trains `moe_vit_tiny` from random weights on the digits alone instead (at
-`DIGITS_RECIPE`'s learning rate, for `DEMO_SCRATCH_EPOCHS` epochs).
+the default learning rate of `TrainingConfig`, for `DEMO_SCRATCH_EPOCHS` epochs).
 
-Artifacts in `output_dir`: `train/` (everything `train_classifier` writes:
+Artifacts in `output_dir`: `train/` (everything `train` writes:
 model, preset, metrics, curves, routing heatmap), `moe_vit_tiny_float32.tflite`,
 `moe_vit_tiny_dynamic_int8.tflite` and `summary.json`.
 """
 
-import json
 import logging
 import os
 import time
@@ -98,7 +97,7 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
         from_scratch: bool. False (default): fine-tune the pretrained
             `DEMO_PRESET` at `DEMO_LEARNING_RATE` on the digits and
             `DEMO_EXTRA_TRAIN_DATA`. True: train `moe_vit_tiny` from random
-            weights on the digits alone at `DIGITS_RECIPE`'s learning rate
+            weights on the digits alone at the default learning rate of `TrainingConfig`
             (its test accuracy varies more from run to run: see
             docs/results.md).
 
@@ -116,10 +115,10 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
     from keras_sparse_moe.export import LITERT_INSTALL_HINT
     from keras_sparse_moe.export import export_litert
     from keras_sparse_moe.export import litert_interpreter_available
-    from keras_sparse_moe.recipes.classifier import DIGITS_RECIPE
     from keras_sparse_moe.recipes.classifier import preprocess
-    from keras_sparse_moe.recipes.classifier import train_classifier
-    from keras_sparse_moe.utils.io import atomic_write_text
+    from keras_sparse_moe.recipes.config import TrainingConfig
+    from keras_sparse_moe.recipes.trainer import train
+    from keras_sparse_moe.utils.io import write_json
     from keras_sparse_moe.utils.io import check_writable_directory
     from keras_sparse_moe.utils.validation import check_int
 
@@ -134,26 +133,24 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
     check_writable_directory(output_dir)
     train_dir = os.path.join(output_dir, "train")
     preset = DEMO_MODEL if from_scratch else DEMO_PRESET
-    learning_rate = DIGITS_RECIPE["learning_rate"] if from_scratch else DEMO_LEARNING_RATE
+    learning_rate = TrainingConfig.learning_rate if from_scratch else DEMO_LEARNING_RATE
     extra_train_data = None if from_scratch else DEMO_EXTRA_TRAIN_DATA
     logger.info(
         "Demo: %s %s on the embedded digits%s for %d epochs, then LiteRT export.",
         "training" if from_scratch else "fine-tuning", preset,
         f" and {extra_train_data}" if extra_train_data else "", epochs,
     )
-    metrics, model = train_classifier(
+    config = TrainingConfig(epochs=epochs, learning_rate=learning_rate, seed=seed,
+                            deterministic=deterministic, max_batches=2 if quick else None)
+    metrics, model = train(
         preset,
         "digits",
+        config,
         train_dir,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        seed=seed,
-        deterministic=deterministic,
         overwrite=True,
         single_image_latency=False,
         overrides=QUICK_OVERRIDES if quick and from_scratch else None,
         data_options={"extra_train_data": extra_train_data} if extra_train_data else None,
-        max_batches=2 if quick else None,
         # Few steps: skip graph tracing (JAX dispatches eager ops slowly, so jit there).
         run_eagerly=bool(quick) and keras.backend.backend() != "jax",
         verbose=verbose,
@@ -199,7 +196,7 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
         "quick": bool(quick),
         "output_dir": output_dir,
     }
-    atomic_write_text(os.path.join(output_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    write_json(os.path.join(output_dir, "summary.json"), summary)
     rows = [
         ("backend", summary["backend"]),
         ("model", f"{DEMO_MODEL} from scratch ({_epochs(summary['epochs'])} on the digits train "

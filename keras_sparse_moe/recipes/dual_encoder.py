@@ -27,6 +27,9 @@ import time
 
 import numpy as np
 
+from keras_sparse_moe.models.moe_dual_encoder import class_text_embeddings
+from keras_sparse_moe.models.moe_dual_encoder import load_dual_encoder
+from keras_sparse_moe.models.moe_dual_encoder import pack_prompts  # noqa: F401 - part of this module's API
 from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.recipes.run_state import METRICS_FILE
 from keras_sparse_moe.recipes.run_state import MODEL_FILE
@@ -34,11 +37,10 @@ from keras_sparse_moe.recipes.run_state import PRESET_DIR
 from keras_sparse_moe.recipes.run_state import RUN_ARTIFACTS
 from keras_sparse_moe.recipes.run_state import RUN_FILE
 from keras_sparse_moe.recipes.run_state import check_previous_run
-from keras_sparse_moe.recipes.run_state import read_json
-from keras_sparse_moe.recipes.run_state import write_json
 from keras_sparse_moe.utils.io import atomic_save_model
 from keras_sparse_moe.utils.io import check_writable_directory
-from keras_sparse_moe.utils.validation import check_float
+from keras_sparse_moe.utils.io import read_json
+from keras_sparse_moe.utils.io import write_json
 from keras_sparse_moe.utils.validation import check_data_options
 from keras_sparse_moe.utils.validation import check_int
 
@@ -49,36 +51,8 @@ _RESUME_KEYS = (
     "preset", "data", "epochs", "batch_size", "learning_rate", "weight_decay",
     "warmup_fraction", "clipnorm", "augment", "seed", "templates", "max_batches",
 )
-
-
-def load_dual_encoder(model, load_weights=True):
-    """A `MoEDualEncoderContrastive` from a preset name / directory, a
-    `.keras` file or a model instance."""
-    from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderContrastive
-
-    if isinstance(model, MoEDualEncoderContrastive):
-        return model
-    if isinstance(model, str) and model.endswith(".keras"):
-        from keras_sparse_moe.utils.io import load_keras_file
-
-        if not os.path.exists(model):
-            raise ValueError(f"Model file {model!r} does not exist.")
-        loaded = load_keras_file(model)  # compiled, with its optimizer state
-    elif isinstance(model, str):
-        from keras_sparse_moe.presets import from_preset
-
-        loaded = from_preset(model, load_weights=load_weights)
-    else:
-        raise ValueError(
-            "Argument `model` must be a preset name or directory, a `.keras` file or a "
-            f"MoEDualEncoderContrastive; received {type(model).__name__}."
-        )
-    if not isinstance(loaded, MoEDualEncoderContrastive):
-        raise ValueError(
-            f"{model!r} is a {type(loaded).__name__}, not a dual encoder "
-            "(MoEDualEncoderContrastive); use a `limoe_*` preset."
-        )
-    return loaded
+# Kept out of weight decay.
+_NO_DECAY = ("bias", "gamma", "beta", "embedding", "temperature")
 
 
 def _datasets(model, data, batch_size, augment, seed, training=True, data_options=None):
@@ -171,38 +145,6 @@ def representative_tower_images(model, data="digits", samples=256, seed=0, data_
         if total >= samples:
             break
     return np.concatenate(images)[:samples]
-
-
-def pack_prompts(model, texts):
-    """`{"token_ids", "padding_mask"}` int32 arrays `(len(texts), length)`
-    for the text tower of `model`, tokenized by its preprocessor."""
-    from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_preprocessor import (
-        MoEDualEncoderPreprocessor,
-    )
-
-    preprocessor = model.preprocessor or MoEDualEncoderPreprocessor(
-        sequence_length=model.backbone.max_sequence_length
-    )
-    packed = preprocessor({"prompts": list(texts)})
-    return {key: np.asarray(packed[key]).astype("int32") for key in ("token_ids", "padding_mask")}
-
-
-def class_text_embeddings(model, prompts):
-    """Prompt-ensembled class embeddings `(num_classes, dim)` from lists of
-    prompts per class (mean of normalised prompt embeddings, re-normalised)."""
-    counts = [len(group) for group in prompts]
-    flat = [prompt for group in prompts for prompt in group]
-    text = pack_prompts(model, flat)
-    embeddings = np.asarray(
-        model.backbone.text_encoder.predict(text, batch_size=len(flat), verbose=0), "float32"
-    )
-    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
-    table, start = [], 0
-    for count in counts:
-        table.append(embeddings[start : start + count].mean(0))
-        start += count
-    table = np.stack(table)
-    return table / np.maximum(np.linalg.norm(table, axis=-1, keepdims=True), 1e-12)
 
 
 def evaluate_zero_shot(model_or_path, data="digits", templates=None, split="test", batch_size=128,
@@ -305,25 +247,18 @@ def train_dual_encoder(
     preset=DEFAULT_PRESET,
     data="digits",
     output_dir="runs/dual_encoder",
-    epochs=30,
-    batch_size=64,
-    learning_rate=2e-3,
-    weight_decay=0.05,
-    warmup_fraction=0.1,
-    clipnorm=1.0,
-    augment=True,
-    seed=0,
+    config=None,
+    *,
     templates=None,
-    max_batches=None,
     save=True,
-    deterministic=False,
     callbacks=(),
     overwrite=False,
     verbose=2,
     plots=True,
     data_options=None,
 ):
-    """Train a dual encoder contrastively, then measure zero-shot accuracy.
+    """Train a dual encoder contrastively, then measure zero-shot accuracy
+    (`train` calls this for dual encoders).
 
     Re-running with the same `output_dir` resumes an interrupted run after
     its last finished epoch (`make_callbacks`: crash-safe per-epoch
@@ -332,23 +267,17 @@ def train_dual_encoder(
     afresh). `run.json` records the settings and whether the run finished.
 
     Args:
-        preset: preset name or directory, or `.keras` file
+        preset: preset name or directory, `.keras` file or model
             (default `"limoe_tiny"`).
         data: dataset spec yielding image-caption pairs (`"digits"` makes
             captions from the class names).
         output_dir: where checkpoints, logs and the final model go.
-        epochs: int >= 1. batch_size: int >= 2 (a contrastive batch needs
-            negatives).
-        learning_rate: peak AdamW learning rate (warmup + cosine decay).
-        weight_decay, warmup_fraction, clipnorm: optimizer settings.
-        augment: random shifts of the training images.
-        seed: int, seeds weights, shuffling and augmentation.
+        config: a `TrainingConfig` (None: the defaults). `batch_size` must be
+            >= 2 (a contrastive batch needs negatives); `augment` other than
+            `"none"` shifts the training images at random; `label_smoothing`
+            does not apply.
         templates: zero-shot prompt templates (default: the dataset's).
-        max_batches: int or None, limit on training batches per epoch
-            (for quick tests).
         save: write `model.keras` and `preset/`.
-        deterministic: use deterministic kernels (process-wide), so that
-            the same call repeats bit for bit on the same machine.
         callbacks: more Keras callbacks for `fit` (after the recipe's own).
         overwrite: delete an earlier run's files in `output_dir` (only
             those) and train afresh. Without it a finished run with the same
@@ -372,34 +301,28 @@ def train_dual_encoder(
         the PNG files written), ...
 
     Example:
-    >>> metrics = train_dual_encoder(output_dir="/tmp/limoe", epochs=1)  # doctest: +SKIP
+    >>> from keras_sparse_moe.recipes.config import TrainingConfig
+    >>> metrics = train_dual_encoder("limoe_tiny", "digits", "/tmp/limoe",
+    ...                              TrainingConfig(epochs=1))  # doctest: +SKIP
     """
     import keras
 
+    from keras_sparse_moe.recipes.config import TrainingConfig
     from keras_sparse_moe.recipes.training import make_callbacks
-    from keras_sparse_moe.recipes.training import make_optimizer
     from keras_sparse_moe.recipes.training import read_log
 
-    epochs = check_int("epochs", epochs, minimum=1)
-    batch_size = check_int("batch_size", batch_size, minimum=2)
-    learning_rate = check_float("learning_rate", learning_rate, minimum=0.0, strict=True)
-    warmup_fraction = check_float("warmup_fraction", warmup_fraction, minimum=0.0)
-    if warmup_fraction > 1.0:
-        raise ValueError(f"Argument `warmup_fraction` must be in [0, 1]; received {warmup_fraction}.")
-    seed = check_int("seed", seed, minimum=0)
-    if max_batches is not None:
-        max_batches = check_int("max_batches", max_batches, minimum=1)
+    config = TrainingConfig() if config is None else config
+    if not isinstance(config, TrainingConfig):
+        raise ValueError(f"Argument `config` must be a TrainingConfig or None; received {config!r}.")
+    batch_size = check_int("batch_size", config.batch_size, minimum=2)
+    epochs, seed, max_batches = config.epochs, config.seed, config.max_batches
+    augment = config.augment != "none"
     if not isinstance(output_dir, str) or not output_dir:
         raise ValueError(f"Argument `output_dir` must be a non-empty path; received {output_dir!r}.")
-    if not isinstance(deterministic, bool):
-        raise ValueError(f"Argument `deterministic` must be True or False; received {deterministic!r}.")
     settings = {
         "preset": preset if isinstance(preset, str) else type(preset).__name__,
-        "data": data, "epochs": epochs, "batch_size": batch_size,
-        "learning_rate": learning_rate, "weight_decay": weight_decay,
-        "warmup_fraction": warmup_fraction, "clipnorm": clipnorm, "augment": bool(augment),
-        "seed": seed, "templates": None if templates is None else list(templates),
-        "max_batches": max_batches, "deterministic": deterministic,
+        "data": data, **config.to_dict(),
+        "templates": None if templates is None else list(templates),
     }
     data_options = check_data_options(data_options)
     if data_options:
@@ -412,14 +335,15 @@ def train_dual_encoder(
                     "(pass overwrite=True / --overwrite to train again).", output_dir)
         return read_json(os.path.join(output_dir, METRICS_FILE))
 
-    if deterministic:
+    if config.deterministic:
         from keras_sparse_moe.utils.determinism import enable_deterministic_ops
 
         enable_deterministic_ops()
     keras.utils.set_random_seed(seed)
     model = load_dual_encoder(preset)
-    train, validation, test, info = _datasets(model, data, batch_size, augment, seed,
-                                              data_options=data_options)
+    train, validation, test, info = _datasets(
+        model, data, batch_size, augment, seed,
+        data_options={"validation_fraction": config.validation_fraction, **data_options})
     labelled = bool(info.num_classes)
     if labelled and test is None:  # the zero-shot evaluation after training needs it
         raise ValueError(_missing_split(data, "test"))
@@ -434,14 +358,7 @@ def train_dual_encoder(
         train_pairs = train_pairs.take(max_batches)
         steps = min(steps, max_batches)
     total_steps = steps * epochs
-    optimizer = make_optimizer(
-        learning_rate,
-        total_steps=total_steps,
-        warmup_steps=int(warmup_fraction * total_steps),
-        weight_decay=weight_decay,
-        clipnorm=clipnorm,
-    )
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "embedding", "temperature"])
+    optimizer = config.make_optimizer(total_steps, no_decay=_NO_DECAY)
     model.compile(optimizer=optimizer)
 
     val_pairs = None
@@ -456,7 +373,8 @@ def train_dual_encoder(
         train_pairs,
         validation_data=val_pairs,
         epochs=epochs,
-        callbacks=make_callbacks(output_dir, monitor=monitor, extra=list(callbacks)),
+        callbacks=make_callbacks(output_dir, early_stopping_patience=config.early_stopping_patience,
+                                 monitor=monitor, extra=list(callbacks)),
         shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras would warn otherwise
         verbose=verbose,
     )
@@ -471,7 +389,7 @@ def train_dual_encoder(
         "data": data,
         "epochs": epochs,
         "batch_size": batch_size,
-        "learning_rate": learning_rate,
+        "learning_rate": config.learning_rate,
         "seed": seed,
         "backend": keras.backend.backend(),
         "parameters": int(model.count_params()),

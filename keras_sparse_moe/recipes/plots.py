@@ -15,7 +15,6 @@
 All write PNG files atomically.
 """
 
-import csv
 import math
 import os
 
@@ -44,33 +43,6 @@ def _save(fig, path):
     return path
 
 
-def read_log(path):
-    """Columns of a `CSVLogger` file as `{name: float array}` (empty dict
-    when the file is missing or empty).
-
-    Example:
-    >>> import tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "log.csv")
-    >>> _ = open(path, "w").write("epoch,loss\\n0,1.5\\n1,1.0\\n")
-    >>> read_log(path)["loss"].tolist()
-    [1.5, 1.0]
-    """
-    if not os.path.isfile(path):
-        return {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    columns = {}
-    for name in (rows[0].keys() if rows else ()):
-        values = []
-        for row in rows:
-            try:
-                values.append(float(row[name]))
-            except (TypeError, ValueError):
-                values.append(float("nan"))
-        columns[name] = np.asarray(values)
-    return columns
-
-
 def plot_training_curves(log, path, title=None):
     """Plot loss / accuracy (and MoE routing statistics when logged) per epoch.
 
@@ -89,13 +61,14 @@ def plot_training_curves(log, path, title=None):
     >>> plot_training_curves({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}, out) == out
     True
     """
-    columns = read_log(log) if isinstance(log, (str, os.PathLike)) else {
-        k: np.asarray(v, dtype=float) for k, v in dict(log).items()
-    }
+    if isinstance(log, (str, os.PathLike)):
+        from keras_sparse_moe.recipes.training import read_log
+
+        log = read_log(log) if os.path.isfile(log) else {}
+    columns = {k: np.asarray(v, dtype=float) for k, v in dict(log).items()}
     if not columns or not any(len(v) for v in columns.values()):
         return None
-    length = max(len(v) for v in columns.values())
-    epochs = columns.get("epoch", np.arange(length)) + 1
+    epochs = np.arange(max(len(v) for v in columns.values())) + 1
     panels = [("loss", ["loss", "val_loss"]), ("accuracy", ["accuracy", "val_accuracy"])]
     routing = [("load imbalance (1 = balanced)", "moe/load_imbalance"),
                ("dropped fraction", "moe/dropped_fraction")]

@@ -12,11 +12,10 @@ it finishes. Calling the recipe again with the same directory then
   earlier run's files first (and only those).
 """
 
-import json
 import os
 import shutil
 
-from keras_sparse_moe.utils.io import atomic_write_text
+from keras_sparse_moe.utils.io import read_json
 
 # The files a training recipe writes into its output directory.
 RUN_FILE = "run.json"
@@ -34,59 +33,6 @@ RUN_ARTIFACTS = (
     CURVES_FILE, HEATMAP_FILE,
 )
 """A run's own files (and directories): `overwrite` deletes these, nothing else."""
-
-
-def read_json(path):
-    """The JSON document at `path`, or None if it is missing or unreadable.
-
-    Example:
-    >>> import os, tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "run.json")
-    >>> read_json(path) is None
-    True
-    >>> write_json(path, {"status": "running"})
-    >>> read_json(path)
-    {'status': 'running'}
-    """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
-def json_default(value):
-    """Convert what `json` cannot write (as `json.dumps`'s `default`): NumPy
-    scalars and arrays to Python numbers and lists, anything else to its
-    `str`.
-
-    Example:
-    >>> import json
-    >>> import numpy as np
-    >>> json.dumps({"n": np.int64(3), "a": np.zeros(2)}, default=json_default)
-    '{"n": 3, "a": [0.0, 0.0]}'
-    """
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def write_json(path, obj, default=None):
-    """Write `obj` as indented JSON, atomically (temporary file + rename);
-    `default` converts values `json` cannot (as in `json.dumps`).
-
-    Example:
-    >>> import os, tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "metrics.json")
-    >>> write_json(path, {"accuracy": 0.5})
-    >>> open(path).read()
-    '{\\n  "accuracy": 0.5\\n}\\n'
-    """
-    atomic_write_text(path, json.dumps(obj, indent=2, default=default) + "\n")
 
 
 def clear_run(output_dir, artifacts):

@@ -19,8 +19,11 @@ def make_optimizer(
     weight_decay=0.05,
     clipnorm=1.0,
     min_learning_rate_ratio=0.01,
+    ema_momentum=None,
+    no_decay=("bias", "gamma", "beta"),
 ):
-    """AdamW with linear warmup then cosine decay, and gradient clipping.
+    """AdamW with linear warmup then cosine decay, and gradient clipping:
+    the optimizer of every recipe (`TrainingConfig.make_optimizer`).
 
     Args:
         learning_rate: float > 0, peak learning rate (reached after warmup).
@@ -29,6 +32,9 @@ def make_optimizer(
         weight_decay: float >= 0 (decoupled, AdamW).
         clipnorm: float > 0 or None, global-norm clipping of each gradient.
         min_learning_rate_ratio: final learning rate / peak.
+        ema_momentum: None, or a float in (0, 1): keep an exponential moving
+            average of the weights (Keras `use_ema`).
+        no_decay: variable-name fragments kept out of weight decay.
 
     Example:
     >>> opt = make_optimizer(1e-3, total_steps=100)
@@ -36,11 +42,16 @@ def make_optimizer(
     'AdamW'
     """
     schedule = make_schedule(learning_rate, total_steps, warmup_steps, min_learning_rate_ratio)
-    return keras.optimizers.AdamW(
+    optimizer = keras.optimizers.AdamW(
         learning_rate=schedule,
         weight_decay=check_float("weight_decay", weight_decay, minimum=0.0),
         clipnorm=clipnorm,
+        use_ema=ema_momentum is not None,
+        ema_momentum=ema_momentum or 0.99,
     )
+    if no_decay:
+        optimizer.exclude_from_weight_decay(var_names=list(no_decay))
+    return optimizer
 
 
 def make_schedule(learning_rate=1e-3, total_steps=1000, warmup_steps=None,
@@ -216,20 +227,7 @@ class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         self.wait = int(state["epoch"]) - best_epoch
         best_file = os.path.join(self.output_dir, BEST_FILE)
         if self.restore_best_weights and os.path.isfile(best_file):
-            self.best_weights = _weights_with_trained_model_from(self.model, best_file)
-
-
-def _weights_with_trained_model_from(model, path):
-    """`model.get_weights()` with the trained model's part (a `Distiller`'s
-    student, or the whole model) replaced by the weights saved in `path`."""
-    from keras_sparse_moe.recipes.distillation import trained_model
-
-    saved = keras.saving.load_model(path, compile=False)
-    values = model.get_weights()
-    position = {id(variable): i for i, variable in enumerate(model.weights)}
-    for variable, value in zip(trained_model(model).weights, saved.get_weights()):
-        values[position[id(variable)]] = value
-    return values
+            self.best_weights = keras.saving.load_model(best_file, compile=False).get_weights()
 
 
 def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss", extra=()):
@@ -237,8 +235,7 @@ def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss",
 
     - `CSVLogger` (`output_dir/log.csv`, appended on resume; rows of epochs
       the interrupted run did not commit are dropped first).
-    - `ResumableCheckpoint`: after every epoch the model (when the fitted
-      model is a `Distiller`, its student) is saved once, crash-safely, to
+    - `ResumableCheckpoint`: after every epoch the model is saved once, crash-safely, to
       `output_dir/backup/`, then copied to `output_dir/last.keras` and, when
       `monitor` improved, to `output_dir/best.keras`. Re-running the same
       command with the same output directory resumes after the last finished

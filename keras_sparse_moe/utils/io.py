@@ -2,6 +2,7 @@
 rename, so a crash never leaves a half-written artifact that later loads."""
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -113,8 +114,55 @@ def _check_file_target(path):
 def atomic_write_text(path, text):
     """Write `text` to `path` atomically."""
     with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
+
+
+def _json_default(value):
+    """What `json` cannot write: NumPy scalars and arrays as Python numbers
+    and lists, anything else as its `str`."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def write_json(path, obj):
+    """Write `obj` as indented JSON, atomically (temporary file + rename).
+    NumPy scalars and arrays become numbers and lists, other values `json`
+    cannot write their `str`.
+
+    Example:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "metrics.json")
+    >>> write_json(path, {"accuracy": np.float32(0.5)})
+    >>> open(path).read()
+    '{\\n  "accuracy": 0.5\\n}\\n'
+    """
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path):
+    """The JSON document at `path`, or None if it is missing or unreadable.
+
+    Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.json")
+    >>> read_json(path) is None
+    True
+    >>> write_json(path, {"status": "running"})
+    >>> read_json(path)
+    {'status': 'running'}
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
 
 
 def atomic_save_model(model, path):

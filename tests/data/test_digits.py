@@ -6,7 +6,6 @@ import pytest
 from keras_sparse_moe.data import DIGITS_CLASS_NAMES
 from keras_sparse_moe.data import digits_split_indices
 from keras_sparse_moe.data import digits_split_ranges
-from keras_sparse_moe.data.digits import digits_fold_range
 from keras_sparse_moe.data import load_digits
 
 
@@ -57,46 +56,3 @@ def test_bad_arguments():
         load_digits("train", validation_fraction=1.0)
     with pytest.raises(ValueError, match="validation_fraction=0"):
         load_digits("validation", validation_fraction=0.0)
-
-
-def test_cross_validation_folds_partition_the_training_samples():
-    all_images, all_labels = load_digits("all")
-    held_out = []
-    for k in range(5):
-        train, train_labels = load_digits("train", validation_fold=(k, 5))
-        val, val_labels = load_digits("validation", validation_fold=(k, 5))
-        start, stop = digits_fold_range((k, 5))
-        # The held-out block is contiguous; train is the rest, in order.
-        np.testing.assert_array_equal(val, all_images[start:stop])
-        np.testing.assert_array_equal(val_labels, all_labels[start:stop])
-        np.testing.assert_array_equal(
-            train, np.concatenate([all_images[:start], all_images[stop:1438]])
-        )
-        held_out.append(np.arange(start, stop))
-        # The test split never moves.
-        np.testing.assert_array_equal(load_digits("test", validation_fold=(k, 5))[0], all_images[1438:])
-    np.testing.assert_array_equal(np.concatenate(held_out), np.arange(1438))
-    assert [len(h) for h in held_out] == [288, 288, 288, 287, 287]
-    indices = digits_split_indices(validation_fold=(4, 5))
-    assert indices["validation"][0] == 1151 and indices["train"][-1] == 1150
-
-
-@pytest.mark.parametrize("fold", [(5, 5), (0, 1), (-1, 5), (1.0, 5), (True, 5), 3, (0, 1439), "0/5"])
-def test_bad_validation_fold(fold):
-    with pytest.raises(ValueError, match="validation_fold"):
-        load_digits("train", validation_fold=fold)
-
-
-def test_validation_fold_through_the_dataset_pipeline():
-    from keras_sparse_moe.data import build_datasets
-    from keras_sparse_moe.data import resolve_dataset
-
-    info = resolve_dataset("digits", validation_fold=(1, 5)).info
-    assert info.counts == {"train": 1150, "validation": 288, "test": 359}
-    assert info.splits["train"] == "samples 0..287, 576..1437"
-    assert info.splits["validation"] == "samples 288..575"
-    _, validation, _, _ = build_datasets("digits", batch_size=288, validation_fold=(1, 5))
-    images, labels = next(iter(validation))
-    np.testing.assert_array_equal(labels.numpy(), load_digits("all")[1][288:576])
-    with pytest.raises(ValueError, match="only applies to the 'digits'"):
-        resolve_dataset("folder:/nonexistent", validation_fold=(0, 5))

@@ -135,5 +135,3 @@ def test_dataset_spec_bad_input():
         load_dataset("optdigits-train", "test")
     with pytest.raises(ValueError, match="Did you mean 'optdigits-train'"):
         parse_spec("optdigits")
-    with pytest.raises(ValueError, match="only applies to the 'digits' dataset"):
-        resolve_dataset("optdigits-train", validation_fold=(0, 5))

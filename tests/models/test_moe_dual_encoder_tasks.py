@@ -12,17 +12,12 @@ from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderImageConverte
 from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderPreprocessor
 from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderTokenizer
 from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderZeroShotClassifier
-from keras_sparse_moe.models.moe_dual_encoder import prompts
-from keras_sparse_moe.models.moe_dual_encoder.build_vocab import build_vocabulary
-from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_tokenizer import (
-    default_vocabulary,
-)
+from keras_sparse_moe.data.prompts import DIGIT_WORDS
 
 NUM_CLASSES = 4
 
 
 def test_shipped_vocabulary_and_tokenizer():
-    assert default_vocabulary() == build_vocabulary()  # asset in sync with its script
     tokenizer = MoEDualEncoderTokenizer()
     assert tokenizer.pad_token_id == 0 and tokenizer.vocabulary_size() < 500
     unk = tokenizer.token_to_id("[UNK]")
@@ -60,7 +55,7 @@ def synthetic_pairs(n, seed):
     rows, cols = np.mgrid[0:8, 0:8]
     patterns = np.stack([rows % 2, cols % 2, (rows + cols) % 2, (rows // 4 + cols // 4) % 2])
     images = 12.0 * patterns[labels][..., None] + rng.uniform(0, 4, (n, 8, 8, 1))
-    captions = [f"a photo of the digit {prompts.DIGIT_NAMES[c]}." for c in labels]
+    captions = [f"a photo of the digit {DIGIT_WORDS[c]}." for c in labels]
     return {"images": images.astype("float32"), "prompts": captions}, labels
 
 
@@ -98,9 +93,9 @@ def test_zero_shot_classifier(trained, tmp_path):
     preprocessor = task.preprocessor
     classifier = MoEDualEncoderZeroShotClassifier(
         task.backbone,
-        class_names=list(prompts.DIGIT_NAMES[:NUM_CLASSES]),
+        class_names=list(DIGIT_WORDS[:NUM_CLASSES]),
         preprocessor=preprocessor,
-        templates=prompts.DIGIT_TEMPLATES[:1],  # the training caption
+        templates=["a photo of the digit {}."],  # the training caption
     )
     x, labels = synthetic_pairs(8, seed=1)
     big = np.repeat(np.repeat(x["images"], 2, axis=1), 2, axis=2)  # 16x16: resized back
@@ -173,8 +168,8 @@ def test_keras_files_restore_compile_settings_and_optimizer_state(trained, tmp_p
     assert restored.loss is not None
 
     classifier = MoEDualEncoderZeroShotClassifier(
-        task.backbone, class_names=list(prompts.DIGIT_NAMES[:NUM_CLASSES]),
-        preprocessor=task.preprocessor, templates=prompts.DIGIT_TEMPLATES[:1],
+        task.backbone, class_names=list(DIGIT_WORDS[:NUM_CLASSES]),
+        preprocessor=task.preprocessor, templates=["a photo of the digit {}."],
     )
     classifier.compile()
     path = os.path.join(tmp_path, "zero_shot_compiled.keras")

@@ -12,6 +12,7 @@ from keras_sparse_moe.recipes.classifier import evaluate_classifier
 from keras_sparse_moe.recipes.classifier import load_classifier
 from keras_sparse_moe.recipes.classifier import representative_images
 from keras_sparse_moe.recipes.classifier import train_classifier
+from keras_sparse_moe.recipes.config import TrainingConfig
 from keras_sparse_moe.recipes.metrics import classification_report
 from keras_sparse_moe.recipes.routing import routing_by_class
 from tests.recipes.interrupt import InterruptAfter
@@ -20,8 +21,9 @@ from tests.recipes.interrupt import InterruptAfter
 # Step-by-step execution is quicker than tracing a graph for so few steps,
 # except on JAX, where eager op dispatch is slower than one jit compilation.
 TINY = {"num_layers": 2, "hidden_dim": 16, "mlp_dim": 16, "num_heads": 2}
+CONFIG = TrainingConfig(max_batches=2, batch_size=32)
 QUICK = dict(
-    overrides=TINY, max_batches=2, batch_size=32, verbose=0,
+    overrides=TINY, verbose=0,
     run_eagerly=keras.backend.backend() != "jax",
     single_image_latency=False, routing_examples=64,
 )
@@ -39,14 +41,15 @@ def resumed_run(tmp_path_factory):
     keras.utils.set_random_seed(0)
     out = str(tmp_path_factory.mktemp("run"))
     with pytest.raises(KeyboardInterrupt):
-        train_classifier("moe_vit_tiny", "digits", out, epochs=3, callbacks=[InterruptAfter(2)],
+        train_classifier("moe_vit_tiny", "digits", out, CONFIG.replace(epochs=3),
+                         callbacks=[InterruptAfter(2)],
                          **QUICK)
     interrupted = {
         "epochs": _logged_epochs(out),
         "backup": os.path.isdir(os.path.join(out, "backup")),
         "status": json.load(open(os.path.join(out, "run.json")))["status"],
     }
-    metrics = train_classifier("moe_vit_tiny", "digits", out, epochs=3, **QUICK)
+    metrics = train_classifier("moe_vit_tiny", "digits", out, CONFIG.replace(epochs=3), **QUICK)
     return out, interrupted, metrics
 
 
@@ -88,7 +91,7 @@ def test_training_writes_all_artifacts(resumed_run):
 
 def test_rerun_of_finished_run_returns_its_metrics(resumed_run):
     out, _, metrics = resumed_run
-    again = train_classifier("moe_vit_tiny", "digits", out, epochs=3, **QUICK)
+    again = train_classifier("moe_vit_tiny", "digits", out, CONFIG.replace(epochs=3), **QUICK)
     assert again["accuracy"] == pytest.approx(metrics["accuracy"])
     assert _logged_epochs(out) == [0, 1, 2]
 
@@ -96,18 +99,11 @@ def test_rerun_of_finished_run_returns_its_metrics(resumed_run):
 def test_rerun_with_other_settings_is_refused(resumed_run):
     out, _, _ = resumed_run
     with pytest.raises(ValueError, match="different settings.*epochs: 3 -> 5"):
-        train_classifier("moe_vit_tiny", "digits", out, epochs=5, **QUICK)
-    # The finished run's metrics are of the test split: asking for the
-    # validation split's must not return them.
-    with pytest.raises(ValueError, match="evaluation_split: 'test' -> 'validation'"):
-        train_classifier("moe_vit_tiny", "digits", out, epochs=3,
-                         evaluation_split="validation", **QUICK)
-    # Random initial weights and distillation from teachers are other runs too.
+        train_classifier("moe_vit_tiny", "digits", out, CONFIG.replace(epochs=5), **QUICK)
+    # Random initial weights are another run too.
     with pytest.raises(ValueError, match="load_weights: True -> False"):
-        train_classifier("moe_vit_tiny", "digits", out, epochs=3, load_weights=False, **QUICK)
-    with pytest.raises(ValueError, match="distillation: None -> "):
-        train_classifier("moe_vit_tiny", "digits", out, epochs=3,
-                         teachers=[os.path.join(out, "model.keras")], **QUICK)
+        train_classifier("moe_vit_tiny", "digits", out, CONFIG.replace(epochs=3), load_weights=False,
+                         **QUICK)
 
 
 def test_evaluate_saved_model_writes_metrics(resumed_run, tmp_path):
@@ -192,16 +188,30 @@ def test_routing_by_class_follows_the_router():
         ({"data": "folder:/no/such/folder"}, (ValueError, FileNotFoundError), "no/such/folder"),
         ({"preset": "limoe_tiny"}, ValueError, "not an image classifier"),
         ({"preset": "moe_vit_tinyy"}, ValueError, "moe_vit_tiny"),
-        ({"epochs": 0}, ValueError, "epochs"),
-        ({"augment": "rotate"}, ValueError, "augment"),
-        ({"deterministic": "yes"}, ValueError, "`deterministic` must be True or False"),
+        ({"config": {"epochs": 3}}, ValueError, "must be a TrainingConfig"),
     ],
 )
 def test_bad_inputs_fail_clearly(tmp_path, kwargs, error, match):
-    arguments = {"preset": "moe_vit_tiny", "data": "digits", "output_dir": str(tmp_path / "out")}
+    arguments = {"preset": "moe_vit_tiny", "data": "digits", "output_dir": str(tmp_path / "out"),
+                 "config": CONFIG}
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
         train_classifier(**arguments, **QUICK)
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"augment": "rotate"}, "augment"),
+        ({"deterministic": "yes"}, "`deterministic` must be True or False"),
+        ({"warmup_fraction": 1.0}, "warmup_fraction"),
+        ({"ema_momentum": 1.0}, "ema_momentum"),
+    ],
+)
+def test_bad_training_config_fails_clearly(fields, match):
+    with pytest.raises(ValueError, match=match):
+        TrainingConfig(**fields)
 
 
 def test_num_classes_in_the_overrides(tmp_path):
@@ -213,7 +223,7 @@ def test_num_classes_in_the_overrides(tmp_path):
         load_classifier("moe_vit_tiny", num_classes=3, overrides={"num_classes": 5})
     # Training sizes the head from the data: the override is refused before any work.
     with pytest.raises(ValueError, match="num_classes=10 is not allowed when training"):
-        train_classifier("moe_vit_tiny", "digits", str(tmp_path / "out"),
+        train_classifier("moe_vit_tiny", "digits", str(tmp_path / "out"), CONFIG,
                          **{**QUICK, "overrides": {"num_classes": 10}})
     assert not os.path.exists(tmp_path / "out")
 
@@ -222,9 +232,9 @@ def test_output_directory_that_cannot_be_created(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(ValueError, match="directory"):
-        train_classifier("moe_vit_tiny", "digits", str(blocker / "out"), **QUICK)
+        train_classifier("moe_vit_tiny", "digits", str(blocker / "out"), CONFIG, **QUICK)
     with pytest.raises(ValueError, match="not a directory"):
-        train_classifier("moe_vit_tiny", "digits", str(blocker), **QUICK)
+        train_classifier("moe_vit_tiny", "digits", str(blocker), CONFIG, **QUICK)
 
 
 def test_evaluate_rejects_class_count_mismatch(tmp_path):

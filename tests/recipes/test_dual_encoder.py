@@ -6,6 +6,7 @@ import pytest
 
 from keras_sparse_moe.recipes.dual_encoder import evaluate_zero_shot
 from keras_sparse_moe.recipes.dual_encoder import load_dual_encoder
+from keras_sparse_moe.recipes.config import TrainingConfig
 from keras_sparse_moe.recipes.dual_encoder import train_dual_encoder
 from tests.recipes.interrupt import InterruptAfter
 
@@ -27,8 +28,8 @@ def test_tiny_run_resumes_and_writes_artifacts(tmp_path):
     # (The checkpoint mechanics are covered in test_checkpoints.py: the recipe
     # uses the same make_callbacks / ResumableCheckpoint.)
     out = str(tmp_path / "run")
-    quick = dict(output_dir=out, epochs=3, batch_size=32, max_batches=4, learning_rate=3e-3,
-                 seed=0, verbose=0)
+    config = TrainingConfig(epochs=3, batch_size=32, max_batches=4, learning_rate=3e-3)
+    quick = dict(output_dir=out, config=config, verbose=0)
     with pytest.raises(KeyboardInterrupt):
         train_dual_encoder(callbacks=[InterruptAfter(2)], **quick)
     assert _logged_epochs(out) == [0, 1]
@@ -48,9 +49,10 @@ def test_tiny_run_resumes_and_writes_artifacts(tmp_path):
     assert _logged_epochs(out) == [0, 1, 2]
     # Other settings in the same directory are refused, naming the change ...
     with pytest.raises(ValueError, match=r"different settings \(epochs: 3 -> 2\)"):
-        train_dual_encoder(**dict(quick, epochs=2))
+        train_dual_encoder(**dict(quick, config=config.replace(epochs=2)))
     # ... unless overwrite=True, which replaces the run (and its log).
-    again = train_dual_encoder(**dict(quick, epochs=2), overwrite=True, plots=False)
+    again = train_dual_encoder(**dict(quick, config=config.replace(epochs=2)), overwrite=True,
+                               plots=False)
     assert _logged_epochs(out) == [0, 1]
     assert len(again["history"]["loss"]) == 2
     assert again["figures"] == [] and not os.path.exists(os.path.join(out, "routing_heatmap.png"))
@@ -76,7 +78,8 @@ def test_a_folder_too_small_for_a_test_split_is_refused_before_training(tmp_path
         evaluate_zero_shot("limoe_tiny_digits", f"folder:{folder}")
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="has no 'test' split with these options"):
-        train_dual_encoder(data=f"folder:{folder}", output_dir=str(out), epochs=1, batch_size=2)
+        train_dual_encoder(data=f"folder:{folder}", output_dir=str(out),
+                           config=TrainingConfig(epochs=1, batch_size=2))
     assert not (out / "model.keras").exists() and not (out / "log.csv").exists()
 
 

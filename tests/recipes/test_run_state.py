@@ -6,8 +6,8 @@ import os
 import pytest
 
 from keras_sparse_moe.recipes.run_state import check_previous_run
-from keras_sparse_moe.recipes.run_state import read_json
-from keras_sparse_moe.recipes.run_state import write_json
+from keras_sparse_moe.utils.io import read_json
+from keras_sparse_moe.utils.io import write_json
 
 KEYS = ("epochs", "seed")
 ARTIFACTS = ("run.json", "metrics.json", "log.csv", "backup")

@@ -86,3 +86,42 @@ def test_early_stopping_is_optional(tmp_path):
 
     assert len(stoppers(make_callbacks(str(tmp_path), early_stopping_patience=2))) == 1
     assert stoppers(make_callbacks(str(tmp_path / "b"))) == []
+
+
+def test_training_config_builds_the_optimizer_of_its_settings():
+    config = ksm.TrainingConfig(learning_rate=2e-3, warmup_fraction=0.2, weight_decay=0.1,
+                                clipnorm=0.5, ema_momentum=0.9)
+    optimizer = config.make_optimizer(total_steps=50, no_decay=("bias",))
+    assert (optimizer.weight_decay, optimizer.clipnorm) == (0.1, 0.5)
+    assert optimizer.use_ema and optimizer.ema_momentum == 0.9
+    # Zero gradients: only decoupled weight decay moves a weight, and not the bias.
+    dense = keras.layers.Dense(2)
+    dense.build((None, 3))
+    for variable in dense.weights:
+        variable.assign(np.ones(variable.shape, "float32"))
+    optimizer.apply_gradients([(keras.ops.zeros(v.shape), v) for v in dense.trainable_weights])
+    kernel, bias = (keras.ops.convert_to_numpy(v) for v in (dense.kernel, dense.bias))
+    np.testing.assert_allclose(kernel, 1 - 2e-5 * 0.1, rtol=1e-6)  # learning rate 1% of peak at step 0
+    np.testing.assert_array_equal(bias, 1.0)
+    # Warmup over 20% of the 50 steps to the peak, then cosine decay to 1% of it.
+    rates = []
+    for step in (5, 10, 50):
+        optimizer.iterations.assign(step)
+        rates.append(float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+    assert rates[0] < rates[1] == pytest.approx(2e-3, rel=1e-5)
+    assert rates[2] == pytest.approx(2e-5, rel=1e-3)
+    # A copy with changes is checked like a new config; the original is unchanged.
+    assert config.replace(epochs=3).epochs == 3 and config.epochs == 30
+    with pytest.raises(ValueError, match="batch_size"):
+        config.replace(batch_size=0)
+
+
+def test_train_chooses_the_task_from_the_model_class():
+    from keras_sparse_moe.recipes.trainer import is_dual_encoder
+
+    assert is_dual_encoder("limoe_tiny") and not is_dual_encoder("moe_vit_tiny")
+    assert not is_dual_encoder(ksm.from_preset("moe_vit_tiny", num_layers=2))
+    with pytest.raises(ValueError, match="moe_vit_tiny"):
+        is_dual_encoder("moe_vit_tinyy")
+    with pytest.raises(ValueError, match="TrainingConfig"):
+        ksm.train("moe_vit_tiny", "digits", {"epochs": 1})

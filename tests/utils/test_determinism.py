@@ -11,6 +11,7 @@ import sys
 SCRIPT = r"""
 import json, sys
 import keras, numpy as np
+from keras_sparse_moe.recipes import TrainingConfig
 from keras_sparse_moe.recipes.classifier import train_classifier
 
 DETERMINISTIC = sys.argv[2] == "1"
@@ -18,9 +19,10 @@ TINY = {"num_layers": 2, "hidden_dim": 16, "mlp_dim": 16, "num_heads": 2}
 weights = []
 for run in ("a", "b"):
     _, model = train_classifier(
-        "moe_vit_tiny", "digits", sys.argv[1] + "/" + run, epochs=2, overrides=TINY,
-        max_batches=3, batch_size=32, verbose=0, plots=False, save_preset=False,
-        single_image_latency=False, routing_examples=0, deterministic=DETERMINISTIC,
+        "moe_vit_tiny", "digits", sys.argv[1] + "/" + run,
+        TrainingConfig(epochs=2, max_batches=3, batch_size=32, deterministic=DETERMINISTIC),
+        overrides=TINY, verbose=0, plots=False, save_preset=False,
+        single_image_latency=False, routing_examples=0,
         run_eagerly=keras.backend.backend() != "jax", return_model=True)
     weights.append([np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights])
 from tensorflow.python.framework import config as tf_config  # no public getter

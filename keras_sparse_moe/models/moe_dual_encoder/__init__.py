@@ -2,7 +2,6 @@
 backbones, contrastive and zero-shot tasks, tokenizer, preprocessing,
 losses and architecture presets."""
 
-from keras_sparse_moe.models.moe_dual_encoder import prompts
 from keras_sparse_moe.models.moe_dual_encoder.contrastive_losses import SigmoidContrastiveLoss
 from keras_sparse_moe.models.moe_dual_encoder.contrastive_losses import SoftmaxContrastiveLoss
 from keras_sparse_moe.models.moe_dual_encoder.contrastive_losses import sigmoid_contrastive_loss
@@ -74,7 +73,6 @@ __all__ = [
     "load_dual_encoder",
     "local_entropy",
     "pack_prompts",
-    "prompts",
     "sigmoid_contrastive_loss",
     "softmax_contrastive_loss",
 ]

@@ -3,6 +3,7 @@ weights ship, except `limoe_tiny_digits`)."""
 
 import math
 
+from keras_sparse_moe.data.digits import DIGITS_MAX_VALUE
 from keras_sparse_moe.models.moe_dual_encoder.limoe_backbone import LIMoEBackbone
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_contrastive import (
     MoEDualEncoderContrastive,
@@ -10,7 +11,6 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_contrastive impor
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_preprocessor import (
     MoEDualEncoderPreprocessor,
 )
-from keras_sparse_moe.models.preset_conventions import DIGITS_SCALING
 from keras_sparse_moe.models.preset_conventions import NO_WEIGHTS
 from keras_sparse_moe.models.preset_conventions import RGB_SCALING
 from keras_sparse_moe.models.preset_conventions import scaled_preprocessor
@@ -22,7 +22,8 @@ LIMOE_PAPER = (
 )
 
 rgb_preprocessor = scaled_preprocessor(MoEDualEncoderPreprocessor, RGB_SCALING)
-digits_preprocessor = scaled_preprocessor(MoEDualEncoderPreprocessor, DIGITS_SCALING)
+# The embedded digits (values 0..16) -> [0, 1].
+digits_preprocessor = scaled_preprocessor(MoEDualEncoderPreprocessor, {"scale": 1 / DIGITS_MAX_VALUE})
 
 # Project defaults for the LIMoE entropy losses (the paper tunes the weights
 # and the global threshold per setting; these are not the paper's values).

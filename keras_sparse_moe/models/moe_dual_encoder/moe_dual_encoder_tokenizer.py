@@ -12,7 +12,7 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
 DEFAULT_VOCABULARY_PATH = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "assets", "vocab.txt"
 )
-"""The small shipped vocabulary (built by `build_vocab.py`)."""
+"""The small shipped vocabulary (built by `examples/digits/build_vocab.py`)."""
 
 
 def default_vocabulary():
@@ -29,7 +29,7 @@ class MoEDualEncoderTokenizer(WordPieceTokenizer):
 
     Args:
         vocabulary: None (the shipped ~400-token vocabulary of
-            `assets/vocab.txt`, see `build_vocab.py`), a list of tokens or a
+            `assets/vocab.txt`, see `examples/digits/build_vocab.py`), a list of tokens or a
             vocabulary file path.
         lowercase: bool.
         **kwargs: other `WordPieceTokenizer` arguments.

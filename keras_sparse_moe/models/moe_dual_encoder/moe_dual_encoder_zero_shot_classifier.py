@@ -5,6 +5,9 @@ import numpy as np
 from keras import ops
 from keras_hub.models import Task
 
+from keras_sparse_moe.data.prompts import DEFAULT_PROMPT_TEMPLATES
+from keras_sparse_moe.data.prompts import zero_shot_prompts
+
 from keras_sparse_moe.models.moe_dual_encoder.dual_encoder_layers import ClassEmbeddings
 from keras_sparse_moe.models.moe_dual_encoder.dual_encoder_task_checks import (
     DualEncoderInputChecks,
@@ -18,8 +21,6 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_preprocessor import (
     MoEDualEncoderPreprocessor,
 )
-from keras_sparse_moe.models.moe_dual_encoder.prompts import GENERIC_TEMPLATES
-from keras_sparse_moe.models.moe_dual_encoder.prompts import make_prompts
 from keras_sparse_moe.models.task_compile import CompileConfigMixin
 from keras_sparse_moe.presets import PresetMixin
 
@@ -31,8 +32,8 @@ class MoEDualEncoderZeroShotClassifier(
     """Zero-shot image classifier from a dual encoder (CLIP-style prompt
     ensembling, Radford et al. 2021).
 
-    Each class name is put into every template (`"a photo of the digit
-    {}."`, ...); the prompts are encoded by the text tower, the embeddings of
+    Each class name is put into every template (`"a photo of a {}."`,
+    ...); the prompts are encoded by the text tower, the embeddings of
     a class are averaged over templates and re-normalised, and stored as a
     fixed `(num_classes, embedding_dim)` table. The model maps images to
     logits `(batch, num_classes)`: the backbone's `contrastive_head` applied
@@ -51,21 +52,20 @@ class MoEDualEncoderZeroShotClassifier(
         preprocessor: a `MoEDualEncoderPreprocessor` (its tokenizer encodes
             the prompts; with an image converter `predict` takes raw images).
             Default: the shipped tokenizer and no image converter.
-        templates: list of strings with one `{}` each; default
-            `GENERIC_TEMPLATES` (`prompts.DIGIT_TEMPLATES` for digits).
+        templates: list of templates, `{}` standing for the class name;
+            default `keras_sparse_moe.data.prompts.DEFAULT_PROMPT_TEMPLATES`.
 
     Example:
     >>> import numpy as np
     >>> from keras_sparse_moe.models.moe_dual_encoder import LIMoEBackbone
-    >>> from keras_sparse_moe.models.moe_dual_encoder import prompts
     >>> backbone = LIMoEBackbone(vocabulary_size=413, image_shape=(8, 8, 1),
     ...     patch_size=4, max_sequence_length=12, num_layers=2, num_heads=2,
     ...     hidden_dim=8, mlp_dim=16, num_experts=4)
     >>> classifier = MoEDualEncoderZeroShotClassifier(
-    ...     backbone, class_names=list(prompts.DIGIT_NAMES),
-    ...     templates=prompts.DIGIT_TEMPLATES[:2])
+    ...     backbone, class_names=["zero", "one", "two"],
+    ...     templates=["a photo of the digit {}.", "the handwritten digit {}."])
     >>> classifier.predict(np.zeros((2, 8, 8, 1), "float32"), verbose=0).shape
-    (2, 10)
+    (2, 3)
     """
 
     backbone_cls = MoEDualEncoderBackbone
@@ -73,8 +73,8 @@ class MoEDualEncoderZeroShotClassifier(
 
     def __init__(self, backbone, class_names, preprocessor=None, templates=None, **kwargs):
         check_dual_encoder_backbone(backbone)
-        templates = tuple(GENERIC_TEMPLATES if templates is None else templates)
-        make_prompts(class_names, templates)  # validates both
+        templates = tuple(DEFAULT_PROMPT_TEMPLATES if templates is None else templates)
+        zero_shot_prompts(class_names, templates)  # validates both
         if preprocessor is None:
             preprocessor = MoEDualEncoderPreprocessor(sequence_length=backbone.max_sequence_length)
         if not isinstance(preprocessor, MoEDualEncoderPreprocessor):
@@ -107,7 +107,7 @@ class MoEDualEncoderZeroShotClassifier(
     def class_text_embeddings(self):
         """Prompt-ensembled class embeddings `(num_classes, dim)` (NumPy) from
         the current text tower."""
-        prompts = make_prompts(self.class_names, self.templates)
+        prompts = zero_shot_prompts(self.class_names, self.templates)
         flat = [prompt for group in prompts for prompt in group]
         packed = self.preprocessor({"prompts": flat})
         embeddings = self.backbone.text_encoder.predict(

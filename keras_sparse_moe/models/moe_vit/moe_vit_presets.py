@@ -1,11 +1,11 @@
 """Architecture presets of the MoE-ViT family (no pretrained weights ship)."""
 
+from keras_sparse_moe.data.digits import DIGITS_MAX_VALUE
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
 from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier import MoEViTImageClassifier
 from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier_preprocessor import (
     MoEViTImageClassifierPreprocessor,
 )
-from keras_sparse_moe.models.preset_conventions import DIGITS_SCALING
 from keras_sparse_moe.models.preset_conventions import NO_WEIGHTS
 from keras_sparse_moe.models.preset_conventions import RGB_SCALING
 from keras_sparse_moe.models.preset_conventions import scaled_preprocessor
@@ -20,7 +20,8 @@ SOFT_MOE_PAPER = (
     "https://arxiv.org/abs/2308.00951"
 )
 rgb_preprocessor = scaled_preprocessor(MoEViTImageClassifierPreprocessor, RGB_SCALING)
-digits_preprocessor = scaled_preprocessor(MoEViTImageClassifierPreprocessor, DIGITS_SCALING)
+# The embedded digits (values 0..16) -> [0, 1].
+digits_preprocessor = scaled_preprocessor(MoEViTImageClassifierPreprocessor, {"scale": 1 / DIGITS_MAX_VALUE})
 
 
 def _vit(patch_size, num_layers, hidden_dim, mlp_dim, num_heads):
@@ -132,8 +133,8 @@ classifier_presets = {
 MOE_VIT_TINY_DIGITS = {
     "family": "moe_vit",
     "description": (
-        "moe_vit_tiny pretrained on 50,000 synthetic digits (synthetic-digits, 10 "
-        "epochs), then fine-tuned on the embedded scikit-learn digits (all 1,438 "
+        "moe_vit_tiny pretrained on 50,000 synthetic digits (10 epochs, "
+        "examples/digits), then fine-tuned on the embedded scikit-learn digits (all 1,438 "
         "training images) together with optdigits-train (3,823 UCI digits by 30 "
         "other writers), 30 epochs, with recipes/moe_vit.py: cross-validated "
         "accuracy on held-out writers 0.989, test-split accuracy 0.992 (356/359; "
@@ -148,7 +149,7 @@ MOE_VIT_TINY_SYNTHETIC_DIGITS = {
     "family": "moe_vit",
     "description": (
         "moe_vit_tiny trained on 50,000 synthetic handwritten digits only "
-        "(synthetic-digits: pen-stroke templates and fonts in the UCI digits' format; "
+        "(pen-stroke templates and fonts in the UCI digits' format, examples/digits; "
         "10 epochs, seed 0): the pretrained starting point of moe_vit_tiny_digits. "
         "Reads 86% of the real digits' training split without seeing any; fine-tune "
         "it on digit-like data (e.g. --learning-rate 5e-4; docs/results.md). Takes raw "

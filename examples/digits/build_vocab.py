@@ -2,11 +2,11 @@
 
 Run from the repository root (it rewrites the asset atomically):
 
-    python -m keras_sparse_moe.models.moe_dual_encoder.build_vocab
+    python examples/digits/build_vocab.py
 
 The vocabulary is small on purpose (413 entries): the special tokens,
-punctuation, the ten digits, every word of the caption/prompt templates and
-digit names in `prompts.py`, a hand-picked list of common English words for
+punctuation, the ten digits, every word of the digit caption and prompt
+templates below and of the digit names, a hand-picked list of common English words for
 short captions, and the 26 letters both as word starts and as `##`
 continuations, so any lower-case ASCII word tokenises without `[UNK]` (an
 unknown word is spelled out letter by letter).
@@ -16,11 +16,27 @@ import os
 import re
 import tempfile
 
-from keras_sparse_moe.models.moe_dual_encoder.prompts import DIGIT_NAMES
-from keras_sparse_moe.models.moe_dual_encoder.prompts import DIGIT_TEMPLATES
-from keras_sparse_moe.models.moe_dual_encoder.prompts import GENERIC_TEMPLATES
+from keras_sparse_moe.data.prompts import DIGIT_WORDS as DIGIT_NAMES
 
-VOCAB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "vocab.txt")
+VOCAB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "keras_sparse_moe",
+                          "models", "moe_dual_encoder", "assets", "vocab.txt")
+DIGIT_TEMPLATES = (
+    "a photo of the digit {}.",
+    "a photo of the number {}.",
+    "an image of a handwritten {}.",
+    "a blurry photo of the digit {}.",
+    "a low resolution image of the number {}.",
+    "a drawing of the digit {}.",
+    "the handwritten digit {}.",
+    "a small picture of a {}.",
+)
+GENERIC_TEMPLATES = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a close-up photo of a {}.",
+    "a drawing of a {}.",
+)
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[START]", "[END]")
 PUNCTUATION = tuple(".,!?'\"-:;()/&+%")
 COMMON_WORDS = """

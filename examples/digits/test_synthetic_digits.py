@@ -1,21 +1,26 @@
 """Synthetic digits: the embedded digits' format, determinism, the NIST-like
-normalisation, the "synthetic-digits" data set, that they look enough like
-real handwriting to read it, and clear errors."""
+normalisation, that they look enough like real handwriting to read it, and
+clear errors. Not part of the package's test suite; run with
+
+    python -m pytest -p no:cacheprovider examples/digits
+"""
 
 import numpy as np
 import pytest
 
-from keras_sparse_moe.data import build_datasets
-from keras_sparse_moe.data import build_image_text_datasets
-from keras_sparse_moe.data import load_digits
-from keras_sparse_moe.data import parse_spec
-from keras_sparse_moe.data.digit_strokes import digit_strokes
-from keras_sparse_moe.data.synthetic_digits import bilinear_sample
-from keras_sparse_moe.data.synthetic_digits import load_synthetic_digits
-from keras_sparse_moe.data.synthetic_digits import make_synthetic_digits
-from keras_sparse_moe.data.synthetic_digits import smooth_field
-from keras_sparse_moe.data.synthetic_digits import synthetic_digits_counts
-from keras_sparse_moe.data.synthetic_digits import to_optdigits
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from digit_strokes import digit_strokes  # noqa: E402
+from keras_sparse_moe.data import load_digits  # noqa: E402
+from synthetic_digits import bilinear_sample  # noqa: E402
+from synthetic_digits import load_synthetic_digits  # noqa: E402
+from synthetic_digits import make_synthetic_digits  # noqa: E402
+from synthetic_digits import smooth_field  # noqa: E402
+from synthetic_digits import synthetic_digits_counts  # noqa: E402
+from synthetic_digits import to_optdigits  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -143,36 +148,9 @@ def test_bad_arguments_fail_clearly():
         bilinear_sample(np.ones((3, 3)), np.zeros(2), np.zeros(3))
 
 
-def test_synthetic_digits_data_set():
-    assert parse_spec("synthetic-digits") == ("synthetic-digits", 50_000)
-    assert parse_spec(" Synthetic-Digits:1_000 ") == ("synthetic-digits", 1000)
-    assert synthetic_digits_counts(50_000) == {"train": 50_000, "validation": 2_000, "test": 1_000}
-    train, val, test, info = build_datasets("synthetic-digits:300", image_size=16, batch_size=16,
-                                            augment=False, drop_remainder=False)
-    assert info.counts == {"train": 300, "validation": 12, "test": 10}
-    assert info.num_classes == 10 and info.max_value == 16 and info.image_shape == (8, 8, 1)
-    images = np.concatenate([x.numpy() for x, _ in train])
-    assert images.shape == (300, 16, 16, 1) and 0.0 <= images.min() and images.max() == 1.0
-    train_images, _ = load_synthetic_digits("train", 300)
-    test_images, _ = load_synthetic_digits("test", 300)
-    train_rows = {row.tobytes() for row in train_images.reshape(300, -1)}
-    assert not any(row.tobytes() in train_rows for row in test_images.reshape(10, -1))
-    assert not train_images.flags.writeable
-    _, val, _, info = build_datasets("synthetic-digits:300", image_size=16, batch_size=16, validation_fraction=0.0)
-    assert val is None and "validation" not in info.counts
-    _, _, test, _ = build_image_text_datasets("synthetic-digits:300", image_size=8, batch_size=5)
-    batch = next(iter(test))
-    assert b"digit" in batch["captions"].numpy()[0]
-
-
-def test_synthetic_digits_bad_specs():
-    with pytest.raises(ValueError, match=r"give the number of training images, an int >= 100 .*received 'ten'"):
-        parse_spec("synthetic-digits:ten")
-    with pytest.raises(ValueError, match="received '50'"):
-        parse_spec("synthetic-digits:50")
-    with pytest.raises(ValueError, match="Did you mean 'synthetic-digits'"):
-        parse_spec("synthetic-digit")
-    with pytest.raises(ValueError, match="Leave test_fraction=None"):
-        build_datasets("synthetic-digits:300", image_size=8, batch_size=4, test_fraction=0.3)
-    with pytest.raises(ValueError, match="validation_fold"):
-        build_datasets("synthetic-digits:300", image_size=8, batch_size=4, validation_fold=(0, 5))
+def test_split_sizes_and_fixed_seeds():
+    assert synthetic_digits_counts(50_000) == {"train": 50000, "validation": 2000, "test": 1000}
+    assert synthetic_digits_counts(300, validation=False) == {"train": 300, "test": 10}
+    test, labels = load_synthetic_digits("test", 300)
+    np.testing.assert_array_equal(test, make_synthetic_digits(10, seed=2)[0])
+    assert not test.flags.writeable and len(labels) == 10

@@ -22,9 +22,9 @@ The settings were matched to the statistics of the embedded training images
 (every digit spans all 8 rows, mostly 6 columns, about 310 counts of ink).
 A classifier trained on synthetic digits alone reads 84-86% of the real
 training digits; pretraining on them before fine-tuning on the real ones
-is what `docs/results.md` measures. The data set `"synthetic-digits"`
-(`build_datasets("synthetic-digits")`, `--data synthetic-digits`) serves
-these images with fixed seeds.
+is what `docs/results.md` measures. `load_synthetic_digits` serves the
+splits used to pretrain `moe_vit_tiny_synthetic_digits` with fixed seeds
+(`pretrain_synthetic.py`).
 
 Needs Pillow and matplotlib (dependencies of the package); no network. The
 images are deterministic for a seed on one machine; FreeType versions may
@@ -37,9 +37,9 @@ import os
 
 import numpy as np
 
-from keras_sparse_moe.data.digit_strokes import digit_strokes
+from digit_strokes import digit_strokes
 
-logger = logging.getLogger("keras_sparse_moe.data")
+logger = logging.getLogger(__name__)
 
 FONT_FILES = (
     "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
@@ -49,7 +49,7 @@ FONT_FILES = (
     "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
     "cmr10.ttf", "cmss10.ttf", "cmtt10.ttf", "cmb10.ttf", "cmti10.ttf",
 )
-# Default split sizes of the "synthetic-digits" data set, and the share of the
+# Default split sizes of the synthetic digits, and the share of the
 # train count drawn for validation and test (each split has its own seed).
 SYNTHETIC_TRAIN_COUNT = 50_000
 SYNTHETIC_VALIDATION_SHARE = 0.04
@@ -292,7 +292,7 @@ def make_synthetic_digits(count, seed=0, stroke_share=0.7):
 
 
 def synthetic_digits_counts(train_count=SYNTHETIC_TRAIN_COUNT, validation=True):
-    """Split sizes of the `"synthetic-digits"` data set for `train_count`
+    """Split sizes of the synthetic digits for `train_count`
     training images: validation 4% and test 2% of it (at least 10 each).
 
     Example:
@@ -309,7 +309,7 @@ def synthetic_digits_counts(train_count=SYNTHETIC_TRAIN_COUNT, validation=True):
 
 @functools.lru_cache(maxsize=6)
 def load_synthetic_digits(split, train_count=SYNTHETIC_TRAIN_COUNT):
-    """One split of the `"synthetic-digits"` data set (cached in memory).
+    """One split of the synthetic digits (cached in memory).
 
     Each split is `make_synthetic_digits` with its own fixed seed (train 0,
     validation 1, test 2), so the splits never share an image and a split's
