@@ -70,7 +70,7 @@ class GatherDispatcher(Dispatcher):
     Example:
     >>> import numpy as np
     >>> slot_token = np.array([[[1], [0]]], "int32")  # G=1, E=2, C=1
-    >>> d = GatherDispatcher(slot_token, expert_index=np.array([[[1], [0]]]),
+    >>> d = GatherDispatcher(slot_token, expert_index=np.array([[[1], [0]]], "int32"),
     ...                      expert_position=np.zeros((1, 2, 1), "int32"),
     ...                      gates=np.ones((1, 2, 1), "float32"))
     >>> x = np.arange(4, dtype="float32").reshape(1, 2, 2)

@@ -77,7 +77,8 @@ class SoftRouter(Router):
         """The projection, plus the dispatch (each slot mixes the tokens)
         and combine (each token mixes the slots) products: two more
         `(S x E*n)` by `D` products per group."""
-        return super().flops(num_tokens, dim) + 2 * 2 * int(num_tokens) * self.num_logits() * int(dim)
+        mixing = 2 * 2 * int(num_tokens) * self.num_logits() * int(dim)
+        return super().flops(num_tokens, dim) + mixing
 
     def dispatcher(self, routing, group_size, training=False, token_mask=None):
         return DenseDispatcher(routing["dispatch_weights"], routing["combine_weights"])
