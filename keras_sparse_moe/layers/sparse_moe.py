@@ -5,12 +5,17 @@ import numpy as np
 from keras import ops
 
 from keras_sparse_moe.distribution.constraints import constrain_expert_tensor
+from keras_sparse_moe.distribution.constraints import expert_parallel_active
 from keras_sparse_moe.layers import grouped_matmul
 from keras_sparse_moe.layers.dispatch import dense_combine
 from keras_sparse_moe.layers.dispatch import dense_dispatch
 from keras_sparse_moe.layers.dispatch import gather_combine
 from keras_sparse_moe.layers.dispatch import gather_dispatch
 from keras_sparse_moe.layers.expert_choice_router import ExpertChoiceRouter
+from keras_sparse_moe.layers.grouped_dispatch import grouped_dense_combine
+from keras_sparse_moe.layers.grouped_dispatch import grouped_dense_dispatch
+from keras_sparse_moe.layers.grouped_dispatch import grouped_gather_combine
+from keras_sparse_moe.layers.grouped_dispatch import grouped_gather_dispatch
 from keras_sparse_moe.layers.experts import Experts
 from keras_sparse_moe.layers.ragged_experts import ragged_combine
 from keras_sparse_moe.layers.ragged_experts import ragged_dispatch
@@ -377,6 +382,24 @@ class SparseMoE(keras.layers.Layer):
             )
             return ops.reshape(combined, (-1, group_size, dim)), routing
         capacity = self.capacity(training, group_size)
+        if expert_parallel_active():
+            # Expert parallelism (JAX): dispatch and combine within each
+            # group, so tokens travel by all-to-all (layers/grouped_dispatch.py).
+            batch = x.shape[0]
+            if self.router_type == "soft":
+                expert_inputs = grouped_dense_dispatch(groups, routing["dispatch_weights"], batch)
+            else:
+                expert_inputs = grouped_gather_dispatch(groups, routing["slot_token"], batch)
+            expert_outputs = self.experts(expert_inputs, training=training)
+            if self.router_type == "token_choice":
+                combined = grouped_gather_combine(
+                    expert_outputs, routing["expert_index"], routing["expert_position"],
+                    routing["gates"], capacity,
+                )
+            else:
+                _, combine = to_dense(routing, group_size, self.num_experts, capacity)
+                combined = grouped_dense_combine(expert_outputs, combine)
+            return combined, routing
         if self.router_type == "soft":
             expert_inputs = dense_dispatch(groups, routing["dispatch_weights"])
         else:
