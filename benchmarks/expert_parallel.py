@@ -1,8 +1,24 @@
 """Expert parallelism on simulated devices: parameter memory per device and
-step time, 1 device vs N (JAX backend, CPU devices simulated by XLA).
+step time, 1 device vs N, and bytes moved by collectives per device (JAX
+backend, CPU devices simulated by XLA).
 
     python benchmarks/expert_parallel.py                # 8 devices, 32 experts
     python benchmarks/expert_parallel.py --devices 4 --experts 16 --steps 5
+    python benchmarks/expert_parallel.py --traffic      # collectives, 2/4/8 devices
+
+`--traffic` compiles one training step (forward and backward, gradients with
+respect to the weights and the input) of a model made of one `SparseMoE`
+(E=8, D=128, H=256, top_k=2, capacity factor 1.25, groups of one example of
+64 tokens) at a fixed per-device batch (`--batch-per-device`, default 4),
+for each router, on a 1 x N expert-parallel mesh, N = 2, 4, 8 (one
+subprocess per device count). From the compiled, partitioned HLO it sums per
+device the bytes of the buffers of every all-to-all, all-gather, all-reduce,
+reduce-scatter and collective-permute (the per-device result shapes; for an
+all-to-all that includes the part a device keeps for itself). The analytic
+all-to-all volume is `4 x slots x D x 4 bytes` per device: the dispatched
+slots of the device's own groups (`G/N * E * C`; Soft MoE: `G/N * E *
+slots_per_expert`), moved by dispatch and combine in the forward pass and
+again in the backward pass.
 
 The expert weights (and their Adam slots) of every SparseMoE are split along
 the expert axis, so each device should hold `1/expert_parallel` of them; the
@@ -28,6 +44,11 @@ def parse_args(argv=None):
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="timed train steps")
+    parser.add_argument("--traffic", action="store_true",
+                        help="bytes per device moved by each kind of collective, 2/4/8 devices")
+    parser.add_argument("--batch-per-device", type=int, default=4,
+                        help="--traffic: examples of 64 tokens per device")
+    parser.add_argument("--traffic-json", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -42,6 +63,8 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import json  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import keras  # noqa: E402
@@ -52,6 +75,8 @@ from rich.table import Table  # noqa: E402
 from keras_sparse_moe import SparseMoE  # noqa: E402
 from keras_sparse_moe.distribution import expert_parallel_distribution  # noqa: E402
 from keras_sparse_moe.distribution import is_expert_variable_path  # noqa: E402
+from keras_sparse_moe.distribution.hlo import COLLECTIVES  # noqa: E402
+from keras_sparse_moe.distribution.hlo import collective_bytes  # noqa: E402
 
 
 def build_model(args):
@@ -130,5 +155,92 @@ def main(args):
                   "simulated CPU devices are informational only.")
 
 
+TRAFFIC_DEVICES = (2, 4, 8)
+TRAFFIC = {"experts": 8, "dim": 128, "hidden": 256, "top_k": 2, "tokens": 64,
+           "capacity_factor": 1.25}
+
+
+def traffic_child(args):
+    """One device count: collective bytes of one training step per router."""
+    import jax
+
+    from keras_sparse_moe.layers.routing_ops import compute_capacity
+
+    n = args.devices
+    cfg = TRAFFIC
+    distribution = expert_parallel_distribution(expert_parallel=n, num_experts=cfg["experts"])
+    keras.distribution.set_distribution(distribution)
+    batch = args.batch_per_device * n
+    x = np.random.default_rng(0).random((batch, cfg["tokens"], cfg["dim"]), dtype=np.float32)
+    xs = jax.device_put(x, distribution.get_data_layout(x.shape).backend_layout)
+    results = {}
+    for router in ("token_choice", "expert_choice", "soft"):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((cfg["tokens"], cfg["dim"]))
+        moe = SparseMoE(cfg["experts"], cfg["hidden"], top_k=cfg["top_k"], router=router,
+                        capacity_factor=cfg["capacity_factor"], name="moe")
+        model = keras.Model(inputs, moe(inputs))
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def loss(trainable, inputs, non_trainable):
+            y, _ = model.stateless_call(trainable, non_trainable, inputs, training=True)
+            return keras.ops.mean(keras.ops.square(y))
+
+        step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+        text = step.lower(trainable, xs, non_trainable).compile().as_text()
+        groups = args.batch_per_device  # one group per example
+        if router == "soft":
+            slots = groups * cfg["experts"] * moe.slots_per_expert
+        else:
+            capacity = compute_capacity(cfg["tokens"], cfg["experts"], cfg["top_k"],
+                                        cfg["capacity_factor"])
+            slots = groups * cfg["experts"] * capacity
+        results[router] = {"bytes": collective_bytes(text),
+                           "analytic_all_to_all": 4 * slots * cfg["dim"] * 4}
+    keras.distribution.set_distribution(None)
+    with open(args.traffic_json, "w") as f:
+        json.dump(results, f)
+
+
+def traffic(args):
+    """Run `traffic_child` at 2, 4 and 8 devices and print one table."""
+    import tempfile
+
+    measured = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in TRAFFIC_DEVICES:
+            out = os.path.join(tmp, f"{n}.json")
+            cmd = [sys.executable, __file__, "--traffic", "--devices", str(n),
+                   "--batch-per-device", str(args.batch_per_device), "--traffic-json", out]
+            subprocess.run(cmd, check=True)
+            with open(out) as f:
+                measured[n] = json.load(f)
+    cfg = TRAFFIC
+    table = Table(title=(
+        f"Collective bytes per device, one training step of one SparseMoE (E={cfg['experts']}, "
+        f"D={cfg['dim']}, k={cfg['top_k']}, cf={cfg['capacity_factor']}), "
+        f"{args.batch_per_device} x {cfg['tokens']} tokens per device, mesh 1 x N; MB"))
+    for col in ("router", "devices", "all-to-all", "all-gather", "all-reduce",
+                "reduce-scatter", "coll.-permute", "total", "analytic a2a", "total/analytic",
+                "total vs 2 dev."):
+        table.add_column(col, justify="right")
+    for router in ("token_choice", "expert_choice", "soft"):
+        base = None
+        for n in TRAFFIC_DEVICES:
+            r = measured[n][router]
+            total = sum(r["bytes"].values())
+            base = base or total
+            table.add_row(router, str(n), *(f"{r['bytes'][c] / 1e6:.3f}" for c in COLLECTIVES),
+                          f"{total / 1e6:.3f}", f"{r['analytic_all_to_all'] / 1e6:.3f}",
+                          f"{total / r['analytic_all_to_all']:.2f}", f"{total / base:.2f}x")
+    Console(width=160).print(table)
+
+
 if __name__ == "__main__":
-    main(ARGS)
+    if ARGS.traffic_json:
+        traffic_child(ARGS)
+    elif ARGS.traffic:
+        traffic(ARGS)
+    else:
+        main(ARGS)

@@ -22,7 +22,7 @@ import moe_vit  # noqa: E402
 def dense_equivalent_overrides(preset="moe_vit_tiny", overrides=None):
     """`overrides` plus `{"moe_layers": "none", "mlp_dim": width}`: the dense
     model with the mean hidden width per token of the MoE preset."""
-    from keras_sparse_moe.models.moe_vit.moe_layer_schedule import resolve_moe_layers
+    from keras_sparse_moe.models.moe_layer_schedule import resolve_moe_layers
     from keras_sparse_moe.presets import get_preset
 
     config = {**dict(get_preset(preset).backbone_config or {}), **dict(overrides or {})}

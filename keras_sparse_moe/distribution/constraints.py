@@ -28,6 +28,16 @@ def _active_mesh():
     return mesh
 
 
+def expert_parallel_active():
+    """Whether a `keras.distribution` with an `"expert"` mesh axis is set (JAX).
+
+    Example:
+    >>> expert_parallel_active()  # no distribution set
+    False
+    """
+    return _active_mesh() is not None
+
+
 def mesh_axis_size(mesh, name):
     """Size of axis `name` of a `DeviceMesh` (1 if the mesh lacks it)."""
     if name not in mesh.axis_names:
@@ -82,3 +92,84 @@ def constrain_expert_tensor(x):
         axes[1] = DATA_AXIS
     layout = keras.distribution.TensorLayout(axes, mesh)
     return keras.distribution.distribute_tensor(x, layout)
+
+
+def _batch_shards(distribution, batch):
+    """Number of devices the batch axis of a `(batch, ...)` input is split over."""
+    axes = distribution.get_data_layout((batch,)).axes[0]
+    if axes is None:
+        return 1
+    mesh = distribution.device_mesh
+    names = axes if isinstance(axes, tuple) else (axes,)
+    shards = 1
+    for name in names:
+        shards *= mesh_axis_size(mesh, name)
+    return shards
+
+
+def constrain_group_tensor(x, batch_size=None, group_size=None):
+    """Shard a group-major tensor `(G, ...)` like the batch it comes from.
+
+    Routing groups live on the device that holds their examples, so the
+    group axis `G` takes the layout the current distribution gives a batch
+    of `G` examples (`ExpertParallel`: over `("data", "expert")`). Tensors
+    constrained this way stay on their device; going from this layout to
+    `constrain_expert_tensor`'s is what XLA compiles to an all-to-all.
+
+    A no-op unless the backend is JAX and the current `keras.distribution`
+    has an `"expert"` mesh axis.
+
+    Args:
+        x: tensor whose leading axis is the group axis, e.g. `(G, S, D)`.
+        batch_size: int or None, examples in the batch the groups were cut
+            from; when given, checks that no group straddles two devices.
+        group_size: int or None, tokens per group (for the error message).
+
+    Returns:
+        `x`, with a sharding constraint when expert parallelism is active.
+
+    Raises:
+        ValueError: if the groups cannot be split over the devices that
+            hold the batch, i.e. a group would straddle two devices.
+
+    Example:
+    >>> import numpy as np
+    >>> y = constrain_group_tensor(np.zeros((4, 6, 8), "float32"))
+    >>> tuple(y.shape)
+    (4, 6, 8)
+    """
+    mesh = _active_mesh()
+    if mesh is None or isinstance(x, keras.KerasTensor):
+        return x
+    distribution = keras.distribution.distribution()
+    shape = tuple(x.shape)
+    groups = shape[0]
+    if batch_size is not None and groups is not None:
+        check_groups_fit_devices(distribution, batch_size, groups, group_size)
+    layout = distribution.get_data_layout(shape)
+    return keras.distribution.distribute_tensor(x, layout)
+
+
+def check_groups_fit_devices(distribution, batch_size, num_groups, group_size=None):
+    """Raise a `ValueError` when routing groups would straddle devices.
+
+    The batch of `batch_size` examples is split over some devices by
+    `distribution`; its tokens are cut into `num_groups` routing groups.
+    Every device must hold whole groups.
+
+    Example:
+    >>> check_groups_fit_devices(None, batch_size=8, num_groups=8)
+    """
+    if distribution is None:
+        return
+    shards = _batch_shards(distribution, batch_size)
+    if num_groups % shards == 0:
+        return
+    tokens = f"{group_size} tokens" if group_size else "tokens"
+    raise ValueError(
+        f"The batch of {batch_size} examples is split over {shards} devices, but its "
+        f"{num_groups} routing groups (of {tokens}) cannot be: a group would straddle two "
+        f"devices. Use a batch size per step that is a multiple of "
+        f"{shards * max(1, batch_size // max(num_groups, 1))} (whole groups on every "
+        "device), or a smaller `group_size` of SparseMoE."
+    )

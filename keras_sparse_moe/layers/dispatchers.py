@@ -24,10 +24,15 @@ experts run as one batched matmul and the `E` axis can be sharded);
 
 from keras import ops
 
+from keras_sparse_moe.distribution.constraints import expert_parallel_active
 from keras_sparse_moe.layers.dispatch import dense_combine
 from keras_sparse_moe.layers.dispatch import dense_dispatch
 from keras_sparse_moe.layers.dispatch import gather_combine
 from keras_sparse_moe.layers.dispatch import gather_dispatch
+from keras_sparse_moe.layers.grouped_dispatch import grouped_dense_combine
+from keras_sparse_moe.layers.grouped_dispatch import grouped_dense_dispatch
+from keras_sparse_moe.layers.grouped_dispatch import grouped_gather_combine
+from keras_sparse_moe.layers.grouped_dispatch import grouped_gather_dispatch
 from keras_sparse_moe.layers.ragged_experts import ragged_combine
 from keras_sparse_moe.layers.ragged_experts import ragged_dispatch
 from keras_sparse_moe.layers.ragged_experts import sort_assignments
@@ -96,13 +101,19 @@ class GatherDispatcher(Dispatcher):
         )
 
     def dispatch(self, tokens):
-        return gather_dispatch(ops.convert_to_tensor(tokens), self.slot_token)
+        tokens = ops.convert_to_tensor(tokens)
+        if expert_parallel_active():  # gathers within each group: all-to-all
+            return grouped_gather_dispatch(tokens, self.slot_token)
+        return gather_dispatch(tokens, self.slot_token)
 
     def combine(self, expert_outputs):
         expert_outputs = ops.convert_to_tensor(expert_outputs)
+        grouped = expert_parallel_active()
         if self.combine_weights is not None:
-            return dense_combine(expert_outputs, self.combine_weights)
-        return gather_combine(
+            combine = grouped_dense_combine if grouped else dense_combine
+            return combine(expert_outputs, self.combine_weights)
+        combine = grouped_gather_combine if grouped else gather_combine
+        return combine(
             expert_outputs, self.expert_index, self.expert_position, self.gates, self.capacity
         )
 
@@ -126,10 +137,12 @@ class DenseDispatcher(Dispatcher):
         self.combine_weights = ops.convert_to_tensor(combine_weights)
 
     def dispatch(self, tokens):
-        return dense_dispatch(ops.convert_to_tensor(tokens), self.dispatch_weights)
+        dispatch = grouped_dense_dispatch if expert_parallel_active() else dense_dispatch
+        return dispatch(ops.convert_to_tensor(tokens), self.dispatch_weights)
 
     def combine(self, expert_outputs):
-        return dense_combine(ops.convert_to_tensor(expert_outputs), self.combine_weights)
+        combine = grouped_dense_combine if expert_parallel_active() else dense_combine
+        return combine(ops.convert_to_tensor(expert_outputs), self.combine_weights)
 
 
 class RaggedDispatcher(Dispatcher):

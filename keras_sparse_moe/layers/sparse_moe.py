@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_sparse_moe.distribution.constraints import constrain_expert_tensor
+from keras_sparse_moe.distribution.constraints import constrain_group_tensor
 from keras_sparse_moe.layers.experts import Experts
 from keras_sparse_moe.layers.router_registry import make_router
 from keras_sparse_moe.layers.router_registry import router_option_names
@@ -277,6 +278,10 @@ class SparseMoE(keras.layers.Layer):
     def _route(self, x, training, group_size, token_mask=None):
         """Expert outputs combined per token, and the routing dict."""
         groups = ops.reshape(x, (-1, group_size, x.shape[-1]))
+        # Under expert parallelism (JAX) each group stays on the device of its
+        # examples (an error says what to change if a group would straddle two);
+        # the dispatchers then move tokens by all-to-all. A no-op otherwise.
+        groups = constrain_group_tensor(groups, x.shape[0], group_size)
         mask = None if token_mask is None else ops.reshape(token_mask, (-1, group_size))
         routing = self.router(groups, training=training, dense=False, token_mask=mask)
         dispatcher = self.router.dispatcher(
