@@ -19,7 +19,8 @@ from keras_sparse_moe.models.moe_dual_encoder import MoETextEncoder
 from keras_sparse_moe.models.moe_dual_encoder import MoETwoTowerBackbone
 from tests import configs
 
-BATCH = 3
+# Even, so that the harness's tf.data batches of 2 hold square (2, 2) logits.
+BATCH = 4
 
 
 def dual_encoder_outputs(embedding_dim):
