@@ -1,4 +1,5 @@
-"""Shared test setup: quiet TensorFlow logs, deterministic seeds."""
+"""Shared test setup: quiet TensorFlow logs, deterministic seeds, and the
+small models of tests/configs.py built once per test process."""
 
 import os
 
@@ -51,3 +52,45 @@ def _reset_state():
 
 def backend():
     return keras.backend.backend()
+
+
+# ---------------------------------------------------------- shared models
+# Built once per test process (one per backend and xdist worker) from the
+# configs of tests/configs.py. Tests that only read a model (shapes,
+# predictions, save/load, export) share these instead of building their own;
+# a test that trains or otherwise changes a model builds its own.
+@pytest.fixture(scope="session")
+def moe_vit_backbone():
+    """A `MoEViTBackbone(**configs.MOE_VIT)` (read only)."""
+    from keras_sparse_moe.models import MoEViTBackbone
+    from tests import configs
+
+    keras.utils.set_random_seed(0)
+    return MoEViTBackbone(**configs.MOE_VIT)
+
+
+@pytest.fixture(scope="session")
+def limoe_backbone():
+    """A `LIMoEBackbone(**configs.LIMOE)` (read only)."""
+    from keras_sparse_moe.models.moe_dual_encoder import LIMoEBackbone
+    from tests import configs
+
+    keras.utils.set_random_seed(0)
+    return LIMoEBackbone(**configs.LIMOE)
+
+
+@pytest.fixture(scope="session")
+def two_tower_backbone():
+    """A `MoETwoTowerBackbone` of `configs.TWO_TOWER_VISION` and
+    `configs.TEXT_ENCODER` towers (read only)."""
+    from keras_sparse_moe.models import MoEViTBackbone
+    from keras_sparse_moe.models.moe_dual_encoder import MoETextEncoder
+    from keras_sparse_moe.models.moe_dual_encoder import MoETwoTowerBackbone
+    from tests import configs
+
+    keras.utils.set_random_seed(0)
+    return MoETwoTowerBackbone(
+        MoEViTBackbone(**configs.TWO_TOWER_VISION),
+        MoETextEncoder(**configs.TEXT_ENCODER),
+        embedding_dim=configs.TWO_TOWER_EMBEDDING_DIM,
+    )
