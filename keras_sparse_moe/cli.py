@@ -329,33 +329,13 @@ _CLASSIFIER_ONLY = {
 
 def _is_dual_encoder(name_or_path):
     """Whether a preset name, preset directory or `.keras` file holds a dual
-    encoder, decided by its model classes (read without building the model)."""
-    import json
-    import zipfile
+    encoder (an unreadable one is left to the command's own checks)."""
+    from keras_sparse_moe.recipes.trainer import is_dual_encoder
 
-    import keras
-
-    from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderBackbone
-    from keras_sparse_moe.presets import preset_classes
-
-    name = os.fspath(name_or_path)
-    if name.endswith(".keras") and os.path.isfile(name):
-        try:
-            with zipfile.ZipFile(name) as archive:
-                config = json.loads(archive.read("config.json"))
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-            return False
-        # A task file nests its backbone's config; a backbone file is the backbone.
-        config = config.get("config", {}).get("backbone", config)
-        classes = [keras.saving.get_registered_object(config.get("registered_name"))]
-    else:
-        try:
-            classes = preset_classes(name)
-        except (ValueError, OSError):
-            return False
-    return any(
-        isinstance(cls, type) and issubclass(cls, MoEDualEncoderBackbone) for cls in classes
-    )
+    try:
+        return is_dual_encoder(name_or_path)
+    except (ValueError, OSError):
+        return False
 
 
 def _train_dual_encoder(args):

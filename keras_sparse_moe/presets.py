@@ -49,6 +49,7 @@ import json
 import os
 import re
 import threading
+import zipfile
 
 import h5py
 import keras
@@ -310,22 +311,31 @@ def list_presets(family=None, params=True):
 
 
 def preset_classes(preset):
-    """The `(backbone class, task class or None)` of a preset, read without
-    building the model: from the registry for a registered name, from
-    `config.json` / `task.json` for a preset directory.
+    """The `(backbone class, task class or None)` of a model, read without
+    building it: from the registry for a registered name, from
+    `config.json` / `task.json` for a preset directory, from the archive's
+    `config.json` for a `.keras` file, or the classes of a model instance.
 
     Args:
-        preset: a registered preset name or a preset directory path.
+        preset: a registered preset name, a preset directory, a `.keras`
+            file or a Keras model.
 
     Example:
     >>> [cls.__name__ for cls in preset_classes("moe_vit_tiny")]
     ['MoEViTBackbone', 'MoEViTImageClassifier']
     """
+    if isinstance(preset, keras.Model):
+        backbone = getattr(preset, "backbone", None)
+        if backbone is None:
+            return type(preset), None
+        return type(backbone), type(preset)
     if isinstance(preset, os.PathLike):
         preset = os.fspath(preset)
     if isinstance(preset, str) and preset in _REGISTRY:
         backbone_cls, _, task_cls, _ = _spec_classes_and_configs(_REGISTRY[preset])
         return backbone_cls, task_cls
+    if isinstance(preset, str) and preset.endswith(".keras") and os.path.isfile(preset):
+        return _keras_file_classes(preset)
     if not isinstance(preset, str) or not os.path.isdir(preset):
         raise ValueError(_unknown_preset_message(preset))
     _check_preset_directory(preset, load_weights=False)
@@ -335,6 +345,21 @@ def preset_classes(preset):
         task_config = _read_json(preset, _TASK_CONFIG_FILE)
         task_cls = _registered_class(task_config, preset, _TASK_CONFIG_FILE)
     return backbone_cls, task_cls
+
+
+def _keras_file_classes(path):
+    """`(backbone class, task class or None)` from a `.keras` archive's
+    `config.json` (a task file nests its backbone's config)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not a readable .keras file ({error}).") from None
+    top = keras.saving.get_registered_object(config.get("registered_name"))
+    nested = config.get("config", {}).get("backbone")
+    if isinstance(nested, dict):
+        return keras.saving.get_registered_object(nested.get("registered_name")), top
+    return top, None
 
 
 # --------------------------------------------------------------------------

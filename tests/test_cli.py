@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from keras_sparse_moe.cli import main
+from tests.configs import MOE_VIT_CLI_OVERRIDES
 
 COMMANDS = ("presets", "profile", "train", "evaluate", "export", "demo")
 EAGER = [] if keras.backend.backend() == "jax" else ["--run-eagerly"]
-TINY = ["--set", "num_layers=2", "--set", "hidden_dim=16", "--set", "mlp_dim=16",
-        "--set", "num_heads=2"]
+TINY = MOE_VIT_CLI_OVERRIDES
 
 
 def _image_folder(root):

@@ -13,16 +13,9 @@ from keras_sparse_moe.layers.encoder_block import MoETransformerEncoderBlock
 from keras_sparse_moe.models import MoEViTBackbone
 from keras_sparse_moe.models import MoEViTImageClassifier
 from keras_sparse_moe.models import MoEViTImageClassifierPreprocessor
+from tests.configs import MOE_VIT
 
-TINY_BACKBONE = dict(
-    image_shape=(8, 8, 1),
-    patch_size=4,
-    num_layers=2,
-    num_heads=2,
-    hidden_dim=16,
-    mlp_dim=32,
-    num_experts=4,
-)
+TINY_BACKBONE = MOE_VIT
 PAPER_PRESETS = {
     "vmoe_s32_e8_k2_last2",
     "vmoe_b16_e8_k2_every2",

@@ -3,50 +3,37 @@ encoders."""
 
 import os
 
+import keras
+
+from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderBackbone
+from keras_sparse_moe.presets import from_preset
+from keras_sparse_moe.presets import preset_classes
 from keras_sparse_moe.recipes.config import TrainingConfig
-
-
-def _task_class(model):
-    """The Keras class of `model`: a model instance, a registered preset
-    name, a preset directory or a `.keras` file."""
-    import keras
-
-    if isinstance(model, keras.Model):
-        return type(model)
-    if not isinstance(model, (str, os.PathLike)):
-        raise ValueError(
-            "Argument `model` must be a Keras model, a preset name, a preset directory or a "
-            f".keras file; received {type(model).__name__}."
-        )
-    name = os.fspath(model)
-    if name.endswith(".keras"):
-        if not os.path.isfile(name):
-            raise FileNotFoundError(f"No model file at {name!r}.")
-        from keras_sparse_moe.utils.io import load_keras_file
-
-        return type(load_keras_file(name, compile=False))
-    if not os.path.isdir(name) and "://" not in name:
-        from keras_sparse_moe.presets import get_preset
-
-        spec = get_preset(name)  # an unknown name: a ValueError with suggestions
-        if spec.task_cls is not None:
-            return spec.task_cls
-    from keras_sparse_moe.presets import from_preset
-
-    return type(from_preset(name, load_weights=False))
 
 
 def is_dual_encoder(model):
     """Whether `model` (a model, preset name, preset directory or `.keras`
-    file) is a contrastive dual encoder rather than an image classifier.
+    file) is a contrastive dual encoder rather than an image classifier,
+    decided by its classes (read without building the model).
 
     Example:
     >>> is_dual_encoder("limoe_tiny"), is_dual_encoder("moe_vit_tiny")
     (True, False)
     """
-    from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderContrastive
-
-    return issubclass(_task_class(model), MoEDualEncoderContrastive)
+    if not isinstance(model, (keras.Model, str, os.PathLike)):
+        raise ValueError(
+            "Argument `model` must be a Keras model, a preset name, a preset directory or a "
+            f".keras file; received {type(model).__name__}."
+        )
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".keras"):
+        if not os.path.isfile(model):
+            raise FileNotFoundError(f"No model file at {os.fspath(model)!r}.")
+    if isinstance(model, str) and "://" in model:  # a hub handle: its classes need a build
+        model = from_preset(model, load_weights=False)
+    return any(
+        isinstance(cls, type) and issubclass(cls, MoEDualEncoderBackbone)
+        for cls in preset_classes(model)
+    )
 
 
 def train(model, data="digits", config=None, output_dir="runs/train", **options):

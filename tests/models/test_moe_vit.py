@@ -14,17 +14,9 @@ from keras_sparse_moe.models import MoEViTImageConverter
 from keras_sparse_moe.models.moe_vit import resolve_moe_layers
 from keras_sparse_moe.models.moe_vit.moe_vit_presets import backbone_presets
 from keras_sparse_moe.presets import list_presets
+from tests.configs import MOE_VIT
 
-TINY = dict(
-    image_shape=(8, 8, 1),
-    patch_size=4,
-    num_layers=2,
-    num_heads=2,
-    hidden_dim=16,
-    mlp_dim=32,
-    num_experts=4,
-    top_k=2,
-)
+TINY = MOE_VIT
 
 
 def tiny(**overrides):

@@ -16,11 +16,12 @@ from keras_sparse_moe.recipes.config import TrainingConfig
 from keras_sparse_moe.recipes.metrics import classification_report
 from keras_sparse_moe.recipes.routing import routing_by_class
 from tests.recipes.interrupt import InterruptAfter
+from tests.configs import MOE_VIT_OVERRIDES
 
 # A 2-block width-16 MoE-ViT (MoE in block 1) trained on 2 batches per epoch.
 # Step-by-step execution is quicker than tracing a graph for so few steps,
 # except on JAX, where eager op dispatch is slower than one jit compilation.
-TINY = {"num_layers": 2, "hidden_dim": 16, "mlp_dim": 16, "num_heads": 2}
+TINY = MOE_VIT_OVERRIDES
 CONFIG = TrainingConfig(max_batches=2, batch_size=32)
 QUICK = dict(
     overrides=TINY, verbose=0,

@@ -15,7 +15,7 @@ from keras_sparse_moe.recipes import TrainingConfig
 from keras_sparse_moe.recipes.classifier import train_classifier
 
 DETERMINISTIC = sys.argv[2] == "1"
-TINY = {"num_layers": 2, "hidden_dim": 16, "mlp_dim": 16, "num_heads": 2}
+TINY = MOE_VIT_OVERRIDES
 weights = []
 for run in ("a", "b"):
     _, model = train_classifier(
@@ -26,6 +26,7 @@ for run in ("a", "b"):
         run_eagerly=keras.backend.backend() != "jax", return_model=True)
     weights.append([np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights])
 from tensorflow.python.framework import config as tf_config  # no public getter
+from tests.configs import MOE_VIT_OVERRIDES
 flags = {"tensorflow": tf_config.is_op_determinism_enabled()}
 if keras.backend.backend() == "torch":
     import torch
