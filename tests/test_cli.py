@@ -72,7 +72,7 @@ def test_help(capsys, command):
         (["profile", "--preset", "no_such_preset"], "Unknown preset 'no_such_preset'"),
         (["export", "--model", "moe_vit_tiny", "--output", "{tmp}/m.tflite",
           "--quantization", "int8"], "needs representative data"),
-        # Found by an audit (2026-12-06): each was a traceback or a silent bad run.
+        # Each of these once gave a traceback or a silent bad run.
         (["train", "--learning-rate", "nan", "--output", "{tmp}/run"],
          "`learning_rate` must be a finite number"),
         (["train", "--warmup-fraction", "nan", "--output", "{tmp}/run"],
