@@ -10,19 +10,10 @@ from keras_sparse_moe.models.moe_dual_encoder import LIMoEBackbone
 from keras_sparse_moe.models.moe_dual_encoder import MoETextEncoder
 from keras_sparse_moe.models.moe_dual_encoder import MoETwoTowerBackbone
 from keras_sparse_moe.models.moe_vit import MoEViTBackbone
+from tests.configs import LIMOE
 
 CONFIG = dict(
-    vocabulary_size=40,
-    image_shape=(8, 8, 1),
-    patch_size=4,
-    max_sequence_length=6,
-    num_layers=2,
-    num_heads=2,
-    hidden_dim=8,
-    mlp_dim=16,
-    embedding_dim=6,
-    num_experts=4,
-    top_k=1,
+    LIMOE,
     local_entropy_weight=0.01,
     global_entropy_weight={"text": 0.02},
     global_entropy_threshold=0.5,
