@@ -689,7 +689,38 @@ def build_parser():
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
+
+    _add_convert_parser(sub, common)
     return parser
+
+
+def _add_convert_parser(sub, common):
+    p = sub.add_parser(
+        "convert", parents=[common], help="convert a vmoe checkpoint to a preset directory",
+        description="Convert a google-research/vmoe V-MoE checkpoint (vmoe's sharded "
+        "PREFIX.index + PREFIX.data-*-of-* or a flax msgpack params file) to a keras-hub "
+        "preset directory holding an MoEViTImageClassifier (see docs/convert.md).",
+    )
+    p.add_argument("source", choices=["vmoe"], help="checkpoint format (vmoe)")
+    p.add_argument("checkpoint", help="checkpoint prefix, .index, data shard, .msgpack or "
+                   "their directory")
+    p.add_argument("--output", required=True, help="preset directory to write")
+    p.add_argument("--preset", default=None,
+                   help="registered preset the checkpoint must match")
+    p.add_argument("--config", default=None,
+                   help="vmoe model config JSON (default: config.json beside the checkpoint)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args):
+    """`keras-sparse-moe convert vmoe CHECKPOINT --output DIR`."""
+    from keras_sparse_moe.convert import convert_vmoe
+
+    model = convert_vmoe(args.checkpoint, args.output, preset=args.preset, config=args.config)
+    if not args.quiet:
+        print(f"wrote {os.path.abspath(args.output)} ({model.count_params():,} parameters)")
+    return 0
 
 
 def _check_numbers(args):

@@ -31,6 +31,7 @@ LAYERS = {
     "models": 5,
     "recipes": 6,
     "export": 6,
+    "convert": 6,
     "upcycle": 6,
     "callbacks": 6,
     "": 7,  # the package itself (`import keras_sparse_moe`), which imports all above

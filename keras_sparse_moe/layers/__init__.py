@@ -1,5 +1,6 @@
 """Sparse mixture-of-experts layers: routers, experts, dispatch and SparseMoE."""
 
+from keras_sparse_moe.layers import activations
 from keras_sparse_moe.layers import aux_losses
 from keras_sparse_moe.layers import routing_ops
 from keras_sparse_moe.layers.expert_choice_router import ExpertChoiceRouter
@@ -15,6 +16,7 @@ from keras_sparse_moe.layers.sparse_moe import SparseMoE
 from keras_sparse_moe.layers.token_choice_router import TokenChoiceRouter
 
 __all__ = [
+    "activations",
     "aux_losses",
     "routing_ops",
     "ExpertChoiceRouter",

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_sparse_moe.layers.activations import get_activation
 from keras_sparse_moe.layers.sparse_moe import SparseMoE
 from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
@@ -65,7 +66,8 @@ class MoETransformerEncoderBlock(keras.layers.Layer):
         attention_dropout: float, dropout on attention probabilities.
         stochastic_depth: float, drop-path rate of both residual branches.
         layer_norm_epsilon: float.
-        activation: MLP activation.
+        activation: MLP activation name or callable (`"gelu_approximate"`:
+            the tanh-approximate GELU of ViT / V-MoE).
 
     Call arguments:
         inputs: (batch, tokens, dim).
@@ -106,6 +108,7 @@ class MoETransformerEncoderBlock(keras.layers.Layer):
         self.attention_dropout = check_float("attention_dropout", attention_dropout, minimum=0.0)
         self.stochastic_depth = check_float("stochastic_depth", stochastic_depth, minimum=0.0)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
+        get_activation(activation)  # validates the name
         self.activation = activation
 
     def build(self, input_shape):
@@ -131,7 +134,8 @@ class MoETransformerEncoderBlock(keras.layers.Layer):
         )
         if self.moe is None:
             self.mlp_in = keras.layers.Dense(
-                self.mlp_dim, activation=self.activation, dtype=policy, name="mlp_in"
+                self.mlp_dim, activation=get_activation(self.activation), dtype=policy,
+                name="mlp_in",
             )
             self.mlp_out = keras.layers.Dense(dim, dtype=policy, name="mlp_out")
         else:

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_sparse_moe.layers.activations import get_activation
+from keras_sparse_moe.layers.activations import serialize_activation
 from keras_sparse_moe.layers.ragged_experts import ragged_mlp
 from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
@@ -57,7 +59,8 @@ class Experts(keras.layers.Layer):
     Args:
         num_experts: int >= 1.
         intermediate_dim: int >= 1, hidden width `H` of each expert.
-        activation: activation name or callable.
+        activation: activation name or callable; `"gelu_approximate"` is
+            the tanh-approximate GELU of ViT / V-MoE (`"gelu"` is exact).
         gated: bool, gated MLP (GLU family).
         dropout: float in [0, 1), dropout on the hidden activations.
         use_bias: bool.
@@ -85,7 +88,7 @@ class Experts(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_experts = check_int("num_experts", num_experts, minimum=1)
         self.intermediate_dim = check_int("intermediate_dim", intermediate_dim, minimum=1)
-        self.activation = keras.activations.get(activation)
+        self.activation = get_activation(activation)
         self.gated = bool(gated)
         self.dropout = check_float("dropout", dropout, minimum=0.0)
         if self.dropout >= 1.0:
@@ -156,7 +159,7 @@ class Experts(keras.layers.Layer):
             {
                 "num_experts": self.num_experts,
                 "intermediate_dim": self.intermediate_dim,
-                "activation": keras.activations.serialize(self.activation),
+                "activation": serialize_activation(self.activation),
                 "gated": self.gated,
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,

@@ -5,9 +5,12 @@ import inspect
 import keras
 
 from keras_sparse_moe.layers.dispatchers import DenseDispatcher
+from keras_sparse_moe.layers.routing_ops import CAPACITY_FORMULAS
+from keras_sparse_moe.layers.routing_ops import CAPACITY_ROUNDINGS
 from keras_sparse_moe.layers.routing_ops import compute_capacity
 from keras_sparse_moe.layers.routing_ops import to_dense
 from keras_sparse_moe.utils.validation import check_capacity_factor
+from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_int
 
 
@@ -43,6 +46,21 @@ class Router(keras.layers.Layer):
             used when `training` is false.
         kernel_initializer: initializer of the router projection.
         z_loss_weight: float >= 0, weight of the ST-MoE router z-loss.
+        capacity: int >= 1 or None. An explicit per-expert capacity per
+            group, used instead of `capacity_factor` (in training, and at
+            inference unless `eval_capacity_factor` is set); vmoe's
+            dispatcher `capacity` option.
+        capacity_rounding: `"ceil"` (default) or `"round"` (Python's round,
+            half to even), how `group_size * top_k * capacity_factor /
+            num_experts` becomes an int (vmoe's `capacity_ceil_or_round`).
+        capacity_multiple_of: int >= 1, round the capacity up to a multiple
+            of it (vmoe's `capacity_multiple_of`, 4 in vmoe's token and
+            expert choice routers). Default 1.
+        capacity_formula: `"clipped"` (default: clip the capacity to
+            `[1, group_size]`, with a 1e-9 tolerance against float round-off
+            before `ceil`) or `"vmoe"` (vmoe's `compute_capacity` exactly: no
+            tolerance, no cap at the group size, an error below 1). See
+            `routing_ops.compute_capacity`.
     """
 
     # Set by `register_router`: the name this class is registered under.
@@ -56,6 +74,10 @@ class Router(keras.layers.Layer):
         eval_capacity_factor=None,
         kernel_initializer="glorot_uniform",
         z_loss_weight=0.0,
+        capacity=None,
+        capacity_rounding="ceil",
+        capacity_multiple_of=1,
+        capacity_formula="clipped",
         **kwargs,
     ):
         kwargs["dtype"] = "float32"
@@ -77,6 +99,20 @@ class Router(keras.layers.Layer):
             raise ValueError(
                 f"Argument `z_loss_weight` must be >= 0; received {z_loss_weight}."
             )
+        # `capacity` is the name of the method: the explicit value is kept as
+        # `fixed_capacity` (and written back as `capacity` in the config).
+        self.fixed_capacity = None if capacity is None else check_int(
+            "capacity", capacity, minimum=1
+        )
+        self.capacity_rounding = check_choice(
+            "capacity_rounding", capacity_rounding, CAPACITY_ROUNDINGS
+        )
+        self.capacity_multiple_of = check_int(
+            "capacity_multiple_of", capacity_multiple_of, minimum=1
+        )
+        self.capacity_formula = check_choice(
+            "capacity_formula", capacity_formula, CAPACITY_FORMULAS
+        )
         self.group_size = None
         self.model_dim = None
 
@@ -113,7 +149,13 @@ class Router(keras.layers.Layer):
         factor = self.capacity_factor
         if not training and self.eval_capacity_factor is not None:
             factor = self.eval_capacity_factor
-        return compute_capacity(group_size, self.num_experts, self.top_k, factor)
+        elif self.fixed_capacity is not None:
+            return self.fixed_capacity
+        return compute_capacity(
+            group_size, self.num_experts, self.top_k, factor,
+            rounding=self.capacity_rounding, multiple_of=self.capacity_multiple_of,
+            formula=self.capacity_formula,
+        )
 
     def experts_per_token(self, group_size=None, training=False):
         """Experts a token's output depends on (the "active" experts): `top_k`
@@ -229,6 +271,10 @@ class Router(keras.layers.Layer):
                 "eval_capacity_factor": self.eval_capacity_factor,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "z_loss_weight": self.z_loss_weight,
+                "capacity": self.fixed_capacity,
+                "capacity_rounding": self.capacity_rounding,
+                "capacity_multiple_of": self.capacity_multiple_of,
+                "capacity_formula": self.capacity_formula,
             }
         )
         return config

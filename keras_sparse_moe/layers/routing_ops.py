@@ -19,13 +19,27 @@ import math
 from keras import ops
 
 
-def compute_capacity(group_size, num_experts, top_k, capacity_factor):
+CAPACITY_ROUNDINGS = ("ceil", "round")
+CAPACITY_FORMULAS = ("clipped", "vmoe")
+
+
+def compute_capacity(group_size, num_experts, top_k, capacity_factor, rounding="ceil",
+                     multiple_of=1, formula="clipped"):
     """Static per-expert capacity of one routing group.
 
-    `ceil(group_size * top_k * capacity_factor / num_experts)`, at least 1 and
-    at most `group_size` (a token never picks one expert twice, so no expert
-    can receive more than `group_size` tokens of a group). With
-    `capacity_factor=None` (dropless) the capacity is `group_size`.
+    With the defaults, `ceil(group_size * top_k * capacity_factor /
+    num_experts)`, at least 1 and at most `group_size` (a token never picks
+    one expert twice, so no expert can receive more than `group_size` tokens
+    of a group). With `capacity_factor=None` (dropless) the capacity is
+    `group_size`.
+
+    `formula="vmoe"` is V-MoE's `vmoe.moe.compute_capacity` exactly:
+    `c = group_size * top_k * capacity_factor / num_experts` in float64
+    (multiplied first, divided last, no round-off tolerance), rounded with
+    `rounding`, an error if `c < 1`, then rounded up to a multiple of
+    `multiple_of`, and *not* capped at the group size. With
+    `formula="clipped"` the rounding and `multiple_of` also apply, before the
+    clip to `[1, group_size]`.
 
     Args:
         group_size: int, tokens per routing group.
@@ -33,6 +47,11 @@ def compute_capacity(group_size, num_experts, top_k, capacity_factor):
         top_k: int, experts per token (for expert choice: the average number
             of experts per token).
         capacity_factor: float or None.
+        rounding: `"ceil"` or `"round"` (Python's round, half to even, as
+            vmoe).
+        multiple_of: int >= 1, round the capacity up to a multiple of it
+            (vmoe's token and expert choice default is 4).
+        formula: `"clipped"` (default) or `"vmoe"`.
 
     Returns:
         A Python int.
@@ -40,12 +59,33 @@ def compute_capacity(group_size, num_experts, top_k, capacity_factor):
     Example:
     >>> compute_capacity(65, 8, 2, 1.25)
     21
+    >>> compute_capacity(16, 4, 1, 1.0, multiple_of=4, formula="vmoe")
+    4
+    >>> compute_capacity(17, 4, 2, 2.0, multiple_of=4, formula="vmoe")  # > group size
+    20
     """
     if capacity_factor is None:
         return int(group_size)
-    # The small tolerance keeps float round-off from adding a slot, e.g.
-    # 100 * 1.1 / 10 = 11.000000000000002 must give 11, not 12.
-    capacity = math.ceil(group_size * top_k * capacity_factor / num_experts - 1e-9)
+    exact = int(group_size) * int(top_k) * float(capacity_factor) / int(num_experts)
+    if formula == "vmoe":
+        capacity = math.ceil(exact) if rounding == "ceil" else round(exact)
+        if capacity < 1:
+            raise ValueError(
+                f"The capacity ({capacity}) of group_size={group_size}, top_k={top_k}, "
+                f"capacity_factor={capacity_factor}, num_experts={num_experts} is below 1 "
+                "(vmoe's formula raises here too); use a larger capacity factor."
+            )
+    elif rounding == "ceil":
+        # The small tolerance keeps float round-off from adding a slot, e.g.
+        # 100 * 1.1 / 10 = 11.000000000000002 must give 11, not 12.
+        capacity = math.ceil(exact - 1e-9)
+    else:
+        capacity = round(exact)
+    multiple_of = int(multiple_of or 1)
+    if multiple_of > 1:
+        capacity += (-capacity) % multiple_of
+    if formula == "vmoe":
+        return int(capacity)
     return int(max(1, min(capacity, group_size)))
 
 

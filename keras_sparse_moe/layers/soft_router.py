@@ -25,7 +25,13 @@ class SoftRouter(Router):
 
     Args:
         num_experts: int >= 1.
-        slots_per_expert: int >= 1 (`n`); the capacity of each expert.
+        slots_per_expert: int >= 1 (`n`), the capacity of each expert; or
+            None to derive it from `capacity_factor` and the group size seen
+            by `build` as vmoe's Soft MoE does when its `num_slots` is None:
+            `round(group_size * capacity_factor / num_experts)` (Python's
+            round, half to even; an error below 1).
+        capacity_factor: float > 0, used only when `slots_per_expert` is
+            None.
         normalize: bool, apply the l2 normalisation and learned scale.
         z_loss_weight: float >= 0 (z-loss of the dispatch logits).
         kernel_initializer: initializer of `phi`.
@@ -44,24 +50,52 @@ class SoftRouter(Router):
     """
 
     def __init__(self, num_experts, slots_per_expert=1, normalize=True,
-                 kernel_initializer="lecun_normal", **kwargs):
+                 kernel_initializer="lecun_normal", capacity_factor=1.0, **kwargs):
         kwargs.pop("top_k", None)
-        kwargs.pop("capacity_factor", None)
         kwargs.pop("eval_capacity_factor", None)
-        super().__init__(num_experts, top_k=1, capacity_factor=1.0,
-                         kernel_initializer=kernel_initializer, **kwargs)
-        self.slots_per_expert = check_int("slots_per_expert", slots_per_expert, minimum=1)
+        for key in ("capacity", "capacity_rounding", "capacity_multiple_of", "capacity_formula"):
+            kwargs.pop(key, None)
+        if slots_per_expert is None:
+            if capacity_factor is None:
+                raise ValueError(
+                    "SoftRouter needs `slots_per_expert` or a `capacity_factor` > 0 to derive "
+                    "it from; received slots_per_expert=None and capacity_factor=None."
+                )
+        else:
+            capacity_factor = 1.0
+        super().__init__(num_experts, top_k=1, capacity_factor=capacity_factor,
+                         kernel_initializer=kernel_initializer, capacity_rounding="round",
+                         capacity_formula="vmoe", **kwargs)
+        self.slots_per_expert_arg = (
+            None if slots_per_expert is None
+            else check_int("slots_per_expert", slots_per_expert, minimum=1)
+        )
+        self.slots_per_expert = self.slots_per_expert_arg
         self.normalize = bool(normalize)
 
     def num_logits(self):
+        if self.slots_per_expert is None:
+            raise ValueError(
+                "SoftRouter(slots_per_expert=None) knows its number of slots once built with a "
+                "group size: build it first or give `slots_per_expert`."
+            )
         return self.num_experts * self.slots_per_expert
 
     def build(self, input_shape):
+        if self.slots_per_expert_arg is None:
+            if len(input_shape) != 3 or input_shape[1] is None:
+                raise ValueError(
+                    "SoftRouter(slots_per_expert=None) derives its slots from the group size, "
+                    f"which must be static; received input shape {tuple(input_shape)}."
+                )
+            self.slots_per_expert = Router.capacity(self, True, int(input_shape[1]))
         super().build(input_shape)
         if self.normalize:
             self.scale = self.add_weight(name="scale", shape=(), initializer="ones")
 
     def capacity(self, training=False, group_size=None):
+        if self.slots_per_expert is None:
+            return Router.capacity(self, True, group_size)
         return self.slots_per_expert
 
     def experts_per_token(self, group_size=None, training=False):
@@ -118,7 +152,12 @@ class SoftRouter(Router):
 
     def get_config(self):
         config = super().get_config()
-        for key in ("top_k", "capacity_factor", "eval_capacity_factor"):
+        for key in ("top_k", "capacity_factor", "eval_capacity_factor", "capacity",
+                    "capacity_rounding", "capacity_multiple_of", "capacity_formula"):
             config.pop(key, None)
-        config.update({"slots_per_expert": self.slots_per_expert, "normalize": self.normalize})
+        config.update(
+            {"slots_per_expert": self.slots_per_expert_arg, "normalize": self.normalize}
+        )
+        if self.slots_per_expert_arg is None:
+            config["capacity_factor"] = self.capacity_factor
         return config

@@ -8,6 +8,7 @@ from keras import ops
 
 from keras_sparse_moe.distribution.constraints import constrain_expert_tensor
 from keras_sparse_moe.distribution.constraints import constrain_group_tensor
+from keras_sparse_moe.layers.activations import serialize_activation
 from keras_sparse_moe.layers.experts import Experts
 from keras_sparse_moe.layers.router_registry import make_router
 from keras_sparse_moe.layers.router_registry import router_option_names
@@ -66,7 +67,8 @@ class SparseMoE(keras.layers.Layer):
         group_size: int or None. Tokens per routing group; must divide the
             number of tokens per example, or be a multiple of it (then the
             batch must be divisible into groups).
-        activation: expert activation.
+        activation: expert activation (`"gelu_approximate"`: the
+            tanh-approximate GELU of ViT / V-MoE; `"gelu"` is exact).
         gated: bool, gated experts (SwiGLU with `activation="silu"`).
         dropout: float in [0, 1), dropout inside the experts.
         use_bias: bool, biases in the experts.
@@ -400,7 +402,7 @@ class SparseMoE(keras.layers.Layer):
                 "group_size": self.group_size,
                 "activation": self.activation
                 if isinstance(self.activation, str)
-                else keras.activations.serialize(self.activation),
+                else serialize_activation(self.activation),
                 "gated": self.gated,
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,

@@ -17,6 +17,7 @@ from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_float
 
 DROPLESS_IMPLS = ("auto", "ragged", "padded")
+AUX_LOSS_CONVENTIONS = ("default", "vmoe")
 
 
 @register_router("token_choice")
@@ -64,6 +65,19 @@ class TokenChoiceRouter(Router):
             exports to LiteRT). `"auto"` (default): `"ragged"` on JAX and
             PyTorch unless a `keras.distribution` is set, `"padded"`
             otherwise. Both give the same outputs.
+        aux_loss_convention: `"default"` or `"vmoe"`, how the auxiliary
+            losses are computed. `"default"`: the importance loss on the
+            router probabilities used for routing (noisy in training), the
+            load-balancing loss on all `top_k` choices (each weighted
+            `1 / top_k`), the load loss whenever `noise_std > 0` (also at
+            inference, where the noise is zero). `"vmoe"`: as
+            google-research/vmoe's `NoisyTopExpertsPerItemRouter`: the
+            importance loss on the clean (noise-free) probabilities, the
+            load-balancing loss (vmoe's `gshard_loss`) on the top-1 expert
+            only, and the load loss in training only.
+        capacity, capacity_rounding, capacity_multiple_of, capacity_formula:
+            see `Router`; vmoe's token choice is `capacity_multiple_of=4,
+            capacity_formula="vmoe"`.
 
     Call arguments:
         inputs: (G, S, D) grouped tokens.
@@ -103,6 +117,7 @@ class TokenChoiceRouter(Router):
         kernel_initializer="glorot_uniform",
         seed=None,
         dropless_impl="auto",
+        aux_loss_convention="default",
         **kwargs,
     ):
         super().__init__(
@@ -130,6 +145,9 @@ class TokenChoiceRouter(Router):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.dropless_impl = check_choice("dropless_impl", dropless_impl, DROPLESS_IMPLS)
+        self.aux_loss_convention = check_choice(
+            "aux_loss_convention", aux_loss_convention, AUX_LOSS_CONVENTIONS
+        )
         if self.dropless_impl == "ragged":
             if self.capacity_factor is not None:
                 raise ValueError(
@@ -154,6 +172,8 @@ class TokenChoiceRouter(Router):
         >>> TokenChoiceRouter(num_experts=4, capacity_factor=1.25).uses_ragged_experts()
         False
         """
+        if self.fixed_capacity is not None:
+            return False
         if self.capacity_factor is None and (training or self.eval_capacity_factor is None):
             if self.dropless_impl != "auto":
                 return self.dropless_impl == "ragged"
@@ -233,10 +253,21 @@ class TokenChoiceRouter(Router):
         )
         kept_gates = ops.where(keep, gates, ops.zeros_like(gates))
 
+        vmoe = self.aux_loss_convention == "vmoe"
+        importance_probs, balance_index = probs, expert_index
+        if vmoe:
+            # vmoe: importance on the clean gates, load balancing (its
+            # `gshard_loss`) on the top-1 expert of the routing gates.
+            importance_probs = probs
+            if noisy_logits is not logits:
+                importance_probs = ops.softmax(logits, axis=-1)
+                if mask is not None:
+                    importance_probs = importance_probs * ops.cast(mask, probs.dtype)
+            balance_index = expert_index[..., :1]
         losses = {
-            "importance_loss": aux_losses.importance_loss(probs),
+            "importance_loss": aux_losses.importance_loss(importance_probs),
             "load_balancing_loss": aux_losses.load_balancing_loss(
-                probs, expert_index, self.num_experts
+                probs, balance_index, self.num_experts
             ),
             "router_z_loss": aux_losses.router_z_loss(logits),
         }
@@ -245,7 +276,7 @@ class TokenChoiceRouter(Router):
             + self.load_balancing_loss_weight * losses["load_balancing_loss"]
             + self.z_loss_weight * losses["router_z_loss"]
         )
-        if noise_std > 0:
+        if noise_std > 0 and (training or not vmoe):
             losses["load_loss"] = aux_losses.load_loss(
                 logits, noisy_logits, noise_std, self.top_k
             )
@@ -286,6 +317,7 @@ class TokenChoiceRouter(Router):
                 "load_balancing_loss_weight": self.load_balancing_loss_weight,
                 "seed": self.seed,
                 "dropless_impl": self.dropless_impl,
+                "aux_loss_convention": self.aux_loss_convention,
             }
         )
         return config

@@ -6,6 +6,7 @@ import keras
 from keras_hub.models import Backbone
 from keras_hub.src.models.vit.vit_layers import ViTPatchingAndEmbedding
 
+from keras_sparse_moe.layers.activations import get_activation
 from keras_sparse_moe.layers.encoder_block import MoETransformerEncoderBlock
 from keras_sparse_moe.models.encoder_arguments import check_encoder_arguments
 from keras_sparse_moe.models.encoder_arguments import check_image_shape
@@ -17,7 +18,7 @@ from keras_sparse_moe.models.moe_vit.moe_vit_profile import profile_moe_vit_conf
 from keras_sparse_moe.presets import PresetMixin
 from keras_sparse_moe.utils.validation import check_choice
 
-POOLINGS = ("token", "gap")
+POOLINGS = ("token", "gap", "map")
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
@@ -70,8 +71,10 @@ class MoEViTBackbone(PresetMixin, Backbone):
         moe_kwargs: None or a dict of extra `SparseMoE` arguments for every
             MoE block; integer keys map a block index to arguments for that
             block only, e.g. `{"group_size": 17, 11: {"num_experts": 16}}`.
-        pooling: `"token"` (prepend a class token; classifiers read it) or
-            `"gap"` (no class token; classifiers average the tokens).
+        pooling: `"token"` (prepend a class token; classifiers read it),
+            `"gap"` (no class token; classifiers average the tokens) or
+            `"map"` (no class token; classifiers pool the tokens with
+            multi-head attention, `MoEViTMAPHead`).
         stem_channels: None (patchify the image directly) or a list of
             positive ints, the output channels of stride-2 3x3 stem
             convolutions; the patch size must be divisible by
@@ -82,6 +85,9 @@ class MoEViTBackbone(PresetMixin, Backbone):
         stochastic_depth: float in [0, 1), drop-path rate of the last block,
             increasing linearly from 0 at the first block.
         layer_norm_epsilon: float > 0.
+        mlp_activation: activation of the dense MLPs and of the experts:
+            `"gelu"` (exact, default), `"gelu_approximate"` (the tanh form
+            that ViT and V-MoE use), or any Keras activation name.
         dtype: None or a dtype policy.
 
     Example:
@@ -116,6 +122,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
         attention_dropout=0.0,
         stochastic_depth=0.0,
         layer_norm_epsilon=1e-6,
+        mlp_activation="gelu",
         dtype=None,
         **kwargs,
     ):
@@ -135,6 +142,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
         dropout_rate, attention_dropout = args.dropout_rate, args.attention_dropout
         stochastic_depth, layer_norm_epsilon = args.stochastic_depth, args.layer_norm_epsilon
         pooling = check_choice("pooling", pooling, POOLINGS)
+        get_activation(mlp_activation, name="mlp_activation")
         stem_channels = check_stem_channels(stem_channels, patch)
         embedded_shape, embedded_patch = stem_geometry(image_shape, patch, stem_channels)
 
@@ -169,6 +177,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
                     attention_dropout=attention_dropout,
                     stochastic_depth=stochastic_depth * index / max(num_layers - 1, 1),
                     layer_norm_epsilon=layer_norm_epsilon,
+                    activation=mlp_activation,
                     dtype=dtype,
                     name=f"encoder_block_{index}",
                 )
@@ -193,6 +202,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
         self.patch_size = patch_size if isinstance(patch_size, numbers.Integral) else patch
         store_encoder_arguments(self, args, moe_layers, moe_kwargs)
         self.pooling = pooling
+        self.mlp_activation = mlp_activation
         self.stem_channels = list(stem_channels) or None
         self.stochastic_depth = stochastic_depth
         self.grid_size = (image_shape[0] // patch[0], image_shape[1] // patch[1])
@@ -219,6 +229,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
                 "pooling": self.pooling,
                 "stem_channels": self.stem_channels,
                 "stochastic_depth": self.stochastic_depth,
+                "mlp_activation": self.mlp_activation,
             }
         )
         return config

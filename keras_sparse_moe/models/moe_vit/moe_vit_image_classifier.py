@@ -8,6 +8,7 @@ from keras_hub.models import Task
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import POOLINGS
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
 from keras_sparse_moe.models.encoder_arguments import check_rate
+from keras_sparse_moe.models.moe_vit.moe_vit_map_head import MoEViTMAPHead
 from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier_preprocessor import (
     MoEViTImageClassifierPreprocessor,
 )
@@ -35,8 +36,14 @@ class MoEViTImageClassifier(CompileConfigMixin, PresetMixin, ImageClassifier):
         num_classes: int >= 1.
         preprocessor: None or a `MoEViTImageClassifierPreprocessor`.
         pooling: None (follow `backbone.pooling`), `"token"` (the class
-            token; needs a backbone with `pooling="token"`) or `"gap"` (mean
-            of the patch tokens).
+            token; needs a backbone with `pooling="token"`), `"gap"` (mean
+            of the patch tokens) or `"map"` (multi-head attention pooling of
+            the patch tokens with a learned query, `MoEViTMAPHead`, as ViT's
+            and vmoe's `classifier="map"`; its heads, MLP width, activation
+            and LayerNorm epsilon are the backbone's).
+        representation_size: None or int >= 1. A pre-logits layer
+            `Dense(representation_size)` + tanh between the pooling and the
+            head (ViT / vmoe `representation_size`).
         activation: None (logits) or an activation for the head, e.g.
             `"softmax"`.
         dropout: float in [0, 1), dropout before the head.
@@ -63,6 +70,7 @@ class MoEViTImageClassifier(CompileConfigMixin, PresetMixin, ImageClassifier):
         activation=None,
         dropout=0.0,
         head_dtype=None,
+        representation_size=None,
         **kwargs,
     ):
         if not isinstance(backbone, MoEViTBackbone):
@@ -81,6 +89,10 @@ class MoEViTImageClassifier(CompileConfigMixin, PresetMixin, ImageClassifier):
                 "Use pooling='gap' or None."
             )
         dropout = check_rate("dropout", dropout)
+        if representation_size is not None:
+            representation_size = check_int(
+                "representation_size", representation_size, minimum=1
+            )
         head_dtype = head_dtype or backbone.dtype_policy
 
         # === Layers ===
@@ -89,6 +101,19 @@ class MoEViTImageClassifier(CompileConfigMixin, PresetMixin, ImageClassifier):
         self.output_dropout = keras.layers.Dropout(
             dropout, dtype=head_dtype, name="output_dropout"
         )
+        self.map_head = None
+        if pooling == "map":
+            self.map_head = MoEViTMAPHead(
+                num_heads=backbone.num_heads, mlp_dim=backbone.mlp_dim,
+                activation=backbone.mlp_activation,
+                layer_norm_epsilon=backbone.layer_norm_epsilon, dtype=head_dtype,
+                name="map_head",
+            )
+        self.pre_logits = None
+        if representation_size is not None:
+            self.pre_logits = keras.layers.Dense(
+                representation_size, activation="tanh", dtype=head_dtype, name="pre_logits"
+            )
         self.output_dense = keras.layers.Dense(
             num_classes, activation=activation, dtype=head_dtype, name="predictions"
         )
@@ -96,11 +121,15 @@ class MoEViTImageClassifier(CompileConfigMixin, PresetMixin, ImageClassifier):
         # === Functional model ===
         inputs = backbone.input
         tokens = backbone(inputs)
+        first = 1 if backbone.pooling == "token" else 0
         if pooling == "token":
             pooled = tokens[:, 0, :]
+        elif pooling == "map":
+            pooled = self.map_head(tokens[:, first:, :])
         else:
-            first = 1 if backbone.pooling == "token" else 0
             pooled = ops.mean(tokens[:, first:, :], axis=1)
+        if self.pre_logits is not None:
+            pooled = self.pre_logits(pooled)
         outputs = self.output_dense(self.output_dropout(pooled))
         # Skip ImageClassifier.__init__, which builds a 2D pooling head.
         Task.__init__(self, inputs=inputs, outputs=outputs, **kwargs)
@@ -110,6 +139,7 @@ class MoEViTImageClassifier(CompileConfigMixin, PresetMixin, ImageClassifier):
         self.pooling = pooling
         self.activation = activation
         self.dropout = dropout
+        self.representation_size = representation_size
 
     def get_config(self):
         config = super().get_config()
@@ -119,6 +149,7 @@ class MoEViTImageClassifier(CompileConfigMixin, PresetMixin, ImageClassifier):
                 "pooling": self.pooling,
                 "activation": self.activation,
                 "dropout": self.dropout,
+                "representation_size": self.representation_size,
             }
         )
         return config

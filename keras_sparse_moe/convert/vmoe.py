@@ -1,0 +1,306 @@
+"""Convert google-research/vmoe V-MoE checkpoints to keras-hub presets."""
+
+import json
+import os
+import re
+
+import numpy as np
+
+from keras_sparse_moe.convert.flax_checkpoint import CheckpointError
+from keras_sparse_moe.convert.flax_checkpoint import read_checkpoint
+from keras_sparse_moe.models import MoEViTBackbone
+from keras_sparse_moe.models import MoEViTImageClassifier
+from keras_sparse_moe.presets import save_to_preset
+
+_BLOCK = re.compile(r"^Encoder/encoderblock_(\d+)/")
+_ROUTERS = {
+    "NoisyTopExpertsPerItemRouter": "token_choice",
+    "NoisyTopItemsPerExpertRouter": "expert_choice",
+}
+_ATTENTION = (("query", "_query_dense"), ("key", "_key_dense"), ("value", "_value_dense"),
+              ("out", "_output_dense"))
+
+
+def _shape(params, name):
+    return tuple(params[name].shape)
+
+
+def _architecture(params):
+    """Model hyper-parameters read off the parameter shapes."""
+    if "embedding/kernel" not in params or "Encoder/encoder_norm/scale" not in params:
+        raise CheckpointError(
+            "The checkpoint is not a V-MoE VisionTransformerMoe params tree (no "
+            "'embedding/kernel' or 'Encoder/encoder_norm/scale'); its top-level names are "
+            f"{sorted({name.split('/')[0] for name in params})}."
+        )
+    unsupported = sorted(
+        name for name in params
+        if "/Moe/Router/mu" in name or name.endswith("query_ln/scale")
+    )
+    if unsupported:
+        raise CheckpointError(
+            "Soft MoE routers and attention qk-normalization are not convertible yet; "
+            f"offending parameters: {unsupported[:4]}."
+        )
+    ph, pw, channels, dim = _shape(params, "embedding/kernel")
+    blocks = sorted({int(m.group(1)) for m in map(_BLOCK.match, params) if m})
+    if blocks != list(range(len(blocks))) or not blocks:
+        raise CheckpointError(f"Encoder blocks are not numbered 0..n-1: found {blocks}.")
+    prefix = "Encoder/encoderblock_0/SelfAttention/query/kernel"
+    num_heads = _shape(params, prefix)[1]
+    moe_layers = [i for i in blocks if f"Encoder/encoderblock_{i}/Moe/Router/dense/kernel" in params]
+    num_experts, mlp_dim = 1, None
+    for i in blocks:
+        if i in moe_layers:
+            num_experts, _, mlp_dim = _shape(params, f"Encoder/encoderblock_{i}/Moe/Mlp/Dense_0/kernel")
+        else:
+            mlp_dim = _shape(params, f"Encoder/encoderblock_{i}/Mlp/Dense_0/kernel")[1]
+    if "cls" in params:
+        pooling = "token"
+    elif "MapHead/probe" in params:
+        pooling = "map"
+    else:
+        pooling = "gap"
+    if "Encoder/posembed_input/pos_embedding" not in params:
+        raise CheckpointError(
+            "Only learned position embeddings are convertible ('Encoder/posembed_input/"
+            "pos_embedding' is missing: sincos2d or no position embedding)."
+        )
+    tokens = _shape(params, "Encoder/posembed_input/pos_embedding")[1]
+    patches = tokens - (1 if pooling == "token" else 0)
+    side = int(round(patches ** 0.5))
+    if side * side != patches:
+        raise CheckpointError(
+            f"The position embedding has {patches} patch positions, not a square grid."
+        )
+    if "head/kernel" not in params:
+        raise CheckpointError("The checkpoint has no classification head ('head/kernel').")
+    return {
+        "image_shape": (side * ph, side * pw, channels),
+        "patch_size": (ph, pw) if ph != pw else ph,
+        "num_layers": len(blocks),
+        "num_heads": num_heads,
+        "hidden_dim": dim,
+        "mlp_dim": mlp_dim,
+        "num_experts": num_experts,
+        "moe_layers": moe_layers or "none",
+        "pooling": pooling,
+        "representation_size": (
+            _shape(params, "pre_logits/kernel")[1] if "pre_logits/kernel" in params else None
+        ),
+        "num_classes": _shape(params, "head/kernel")[1],
+    }
+
+
+def _routing(vmoe_config):
+    """Backbone routing arguments from a vmoe model config (`encoder.moe`)."""
+    moe = dict((vmoe_config or {}).get("encoder", {}).get("moe") or {})
+    router = dict(moe.get("router") or {})
+    dispatcher = dict(router.get("dispatcher") or {})
+    name = router.get("name", "NoisyTopExpertsPerItemRouter").rsplit(".", 1)[-1]
+    if name not in _ROUTERS:
+        raise CheckpointError(
+            f"Router {router.get('name')!r} of the vmoe config is not convertible; supported: "
+            f"{sorted(_ROUTERS)}."
+        )
+    kind = _ROUTERS[name]
+    options = {
+        "capacity_rounding": dispatcher.get("capacity_ceil_or_round", "ceil"),
+        "capacity_multiple_of": int(dispatcher.get("capacity_multiple_of", 4) or 1),
+        "capacity_formula": "vmoe",
+    }
+    if dispatcher.get("capacity") is not None:
+        options["capacity"] = int(dispatcher["capacity"])
+    if moe.get("group_size"):
+        options["group_size"] = int(moe["group_size"])
+    arguments = {
+        "router": kind,
+        "capacity_factor": float(dispatcher.get("capacity_factor", 1.0)),
+        "top_k": int(router.get("num_selected_experts", 1)) if kind == "token_choice" else 1,
+    }
+    if kind == "token_choice":
+        options.update(
+            noise_std=float(router.get("noise_std", 1.0)),
+            batch_priority=bool(dispatcher.get("batch_priority", False)),
+            importance_loss_weight=float(router.get("importance_loss_weight", 1.0)),
+            load_loss_weight=float(router.get("load_loss_weight", 1.0)),
+            load_balancing_loss_weight=float(router.get("gshard_loss_weight", 0.0)),
+            aux_loss_convention="vmoe",
+        )
+    arguments["moe_kwargs"] = options
+    dropout = (vmoe_config or {}).get("encoder", {}).get("dropout_rate")
+    if dropout is not None:
+        arguments["dropout_rate"] = float(dropout)
+        options["dropout"] = float(moe.get("dropout_rate", dropout))
+    return arguments
+
+
+def build_classifier(params, vmoe_config=None):
+    """A `MoEViTImageClassifier` holding the weights of a vmoe params dict.
+
+    Args:
+        params: `{"a/b": ndarray}` (see `read_checkpoint`).
+        vmoe_config: None or the vmoe model config dict (routing and dropout;
+            None: vmoe's token choice defaults).
+    """
+    arch = _architecture(params)
+    routing = _routing(vmoe_config) if arch["moe_layers"] != "none" else {}
+    backbone = MoEViTBackbone(
+        image_shape=arch["image_shape"], patch_size=arch["patch_size"],
+        num_layers=arch["num_layers"], num_heads=arch["num_heads"],
+        hidden_dim=arch["hidden_dim"], mlp_dim=arch["mlp_dim"],
+        num_experts=arch["num_experts"], moe_layers=arch["moe_layers"],
+        pooling=arch["pooling"], mlp_activation="gelu_approximate",
+        layer_norm_epsilon=1e-6, **routing,
+    )
+    model = MoEViTImageClassifier(
+        backbone, num_classes=arch["num_classes"],
+        representation_size=arch["representation_size"],
+    )
+    _assign_weights(model, params)
+    return model
+
+
+def _assign_weights(model, params):
+    backbone = model.backbone
+    used = set()
+
+    def put(variable, name, reshape=None):
+        if name not in params:
+            raise CheckpointError(f"The checkpoint lacks {name!r} (partial tree).")
+        value = np.asarray(params[name], dtype="float32")
+        if reshape is not None:
+            value = value.reshape(reshape)
+        if tuple(value.shape) != tuple(variable.shape):
+            raise CheckpointError(
+                f"{name!r} has shape {tuple(params[name].shape)}; the model needs "
+                f"{tuple(variable.shape)}."
+            )
+        if not np.all(np.isfinite(value)):
+            raise CheckpointError(f"{name!r} holds non-finite values (NaN or inf).")
+        variable.assign(value)
+        used.add(name)
+
+    def dense(layer, name):
+        put(layer.kernel, f"{name}/kernel")
+        put(layer.bias, f"{name}/bias")
+
+    def norm(layer, name):
+        put(layer.gamma, f"{name}/scale")
+        put(layer.beta, f"{name}/bias")
+
+    def attention(layer, name):
+        for theirs, ours in _ATTENTION:
+            dense(getattr(layer, ours), f"{name}/{theirs}")
+
+    embedding = backbone.get_layer("patching_and_embedding")
+    if backbone.pooling == "token":
+        put(embedding.class_token, "cls")
+    dense(embedding.patch_embedding, "embedding")
+    table = embedding.position_embedding.embeddings
+    put(table, "Encoder/posembed_input/pos_embedding", reshape=tuple(table.shape))
+    for i, block in enumerate(backbone.encoder_blocks):
+        prefix = f"Encoder/encoderblock_{i}"
+        norm(block.norm1, f"{prefix}/LayerNorm_0")
+        attention(block.attention, f"{prefix}/SelfAttention")
+        norm(block.norm2, f"{prefix}/LayerNorm_1")
+        if block.is_moe:
+            put(block.mlp.router.kernel, f"{prefix}/Moe/Router/dense/kernel")
+            experts = block.mlp.experts
+            put(experts.kernel_in, f"{prefix}/Moe/Mlp/Dense_0/kernel")
+            put(experts.bias_in, f"{prefix}/Moe/Mlp/Dense_0/bias")
+            put(experts.kernel_out, f"{prefix}/Moe/Mlp/Dense_1/kernel")
+            put(experts.bias_out, f"{prefix}/Moe/Mlp/Dense_1/bias")
+        else:
+            dense(block.mlp_in, f"{prefix}/Mlp/Dense_0")
+            dense(block.mlp_out, f"{prefix}/Mlp/Dense_1")
+    norm(backbone.get_layer("final_norm"), "Encoder/encoder_norm")
+    if model.map_head is not None:
+        put(model.map_head.probe, "MapHead/probe")
+        attention(model.map_head.attention, "MapHead/MultiHeadDotProductAttention")
+        norm(model.map_head.norm, "MapHead/LayerNorm")
+        dense(model.map_head.mlp_in, "MapHead/Mlp/Dense_0")
+        dense(model.map_head.mlp_out, "MapHead/Mlp/Dense_1")
+    if model.pre_logits is not None:
+        dense(model.pre_logits, "pre_logits")
+    dense(model.output_dense, "head")
+    unknown = sorted(set(params) - used)
+    if unknown:
+        listed = ", ".join(f"{name} {tuple(params[name].shape)}" for name in unknown[:8])
+        raise CheckpointError(
+            f"{len(unknown)} checkpoint parameters have no place in the model: {listed}."
+        )
+
+
+def _load_config(checkpoint_path, config):
+    if isinstance(config, dict):
+        return config
+    if config is None:
+        directory = checkpoint_path if os.path.isdir(checkpoint_path) else os.path.dirname(
+            os.path.abspath(checkpoint_path))
+        config = os.path.join(directory, "config.json")
+        if not os.path.isfile(config):
+            return None
+    try:
+        with open(config, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"Cannot read the vmoe config {config}: {error}") from None
+
+
+def convert_vmoe(checkpoint, output_dir, preset=None, config=None):
+    """Convert a vmoe V-MoE checkpoint to a keras-hub preset directory.
+
+    Reads vmoe's sharded checkpoint (`PREFIX.index` + `PREFIX.data-*-of-*`,
+    given as the prefix, the index, a shard or their directory) or a flax
+    msgpack params file, without flax, jax or vmoe. The architecture is read
+    off the parameter shapes; the routing (router, `top_k`, capacity, group
+    size, batch priority, loss weights) comes from the vmoe model config
+    (`config`, or `config.json` beside the checkpoint; without one vmoe's
+    token choice defaults with `capacity_factor=1`). Every parameter is
+    mapped; the result is an `MoEViTImageClassifier` saved atomically with
+    `save_to_preset` (nothing is written on error).
+
+    Args:
+        checkpoint: path of the checkpoint.
+        output_dir: directory of the preset to write (must not be a file).
+        preset: None or a registered preset name whose architecture the
+            checkpoint must match (the conversion fails otherwise).
+        config: None, a vmoe model config dict or the path of its JSON.
+
+    Returns:
+        The converted `MoEViTImageClassifier`.
+
+    Raises:
+        ValueError (`CheckpointError`): one line naming the problem.
+    """
+    output_dir = os.fspath(output_dir)
+    if os.path.isfile(output_dir):
+        raise CheckpointError(f"Output path {output_dir} is a file, not a directory.")
+    params, resolved = read_checkpoint(checkpoint)
+    vmoe_config = _load_config(os.fspath(checkpoint), config)
+    model = build_classifier(params, vmoe_config)
+    if preset is not None:
+        _check_preset(model, preset)
+    save_to_preset(model, output_dir)
+    return model
+
+
+def _check_preset(model, preset):
+    from keras_sparse_moe.presets import get_preset
+
+    try:
+        spec = get_preset(preset)
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(str(error).strip("'\"")) from None
+    expected = dict(spec.backbone_config or {})
+    actual = model.backbone.get_config()
+    keys = ("patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim", "num_experts")
+    mismatched = [
+        f"{key}: preset {expected[key]!r}, checkpoint {actual[key]!r}"
+        for key in keys if key in expected and expected[key] != actual[key]
+    ]
+    if mismatched:
+        raise CheckpointError(
+            f"The checkpoint does not match preset {preset!r}: {'; '.join(mismatched)}."
+        )
