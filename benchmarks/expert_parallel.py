@@ -191,7 +191,7 @@ def traffic_child(args):
         text = step.lower(trainable, xs, non_trainable).compile().as_text()
         groups = args.batch_per_device  # one group per example
         if router == "soft":
-            slots = groups * cfg["experts"] * moe.slots_per_expert
+            slots = groups * cfg["experts"] * moe.router.slots_per_expert
         else:
             capacity = compute_capacity(cfg["tokens"], cfg["experts"], cfg["top_k"],
                                         cfg["capacity_factor"])
