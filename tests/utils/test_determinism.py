@@ -15,7 +15,7 @@ from keras_sparse_moe.recipes import TrainingConfig
 from keras_sparse_moe.recipes.classifier import train_classifier
 
 DETERMINISTIC = sys.argv[2] == "1"
-TINY = MOE_VIT_OVERRIDES
+from tests.configs import MOE_VIT_OVERRIDES as TINY  # the script runs from the repository root
 weights = []
 for run in ("a", "b"):
     _, model = train_classifier(
@@ -26,7 +26,6 @@ for run in ("a", "b"):
         run_eagerly=keras.backend.backend() != "jax", return_model=True)
     weights.append([np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights])
 from tensorflow.python.framework import config as tf_config  # no public getter
-from tests.configs import MOE_VIT_OVERRIDES
 flags = {"tensorflow": tf_config.is_op_determinism_enabled()}
 if keras.backend.backend() == "torch":
     import torch
