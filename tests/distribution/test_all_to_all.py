@@ -5,11 +5,6 @@ the multi-device checks run under KERAS_BACKEND=jax only, in a subprocess
 with 8 simulated CPU devices (tests/distribution/a2a_worker.py).
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -26,6 +21,7 @@ from keras_sparse_moe.layers.grouped_dispatch import grouped_gather_dispatch
 from keras_sparse_moe.layers.routing_ops import to_dense
 from keras_sparse_moe.layers.soft_router import SoftRouter
 from keras_sparse_moe.layers.token_choice_router import TokenChoiceRouter
+from tests.distribution.eight_devices import run_eight_device_worker
 
 IS_JAX = keras.backend.backend() == "jax"
 G, S, D, E = 3, 10, 6, 4
@@ -102,18 +98,7 @@ def test_process_count_and_arguments_are_checked():
 # -------------------------------------------- JAX, 8 simulated devices
 @pytest.fixture(scope="module")
 def eight_devices(tmp_path_factory):
-    if not IS_JAX:
-        pytest.skip("multi-device checks need KERAS_BACKEND=jax (keras.distribution)")
-    out = tmp_path_factory.mktemp("a2a") / "results.json"
-    worker = os.path.join(os.path.dirname(__file__), "a2a_worker.py")
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, worker, str(out)], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(out) as f:
-        results = json.load(f)
-    assert results["device_count"] == 8
-    return results
+    return run_eight_device_worker("a2a_worker.py", tmp_path_factory, timeout=600)
 
 
 @pytest.mark.slow

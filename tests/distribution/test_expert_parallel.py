@@ -5,11 +5,6 @@ with 8 simulated CPU devices (tests/distribution/ep_worker.py), because the
 device count must be fixed before JAX starts.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -21,6 +16,7 @@ from keras_sparse_moe.distribution import expert_device_mesh
 from keras_sparse_moe.distribution import expert_layout_map
 from keras_sparse_moe.distribution import expert_parallel_distribution
 from keras_sparse_moe.distribution import is_expert_variable_path
+from tests.distribution.eight_devices import run_eight_device_worker
 
 IS_JAX = keras.backend.backend() == "jax"
 jax_only = pytest.mark.skipif(
@@ -127,18 +123,7 @@ def test_data_parallel_helper_returns_keras_data_parallel():
 # -------------------------------------------- JAX, 8 simulated devices
 @pytest.fixture(scope="module")
 def eight_devices(tmp_path_factory):
-    if not IS_JAX:
-        pytest.skip("multi-device checks need KERAS_BACKEND=jax (keras.distribution)")
-    out = tmp_path_factory.mktemp("ep") / "results.json"
-    worker = os.path.join(os.path.dirname(__file__), "ep_worker.py")
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, worker, str(out)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(out) as f:
-        results = json.load(f)
-    assert results["device_count"] == 8
-    return results
+    return run_eight_device_worker("ep_worker.py", tmp_path_factory, timeout=300)
 
 
 @pytest.mark.slow
