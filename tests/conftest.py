@@ -54,6 +54,21 @@ def backend():
     return keras.backend.backend()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Run `single_backend` tests once, under TensorFlow.
+
+    They test Python that does not depend on the Keras backend (argument
+    parsing, file formats, error messages, the import graph); running them
+    under JAX and PyTorch too would only repeat the same lines.
+    """
+    if keras.backend.backend() == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason="backend-independent: runs under tensorflow")
+    for item in items:
+        if item.get_closest_marker("single_backend"):
+            item.add_marker(skip)
+
+
 # ---------------------------------------------------------- shared models
 # Built once per test process (one per backend and xdist worker) from the
 # configs of tests/configs.py. Tests that only read a model (shapes,
