@@ -37,6 +37,7 @@ def trained(tmp_path_factory):
     return code, data, out
 
 
+@pytest.mark.single_backend
 @pytest.mark.parametrize("command", (None,) + COMMANDS)
 def test_help(capsys, command):
     assert main(([command] if command else []) + ["--help"]) == 0
@@ -44,6 +45,7 @@ def test_help(capsys, command):
     assert out.startswith("usage: keras-sparse-moe")
 
 
+@pytest.mark.single_backend
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -103,6 +105,7 @@ def test_bad_arguments_give_one_line_and_exit_2(capsys, tmp_path, argv, message)
     assert "error:" in lines[0]
 
 
+@pytest.mark.single_backend
 def test_export_refuses_data_with_another_class_count(capsys, tmp_path):
     for name in ("a", "b"):
         os.makedirs(tmp_path / "two_classes" / name)
@@ -115,6 +118,7 @@ def test_export_refuses_data_with_another_class_count(capsys, tmp_path):
     assert not (tmp_path / "m.tflite").exists()
 
 
+@pytest.mark.single_backend
 def test_untrained_presets_and_python_warnings_are_one_line_warnings(capsys, tmp_path):
     assert main(["evaluate", "--model", "moe_vit_tiny", "--data", "digits", "--max-batches", "1",
                  "--quiet"]) == 0
@@ -137,12 +141,14 @@ def test_untrained_presets_and_python_warnings_are_one_line_warnings(capsys, tmp
     assert "Skipped 1 unreadable" in warning[0] and "warnings.warn" not in err
 
 
+@pytest.mark.single_backend
 def test_backend_must_be_chosen_before_keras_is_imported(capsys):
     other = next(b for b in ("tensorflow", "jax", "torch") if b != keras.backend.backend())
     assert main(["presets", "--backend", other]) == 2
     assert "before Keras is imported" in capsys.readouterr().err
 
 
+@pytest.mark.single_backend
 def test_presets_table(capsys):
     assert main(["presets", "--family", "moe_vit", "--width", "30"]) == 0
     out = capsys.readouterr().out
@@ -155,6 +161,7 @@ def test_presets_table(capsys):
     assert "369.2K" in out and "1.01B" in out
 
 
+@pytest.mark.single_backend
 def test_profile_writes_json(capsys, tmp_path):
     path = tmp_path / "profile.json"
     assert main(["profile", "--preset", "moe_vit_tiny", "--json", str(path)]) == 0
@@ -163,6 +170,7 @@ def test_profile_writes_json(capsys, tmp_path):
     assert report["params_total"] > report["params_active"] > 0
 
 
+@pytest.mark.single_backend
 def test_profile_of_paper_sized_presets_does_not_build_them(capsys, tmp_path, monkeypatch):
     import keras_sparse_moe.cli as cli
     from keras_sparse_moe import from_preset
@@ -197,6 +205,7 @@ def test_train_writes_artifacts_for_folder_data(trained):
         assert os.path.isfile(os.path.join(out, name)), name
 
 
+@pytest.mark.single_backend
 def test_train_with_extra_training_data(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["train", "--extra-train-data", "optdigits-train", "--output", out, "--epochs", "1",
@@ -233,6 +242,7 @@ def _hide_litert_interpreter(monkeypatch):
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
 
 
+@pytest.mark.single_backend
 def test_export_without_the_litert_interpreter_writes_the_file(trained, tmp_path, capsys,
                                                                monkeypatch):
     from keras_sparse_moe.export import LiteRTModel
@@ -260,6 +270,7 @@ def test_export_without_the_litert_interpreter_writes_the_file(trained, tmp_path
     assert runner.ops == list_litert_ops(str(path)) and "DELEGATE" not in runner.ops
 
 
+@pytest.mark.single_backend
 def test_a_bad_keras_backend_variable_gets_one_line_and_backend_overrides_it():
     env = dict(os.environ, KERAS_BACKEND="bogus")
     result = subprocess.run([sys.executable, "-m", "keras_sparse_moe.cli", "--help"], env=env,
@@ -276,6 +287,7 @@ def test_a_bad_keras_backend_variable_gets_one_line_and_backend_overrides_it():
     assert "moe_vit_tiny" in result.stdout
 
 
+@pytest.mark.single_backend
 def test_console_entry_point_in_a_subprocess():
     result = subprocess.run([sys.executable, "-m", "keras_sparse_moe.cli", "train", "--epochs",
                              "ten"], capture_output=True, text=True, timeout=300)
@@ -305,6 +317,7 @@ def test_demo_quick(tmp_path, capsys):
     assert summary["litert"]["float32"]["accuracy"] > 0.5
 
 
+@pytest.mark.single_backend
 @pytest.mark.slow
 def test_demo_quick_from_scratch_and_without_the_litert_interpreter(tmp_path, capsys,
                                                                     monkeypatch):
@@ -322,6 +335,7 @@ def test_demo_quick_from_scratch_and_without_the_litert_interpreter(tmp_path, ca
     assert "not run: no LiteRT interpreter" in capsys.readouterr().out
 
 
+@pytest.mark.single_backend
 def test_demo_rejects_a_non_bool_from_scratch(tmp_path):
     from keras_sparse_moe.recipes.demo import run_demo
 
@@ -329,6 +343,7 @@ def test_demo_rejects_a_non_bool_from_scratch(tmp_path):
         run_demo(str(tmp_path), from_scratch="yes")
 
 
+@pytest.mark.single_backend
 def test_progress_messages_are_printed_once_even_if_the_root_logger_has_a_handler():
     # TensorFlow's LiteRT converter gives the root logger a handler; the CLI's
     # own handler must then be the only one that prints the package's messages.

@@ -50,6 +50,7 @@ def test_evaluate_trained_model_file(capsys, trained):
     assert "zero-shot accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.single_backend
 def test_export_towers_without_the_litert_interpreter(capsys, tmp_path, monkeypatch):
     # As on a platform without ai_edge_litert wheels: the towers are written, not run.
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
@@ -74,6 +75,7 @@ def test_export_towers_reports_litert_zero_shot(capsys, tmp_path):
                                        "vocabulary.txt"]
 
 
+@pytest.mark.single_backend
 def test_rerun_returns_the_finished_run_other_settings_need_overwrite(trained, capsys):
     # Last in this file: it replaces the module's trained run.
     _, out = trained

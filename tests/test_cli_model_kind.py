@@ -4,11 +4,15 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from keras_sparse_moe import presets
 from keras_sparse_moe.cli import _is_dual_encoder
 from keras_sparse_moe.models.moe_dual_encoder import LIMoEBackbone
 from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderContrastive
+
+# Backend-independent (Python only): runs once, under TensorFlow.
+pytestmark = pytest.mark.single_backend
 
 LIMOE = dict(vocabulary_size=20, image_shape=(4, 4, 1), patch_size=2, max_sequence_length=4,
              num_layers=2, num_heads=1, hidden_dim=4, mlp_dim=8, num_experts=2)

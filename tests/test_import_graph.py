@@ -11,6 +11,9 @@ import os
 
 import pytest
 
+# Backend-independent (tf.data / NumPy / Python): runs once, under TensorFlow.
+pytestmark = pytest.mark.single_backend
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "keras_sparse_moe"
 

@@ -4,7 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from keras_sparse_moe import _quiet_tensorflow
+
+# Backend-independent (Python only): runs once, under TensorFlow.
+pytestmark = pytest.mark.single_backend
 
 # Lines TensorFlow 2.21 prints on import / first op on a CPU machine.
 STARTUP = [

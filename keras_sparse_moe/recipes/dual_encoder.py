@@ -365,6 +365,8 @@ def train_dual_encoder(
     monitor = "loss"
     if validation is not None and info.counts.get("validation", 0) >= batch_size:
         val_pairs = _to_pairs(validation)
+        if max_batches is not None:
+            val_pairs = val_pairs.take(max_batches)
         monitor = "val_loss"
     initial_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
     write_json(os.path.join(output_dir, RUN_FILE), {"status": "running", "settings": settings})

@@ -8,6 +8,9 @@ from keras_sparse_moe.data import digits_split_indices
 from keras_sparse_moe.data import digits_split_ranges
 from keras_sparse_moe.data import load_digits
 
+# Backend-independent (tf.data / NumPy / Python): runs once, under TensorFlow.
+pytestmark = pytest.mark.single_backend
+
 
 def test_all_equals_scikit_learn():
     sklearn_datasets = pytest.importorskip("sklearn.datasets")

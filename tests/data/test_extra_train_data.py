@@ -14,6 +14,9 @@ from keras_sparse_moe.data import load_digits
 from keras_sparse_moe.data import load_optdigits_train
 from keras_sparse_moe.data.sources import _join_extra_training
 
+# Backend-independent (tf.data / NumPy / Python): runs once, under TensorFlow.
+pytestmark = pytest.mark.single_backend
+
 
 def _all(ds):
     images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds])

@@ -12,6 +12,9 @@ from keras_sparse_moe.data import build_image_text_datasets
 from keras_sparse_moe.data import load_dataset
 from keras_sparse_moe.data import read_captions_file
 
+# Backend-independent (tf.data / NumPy / Python): runs once, under TensorFlow.
+pytestmark = pytest.mark.single_backend
+
 CLASSES = ("circle", "square", "triangle")
 
 

@@ -17,6 +17,9 @@ from keras_sparse_moe.data._make_optdigits import make_optdigits_train
 from keras_sparse_moe.data._make_optdigits import read_optdigits_rows
 from keras_sparse_moe.data.optdigits import optdigits_split_ranges
 
+# Backend-independent (tf.data / NumPy / Python): runs once, under TensorFlow.
+pytestmark = pytest.mark.single_backend
+
 
 def _write_rows(path, images, labels, header=True):
     lines = ["@relation optdigits", "@data"] if header else []

@@ -15,6 +15,9 @@ from keras_sparse_moe.data import load_image_text_dataset
 from keras_sparse_moe.data import parse_spec
 from keras_sparse_moe.data import zero_shot_prompts
 
+# Backend-independent (tf.data / NumPy / Python): runs once, under TensorFlow.
+pytestmark = pytest.mark.single_backend
+
 
 def _rows(images):
     """The images (scaled to [0, 1]) as a sorted list of byte strings."""

@@ -10,6 +10,9 @@ from keras_sparse_moe.data import build_datasets  # noqa: E402
 from keras_sparse_moe.data import build_image_text_datasets  # noqa: E402
 from keras_sparse_moe.data import load_dataset  # noqa: E402
 
+# Backend-independent (tf.data / NumPy / Python): runs once, under TensorFlow.
+pytestmark = pytest.mark.single_backend
+
 
 class KsmTinyShades(tfds.core.GeneratorBasedBuilder):
     """40 6x6 RGB images whose pixel value identifies them; only a train split."""

@@ -9,6 +9,9 @@ from keras_sparse_moe.recipes.run_state import check_previous_run
 from keras_sparse_moe.utils.io import read_json
 from keras_sparse_moe.utils.io import write_json
 
+# Backend-independent (Python only): runs once, under TensorFlow.
+pytestmark = pytest.mark.single_backend
+
 KEYS = ("epochs", "seed")
 ARTIFACTS = ("run.json", "metrics.json", "log.csv", "backup")
 SETTINGS = {"epochs": 3, "seed": 0, "verbose": 2}

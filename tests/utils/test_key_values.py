@@ -4,6 +4,9 @@ import pytest
 
 from keras_sparse_moe.utils.key_values import parse_key_values
 
+# Backend-independent (Python only): runs once, under TensorFlow.
+pytestmark = pytest.mark.single_backend
+
 
 def test_values_are_json_when_they_parse_else_strings():
     settings = parse_key_values([
