@@ -150,9 +150,12 @@ def test_bad_trees():
 
 
 # vmoe's Soft MoE (VisionTransformerMoe + vmoe.projects.soft_moe SoftRouter,
-# qk-normalised attention): GAP with learned position embeddings and 4x1
-# slots (capacity factor 1), MAP with sincos2d and 8x1 slots (num_slots=1).
-SOFT_CASES = [("soft_moe_gap", "params.msgpack", None), ("soft_moe_map", "params.index", 16)]
+# qk-normalised attention): GAP with learned position embeddings and 4x4
+# slots (capacity factor 1); MAP with sincos2d and 8x1 slots (num_slots=1);
+# class token with sincos2d and 4x4 slots mixing both images' tokens (one
+# group of 2 x 17, capacity factor 0.5).
+SOFT_CASES = [("soft_moe_gap", "params.msgpack", None), ("soft_moe_map", "params.index", 16),
+              ("soft_moe_token", "params", 16)]
 
 
 @pytest.mark.parametrize("name,checkpoint,image_size", SOFT_CASES)
