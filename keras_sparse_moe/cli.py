@@ -697,7 +697,7 @@ def build_parser():
 def _add_convert_parser(sub, common):
     p = sub.add_parser(
         "convert", parents=[common], help="convert a vmoe checkpoint to a preset directory",
-        description="Convert a google-research/vmoe V-MoE checkpoint (vmoe's sharded "
+        description="Convert a google-research/vmoe V-MoE or Soft MoE checkpoint (vmoe's sharded "
         "PREFIX.index + PREFIX.data-*-of-* or a flax msgpack params file) to a keras-hub "
         "preset directory holding an MoEViTImageClassifier (see docs/convert.md).",
     )
@@ -709,6 +709,9 @@ def _add_convert_parser(sub, common):
                    help="registered preset the checkpoint must match")
     p.add_argument("--config", default=None,
                    help="vmoe model config JSON (default: config.json beside the checkpoint)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="image side in pixels; needed for checkpoints without a learned "
+                   "position table (sincos2d position embeddings)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_convert)
 
@@ -717,7 +720,8 @@ def cmd_convert(args):
     """`keras-sparse-moe convert vmoe CHECKPOINT --output DIR`."""
     from keras_sparse_moe.convert import convert_vmoe
 
-    model = convert_vmoe(args.checkpoint, args.output, preset=args.preset, config=args.config)
+    model = convert_vmoe(args.checkpoint, args.output, preset=args.preset, config=args.config,
+                         image_size=args.image_size)
     if not args.quiet:
         print(f"wrote {os.path.abspath(args.output)} ({model.count_params():,} parameters)")
     return 0

@@ -40,6 +40,9 @@ Regenerate (see tools/README.md for the environment):
       --vmoe-src /path/to/vmoe --vit-src /path/to/vision_transformer \
       --vmoe-commit <sha> --vit-commit <sha>
 
+--only soft_moe_token writes just that model into an existing fixture folder
+and updates its manifest (see OWN_RNG_MODELS).
+
 --vmoe-src is a checkout of https://github.com/google-research/vmoe and
 --vit-src one of https://github.com/google-research/vision_transformer (vmoe's
 vmoe/nn/vit_moe.py imports `vit_jax.models_vit` from it). Neither is copied
@@ -72,6 +75,11 @@ def _parse_args():
   parser.add_argument('--out', default=os.path.join(
       os.path.dirname(here), 'tests', 'fixtures', 'vmoe'))
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--only', default=None,
+                      help='comma-separated model names: write only these '
+                      'models (of OWN_RNG_MODELS) into an existing --out and '
+                      'update its manifest.json; routing cases and the other '
+                      'models are left as they are.')
   return parser.parse_args()
 
 
@@ -109,6 +117,11 @@ SOFT_ROUTER_NAME = 'vmoe.projects.soft_moe.router.SoftRouter'
 # Models whose params are also written as a plain flax msgpack (all models are
 # written with vmoe's sharded checkpoint writer).
 MSGPACK_MODELS = ('vmoe_token', 'soft_moe_gap')
+# Models drawing their random values from their own generator (seeded from
+# --seed and their position in model_specs) rather than from the generator
+# shared with the routing cases and the models before them: they come out the
+# same whether written by a full run or alone with --only.
+OWN_RNG_MODELS = ('soft_moe_token',)
 
 
 def fmt_cf(cf):
@@ -503,6 +516,16 @@ def model_specs():
   base = base_config('map', None, moe, qk_norm=True,
                      position_emb={'name': 'sincos2d'})
   specs['soft_moe_map'] = (2, [('soft_slots1', base)])
+  # Class token with sincos2d (the class token gets no position embedding)
+  # and one Soft MoE group spanning both images (2 x 17 tokens, class tokens
+  # included); capacity_factor 0.5: round(34 * 0.5 / 4) = 4 slots per expert.
+  moe = {'layers': (0,), 'num_experts': 4, 'group_size': 34,
+         'split_rngs': False,
+         'router': {'name': SOFT_ROUTER_NAME, 'capacity_factor': 0.5, 'num_slots': None,
+                    'compute_similarity_metrics': True}}
+  base = base_config('token', None, moe, qk_norm=True,
+                     position_emb={'name': 'sincos2d'})
+  specs['soft_moe_token'] = (2, [('soft_cf0.5', base)])
   return specs
 
 
@@ -631,21 +654,48 @@ def write_model(out, name, batch, variants, rng, seed, write_msgpack):
   return summary
 
 
+def list_files(out):
+  return sorted(
+      os.path.relpath(os.path.join(d, f), out)
+      for d, _, fs in os.walk(out) for f in fs)
+
+
 def main():
   out = os.path.abspath(ARGS.out)
+  specs = model_specs()
+  only = None if ARGS.only is None else ARGS.only.split(',')
+  if only is not None:
+    unknown = sorted(set(only) - set(OWN_RNG_MODELS))
+    if unknown:
+      raise SystemExit(f'--only takes models of OWN_RNG_MODELS {OWN_RNG_MODELS}; '
+                       f'received {unknown}')
+    with open(os.path.join(out, 'manifest.json')) as f:
+      manifest = json.load(f)
+    for i, (name, (batch, variants)) in enumerate(specs.items()):
+      if name in only:
+        manifest['models'][name] = write_model(
+            out, name, batch, variants,
+            np.random.default_rng([ARGS.seed, i]), seed=ARGS.seed + i,
+            write_msgpack=name in MSGPACK_MODELS)
+    manifest['files'] = [
+        f for f in list_files(out) if f != 'manifest.json'] + ['manifest.json']
+    with open(os.path.join(out, 'manifest.json'), 'w') as f:
+      json.dump(manifest, f, indent=1)
+    print(json.dumps({n: manifest['models'][n] for n in only}, indent=1))
+    return
   if os.path.exists(out):
     shutil.rmtree(out)
   os.makedirs(out)
   rng = np.random.default_rng(ARGS.seed)
   num_cases = write_routing(out, rng)
   models = {}
-  for i, (name, (batch, variants)) in enumerate(model_specs().items()):
-    models[name] = write_model(out, name, batch, variants, rng,
+  for i, (name, (batch, variants)) in enumerate(specs.items()):
+    model_rng = (np.random.default_rng([ARGS.seed, i])
+                 if name in OWN_RNG_MODELS else rng)
+    models[name] = write_model(out, name, batch, variants, model_rng,
                                seed=ARGS.seed + i,
                                write_msgpack=name in MSGPACK_MODELS)
-  files = sorted(
-      os.path.relpath(os.path.join(d, f), out)
-      for d, _, fs in os.walk(out) for f in fs)
+  files = list_files(out)
   manifest = {
       'generator': 'tools/make_vmoe_fixtures.py',
       'vmoe_commit': ARGS.vmoe_commit,

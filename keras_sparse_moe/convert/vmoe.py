@@ -1,4 +1,5 @@
-"""Convert google-research/vmoe V-MoE checkpoints to keras-hub presets."""
+"""Convert google-research/vmoe V-MoE and Soft MoE checkpoints to keras-hub
+presets."""
 
 import json
 import os
@@ -16,6 +17,8 @@ _BLOCK = re.compile(r"^Encoder/encoderblock_(\d+)/")
 _ROUTERS = {
     "NoisyTopExpertsPerItemRouter": "token_choice",
     "NoisyTopItemsPerExpertRouter": "expert_choice",
+    # vmoe/projects/soft_moe/router.py; its configs name it 'SoftRouter'.
+    "SoftRouter": "soft",
 }
 _ATTENTION = (("query", "_query_dense"), ("key", "_key_dense"), ("value", "_value_dense"),
               ("out", "_output_dense"))
@@ -25,22 +28,72 @@ def _shape(params, name):
     return tuple(params[name].shape)
 
 
-def _architecture(params):
-    """Model hyper-parameters read off the parameter shapes."""
+def _position_embedding(vmoe_config):
+    """vmoe's `encoder.position_emb` name, None when the config gives none
+    (then the checkpoint tells: a learned table or sincos2d)."""
+    encoder = (vmoe_config or {}).get("encoder") or {}
+    position = dict(encoder.get("position_emb") or {})
+    name = position.get("name")
+    if name is None:
+        return None
+    if name not in ("learned", "sincos2d"):
+        raise CheckpointError(
+            f"Position embedding {name!r} of the vmoe config is not convertible; supported: "
+            "'learned', 'sincos2d'."
+        )
+    temperature = position.get("temperature", 10_000.0)
+    if name == "sincos2d" and float(temperature) != 10_000.0:
+        raise CheckpointError(
+            f"sincos2d position embeddings with temperature {temperature} are not convertible "
+            "(only vmoe's default 10000)."
+        )
+    return name
+
+
+def _image_shape(image_size, patch, channels, patches=None):
+    """(height, width, channels) from `image_size` (int or (h, w)), checked
+    against the number of patches of a learned position table if any."""
+    if image_size is None:
+        if patches is None:
+            raise CheckpointError(
+                "The checkpoint has no learned position embedding ('Encoder/posembed_input/"
+                "pos_embedding'), so the image size cannot be read off the parameter shapes: "
+                "give it (image_size=, --image-size)."
+            )
+        side = int(round(patches ** 0.5))
+        if side * side != patches:
+            raise CheckpointError(
+                f"The position embedding has {patches} patch positions, not a square grid; "
+                "give the image size (image_size=, --image-size)."
+            )
+        return (side * patch[0], side * patch[1], channels)
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or any(not isinstance(v, int) or v < 1 for v in size):
+        raise CheckpointError(
+            f"image_size must be an int or (height, width) of positive ints; received "
+            f"{image_size!r}."
+        )
+    if size[0] % patch[0] or size[1] % patch[1]:
+        raise CheckpointError(
+            f"image_size {size} is not divisible by the checkpoint's patch size {patch}."
+        )
+    grid = (size[0] // patch[0]) * (size[1] // patch[1])
+    if patches is not None and grid != patches:
+        raise CheckpointError(
+            f"image_size {size} gives {grid} patches, but the checkpoint's learned position "
+            f"embedding has {patches}."
+        )
+    return size + (channels,)
+
+
+def _architecture(params, vmoe_config=None, image_size=None):
+    """Model hyper-parameters read off the parameter shapes (and, for what
+    the shapes do not hold, the vmoe config and `image_size`)."""
     if "embedding/kernel" not in params or "Encoder/encoder_norm/scale" not in params:
         raise CheckpointError(
             "The checkpoint is not a V-MoE VisionTransformerMoe params tree (no "
             "'embedding/kernel' or 'Encoder/encoder_norm/scale'); its top-level names are "
             f"{sorted({name.split('/')[0] for name in params})}."
-        )
-    unsupported = sorted(
-        name for name in params
-        if "/Moe/Router/mu" in name or name.endswith("query_ln/scale")
-    )
-    if unsupported:
-        raise CheckpointError(
-            "Soft MoE routers and attention qk-normalization are not convertible yet; "
-            f"offending parameters: {unsupported[:4]}."
         )
     ph, pw, channels, dim = _shape(params, "embedding/kernel")
     blocks = sorted({int(m.group(1)) for m in map(_BLOCK.match, params) if m})
@@ -48,35 +101,51 @@ def _architecture(params):
         raise CheckpointError(f"Encoder blocks are not numbered 0..n-1: found {blocks}.")
     prefix = "Encoder/encoderblock_0/SelfAttention/query/kernel"
     num_heads = _shape(params, prefix)[1]
-    moe_layers = [i for i in blocks if f"Encoder/encoderblock_{i}/Moe/Router/dense/kernel" in params]
-    num_experts, mlp_dim = 1, None
+    moe_layers = [
+        i for i in blocks
+        if f"Encoder/encoderblock_{i}/Moe/Router/dense/kernel" in params
+        or f"Encoder/encoderblock_{i}/Moe/Router/mu" in params
+    ]
+    num_experts, mlp_dim, slots = 1, None, set()
     for i in blocks:
         if i in moe_layers:
             num_experts, _, mlp_dim = _shape(params, f"Encoder/encoderblock_{i}/Moe/Mlp/Dense_0/kernel")
+            mu = f"Encoder/encoderblock_{i}/Moe/Router/mu"
+            if mu in params:
+                slots.add(_shape(params, mu)[-1])
         else:
             mlp_dim = _shape(params, f"Encoder/encoderblock_{i}/Mlp/Dense_0/kernel")[1]
+    if len(slots) > 1:
+        raise CheckpointError(
+            f"The Soft MoE blocks have different numbers of slots per expert {sorted(slots)}; "
+            "only one number for all blocks is convertible."
+        )
     if "cls" in params:
         pooling = "token"
     elif "MapHead/probe" in params:
         pooling = "map"
     else:
         pooling = "gap"
-    if "Encoder/posembed_input/pos_embedding" not in params:
+    table = "Encoder/posembed_input/pos_embedding"
+    position = _position_embedding(vmoe_config)
+    if table in params:
+        if position not in (None, "learned"):
+            raise CheckpointError(
+                f"The vmoe config has {position} position embeddings, but the checkpoint holds "
+                f"a learned table '{table}'."
+            )
+        patches = _shape(params, table)[1] - (1 if pooling == "token" else 0)
+    elif position == "learned":
         raise CheckpointError(
-            "Only learned position embeddings are convertible ('Encoder/posembed_input/"
-            "pos_embedding' is missing: sincos2d or no position embedding)."
+            f"The vmoe config has learned position embeddings, but the checkpoint lacks '{table}'."
         )
-    tokens = _shape(params, "Encoder/posembed_input/pos_embedding")[1]
-    patches = tokens - (1 if pooling == "token" else 0)
-    side = int(round(patches ** 0.5))
-    if side * side != patches:
-        raise CheckpointError(
-            f"The position embedding has {patches} patch positions, not a square grid."
-        )
+    else:  # no table: vmoe's sincos2d (no parameters)
+        position, patches = "sincos2d", None
+    position = position or "learned"
     if "head/kernel" not in params:
         raise CheckpointError("The checkpoint has no classification head ('head/kernel').")
     return {
-        "image_shape": (side * ph, side * pw, channels),
+        "image_shape": _image_shape(image_size, (ph, pw), channels, patches),
         "patch_size": (ph, pw) if ph != pw else ph,
         "num_layers": len(blocks),
         "num_heads": num_heads,
@@ -85,6 +154,9 @@ def _architecture(params):
         "num_experts": num_experts,
         "moe_layers": moe_layers or "none",
         "pooling": pooling,
+        "position_embedding": position,
+        "attention_qk_norm": "Encoder/encoderblock_0/SelfAttention/query_ln/scale" in params,
+        "slots_per_expert": slots.pop() if slots else None,
         "representation_size": (
             _shape(params, "pre_logits/kernel")[1] if "pre_logits/kernel" in params else None
         ),
@@ -92,18 +164,50 @@ def _architecture(params):
     }
 
 
-def _routing(vmoe_config):
-    """Backbone routing arguments from a vmoe model config (`encoder.moe`)."""
-    moe = dict((vmoe_config or {}).get("encoder", {}).get("moe") or {})
-    router = dict(moe.get("router") or {})
-    dispatcher = dict(router.get("dispatcher") or {})
-    name = router.get("name", "NoisyTopExpertsPerItemRouter").rsplit(".", 1)[-1]
+def _router_kind(params, vmoe_config):
+    """The project's router name for the checkpoint's MoE blocks."""
+    router = dict(((vmoe_config or {}).get("encoder", {}).get("moe") or {}).get("router") or {})
+    soft = any(name.endswith("/Moe/Router/mu") for name in params)
+    default = "SoftRouter" if soft else "NoisyTopExpertsPerItemRouter"
+    name = router.get("name", default).rsplit(".", 1)[-1]
     if name not in _ROUTERS:
         raise CheckpointError(
             f"Router {router.get('name')!r} of the vmoe config is not convertible; supported: "
             f"{sorted(_ROUTERS)}."
         )
-    kind = _ROUTERS[name]
+    if (name == "SoftRouter") != soft:
+        raise CheckpointError(
+            f"The vmoe config's router {name!r} does not match the checkpoint, whose routers "
+            f"have {'Soft MoE' if soft else 'dense'} parameters "
+            f"({'Router/mu' if soft else 'Router/dense/kernel'})."
+        )
+    return _ROUTERS[name]
+
+
+def _soft_routing(router, moe, arch):
+    """Backbone routing arguments of vmoe's Soft MoE `SoftRouter`."""
+    slots = arch["slots_per_expert"]
+    num_slots = router.get("num_slots")
+    if num_slots is not None and int(num_slots) != slots:
+        raise CheckpointError(
+            f"The vmoe config gives num_slots={num_slots}, but the checkpoint's Router/mu has "
+            f"{slots} slots per expert."
+        )
+    options = {"slots_per_expert": slots, "bfloat16_dispatch": True}
+    if moe.get("group_size"):
+        options["group_size"] = int(moe["group_size"])
+    return {"router": "soft", "capacity_factor": 1.0, "moe_kwargs": options}
+
+
+def _routing(vmoe_config, kind="token_choice", arch=None):
+    """Backbone routing arguments from a vmoe model config (`encoder.moe`)."""
+    moe = dict((vmoe_config or {}).get("encoder", {}).get("moe") or {})
+    router = dict(moe.get("router") or {})
+    dispatcher = dict(router.get("dispatcher") or {})
+    if kind == "soft":
+        arguments = _soft_routing(router, moe, arch)
+        _dropout(arguments, vmoe_config, moe)
+        return arguments
     options = {
         "capacity_rounding": dispatcher.get("capacity_ceil_or_round", "ceil"),
         "capacity_multiple_of": int(dispatcher.get("capacity_multiple_of", 4) or 1),
@@ -128,29 +232,41 @@ def _routing(vmoe_config):
             aux_loss_convention="vmoe",
         )
     arguments["moe_kwargs"] = options
-    dropout = (vmoe_config or {}).get("encoder", {}).get("dropout_rate")
-    if dropout is not None:
-        arguments["dropout_rate"] = float(dropout)
-        options["dropout"] = float(moe.get("dropout_rate", dropout))
+    _dropout(arguments, vmoe_config, moe)
     return arguments
 
 
-def build_classifier(params, vmoe_config=None):
+def _dropout(arguments, vmoe_config, moe):
+    dropout = (vmoe_config or {}).get("encoder", {}).get("dropout_rate")
+    if dropout is not None:
+        arguments["dropout_rate"] = float(dropout)
+        arguments["moe_kwargs"]["dropout"] = float(moe.get("dropout_rate", dropout))
+
+
+def build_classifier(params, vmoe_config=None, image_size=None):
     """A `MoEViTImageClassifier` holding the weights of a vmoe params dict.
 
     Args:
         params: `{"a/b": ndarray}` (see `read_checkpoint`).
-        vmoe_config: None or the vmoe model config dict (routing and dropout;
-            None: vmoe's token choice defaults).
+        vmoe_config: None or the vmoe model config dict (routing, dropout,
+            position embedding; None: vmoe's token choice defaults, or Soft
+            MoE for a checkpoint with Soft MoE routers).
+        image_size: None, an int or (height, width): the image size, needed
+            when the checkpoint has no learned position table (sincos2d);
+            otherwise read off the table (and checked when given).
     """
-    arch = _architecture(params)
-    routing = _routing(vmoe_config) if arch["moe_layers"] != "none" else {}
+    arch = _architecture(params, vmoe_config, image_size)
+    routing = {}
+    if arch["moe_layers"] != "none":
+        routing = _routing(vmoe_config, _router_kind(params, vmoe_config), arch)
     backbone = MoEViTBackbone(
         image_shape=arch["image_shape"], patch_size=arch["patch_size"],
         num_layers=arch["num_layers"], num_heads=arch["num_heads"],
         hidden_dim=arch["hidden_dim"], mlp_dim=arch["mlp_dim"],
         num_experts=arch["num_experts"], moe_layers=arch["moe_layers"],
         pooling=arch["pooling"], mlp_activation="gelu_approximate",
+        position_embedding=arch["position_embedding"],
+        attention_qk_norm=arch["attention_qk_norm"],
         layer_norm_epsilon=1e-6, **routing,
     )
     model = MoEViTImageClassifier(
@@ -169,7 +285,7 @@ def _assign_weights(model, params):
         if name not in params:
             raise CheckpointError(f"The checkpoint lacks {name!r} (partial tree).")
         value = np.asarray(params[name], dtype="float32")
-        if reshape is not None:
+        if reshape is not None and value.size == int(np.prod(reshape)):
             value = value.reshape(reshape)
         if tuple(value.shape) != tuple(variable.shape):
             raise CheckpointError(
@@ -192,20 +308,29 @@ def _assign_weights(model, params):
     def attention(layer, name):
         for theirs, ours in _ATTENTION:
             dense(getattr(layer, ours), f"{name}/{theirs}")
+        if getattr(layer, "qk_norm_epsilon", None) is not None:
+            put(layer.query_norm.gamma, f"{name}/query_ln/scale")
+            put(layer.key_norm.gamma, f"{name}/key_ln/scale")
 
     embedding = backbone.get_layer("patching_and_embedding")
     if backbone.pooling == "token":
         put(embedding.class_token, "cls")
     dense(embedding.patch_embedding, "embedding")
-    table = embedding.position_embedding.embeddings
-    put(table, "Encoder/posembed_input/pos_embedding", reshape=tuple(table.shape))
+    if backbone.position_embedding == "learned":
+        table = embedding.position_embedding.embeddings
+        put(table, "Encoder/posembed_input/pos_embedding", reshape=tuple(table.shape))
     for i, block in enumerate(backbone.encoder_blocks):
         prefix = f"Encoder/encoderblock_{i}"
         norm(block.norm1, f"{prefix}/LayerNorm_0")
         attention(block.attention, f"{prefix}/SelfAttention")
         norm(block.norm2, f"{prefix}/LayerNorm_1")
         if block.is_moe:
-            put(block.mlp.router.kernel, f"{prefix}/Moe/Router/dense/kernel")
+            router = block.mlp.router
+            if block.mlp.router_type == "soft":  # mu (D, E, P) -> (D, E * P)
+                put(router.kernel, f"{prefix}/Moe/Router/mu", reshape=tuple(router.kernel.shape))
+                put(router.scale, f"{prefix}/Moe/Router/scale")
+            else:
+                put(router.kernel, f"{prefix}/Moe/Router/dense/kernel")
             experts = block.mlp.experts
             put(experts.kernel_in, f"{prefix}/Moe/Mlp/Dense_0/kernel")
             put(experts.bias_in, f"{prefix}/Moe/Mlp/Dense_0/bias")
@@ -248,18 +373,22 @@ def _load_config(checkpoint_path, config):
         raise CheckpointError(f"Cannot read the vmoe config {config}: {error}") from None
 
 
-def convert_vmoe(checkpoint, output_dir, preset=None, config=None):
-    """Convert a vmoe V-MoE checkpoint to a keras-hub preset directory.
+def convert_vmoe(checkpoint, output_dir, preset=None, config=None, image_size=None):
+    """Convert a vmoe V-MoE or Soft MoE checkpoint to a keras-hub preset
+    directory.
 
     Reads vmoe's sharded checkpoint (`PREFIX.index` + `PREFIX.data-*-of-*`,
     given as the prefix, the index, a shard or their directory) or a flax
     msgpack params file, without flax, jax or vmoe. The architecture is read
-    off the parameter shapes; the routing (router, `top_k`, capacity, group
-    size, batch priority, loss weights) comes from the vmoe model config
-    (`config`, or `config.json` beside the checkpoint; without one vmoe's
-    token choice defaults with `capacity_factor=1`). Every parameter is
-    mapped; the result is an `MoEViTImageClassifier` saved atomically with
-    `save_to_preset` (nothing is written on error).
+    off the parameter shapes (token / expert choice routers or vmoe's Soft
+    MoE `SoftRouter`, qk-normalised attention, class token / GAP / MAP,
+    pre-logits); the routing (router, `top_k`, capacity, group size, batch
+    priority, loss weights) and the position embedding (learned or
+    `sincos2d`) come from the vmoe model config (`config`, or `config.json`
+    beside the checkpoint; without one vmoe's token choice defaults with
+    `capacity_factor=1`, or the Soft MoE router for a Soft MoE checkpoint).
+    Every parameter is mapped; the result is an `MoEViTImageClassifier`
+    saved atomically with `save_to_preset` (nothing is written on error).
 
     Args:
         checkpoint: path of the checkpoint.
@@ -267,6 +396,10 @@ def convert_vmoe(checkpoint, output_dir, preset=None, config=None):
         preset: None or a registered preset name whose architecture the
             checkpoint must match (the conversion fails otherwise).
         config: None, a vmoe model config dict or the path of its JSON.
+        image_size: None, an int or (height, width). Needed when the
+            checkpoint has no learned position table (`sincos2d` position
+            embeddings: the shapes do not tell the image size); with a
+            learned table it is read off the table (and checked if given).
 
     Returns:
         The converted `MoEViTImageClassifier`.
@@ -279,7 +412,7 @@ def convert_vmoe(checkpoint, output_dir, preset=None, config=None):
         raise CheckpointError(f"Output path {output_dir} is a file, not a directory.")
     params, resolved = read_checkpoint(checkpoint)
     vmoe_config = _load_config(os.fspath(checkpoint), config)
-    model = build_classifier(params, vmoe_config)
+    model = build_classifier(params, vmoe_config, image_size=image_size)
     if preset is not None:
         _check_preset(model, preset)
     save_to_preset(model, output_dir)

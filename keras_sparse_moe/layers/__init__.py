@@ -11,6 +11,7 @@ from keras_sparse_moe.layers.router_registry import register_router
 from keras_sparse_moe.layers.router_registry import registered_routers
 from keras_sparse_moe.layers.encoder_block import MoETransformerEncoderBlock
 from keras_sparse_moe.layers.encoder_block import StochasticDepth
+from keras_sparse_moe.layers.qk_norm_attention import QKNormMultiHeadAttention
 from keras_sparse_moe.layers.soft_router import SoftRouter
 from keras_sparse_moe.layers.sparse_moe import SparseMoE
 from keras_sparse_moe.layers.token_choice_router import TokenChoiceRouter
@@ -22,6 +23,7 @@ __all__ = [
     "ExpertChoiceRouter",
     "Experts",
     "MoETransformerEncoderBlock",
+    "QKNormMultiHeadAttention",
     "StochasticDepth",
     "Router",
     "SoftRouter",

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_sparse_moe.layers.activations import get_activation
+from keras_sparse_moe.layers.qk_norm_attention import QKNormMultiHeadAttention
 from keras_sparse_moe.layers.sparse_moe import SparseMoE
 from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
@@ -68,6 +69,9 @@ class MoETransformerEncoderBlock(keras.layers.Layer):
         layer_norm_epsilon: float.
         activation: MLP activation name or callable (`"gelu_approximate"`:
             the tanh-approximate GELU of ViT / V-MoE).
+        qk_norm: bool, normalise the projected queries and keys of every
+            head (`QKNormMultiHeadAttention`, as vmoe's
+            `attention_qk_norm`). Default False.
 
     Call arguments:
         inputs: (batch, tokens, dim).
@@ -93,9 +97,11 @@ class MoETransformerEncoderBlock(keras.layers.Layer):
         stochastic_depth=0.0,
         layer_norm_epsilon=1e-6,
         activation="gelu",
+        qk_norm=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.qk_norm = bool(qk_norm)
         self.num_heads = check_int("num_heads", num_heads, minimum=1)
         self.mlp_dim = check_int("mlp_dim", mlp_dim, minimum=1)
         if moe is not None and (not isinstance(moe, dict) or "num_experts" not in moe):
@@ -122,7 +128,10 @@ class MoETransformerEncoderBlock(keras.layers.Layer):
         self.norm1 = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=policy, name="norm1"
         )
-        self.attention = keras.layers.MultiHeadAttention(
+        attention_cls = (
+            QKNormMultiHeadAttention if self.qk_norm else keras.layers.MultiHeadAttention
+        )
+        self.attention = attention_cls(
             num_heads=self.num_heads,
             key_dim=dim // self.num_heads,
             dropout=self.attention_dropout,
@@ -193,6 +202,7 @@ class MoETransformerEncoderBlock(keras.layers.Layer):
                 "stochastic_depth": self.stochastic_depth,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "activation": self.activation,
+                "qk_norm": self.qk_norm,
             }
         )
         return config

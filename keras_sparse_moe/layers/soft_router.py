@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_sparse_moe.layers import aux_losses
+from keras_sparse_moe.layers.dispatchers import Bfloat16Dispatcher
 from keras_sparse_moe.layers.dispatchers import DenseDispatcher
 from keras_sparse_moe.layers.router_base import Router
 from keras_sparse_moe.layers.router_registry import register_router
@@ -33,6 +34,11 @@ class SoftRouter(Router):
         capacity_factor: float > 0, used only when `slots_per_expert` is
             None.
         normalize: bool, apply the l2 normalisation and learned scale.
+        bfloat16_dispatch: bool, round the tokens entering the slots and the
+            expert outputs entering the combine to bfloat16 (the weights and
+            sums stay float32), as vmoe's Soft MoE always does (its
+            `Bfloat16Dispatcher`). Default False (float32 throughout);
+            checkpoints converted from vmoe set it.
         z_loss_weight: float >= 0 (z-loss of the dispatch logits).
         kernel_initializer: initializer of `phi`.
 
@@ -50,7 +56,8 @@ class SoftRouter(Router):
     """
 
     def __init__(self, num_experts, slots_per_expert=1, normalize=True,
-                 kernel_initializer="lecun_normal", capacity_factor=1.0, **kwargs):
+                 kernel_initializer="lecun_normal", capacity_factor=1.0,
+                 bfloat16_dispatch=False, **kwargs):
         kwargs.pop("top_k", None)
         kwargs.pop("eval_capacity_factor", None)
         for key in ("capacity", "capacity_rounding", "capacity_multiple_of", "capacity_formula"):
@@ -72,6 +79,12 @@ class SoftRouter(Router):
         )
         self.slots_per_expert = self.slots_per_expert_arg
         self.normalize = bool(normalize)
+        if not isinstance(bfloat16_dispatch, bool):
+            raise ValueError(
+                "Argument `bfloat16_dispatch` must be True or False; received "
+                f"bfloat16_dispatch={bfloat16_dispatch!r}."
+            )
+        self.bfloat16_dispatch = bfloat16_dispatch
 
     def num_logits(self):
         if self.slots_per_expert is None:
@@ -115,7 +128,8 @@ class SoftRouter(Router):
         return super().flops(num_tokens, dim) + mixing
 
     def dispatcher(self, routing, group_size, training=False, token_mask=None):
-        return DenseDispatcher(routing["dispatch_weights"], routing["combine_weights"])
+        dispatcher = DenseDispatcher(routing["dispatch_weights"], routing["combine_weights"])
+        return Bfloat16Dispatcher(dispatcher) if self.bfloat16_dispatch else dispatcher
 
     def route(self, inputs, training=False, token_mask=None):
         group_size = self.static_group_size(inputs)
@@ -156,7 +170,8 @@ class SoftRouter(Router):
                     "capacity_rounding", "capacity_multiple_of", "capacity_formula"):
             config.pop(key, None)
         config.update(
-            {"slots_per_expert": self.slots_per_expert_arg, "normalize": self.normalize}
+            {"slots_per_expert": self.slots_per_expert_arg, "normalize": self.normalize,
+             "bfloat16_dispatch": self.bfloat16_dispatch}
         )
         if self.slots_per_expert_arg is None:
             config["capacity_factor"] = self.capacity_factor

@@ -1,6 +1,7 @@
 """`convert_vmoe` on the vmoe fixture checkpoints (tests/fixtures/vmoe/,
 written by vmoe's own code, see tools/README.md): logits and auxiliary
-losses against vmoe's, and one-line errors for bad inputs."""
+losses against vmoe's (V-MoE token / expert choice and Soft MoE), and
+one-line errors for bad inputs."""
 
 import json
 import os
@@ -148,10 +149,78 @@ def test_bad_trees():
         build_classifier({"foo/bar": np.zeros(3, "float32")})
 
 
-def test_unsupported_soft_moe_is_named():
-    params, _ = read_checkpoint(model_dir("soft_moe_gap"))
-    with pytest.raises(CheckpointError, match="Soft MoE.*Router/mu"):
-        build_classifier(params)
+# vmoe's Soft MoE (VisionTransformerMoe + vmoe.projects.soft_moe SoftRouter,
+# qk-normalised attention): GAP with learned position embeddings and 4x4
+# slots (capacity factor 1); MAP with sincos2d and 8x1 slots (num_slots=1);
+# class token with sincos2d and 4x4 slots mixing both images' tokens (one
+# group of 2 x 17, capacity factor 0.5).
+SOFT_CASES = [("soft_moe_gap", "params.msgpack", None), ("soft_moe_map", "params.index", 16),
+              ("soft_moe_token", "params", 16)]
+
+
+@pytest.mark.parametrize("name,checkpoint,image_size", SOFT_CASES)
+def test_converted_soft_moe_matches_vmoe(tmp_path, name, checkpoint, image_size):
+    (variant, config), = variants(name).items()
+    model = convert_vmoe(os.path.join(model_dir(name), checkpoint), tmp_path / "preset",
+                         image_size=image_size)
+    backbone = model.backbone
+    assert backbone.attention_qk_norm and backbone.router == "soft"
+    assert backbone.position_embedding == ("learned" if image_size is None else "sincos2d")
+    io = np.load(os.path.join(model_dir(name), "io.npz"))
+    logits = ops.convert_to_numpy(model(io["images"], training=False))
+    np.testing.assert_allclose(logits, io[f"{variant}/logits"], rtol=0, atol=1e-5)
+    for index, layer in zip(backbone.moe_layer_indices, backbone.sparse_moe_layers):
+        block = f"{variant}/encoderblock_{index}"
+        inputs = io[f"{block}/moe_inputs"]  # (G, S, D), vmoe's groups
+        routing = layer.router(inputs, training=False, dense=False)
+        for key in ("dispatch", "combine"):
+            np.testing.assert_allclose(ops.convert_to_numpy(routing[f"{key}_weights"]),
+                                       io[f"{block}/{key}"], rtol=0, atol=1e-6)
+        # vmoe's Soft MoE has no auxiliary loss (0); neither has the converted one.
+        assert float(ops.convert_to_numpy(routing["aux_loss"])) == float(
+            io[f"{variant}/metric/{'encoderblock_%d' % index}/auxiliary_loss"].mean()) == 0.0
+    assert float(io[f"{variant}/metric/auxiliary_loss"].mean()) == 0.0
+    if image_size is not None:  # the preset keeps sincos2d, qk-norm and the bf16 rounding
+        from keras_sparse_moe.presets import from_preset
+
+        loaded = from_preset(str(tmp_path / "preset"))
+        np.testing.assert_allclose(ops.convert_to_numpy(loaded(io["images"], training=False)),
+                                   io[f"{variant}/logits"], rtol=0, atol=1e-5)
+    # vmoe rounds the Soft MoE data to bfloat16; without that the logits miss 1e-5.
+    for layer in backbone.sparse_moe_layers:
+        assert layer.router.bfloat16_dispatch
+        layer.router.bfloat16_dispatch = False
+    float32 = ops.convert_to_numpy(model(io["images"], training=False))
+    assert np.abs(float32 - io[f"{variant}/logits"]).max() > 1e-5
+
+
+@pytest.mark.single_backend
+def test_soft_moe_errors():
+    params, _ = read_checkpoint(model_dir("soft_moe_map"))
+    config = variants("soft_moe_map")["soft_slots1"]
+    with pytest.raises(CheckpointError, match="no learned position embedding.*image_size"):
+        build_classifier(params, config)
+    with pytest.raises(CheckpointError, match=r"image_size \(18, 18\) is not divisible"):
+        build_classifier(params, config, image_size=18)
+    moe = config["encoder"]["moe"]
+    wrong = dict(config, encoder=dict(config["encoder"], moe=dict(
+        moe, router=dict(moe["router"], num_slots=2))))
+    with pytest.raises(CheckpointError, match="num_slots=2.*1 slots per expert"):
+        build_classifier(params, wrong, image_size=16)
+    expert_choice = variants("vmoe_token")["ec_cf1"]["encoder"]["moe"]["router"]
+    with pytest.raises(CheckpointError, match="does not match the checkpoint.*Soft MoE"):
+        build_classifier(params, dict(config, encoder=dict(config["encoder"], moe=dict(
+            moe, router=expert_choice))), image_size=16)
+    with pytest.raises(CheckpointError, match="Position embedding 'none'.*not convertible"):
+        build_classifier(params, dict(config, encoder=dict(
+            config["encoder"], position_emb={"name": "none"})), image_size=16)
+    learned, _ = read_checkpoint(model_dir("soft_moe_gap"))
+    gap = variants("soft_moe_gap")["soft_cf1"]
+    with pytest.raises(CheckpointError, match=r"gives 64 patches.*has 16"):
+        build_classifier(learned, gap, image_size=32)
+    with pytest.raises(CheckpointError, match="config has sincos2d.*holds a learned table"):
+        build_classifier(learned, dict(gap, encoder=dict(
+            gap["encoder"], position_emb={"name": "sincos2d"})))
 
 
 def test_mismatched_preset(tmp_path):
@@ -168,3 +237,8 @@ def test_cli_convert(tmp_path, capsys):
     assert os.path.isfile(tmp_path / "map" / "config.json")
     assert main(["convert", "vmoe", str(tmp_path), "--output", str(tmp_path / "x")]) != 0
     assert "not a checkpoint directory" in capsys.readouterr().err
+    assert main(["convert", "vmoe", model_dir("soft_moe_map"), "--image-size", "16",
+                 "--output", str(tmp_path / "soft")]) == 0
+    with open(tmp_path / "soft" / "config.json") as f:  # the backbone's
+        backbone = json.load(f)["config"]
+    assert backbone["position_embedding"] == "sincos2d" and backbone["router"] == "soft"

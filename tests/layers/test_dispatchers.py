@@ -108,3 +108,40 @@ def test_ragged_dispatcher_sorted_rows_and_combine():
     combined = to_numpy(dispatcher.combine(2.0 * rows))
     expected = 2.0 * x * gates.sum(-1)[..., None]
     np.testing.assert_allclose(combined, expected, atol=1e-5)
+
+
+def test_bfloat16_dispatcher_rounds_the_moved_data():
+    import ml_dtypes
+
+    from keras_sparse_moe.layers import SoftRouter
+    from keras_sparse_moe.layers import SparseMoE
+    from keras_sparse_moe.layers.dispatchers import Bfloat16Dispatcher
+
+    def bf16(a):
+        return np.asarray(a, "float32").astype(ml_dtypes.bfloat16).astype("float64")
+
+    rng = np.random.default_rng(9)
+    x = random_tokens((G, S, D), seed=10)
+    weights, combine = (rng.uniform(size=(G, S, E, C)).astype("float32") for _ in range(2))
+    outputs = random_tokens((E, G * C, D), seed=11)
+    dispatcher = Bfloat16Dispatcher(DenseDispatcher(weights, combine))
+    np.testing.assert_allclose(
+        to_numpy(dispatcher.dispatch(x)),
+        np.einsum("gsec,gsd->egcd", weights, bf16(x)).reshape(E, G * C, D), atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(dispatcher.combine(outputs)),
+        np.einsum("gsec,egcd->gsd", combine, bf16(outputs).reshape(E, G, C, D)), atol=1e-6)
+    assert to_numpy(dispatcher.dispatch(x)).dtype == np.float32
+    # The Soft MoE option: the layer's output moves by the rounding only.
+    moe = SparseMoE(num_experts=E, intermediate_dim=8, router="soft", slots_per_expert=C,
+                    bfloat16_dispatch=True)
+    y = to_numpy(moe(x))
+    assert moe.get_config()["bfloat16_dispatch"] is True
+    clone = SparseMoE.from_config(moe.get_config())
+    clone(x)
+    clone.set_weights(moe.get_weights())
+    np.testing.assert_array_equal(to_numpy(clone(x)), y)
+    clone.router.bfloat16_dispatch = False
+    assert 0 < np.abs(to_numpy(clone(x)) - y).max() < 5e-2
+    with pytest.raises(ValueError, match="bfloat16_dispatch.*True or False.*'yes'"):
+        SoftRouter(E, bfloat16_dispatch="yes")

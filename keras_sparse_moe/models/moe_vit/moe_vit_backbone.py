@@ -15,10 +15,14 @@ from keras_sparse_moe.models.encoder_arguments import store_encoder_arguments
 from keras_sparse_moe.models.moe_vit.moe_vit_geometry import check_stem_channels
 from keras_sparse_moe.models.moe_vit.moe_vit_geometry import stem_geometry
 from keras_sparse_moe.models.moe_vit.moe_vit_profile import profile_moe_vit_config
+from keras_sparse_moe.models.moe_vit.moe_vit_sincos_embedding import (
+    SinCos2DPatchingAndEmbedding,
+)
 from keras_sparse_moe.presets import PresetMixin
 from keras_sparse_moe.utils.validation import check_choice
 
 POOLINGS = ("token", "gap", "map")
+POSITION_EMBEDDINGS = ("learned", "sincos2d")
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
@@ -27,7 +31,8 @@ class MoEViTBackbone(PresetMixin, Backbone):
 
     Images are cut into patches (a strided `Conv2D`, optionally after a
     convolutional stem, `stem_channels`), a class token is
-    prepended when `pooling="token"`, learned position embeddings are added,
+    prepended when `pooling="token"`, position embeddings are added (learned,
+    or fixed 2-D sine-cosine ones, `position_embedding`),
     then `num_layers` pre-LN `MoETransformerEncoderBlock`s run, the blocks in
     `moe_layers` with a `SparseMoE` MLP of `num_experts` experts of width
     `mlp_dim` (Riquelme et al. 2021, https://arxiv.org/abs/2106.05974; Soft
@@ -47,8 +52,9 @@ class MoEViTBackbone(PresetMixin, Backbone):
 
     Layer names (stable weight paths): `stem_conv_{i}` (with a stem),
     `patching_and_embedding`
-    (`class_token`, `patch_embedding/kernel`, `position_embedding/embeddings`),
-    `encoder_block_{i}` (`norm1`, `attention`, `norm2`, and `mlp_in`/`mlp_out`
+    (`class_token`, `patch_embedding/kernel`, `position_embedding/embeddings`
+    when learned), `encoder_block_{i}` (`norm1`, `attention` (with
+    `query_norm`/`key_norm` when `attention_qk_norm`), `norm2`, and `mlp_in`/`mlp_out`
     or `moe/router/kernel`, `moe/experts/kernel_in` ...), `final_norm`.
 
     Args:
@@ -88,6 +94,14 @@ class MoEViTBackbone(PresetMixin, Backbone):
         mlp_activation: activation of the dense MLPs and of the experts:
             `"gelu"` (exact, default), `"gelu_approximate"` (the tanh form
             that ViT and V-MoE use), or any Keras activation name.
+        position_embedding: `"learned"` (default; a trained table, one row
+            per token) or `"sincos2d"` (fixed 2-D sine-cosine embeddings of
+            the patch grid, no weights, none for the class token;
+            `sincos2d_position_table`, as vmoe's and big_vision's
+            `sincos2d`; needs `hidden_dim` a multiple of 4 and >= 8).
+        attention_qk_norm: bool, LayerNorm on each head's projected queries
+            and keys in every block (`QKNormMultiHeadAttention`; vmoe's
+            `attention_qk_norm`, used by its Soft MoE models). Default False.
         dtype: None or a dtype policy.
 
     Example:
@@ -123,6 +137,8 @@ class MoEViTBackbone(PresetMixin, Backbone):
         stochastic_depth=0.0,
         layer_norm_epsilon=1e-6,
         mlp_activation="gelu",
+        position_embedding="learned",
+        attention_qk_norm=False,
         dtype=None,
         **kwargs,
     ):
@@ -142,6 +158,19 @@ class MoEViTBackbone(PresetMixin, Backbone):
         dropout_rate, attention_dropout = args.dropout_rate, args.attention_dropout
         stochastic_depth, layer_norm_epsilon = args.stochastic_depth, args.layer_norm_epsilon
         pooling = check_choice("pooling", pooling, POOLINGS)
+        position_embedding = check_choice(
+            "position_embedding", position_embedding, POSITION_EMBEDDINGS
+        )
+        if position_embedding == "sincos2d" and (hidden_dim % 4 or hidden_dim < 8):
+            raise ValueError(
+                "Argument `position_embedding`='sincos2d' needs `hidden_dim` to be a multiple "
+                f"of 4 and at least 8; received hidden_dim={hidden_dim}."
+            )
+        if not isinstance(attention_qk_norm, bool):
+            raise ValueError(
+                "Argument `attention_qk_norm` must be True or False; received "
+                f"attention_qk_norm={attention_qk_norm!r}."
+            )
         get_activation(mlp_activation, name="mlp_activation")
         stem_channels = check_stem_channels(stem_channels, patch)
         embedded_shape, embedded_patch = stem_geometry(image_shape, patch, stem_channels)
@@ -154,7 +183,11 @@ class MoEViTBackbone(PresetMixin, Backbone):
             )
             for index, channels in enumerate(stem_channels)
         ]
-        embedding = ViTPatchingAndEmbedding(
+        embedding_cls = (
+            SinCos2DPatchingAndEmbedding if position_embedding == "sincos2d"
+            else ViTPatchingAndEmbedding
+        )
+        embedding = embedding_cls(
             image_size=embedded_shape[:2],
             patch_size=embedded_patch,
             hidden_dim=hidden_dim,
@@ -178,6 +211,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
                     stochastic_depth=stochastic_depth * index / max(num_layers - 1, 1),
                     layer_norm_epsilon=layer_norm_epsilon,
                     activation=mlp_activation,
+                    qk_norm=attention_qk_norm,
                     dtype=dtype,
                     name=f"encoder_block_{index}",
                 )
@@ -203,6 +237,8 @@ class MoEViTBackbone(PresetMixin, Backbone):
         store_encoder_arguments(self, args, moe_layers, moe_kwargs)
         self.pooling = pooling
         self.mlp_activation = mlp_activation
+        self.position_embedding = position_embedding
+        self.attention_qk_norm = attention_qk_norm
         self.stem_channels = list(stem_channels) or None
         self.stochastic_depth = stochastic_depth
         self.grid_size = (image_shape[0] // patch[0], image_shape[1] // patch[1])
@@ -230,6 +266,8 @@ class MoEViTBackbone(PresetMixin, Backbone):
                 "stem_channels": self.stem_channels,
                 "stochastic_depth": self.stochastic_depth,
                 "mlp_activation": self.mlp_activation,
+                "position_embedding": self.position_embedding,
+                "attention_qk_norm": self.attention_qk_norm,
             }
         )
         return config

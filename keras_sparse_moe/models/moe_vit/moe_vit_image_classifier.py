@@ -39,8 +39,8 @@ class MoEViTImageClassifier(CompileConfigMixin, PresetMixin, ImageClassifier):
             token; needs a backbone with `pooling="token"`), `"gap"` (mean
             of the patch tokens) or `"map"` (multi-head attention pooling of
             the patch tokens with a learned query, `MoEViTMAPHead`, as ViT's
-            and vmoe's `classifier="map"`; its heads, MLP width, activation
-            and LayerNorm epsilon are the backbone's).
+            and vmoe's `classifier="map"`; its heads, MLP width, activation,
+            LayerNorm epsilon and `attention_qk_norm` are the backbone's).
         representation_size: None or int >= 1. A pre-logits layer
             `Dense(representation_size)` + tanh between the pooling and the
             head (ViT / vmoe `representation_size`).
@@ -106,8 +106,8 @@ class MoEViTImageClassifier(CompileConfigMixin, PresetMixin, ImageClassifier):
             self.map_head = MoEViTMAPHead(
                 num_heads=backbone.num_heads, mlp_dim=backbone.mlp_dim,
                 activation=backbone.mlp_activation,
-                layer_norm_epsilon=backbone.layer_norm_epsilon, dtype=head_dtype,
-                name="map_head",
+                layer_norm_epsilon=backbone.layer_norm_epsilon,
+                qk_norm=backbone.attention_qk_norm, dtype=head_dtype, name="map_head",
             )
         self.pre_logits = None
         if representation_size is not None:

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_sparse_moe.layers.activations import get_activation
+from keras_sparse_moe.layers.qk_norm_attention import QKNormMultiHeadAttention
 from keras_sparse_moe.utils.validation import check_int
 
 
@@ -24,6 +25,9 @@ class MoEViTMAPHead(keras.layers.Layer):
         activation: MLP activation (name or callable; `"gelu_approximate"`
             is vmoe's).
         layer_norm_epsilon: float > 0.
+        qk_norm: bool, normalise the projected query and keys
+            (`QKNormMultiHeadAttention`; vmoe's `MapHead` does when the
+            encoder has `attention_qk_norm`). Default False.
 
     Example:
     >>> import numpy as np
@@ -33,8 +37,9 @@ class MoEViTMAPHead(keras.layers.Layer):
     """
 
     def __init__(self, num_heads, mlp_dim, activation="gelu", layer_norm_epsilon=1e-6,
-                 **kwargs):
+                 qk_norm=False, **kwargs):
         super().__init__(**kwargs)
+        self.qk_norm = bool(qk_norm)
         self.num_heads = check_int("num_heads", num_heads, minimum=1)
         self.mlp_dim = check_int("mlp_dim", mlp_dim, minimum=1)
         get_activation(activation)
@@ -52,7 +57,10 @@ class MoEViTMAPHead(keras.layers.Layer):
         self.probe = self.add_weight(
             name="probe", shape=(1, 1, dim), initializer="glorot_uniform"
         )
-        self.attention = keras.layers.MultiHeadAttention(
+        attention_cls = (
+            QKNormMultiHeadAttention if self.qk_norm else keras.layers.MultiHeadAttention
+        )
+        self.attention = attention_cls(
             num_heads=self.num_heads, key_dim=dim // self.num_heads, dtype=policy,
             name="attention",
         )
@@ -87,6 +95,7 @@ class MoEViTMAPHead(keras.layers.Layer):
                 "mlp_dim": self.mlp_dim,
                 "activation": self.activation,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "qk_norm": self.qk_norm,
             }
         )
         return config

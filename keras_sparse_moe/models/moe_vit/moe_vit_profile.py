@@ -57,11 +57,14 @@ def profile_moe_vit_config(cls, config):
     moe_defaults = init_defaults(SparseMoE)
 
     params = stem_params + dense["embedding_params"] + dense["final_params"]
+    if args["position_embedding"] == "sincos2d":  # a constant, not a weight
+        params -= tokens * dim
+    qk_norm_params = 2 * (dim // int(args["num_heads"])) if args["attention_qk_norm"] else 0
     flops = stem_flops + dense["embedding_flops"]
     non_trainable = 0
     moe_profiles = []
     for index in range(num_layers):
-        params += dense["block_params"]
+        params += dense["block_params"] + qk_norm_params
         flops += dense["block_flops"]
         if index not in moe_indices:
             params += dense["mlp_params"]
