@@ -1,5 +1,6 @@
 """Convert google-research/vmoe V-MoE checkpoints to keras-hub presets."""
 
+import inspect
 import json
 import os
 import re
@@ -321,10 +322,11 @@ def _check_preset(params, preset):
             f"{getattr(spec.backbone_cls, '__name__', 'a preset directory')})."
         )
     arch = _architecture(params)
-    defaults = {"image_shape": (224, 224, 3), "patch_size": 16, "num_layers": 12,
-                "num_heads": 12, "hidden_dim": 768, "mlp_dim": 3072, "num_experts": 8,
-                "moe_layers": "every_2", "pooling": "token"}
-    expected = {**defaults, **spec.backbone_config}
+    defaults = {name: parameter.default for name, parameter
+                in inspect.signature(MoEViTBackbone.__init__).parameters.items()}
+    expected = {key: value for key, value in {**defaults, **spec.backbone_config}.items()
+                if key in ("image_shape", "patch_size", "num_layers", "num_heads",
+                           "hidden_dim", "mlp_dim", "num_experts", "moe_layers", "pooling")}
     expected["image_shape"] = tuple(expected["image_shape"])
     expected["moe_layers"] = list(
         resolve_moe_layers(expected["moe_layers"], expected["num_layers"]))
