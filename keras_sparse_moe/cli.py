@@ -706,7 +706,8 @@ def _add_convert_parser(sub, common):
                    "their directory")
     p.add_argument("--output", required=True, help="preset directory to write")
     p.add_argument("--preset", default=None,
-                   help="registered preset the checkpoint must match")
+                   help="registered preset the checkpoint must match (e.g. "
+                   "vmoe_s32_ilsvrc2012); without a vmoe config its routing is used")
     p.add_argument("--config", default=None,
                    help="vmoe model config JSON (default: config.json beside the checkpoint)")
     p.add_argument("--image-size", type=int, default=None,

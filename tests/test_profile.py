@@ -222,8 +222,12 @@ def test_vit_b16_and_vmoe_b16_counts():
     router = 768 * 8
     assert moe.params_total == dense_params + 6 * (7 * expert + router)
     assert moe.params_active == dense_params + 6 * (expert + router)  # top-2
-    capacity = int(np.ceil(197 * 2 * 1.25 / 8))  # 62 slots per expert
-    extra_slots = 8 * capacity - 197
+    # vmoe's routing: groups of 8 images (8 x 197 tokens), capacity factor
+    # 1.05, ceil, up to a multiple of 4 (414 -> 416 slots per expert).
+    group = 8 * 197
+    capacity = int(np.ceil(group * 2 * 1.05 / 8))
+    capacity += -capacity % 4
+    extra_slots = (8 * capacity - group) / 8  # per image
     assert moe.flops == dense_flops + 6 * (
         2 * 197 * 768 * 8 + extra_slots * 2 * 2 * 768 * 3072
     )
@@ -331,7 +335,7 @@ def test_profile_presets_script_prints_moe_vit_table(capsys):
             continue  # shipped-weights presets share their base preset's row
         assert f"`{row['name']}`" in table
     assert "| `vmoe_b16_e8_k2_every2` | 284.18M | 114.17M |" in table
-    assert "6 (blocks 1, 3, 5, 7, 9, 11): token_choice, E=8, k=2, C=62/62" in table
+    assert "6 (blocks 1, 3, 5, 7, 9, 11): token_choice, E=8, k=2, C=416/416" in table
 
 
 def test_shared_moe_layer_counts_every_call():

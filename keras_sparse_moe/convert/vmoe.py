@@ -1,6 +1,7 @@
 """Convert google-research/vmoe V-MoE and Soft MoE checkpoints to keras-hub
 presets."""
 
+import inspect
 import json
 import os
 import re
@@ -212,6 +213,7 @@ def _routing(vmoe_config, kind="token_choice", arch=None):
         "capacity_rounding": dispatcher.get("capacity_ceil_or_round", "ceil"),
         "capacity_multiple_of": int(dispatcher.get("capacity_multiple_of", 4) or 1),
         "capacity_formula": "vmoe",
+        "dropout_placement": "vmoe",
     }
     if dispatcher.get("capacity") is not None:
         options["capacity"] = int(dispatcher["capacity"])
@@ -387,14 +389,19 @@ def convert_vmoe(checkpoint, output_dir, preset=None, config=None, image_size=No
     `sincos2d`) come from the vmoe model config (`config`, or `config.json`
     beside the checkpoint; without one vmoe's token choice defaults with
     `capacity_factor=1`, or the Soft MoE router for a Soft MoE checkpoint).
-    Every parameter is mapped; the result is an `MoEViTImageClassifier`
-    saved atomically with `save_to_preset` (nothing is written on error).
+    With `preset` (e.g. `"vmoe_s32_ilsvrc2012"`, one per published
+    checkpoint) the checkpoint is first checked against the preset's
+    architecture (every mismatch named), and without a vmoe config the model
+    is the preset's, routing included, filled with the checkpoint. Every
+    parameter is mapped; the result is an `MoEViTImageClassifier` saved
+    atomically with `save_to_preset` (nothing is written on error).
 
     Args:
         checkpoint: path of the checkpoint.
         output_dir: directory of the preset to write (must not be a file).
-        preset: None or a registered preset name whose architecture the
-            checkpoint must match (the conversion fails otherwise).
+        preset: None or a registered `MoEViTBackbone` preset name whose
+            architecture the checkpoint must match (the conversion fails
+            otherwise); without a vmoe config it also gives the routing.
         config: None, a vmoe model config dict or the path of its JSON.
         image_size: None, an int or (height, width). Needed when the
             checkpoint has no learned position table (`sincos2d` position
@@ -412,26 +419,59 @@ def convert_vmoe(checkpoint, output_dir, preset=None, config=None, image_size=No
         raise CheckpointError(f"Output path {output_dir} is a file, not a directory.")
     params, resolved = read_checkpoint(checkpoint)
     vmoe_config = _load_config(os.fspath(checkpoint), config)
-    model = build_classifier(params, vmoe_config, image_size=image_size)
     if preset is not None:
-        _check_preset(model, preset)
+        _check_preset(params, preset)
+    if preset is not None and vmoe_config is None:
+        # The preset holds the architecture and the routing of the config
+        # that trained the checkpoint: build it and fill it.
+        model = MoEViTImageClassifier.from_preset(preset, load_weights=False,
+                                                  **_head_arguments(params))
+        _assign_weights(model, params)
+    else:
+        model = build_classifier(params, vmoe_config, image_size=image_size)
     save_to_preset(model, output_dir)
     return model
 
 
-def _check_preset(model, preset):
+def _head_arguments(params):
+    arch = _architecture(params)
+    return {"num_classes": arch["num_classes"],
+            "representation_size": arch["representation_size"]}
+
+
+def _check_preset(params, preset):
+    """Raise a `CheckpointError` listing every architecture argument of the
+    registered `preset` that the checkpoint's parameter shapes contradict."""
+    from keras_sparse_moe.models.moe_layer_schedule import resolve_moe_layers
     from keras_sparse_moe.presets import get_preset
 
     try:
         spec = get_preset(preset)
     except (KeyError, ValueError) as error:
         raise CheckpointError(str(error).strip("'\"")) from None
-    expected = dict(spec.backbone_config or {})
-    actual = model.backbone.get_config()
-    keys = ("patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim", "num_experts")
+    if spec.backbone_cls is not MoEViTBackbone:
+        raise CheckpointError(
+            f"Preset {preset!r} is not a MoEViTBackbone architecture preset (it builds "
+            f"{getattr(spec.backbone_cls, '__name__', 'a preset directory')})."
+        )
+    arch = _architecture(params)
+    defaults = {name: parameter.default for name, parameter
+                in inspect.signature(MoEViTBackbone.__init__).parameters.items()}
+    expected = {key: value for key, value in {**defaults, **spec.backbone_config}.items()
+                if key in ("image_shape", "patch_size", "num_layers", "num_heads",
+                           "hidden_dim", "mlp_dim", "num_experts", "moe_layers", "pooling")}
+    expected["image_shape"] = tuple(expected["image_shape"])
+    expected["moe_layers"] = list(
+        resolve_moe_layers(expected["moe_layers"], expected["num_layers"]))
+    actual = dict(arch, moe_layers=[] if arch["moe_layers"] == "none" else arch["moe_layers"])
+    if expected["moe_layers"] == []:
+        expected["num_experts"] = actual["num_experts"]
+    if spec.task_config and "num_classes" in spec.task_config:
+        expected["num_classes"] = spec.task_config["num_classes"]
+        expected["representation_size"] = spec.task_config.get("representation_size")
     mismatched = [
-        f"{key}: preset {expected[key]!r}, checkpoint {actual[key]!r}"
-        for key in keys if key in expected and expected[key] != actual[key]
+        f"{key}: preset {value!r}, checkpoint {actual[key]!r}"
+        for key, value in expected.items() if key in actual and value != actual[key]
     ]
     if mismatched:
         raise CheckpointError(

@@ -63,7 +63,9 @@ class MoETransformerEncoderBlock(keras.layers.Layer):
         mlp_dim: int >= 1, hidden width of the MLP (of each expert).
         moe: None or dict of `SparseMoE` keyword arguments (must contain
             `num_experts`).
-        dropout_rate: float, dropout after attention and MLP.
+        dropout_rate: float, dropout after attention and MLP (not after a
+            SparseMoE with `dropout_placement="vmoe"`, whose experts apply
+            their own `dropout`, as in vmoe).
         attention_dropout: float, dropout on attention probabilities.
         stochastic_depth: float, drop-path rate of both residual branches.
         layer_norm_epsilon: float.
@@ -178,10 +180,11 @@ class MoETransformerEncoderBlock(keras.layers.Layer):
         x = inputs + self.drop_path(x, training=training)
         y = self.norm2(x)
         if self.moe is None:
-            y = self.mlp_out(self.mlp_in(y))
+            y = self.dropout(self.mlp_out(self.mlp_in(y)), training=training)
         else:
             y = self._sparse_mlp(y, training=training, **moe_arguments)
-        y = self.dropout(y, training=training)
+            if self.mlp.dropout_placement != "vmoe":  # vmoe: the experts drop out
+                y = self.dropout(y, training=training)
         return x + self.drop_path(y, training=training)
 
     def _sparse_mlp(self, x, training=None):

@@ -6,8 +6,12 @@ from keras import ops
 from keras_sparse_moe.layers.activations import get_activation
 from keras_sparse_moe.layers.activations import serialize_activation
 from keras_sparse_moe.layers.ragged_experts import ragged_mlp
+from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
+
+
+DROPOUT_PLACEMENTS = ("hidden", "vmoe")
 
 
 def _reseeded(initializer, offset):
@@ -62,7 +66,12 @@ class Experts(keras.layers.Layer):
         activation: activation name or callable; `"gelu_approximate"` is
             the tanh-approximate GELU of ViT / V-MoE (`"gelu"` is exact).
         gated: bool, gated MLP (GLU family).
-        dropout: float in [0, 1), dropout on the hidden activations.
+        dropout: float in [0, 1), dropout rate inside the experts.
+        dropout_placement: where that dropout acts. `"hidden"` (default): on
+            the hidden activations. `"vmoe"`: as the expert MLPs of vmoe /
+            ViT (`MlpBlock`), on the hidden activations and again on each
+            expert's output, slot by slot, before the outputs are combined
+            (a token sent to two experts gets two independent masks).
         use_bias: bool.
         kernel_initializer, bias_initializer: initializers.
 
@@ -83,6 +92,7 @@ class Experts(keras.layers.Layer):
         use_bias=True,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        dropout_placement="hidden",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -93,10 +103,14 @@ class Experts(keras.layers.Layer):
         self.dropout = check_float("dropout", dropout, minimum=0.0)
         if self.dropout >= 1.0:
             raise ValueError(f"Argument `dropout` must be in [0, 1); received dropout={dropout}.")
+        self.dropout_placement = check_choice(
+            "dropout_placement", dropout_placement, DROPOUT_PLACEMENTS
+        )
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.output_dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         dim = input_shape[-1]
@@ -125,6 +139,12 @@ class Experts(keras.layers.Layer):
             )
 
     def call(self, inputs, training=None, group_sizes=None):
+        outputs = self._mlp(inputs, training, group_sizes)
+        if self.dropout_placement == "vmoe":
+            outputs = self.output_dropout_layer(outputs, training=training)
+        return outputs
+
+    def _mlp(self, inputs, training, group_sizes):
         if group_sizes is not None:
             return ragged_mlp(
                 inputs,
@@ -162,6 +182,7 @@ class Experts(keras.layers.Layer):
                 "activation": serialize_activation(self.activation),
                 "gated": self.gated,
                 "dropout": self.dropout,
+                "dropout_placement": self.dropout_placement,
                 "use_bias": self.use_bias,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),

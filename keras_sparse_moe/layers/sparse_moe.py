@@ -1,6 +1,7 @@
 """The sparse mixture-of-experts layer."""
 
 import inspect
+import math
 
 import keras
 import numpy as np
@@ -64,13 +65,21 @@ class SparseMoE(keras.layers.Layer):
         capacity_factor: float > 0, or None for dropless token choice.
         eval_capacity_factor: float > 0 or None (same as training); the
             capacity factor used at inference.
-        group_size: int or None. Tokens per routing group; must divide the
-            number of tokens per example, or be a multiple of it (then the
-            batch must be divisible into groups).
+        group_size: int or None (one example's tokens). Tokens per routing
+            group, as vmoe's `group_size`: the tokens of the batch, flattened
+            example after example, are cut into groups of `group_size`
+            consecutive tokens, so a group may hold part of an example or
+            span several; the batch must hold a whole number of groups (see
+            `batch_multiple`).
         activation: expert activation (`"gelu_approximate"`: the
             tanh-approximate GELU of ViT / V-MoE; `"gelu"` is exact).
         gated: bool, gated experts (SwiGLU with `activation="silu"`).
         dropout: float in [0, 1), dropout inside the experts.
+        dropout_placement: `"hidden"` (default: on the experts' hidden
+            activations) or `"vmoe"` (as vmoe: on the hidden activations
+            and on each expert's output before the combine; an enclosing
+            `MoETransformerEncoderBlock` then adds no dropout of its own to
+            the MoE output). See `Experts`.
         use_bias: bool, biases in the experts.
         kernel_initializer: initializer of the expert kernels.
         router_initializer: initializer of the router kernel (None: the
@@ -107,6 +116,7 @@ class SparseMoE(keras.layers.Layer):
         use_bias=True,
         kernel_initializer="glorot_uniform",
         router_initializer=None,
+        dropout_placement="hidden",
         **kwargs,
     ):
         known = router_option_names()
@@ -120,6 +130,7 @@ class SparseMoE(keras.layers.Layer):
         self.activation = activation
         self.gated = bool(gated)
         self.dropout = dropout
+        self.dropout_placement = dropout_placement
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.router = make_router(
@@ -151,6 +162,7 @@ class SparseMoE(keras.layers.Layer):
             activation=activation,
             gated=gated,
             dropout=dropout,
+            dropout_placement=dropout_placement,
             use_bias=use_bias,
             kernel_initializer=self.kernel_initializer,
             dtype=self.dtype_policy,
@@ -207,16 +219,26 @@ class SparseMoE(keras.layers.Layer):
         )
 
     def _group_size_for(self, tokens):
-        """Routing group size for `tokens` tokens per example (validated)."""
-        group_size = self.group_size or tokens
-        if tokens % group_size != 0 and group_size % tokens != 0:
-            raise ValueError(
-                f"Argument `group_size`={self.group_size} must divide the number of tokens "
-                f"per example ({tokens}) or be a multiple of it; allowed for example: "
-                f"{sorted(d for d in range(1, tokens + 1) if tokens % d == 0)} or "
-                f"{[tokens * m for m in (2, 4, 8)]}."
-            )
-        return group_size
+        """Routing group size for `tokens` tokens per example: `group_size`,
+        or one example's tokens when it is None."""
+        return self.group_size or tokens
+
+    def batch_multiple(self, tokens=None):
+        """The batch sizes this layer accepts are the multiples of this int:
+        groups are `group_size` consecutive tokens of the flattened batch
+        (as in vmoe), so the batch must hold a whole number of groups.
+
+        Args:
+            tokens: tokens per example (default: as built).
+
+        Example:
+        >>> moe = SparseMoE(num_experts=4, intermediate_dim=8, group_size=4)
+        >>> moe.batch_multiple(tokens=6)  # 2 examples of 6 tokens = 3 groups
+        2
+        """
+        tokens = tokens or self._tokens_per_example or 1
+        group_size = self._group_size_for(tokens)
+        return group_size // math.gcd(group_size, tokens)
 
     @property
     def routing_group_size(self):
@@ -260,9 +282,9 @@ class SparseMoE(keras.layers.Layer):
         if isinstance(batch, int) and (batch * tokens) % group_size:
             raise ValueError(
                 f"The {batch * tokens} tokens of this batch (batch={batch} "
-                f"x tokens={tokens}) cannot be divided into groups of "
-                f"group_size={group_size}; use a batch size that is a multiple of "
-                f"{group_size // tokens}."
+                f"x tokens={tokens}) cannot be divided into routing groups of "
+                f"group_size={group_size} tokens; use a batch size that is a multiple of "
+                f"{self.batch_multiple(tokens)}."
             )
         if token_mask is not None and tuple(token_mask.shape) != tuple(x.shape[:-1]):
             raise ValueError(
@@ -405,6 +427,7 @@ class SparseMoE(keras.layers.Layer):
                 else serialize_activation(self.activation),
                 "gated": self.gated,
                 "dropout": self.dropout,
+                "dropout_placement": self.dropout_placement,
                 "use_bias": self.use_bias,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "router_initializer": None

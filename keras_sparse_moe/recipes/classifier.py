@@ -385,10 +385,7 @@ def _batch_multiple(model):
 
     multiple = 1
     for _, layer in moe_layer_paths(model):
-        tokens = getattr(layer, "_tokens_per_example", None) or 1
-        group = layer.routing_group_size or tokens
-        if group > tokens:
-            multiple = math.lcm(multiple, group // tokens)
+        multiple = math.lcm(multiple, layer.batch_multiple())
     return multiple
 
 

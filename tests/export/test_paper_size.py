@@ -11,11 +11,16 @@ from keras_sparse_moe import from_preset
 from keras_sparse_moe.export import LiteRTModel
 from keras_sparse_moe.export import list_litert_ops
 from keras_sparse_moe.export.litert import non_builtin_ops
+from keras_sparse_moe.presets import get_preset
 
 
 @pytest.mark.slow
 def test_vmoe_s32_converts_with_builtin_ops_only(tmp_path):
-    model = from_preset("vmoe_s32_e8_k2_last2", load_weights=False)
+    # The preset routes groups of 8 images (vmoe's); one image per group
+    # exports a model that takes one image at a time.
+    moe_kwargs = {**get_preset("vmoe_s32_e8_k2_last2").backbone_config["moe_kwargs"],
+                  "group_size": None}
+    model = from_preset("vmoe_s32_e8_k2_last2", load_weights=False, moe_kwargs=moe_kwargs)
     path = export_litert(model, tmp_path / "vmoe_s32.tflite", quantization="dynamic_int8")
     ops = list_litert_ops(path)
     assert non_builtin_ops(ops) == [], ops

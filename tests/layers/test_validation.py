@@ -86,10 +86,12 @@ def test_rank_change_after_build_is_rejected():
 
 
 def test_tokens_not_divisible_into_groups():
+    # 3 x 6 = 18 tokens do not make groups of 4 (2 x 6 = 12 would: groups
+    # straddle examples as in vmoe, tests/layers/test_routing_groups.py).
     moe = SparseMoE(num_experts=4, intermediate_dim=8, group_size=4)
-    with pytest.raises(ValueError, match="group_size") as info:
-        moe(random_tokens((2, 6, 6)))
-    assert "6" in str(info.value)
+    with pytest.raises(ValueError, match="group_size=4") as info:
+        moe(random_tokens((3, 6, 6)))
+    assert "batch=3" in str(info.value) and "multiple of 2" in str(info.value)
 
 
 def test_batch_not_divisible_into_groups():
