@@ -128,11 +128,22 @@ backbone_presets = {
             "top_k": 1,
             "router": "soft",
             "moe_layers": [6, 7, 8, 9, 10, 11],
-            "moe_kwargs": {"slots_per_expert": 1},
+            # vmoe/projects/soft_moe/configs/common.py (get_vit_config,
+            # get_vmoe_soft_router_config): GAP head, qk-normalised attention,
+            # flax's tanh GELU, one routing group per image, tokens and expert
+            # outputs rounded to bfloat16 around the experts.
+            "pooling": "gap",
+            "attention_qk_norm": True,
+            "mlp_activation": "gelu_approximate",
+            "moe_kwargs": {"slots_per_expert": 1, "bfloat16_dispatch": True},
         },
         "description": (
             "Soft MoE-B/16: ViT-B/16 (224x224 images) whose last 6 blocks (6-11) are "
-            "Soft MoE layers with 128 experts of 1 slot each. " + NO_WEIGHTS
+            "Soft MoE layers with 128 experts of 1 slot each, as vmoe's Soft MoE configs "
+            "build it (vmoe/projects/soft_moe: global average pooling, qk-normalised "
+            "attention, tanh GELU, one routing group per image, bfloat16 dispatch); "
+            "a Soft MoE classifier trained with vmoe converts into it "
+            "(`keras-sparse-moe convert vmoe`, docs/convert.md). " + NO_WEIGHTS
         ),
         "paper": SOFT_MOE_PAPER,
         "preprocessor": rgb_preprocessor,
