@@ -267,7 +267,8 @@ def param_counts(model):
 # ---------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------
-def _datasets(model, data, batch_size, augment, seed, validation_fraction, data_options, training):
+def _datasets(model, data, batch_size, augment, seed, validation_fraction, data_options, training,
+              raw_shape=None):
     from keras_sparse_moe.data import Datasets
     from keras_sparse_moe.data import build_datasets
 
@@ -282,9 +283,9 @@ def _datasets(model, data, batch_size, augment, seed, validation_fraction, data_
     options.setdefault("validation_fraction", validation_fraction)
     datasets = build_datasets(
         data,
-        image_size=image_shape[:2],
+        image_size=tuple(raw_shape or image_shape)[:2],
         batch_size=batch_size,
-        channels=image_shape[2],
+        channels=tuple(raw_shape or image_shape)[2],
         rescale=False,
         augment=training and augment == "shift",
         seed=seed,
@@ -316,8 +317,12 @@ def _count_batches(ds):
     return sum(1 for _ in ds)
 
 
-def representative_images(model, data="digits", samples=256, seed=0, data_options=None):
-    """Preprocessed training images for full-integer (int8) LiteRT calibration.
+def representative_images(model, data="digits", samples=256, seed=0, data_options=None,
+                          raw_shape=None):
+    """Training images for full-integer (int8) LiteRT calibration:
+    preprocessed model inputs, or with `raw_shape` raw images of that
+    `(height, width, channels)` (for a file that includes the
+    preprocessing; the digits' native 8x8x1 is a no-op).
 
     Args:
         model: a classifier (or anything `load_classifier` accepts).
@@ -326,9 +331,10 @@ def representative_images(model, data="digits", samples=256, seed=0, data_option
         samples: int >= 1, number of images.
         seed: int >= 0.
         data_options: dict of extra `build_datasets` options.
+        raw_shape: None (model inputs) or the raw image shape.
 
     Returns:
-        float32 array `(samples, height, width, channels)` of model inputs.
+        float32 array `(samples, height, width, channels)`.
 
     Example:
     >>> images = representative_images(load_classifier("moe_vit_tiny"), "digits", 16)
@@ -337,21 +343,24 @@ def representative_images(model, data="digits", samples=256, seed=0, data_option
     """
     model = load_classifier(model)
     samples = check_int("samples", samples, minimum=1)
-    datasets = _datasets(model, data, 64, "none", seed, 0.1, data_options, training=False)
+    datasets = _datasets(model, data, 64, "none", seed, 0.1, data_options, training=False,
+                         raw_shape=raw_shape)
     if datasets.train is None:
         raise ValueError(f"Dataset {data!r} has no training split to calibrate on.")
     match_converter_to_data(model, datasets.info.max_value)
     images = []
     for batch, _ in datasets.train.unbatch().batch(64).take(math.ceil(samples / 64)):
         images.append(np.asarray(batch))
-    return preprocess(model, np.concatenate(images)[:samples])
+    images = np.concatenate(images)[:samples]
+    return np.asarray(images, dtype="float32") if raw_shape else preprocess(model, images)
 
 
 def litert_test_accuracy(model, path, data="digits", split="test", data_options=None):
     """Accuracy of a `.tflite` export of `model` on a split of `data`.
 
-    The images go through `model`'s preprocessor first (the `.tflite` file
-    takes preprocessed inputs), then through the LiteRT interpreter.
+    A file that includes the preprocessing gets the raw images of the split
+    (at the file's input size); otherwise the images go through `model`'s
+    preprocessor first. Then the LiteRT interpreter runs them.
 
     Returns:
         `(accuracy, number of images)`.
@@ -362,15 +371,18 @@ def litert_test_accuracy(model, path, data="digits", split="test", data_options=
     from keras_sparse_moe.export import LiteRTModel
 
     model = load_classifier(model)
-    datasets = _datasets(model, data, 128, "none", 0, 0.1, data_options, training=False)
+    runner = LiteRTModel(path)
+    datasets = _datasets(model, data, 128, "none", 0, 0.1, data_options, training=False,
+                         raw_shape=(tuple(int(d) for d in runner.input["shape"][1:])
+                                    if runner.raw_input else None))
     match_converter_to_data(model, datasets.info.max_value)
     ds = getattr(datasets, split)
     if ds is None:
         raise ValueError(f"Dataset {data!r} has no {split!r} split.")
-    runner = LiteRTModel(path)
     correct = total = 0
     for images, labels in ds:
-        logits = runner(preprocess(model, np.asarray(images)))
+        images = np.asarray(images)
+        logits = runner(images if runner.raw_input else preprocess(model, images))
         correct += int(np.sum(np.argmax(logits, axis=-1) == np.asarray(labels)))
         total += len(labels)
     return correct / max(total, 1), total
