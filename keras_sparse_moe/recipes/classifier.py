@@ -219,6 +219,49 @@ def match_converter_to_data(model, max_value):
     return True
 
 
+def data_conversion_message(data, data_shape, model_shape, native_shape=None):
+    """None, or the sentence saying how images of `data_shape` are converted
+    for a model taking `model_shape` (channels, then a bilinear resize, as
+    the pipelines of `build_datasets` do). None too when the data has the
+    `native_shape` the model's preprocessor declares (`raw_image_shape`,
+    e.g. the 8x8x1 digits that `moe_vit_tiny` upsamples to 16x16).
+
+    Training converts rather than refuses: a preset's image size and
+    channels are part of its architecture (and of its weights), so data of
+    another kind is adapted to it; to train at the data's own size, override
+    the preset's `image_shape` (`--set image_shape=[32,32,3]`).
+
+    Example:
+    >>> data_conversion_message("folder:photos", (32, 32, 3), (16, 16, 1))
+    "Dataset 'folder:photos' has 32x32x3 images; the model takes 16x16x1: every image is converted RGB -> grayscale (ITU-R BT.601 luma) and resized to 16x16 (bilinear). Pass --set image_shape=[32,32,3] (Python: overrides={'image_shape': (32, 32, 3)}) to train at the data's size."
+    >>> data_conversion_message("digits", (8, 8, 1), (16, 16, 1), native_shape=(8, 8, 1)) is None
+    True
+    """
+    if data_shape is None or (native_shape and tuple(data_shape) == tuple(native_shape)):
+        return None
+    height, width, channels = tuple(data_shape)
+    target = tuple(int(d) for d in model_shape)
+    steps = []
+    if channels is not None and channels != target[2]:
+        steps.append("converted RGB -> grayscale (ITU-R BT.601 luma)" if target[2] == 1
+                     else "converted grayscale -> RGB (the channel repeated)")
+    if height is None or width is None:
+        steps.append(f"resized to {target[0]}x{target[1]} (bilinear; the images have mixed sizes)")
+    elif (height, width) != target[:2]:
+        steps.append(f"resized to {target[0]}x{target[1]} (bilinear)")
+    if not steps:
+        return None
+    shown = "x".join("?" if d is None else str(d) for d in (height, width, channels))
+    native = ",".join(str(d) for d in (height, width, channels or target[2]))
+    advice = ""
+    if height is not None and width is not None:
+        advice = (f" Pass --set image_shape=[{native}] (Python: overrides={{'image_shape': "
+                  f"({native.replace(',', ', ')})}}) to train at the data's size.")
+    return (f"Dataset {data!r} has {shown} images; the model takes "
+            f"{'x'.join(str(d) for d in target)}: every image is "
+            f"{' and '.join(steps)}.{advice}")
+
+
 def preprocess(model, images):
     """Model inputs for raw `images` (the model's preprocessor, if any), as a
     float32 NumPy array.
@@ -763,6 +806,11 @@ def train_classifier(
         model = load_classifier(preset, num_classes=info.num_classes, load_weights=load_weights,
                                 overrides=overrides)
     match_converter_to_data(model, info.max_value)
+    converter = getattr(model.preprocessor, "image_converter", None)
+    conversion = data_conversion_message(data, info.image_shape, model.backbone.image_shape,
+                                         getattr(converter, "raw_image_shape", None))
+    if conversion:
+        logger.warning(conversion)
     augmentation = make_augmentation(augment, seed=seed)
     if augmentation is not None:
         import tensorflow as tf
