@@ -178,7 +178,7 @@ def _representative_batches(specs, representative, batch_size):
             )
         columns = [representative]
     columns = [
-        np.asarray(col).reshape((-1,) + shape[1:]).astype(dtype)
+        _cast(np.asarray(col).reshape((-1,) + tuple(shape[1:])), dtype)
         for col, (_, shape, dtype) in zip(columns, specs)
     ]
     batch_size = batch_size or 1  # a dynamic batch calibrates one image at a time
@@ -303,6 +303,16 @@ def _raw_serving(model, raw, batch_size):
         return model(converter(x), training=False)
 
     return signature, serve
+
+
+def _cast(array, dtype):
+    """`array` as `dtype`; float values for an integer dtype are rounded and
+    clipped to its range, not truncated or wrapped."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui" and array.dtype.kind == "f":
+        info = np.iinfo(dtype)
+        array = np.clip(np.round(array), info.min, info.max)
+    return array.astype(dtype)
 
 
 def _convert_tensorflow(model, quantization, representative, batch_size, input_shape,

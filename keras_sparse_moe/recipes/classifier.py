@@ -425,6 +425,8 @@ def litert_test_accuracy(model, path, data="digits", split="test", data_options=
     correct = total = 0
     for images, labels in ds:
         images = np.asarray(images)
+        if runner.raw_input and np.dtype(runner.input["dtype"]) == np.uint8:
+            images = np.clip(np.round(images), 0, 255)  # resized images, as an app would send
         logits = runner(images if runner.raw_input else preprocess(model, images))
         correct += int(np.sum(np.argmax(logits, axis=-1) == np.asarray(labels)))
         total += len(labels)
@@ -811,6 +813,9 @@ def train_classifier(
                                          getattr(converter, "raw_image_shape", None))
     if conversion:
         logger.warning(conversion)
+    if hasattr(converter, "raw_image_shape") and None not in tuple(info.image_shape or (None,)):
+        # The model's raw input is now this data's: a LiteRT export takes it by default.
+        converter.raw_image_shape = tuple(int(d) for d in info.image_shape)
     augmentation = make_augmentation(augment, seed=seed)
     if augmentation is not None:
         import tensorflow as tf
