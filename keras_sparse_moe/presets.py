@@ -919,7 +919,9 @@ def _check_scaling(name, value):
             f"Override `{name}` must be a finite float or a per-channel list of floats; "
             f"received {name}={value!r}."
         )
-    return type(value)(float(v) for v in values) if isinstance(value, (list, tuple)) else float(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(float(v) for v in values)
+    return float(value)
 
 
 def _apply_input_overrides(label, model, input_over, backbone_over):
