@@ -129,9 +129,10 @@ def cmd_presets(args):
             _count(p.get("params_total")),
             _count(p.get("params_active")),
             "yes" if p.get("has_weights") else "no",
+            p.get("input") or "",
             description,
         ))
-    columns = ["name", "family", "params", "active/token", "weights", "description"]
+    columns = ["name", "family", "params", "active/token", "weights", "input", "description"]
     if _console().width < 110 and not args.width:
         # Too narrow for descriptions and families: keep names and figures whole.
         keep = (0, 2, 3, 4)
