@@ -119,7 +119,8 @@ def main(argv=None):
         start = time.perf_counter()
         quantization, quantize_routers = _quantization(mode)
         export_litert(model, path, quantization=quantization, quantize_routers=quantize_routers,
-                      representative_data=calibration if quantization == "int8" else None)
+                      representative_data=calibration if quantization == "int8" else None,
+                      include_preprocessing=False)  # model graphs on the same inputs
         seconds = time.perf_counter() - start
         ops = list_litert_ops(path)
         runner = LiteRTModel(path, num_threads=args.threads)
@@ -161,7 +162,7 @@ def main(argv=None):
     else:
         dense = from_preset("moe_vit_tiny", **dense_equivalent_overrides("moe_vit_tiny"))
     dense_path = os.path.join(out_dir, "dense_float32.tflite")
-    export_litert(dense, dense_path)
+    export_litert(dense, dense_path, include_preprocessing=False)
     dense_runner = LiteRTModel(dense_path, num_threads=args.threads)
     cases["LiteRT float32, dense ViT"] = (dense_runner.predict_on_batch, singles)
 

@@ -129,9 +129,10 @@ def cmd_presets(args):
             _count(p.get("params_total")),
             _count(p.get("params_active")),
             "yes" if p.get("has_weights") else "no",
+            p.get("input") or "",
             description,
         ))
-    columns = ["name", "family", "params", "active/token", "weights", "description"]
+    columns = ["name", "family", "params", "active/token", "weights", "input", "description"]
     if _console().width < 110 and not args.width:
         # Too narrow for descriptions and families: keep names and figures whole.
         keep = (0, 2, 3, 4)
@@ -192,6 +193,28 @@ def _not_run_row():
             + LITERT_INSTALL_HINT)
 
 
+def _export_batch_size(text):
+    if text.strip().lower() in ("dynamic", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1 or 'dynamic'; received {text!r}")
+    return value
+
+
+def _shape_arg(text):
+    try:
+        shape = tuple(int(d) for d in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise CLIError(f"--input-image-shape must be H,W or H,W,C of ints >= 1; received {text!r}")
+    return shape
+
+
 def cmd_export(args):
     from keras_sparse_moe.export import LiteRTModel
     from keras_sparse_moe.export import export_litert
@@ -211,10 +234,14 @@ def cmd_export(args):
         return _export_towers(args, model, quantization)
     _check_output_file(args.output)
     representative = None
+    include = not args.no_preprocessing
+    raw_shape = _shape_arg(args.input_image_shape) if args.input_image_shape else None
     if args.data:
         from keras_sparse_moe.data import resolve_dataset
 
         info = resolve_dataset(args.data, **_data_options(args)).info
+        if include and raw_shape is None and None not in tuple(info.image_shape or (None,)):
+            raw_shape = tuple(int(d) for d in info.image_shape)  # the data's native size
         classes = getattr(model, "num_classes", None)
         if classes is not None and info.num_classes and classes != info.num_classes:
             raise CLIError(
@@ -223,13 +250,23 @@ def cmd_export(args):
                 "calibrates int8 and measures the exported file's accuracy)"
             )
         match_converter_to_data(model, info.max_value)
+    from keras_sparse_moe.export.litert import raw_input_spec
+
+    try:
+        raw = raw_input_spec(model, include, raw_shape, args.input_dtype)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
     if quantization == "int8":
         from keras_sparse_moe.recipes.classifier import representative_images
 
-        representative = representative_images(model, args.data, args.calibration_samples,
-                                                data_options=_data_options(args))
+        representative = representative_images(
+            model, args.data, args.calibration_samples, data_options=_data_options(args),
+            raw_shape=raw["shape"] if raw else None)
     path = export_litert(model, args.output, quantization=quantization,
-                         representative_data=representative, batch_size=args.batch_size)
+                         representative_data=representative, batch_size=args.batch_size,
+                         include_preprocessing=include,
+                         input_image_shape=raw["shape"] if raw else None,
+                         input_dtype=args.input_dtype)
     rows = [
         ("file", path),
         ("size", f"{os.path.getsize(path) / 1024:.0f} KB"),
@@ -239,16 +276,18 @@ def cmd_export(args):
     if can_run:
         runner = LiteRTModel(path)
         rows += [
-            ("input", f"{runner.input['dtype'].__name__} "
-                      f"{tuple(int(d) for d in runner.input['shape'])}"),
+            ("input", runner.describe_input()),
             ("builtin op types", len(runner.ops)),
         ]
     else:
         rows.append(_not_run_row())
     converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
-    if converter is not None:
+    if raw is not None:
+        rows.append(("input preprocessing", f"in the .tflite: {raw['preprocessing']} (raw "
+                     f"{raw['dtype']} images {'x'.join(str(d) for d in raw['shape'])})"))
+    elif converter is not None:
         rows.append(("input preprocessing", f"raw * {converter.scale} + {converter.offset or 0}"
-                     " (the model's image converter; not in the .tflite)"))
+                     " (the model's image converter; not in the .tflite: --no-preprocessing)"))
     if args.data and can_run:
         from keras_sparse_moe.recipes.classifier import litert_test_accuracy
 
@@ -652,7 +691,10 @@ def build_parser():
         "export", parents=[common, data_common],
         help="export a model to LiteRT (.tflite), builtin ops only",
         description="Export a classifier to a LiteRT .tflite file (builtin ops only). The "
-        "file takes preprocessed images. With --data, report its test-split accuracy; int8 "
+        "file takes raw images (uint8 by default, in the preset's value range, of the native "
+        "size of --data or of the preset): the model's resize and scaling are in the graph "
+        "(--no-preprocessing: preprocessed images). With --data, report its test-split "
+        "accuracy on raw images; int8 "
         "calibrates on training images of --data. A dual encoder (limoe_*) exports its image "
         "and text towers into the directory --output; with --data it also writes the class "
         "text embeddings and reports the LiteRT zero-shot test accuracy.",
@@ -666,7 +708,16 @@ def build_parser():
     p.add_argument("--data", default=None,
                    help="dataset for int8 calibration and the LiteRT accuracy check, e.g. digits")
     p.add_argument("--calibration-samples", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=1, help="fixed batch size of the .tflite")
+    p.add_argument("--batch-size", type=_export_batch_size, default=1,
+                   help="fixed batch size of the .tflite (default 1), or 'dynamic' (any batch, "
+                   "resized at run time)")
+    p.add_argument("--no-preprocessing", action="store_true",
+                   help="leave the resize and scaling out: the file takes preprocessed images")
+    p.add_argument("--input-image-shape", default=None,
+                   help="raw image size H,W or H,W,C (default: the native size of --data, "
+                   "else the preset's, e.g. 8,8,1 for the digits presets)")
+    p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8",
+                   help="dtype of the raw images (default uint8)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_export)
 

@@ -46,6 +46,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import math
 import os
 import re
 import threading
@@ -273,7 +274,9 @@ def list_presets(family=None, params=True):
         A list of dicts sorted by family and name, with keys `name`, `family`,
         `backbone`, `task` (class names or None), `params_total`,
         `params_active` (parameters used per token; None when `params=False`),
-        `has_weights`, `weights`, `description`, `paper`.
+        `has_weights`, `weights`, `input` (the raw images the task's
+        preprocessor expects, e.g. `"8x8x1, values 0..16"`; None for
+        backbone-only presets), `description`, `paper`.
 
     Example:
     >>> rows = list_presets(family="moe_vit")
@@ -303,6 +306,7 @@ def list_presets(family=None, params=True):
                 "params_active": counts["active"],
                 "has_weights": spec.has_weights,
                 "weights": spec.weights_path,
+                "input": _input_description(spec),
                 "description": spec.description,
                 "paper": spec.paper,
             }
@@ -457,6 +461,7 @@ def _build_from_spec(spec, cls, overrides):
         _check_compatible(spec.name, cls, backbone_cls, task_cls)
         if want_task:
             task_cls = cls if task_cls is None or not issubclass(task_cls, cls) else task_cls
+    overrides, input_over = _pop_input_overrides(spec.name, overrides, want_task)
     backbone_over, task_over = _split_overrides(
         spec.name, overrides, backbone_cls, task_cls if want_task else None
     )
@@ -468,7 +473,9 @@ def _build_from_spec(spec, cls, overrides):
     preprocessor = spec.preprocessor(backbone) if spec.preprocessor is not None else None
     kwargs = {**(task_config if task_cls is spec.task_cls else {}), **task_over}
     task_kwargs = {"backbone": backbone, "preprocessor": preprocessor, **kwargs}
-    return _construct(spec.name, task_cls, task_kwargs, task_over)
+    task = _construct(spec.name, task_cls, task_kwargs, task_over)
+    _apply_input_overrides(spec.name, task, input_over, backbone_over)
+    return task
 
 
 def _load_directory(preset, cls, load_weights, overrides, label):
@@ -489,6 +496,7 @@ def _load_directory(preset, cls, load_weights, overrides, label):
         _check_compatible(label, cls, backbone_cls, task_cls)
         if want_task and (task_cls is None or not issubclass(task_cls, cls)):
             task_cls, task_config = cls, None
+    overrides, input_over = _pop_input_overrides(label, overrides, want_task)
     backbone_over, task_over = _split_overrides(
         label, overrides, backbone_cls, task_cls if want_task else None
     )
@@ -513,8 +521,7 @@ def _load_directory(preset, cls, load_weights, overrides, label):
             preprocessor = task_cls.preprocessor_cls.from_preset(preset)
         task_kwargs = {"backbone": backbone, "preprocessor": preprocessor, **task_over}
         task = _construct(label, task_cls, task_kwargs, task_over)
-    if "image_shape" in backbone_over:
-        _align_image_converter(task)
+    _apply_input_overrides(label, task, input_over, backbone_over)
     return task
 
 
@@ -878,15 +885,140 @@ def _construct(label, cls, kwargs, overrides):
         ) from error
 
 
-def _align_image_converter(model):
-    """After an `image_shape` override, make the image converter resize to it."""
-    backbone = getattr(model, "backbone", None)
+INPUT_OVERRIDES = ("scale", "offset", "value_range", "raw_image_shape")
+"""`from_preset` overrides that set the task's image converter: the
+converter computes `raw * scale + offset` after resizing, and declares the
+raw pixel `value_range` and `raw_image_shape` it is made for."""
+
+
+def _pop_input_overrides(label, overrides, want_task):
+    """Split the image converter overrides (`INPUT_OVERRIDES`) off."""
+    found = {key: overrides[key] for key in INPUT_OVERRIDES if key in overrides}
+    if found and not want_task:
+        raise ValueError(
+            f"Overrides {sorted(found)} set the image converter of a task's preprocessor; "
+            f"preset '{label}' is built as a backbone here, which has none. Pass them to "
+            "the preprocessor instead, e.g. MoEViTImageClassifierPreprocessor.for_backbone("
+            "backbone, scale=..., offset=..., value_range=...)."
+        )
+    return {k: v for k, v in overrides.items() if k not in found}, found
+
+
+def _check_scaling(name, value):
+    """A float or a per-channel list/tuple of floats, finite; or None."""
+    if value is None:
+        return None
+    values = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        ok = len(values) > 0 and all(
+            not isinstance(v, bool) and math.isfinite(float(v)) for v in values)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"Override `{name}` must be a finite float or a per-channel list of floats; "
+            f"received {name}={value!r}."
+        )
+    if isinstance(value, (list, tuple)):
+        return type(value)(float(v) for v in values)
+    return float(value)
+
+
+def _apply_input_overrides(label, model, input_over, backbone_over):
+    """Make the task's image converter follow an `image_shape` override and
+    apply the `INPUT_OVERRIDES`.
+
+    - `image_shape` sets the resize target and the declared
+      `raw_image_shape`. When it changes the number of channels and no
+      scaling override is given, the raw images are taken to be 8-bit
+      (`value_range` (0, 255)) and the scale is set so that they map to the
+      model's input range (e.g. digits presets: 0..255 -> [0, 1]).
+    - `value_range` alone rescales the converter so that the new raw range
+      maps to the same model inputs.
+    - `scale` / `offset` are used as given; the declared `value_range` is
+      the raw range they map onto the model's input range (unless given).
+    """
     preprocessor = getattr(model, "preprocessor", None)
     converter = getattr(preprocessor, "image_converter", None)
-    image_shape = getattr(backbone, "image_shape", None)
-    if converter is None or image_shape is None or converter.image_size is None:
+    if converter is None:
+        if input_over:
+            raise ValueError(
+                f"Overrides {sorted(input_over)} set the image converter, but preset "
+                f"'{label}' has no image preprocessor."
+            )
         return
-    converter.image_size = tuple(image_shape[:2])
+    declares = hasattr(converter, "raw_image_shape")
+    image_shape = backbone_over.get("image_shape")
+    if image_shape is not None:
+        image_shape = tuple(image_shape)
+        if converter.image_size is not None:
+            converter.image_size = tuple(image_shape[:2])
+        if declares:
+            before = converter.raw_image_shape
+            converter.raw_image_shape = image_shape
+            changed_channels = before is not None and before[-1] != image_shape[-1]
+            if (changed_channels and not input_over and converter.value_range is not None
+                    and converter.value_range != (0.0, 255.0)):
+                input_over = {"value_range": (0, 255)}
+    if not input_over:
+        return
+    if not declares:
+        raise ValueError(
+            f"Overrides {sorted(input_over)} need an image converter that declares its raw "
+            f"input ({type(converter).__name__} does not)."
+        )
+    shape_over = {}
+    scale = _check_scaling("scale", input_over.get("scale", converter.scale))
+    offset = _check_scaling("offset", input_over.get("offset", converter.offset))
+    if "raw_image_shape" in input_over:
+        shape_over["raw_image_shape"] = input_over["raw_image_shape"]
+    try:
+        if "scale" in input_over or "offset" in input_over:
+            value_range = input_over.get("value_range")
+            if value_range is None and converter.value_range is not None:
+                low, high = converter.model_value_range
+                mean_scale = sum(scale) / len(scale) if isinstance(scale, (list, tuple)) else (
+                    1.0 if scale is None else scale)
+                mean_offset = (sum(offset) / len(offset) if isinstance(offset, (list, tuple))
+                               else (offset or 0.0))
+                if mean_scale > 0:
+                    value_range = ((low - mean_offset) / mean_scale,
+                                   (high - mean_offset) / mean_scale)
+            settings = {"scale": scale, "offset": offset, "value_range": value_range}
+        elif "value_range" in input_over:
+            settings = converter.rescaled_to(input_over["value_range"])
+        else:
+            settings = {}
+        probe = type(converter)(**{**converter.get_config(), **settings, **shape_over})
+    except ValueError as error:
+        raise ValueError(f"Preset '{label}': {error}") from None
+    for key in ("scale", "offset", "value_range", "raw_image_shape"):
+        setattr(converter, key, getattr(probe, key))
+
+
+def _input_description(spec):
+    """`"HxWxC, values LOW..HIGH"`: the raw images a preset's preprocessor
+    expects (its image converter's `raw_image_shape`, or the backbone's
+    `image_shape`, and `value_range`), read without building the model."""
+    if spec.preprocessor is None and not spec.has_weights:
+        return None
+    if spec.has_weights:
+        path = os.path.join(spec.weights_path, "image_converter.json")
+        if "://" in path or not os.path.isfile(path):
+            return None
+        settings = _read_json(spec.weights_path, "image_converter.json").get("config", {})
+        image_shape = None
+    else:
+        settings = getattr(spec.preprocessor, "keywords", None) or {}
+        image_shape = (spec.backbone_config or {}).get("image_shape")
+    shape = settings.get("raw_image_shape") or image_shape
+    value_range = settings.get("value_range")
+    parts = []
+    if shape:
+        parts.append("x".join(str(int(d)) for d in shape))
+    if value_range:
+        parts.append(f"values {float(value_range[0]):g}..{float(value_range[1]):g}")
+    return ", ".join(parts) or None
 
 
 def _param_counts(spec):

@@ -233,7 +233,10 @@ def test_export_command_checks_litert_accuracy(trained, tmp_path, capsys):
     assert main(["export", "--model", os.path.join(out, "model.keras"), "--output", str(path),
                  "--quantization", "dynamic_int8", "--data", data, "--quiet"]) == 0
     assert path.stat().st_size > 0
-    assert "LiteRT test accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "LiteRT test accuracy" in printed
+    # The file takes the raw images of the folder, resized and scaled in its graph.
+    assert "raw images" in printed and "in the .tflite: " in printed
 
 
 def _hide_litert_interpreter(monkeypatch):

@@ -3,6 +3,7 @@ the TensorFlow backend (safe mode) and convert it to LiteRT.
 
 Usage: KERAS_BACKEND=tensorflow python -m keras_sparse_moe.export._convert \
     --model M.keras --output OUT.tflite [--quantization Q] [--representative R.npz]
+    [--batch-size N|none] [--no-preprocessing | --input-image-shape H,W,C --input-dtype D]
     [--import MODULE ...]
 
 Errors are reported to the parent through `handover.report_error`.
@@ -21,7 +22,10 @@ def main(argv=None):
     parser.add_argument("--quantization", default=None)
     parser.add_argument("--quantize-routers", action="store_true")
     parser.add_argument("--representative", default=None)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", default="1", help="an int, or 'none' (dynamic)")
+    parser.add_argument("--no-preprocessing", action="store_true")
+    parser.add_argument("--input-image-shape", default=None)
+    parser.add_argument("--input-dtype", default="uint8")
     parser.add_argument("--input-shape", default=None)
     parser.add_argument("--import", dest="imports", action="append", default=[],
                         help="module defining custom layers (imported to register them)")
@@ -51,13 +55,14 @@ def main(argv=None):
             model = keras.saving.load_model(args.model, safe_mode=True, compile=False)
         except Exception as error:
             raise handover.load_error(error) from None
+        batch_size = None if args.batch_size == "none" else int(args.batch_size)
         if args.towers:
             from keras_sparse_moe.export.towers import export_towers_in_child
 
             text = (handover.load_arrays(args.text_representative)
                     if args.text_representative else None)
             export_towers_in_child(model, args.output, args.quantization, images, text,
-                                   args.batch_size, args.quantize_routers)
+                                   batch_size, args.quantize_routers)
             return
         shape = (
             tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else None
@@ -67,9 +72,13 @@ def main(argv=None):
             args.output,
             quantization=args.quantization,
             representative_data=images,
-            batch_size=args.batch_size,
+            batch_size=batch_size,
             input_shape=shape,
             quantize_routers=args.quantize_routers,
+            include_preprocessing=False if args.no_preprocessing else True,
+            input_image_shape=(tuple(int(d) for d in args.input_image_shape.split(","))
+                               if args.input_image_shape else None),
+            input_dtype=args.input_dtype,
         )
     except ValueError as error:
         handover.report_error(error)

@@ -10,7 +10,11 @@ mode. Either way:
 
 - the graph is traced with `training=False`: no routing noise or jitter, and
   the static *eval* capacity of every `SparseMoE` layer;
-- the batch size is fixed (default 1), so every shape is static;
+- the batch size is fixed (default 1), so every shape is static, or dynamic
+  (`batch_size=None`: the interpreter is resized to each batch);
+- a task with an image preprocessor takes *raw* images by default
+  (`include_preprocessing`): the channel conversion, the resize and
+  `raw * scale + offset` of its image converter are part of the graph;
 - only LiteRT builtin ops are allowed (`TFLITE_BUILTINS`, no Flex / select TF
   ops, no custom ops); a conversion that needs anything else fails with an
   error naming the op, why it is not allowed and the layer it comes from;
@@ -18,6 +22,7 @@ mode. Either way:
 - the file is written atomically: a failed export leaves no file behind.
 """
 
+import json
 import os
 import re
 import tempfile
@@ -33,6 +38,12 @@ from keras_sparse_moe.export.float_routers import router_scopes
 from keras_sparse_moe.utils.io import default_permissions
 
 QUANTIZATION_MODES = (None, "float16", "dynamic_int8", "int8")
+RAW_INPUT_DTYPES = ("uint8", "float32")
+RAW_INPUT_NAME = "images"
+"""Name of the input of a LiteRT file with preprocessing (raw images)."""
+METADATA_NAME = "keras_sparse_moe"
+"""Name of the JSON metadata entry of the exported flatbuffer (input kind,
+raw shape, dtype and value range, preprocessing)."""
 _BUILTIN_EXCLUDED = ("CUSTOM", "DELEGATE")
 
 
@@ -167,24 +178,159 @@ def _representative_batches(specs, representative, batch_size):
             )
         columns = [representative]
     columns = [
-        np.asarray(col).reshape((-1,) + shape[1:]).astype(dtype)
+        _cast(np.asarray(col).reshape((-1,) + tuple(shape[1:])), dtype)
         for col, (_, shape, dtype) in zip(columns, specs)
     ]
+    batch_size = batch_size or 1  # a dynamic batch calibrates one image at a time
     for start in range(0, len(columns[0]) - batch_size + 1, batch_size):
         yield [col[start : start + batch_size] for col in columns]
 
 
+def image_converter(model):
+    """The image converter of a task's preprocessor, or None.
+
+    Example:
+    >>> import keras
+    >>> image_converter(keras.Sequential([keras.Input((2,))])) is None
+    True
+    """
+    return getattr(getattr(model, "preprocessor", None), "image_converter", None)
+
+
+def raw_input_spec(model, include_preprocessing=None, input_image_shape=None,
+                   input_dtype="uint8"):
+    """How the raw-image input of a LiteRT export with preprocessing looks:
+    None when the preprocessing stays out of the file, else a dict with
+    `shape` (height, width, channels of the raw images), `dtype`,
+    `value_range` (declared by the image converter, or None), `channels`
+    (of the model) and `preprocessing` (one line describing the steps).
+
+    `include_preprocessing=None` includes it when `model` is a task with an
+    image converter. `input_image_shape=None` takes the converter's
+    `raw_image_shape`, else the model's own image shape.
+
+    Example:
+    >>> from keras_sparse_moe.presets import from_preset
+    >>> spec = raw_input_spec(from_preset("moe_vit_tiny"))
+    >>> spec["shape"], spec["dtype"], spec["value_range"]
+    ((8, 8, 1), 'uint8', (0.0, 16.0))
+    """
+    converter = image_converter(model)
+    if include_preprocessing is None:
+        include_preprocessing = converter is not None
+    if not isinstance(include_preprocessing, bool):
+        raise ValueError(
+            "Argument `include_preprocessing` must be None, True or False; received "
+            f"{include_preprocessing!r}."
+        )
+    if input_dtype not in RAW_INPUT_DTYPES:
+        raise ValueError(
+            f"Argument `input_dtype` must be one of {list(RAW_INPUT_DTYPES)}; received "
+            f"{input_dtype!r}."
+        )
+    if not include_preprocessing:
+        if input_image_shape is not None:
+            raise ValueError(
+                "Argument `input_image_shape` sets the raw images of an export with "
+                "preprocessing; it cannot be used with include_preprocessing=False (use "
+                "`input_shape` for the model's own input)."
+            )
+        return None
+    if converter is None:
+        raise ValueError(
+            f"include_preprocessing=True needs a task with an image preprocessor; "
+            f"{type(model).__name__} has none (export it with include_preprocessing=False: "
+            "the file then takes model inputs)."
+        )
+    backbone = getattr(model, "backbone", None)
+    model_shape = tuple(getattr(backbone, "image_shape", None) or model.inputs[0].shape[1:])
+    shape = input_image_shape
+    if shape is None:
+        shape = getattr(converter, "raw_image_shape", None) or model_shape
+    shape = tuple(shape) if isinstance(shape, (list, tuple)) else shape
+    if isinstance(shape, tuple) and len(shape) == 2:
+        shape = shape + (model_shape[-1],)
+    if (not isinstance(shape, tuple) or len(shape) != 3
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+            or shape[2] not in (1, 3)):
+        raise ValueError(
+            "Argument `input_image_shape` must be (height, width) or (height, width, "
+            f"channels) with ints >= 1 and 1 or 3 channels; received {input_image_shape!r}."
+        )
+    if converter.image_size is None and shape[:2] != tuple(model_shape[:2]):
+        raise ValueError(
+            f"The image converter of {type(model).__name__} does not resize, so the raw "
+            f"images must be {tuple(model_shape[:2])}; received input_image_shape={shape}."
+        )
+    steps = []
+    if shape[2] != model_shape[-1]:
+        steps.append("RGB -> grayscale" if shape[2] == 3 else "grayscale -> RGB")
+    describe = getattr(converter, "describe_input", None)
+    detail = describe() if describe else ""
+    inner = detail[detail.find("(") + 1 : -1] if "(" in detail else ""
+    if inner:
+        steps.append(inner)
+    return {
+        "shape": shape,
+        "dtype": input_dtype,
+        "value_range": getattr(converter, "value_range", None),
+        "channels": int(model_shape[-1]),
+        "preprocessing": ", ".join(steps) or "none",
+    }
+
+
+_GRAYSCALE_WEIGHTS = [0.2989, 0.587, 0.114]
+"""RGB -> luma weights of `tf.image.rgb_to_grayscale` (ITU-R BT.601), as
+the data pipelines convert RGB images for grayscale models."""
+
+
+def _raw_serving(model, raw, batch_size):
+    """The signature and serving function of an export taking raw images."""
+    import tensorflow as tf
+
+    converter = image_converter(model)
+    signature = [tf.TensorSpec((batch_size,) + raw["shape"], raw["dtype"], name=RAW_INPUT_NAME)]
+
+    def serve(images):
+        # Float from the start, as the data pipelines resize (Keras' Resizing
+        # would round integer images after interpolating, in eager mode only).
+        x = tf.cast(images, "float32")
+        if raw["shape"][2] != raw["channels"]:
+            if raw["channels"] == 1:
+                x = tf.reduce_sum(x * tf.constant(_GRAYSCALE_WEIGHTS), axis=-1, keepdims=True)
+            else:
+                x = tf.tile(x, [1, 1, 1, 3])
+        return model(converter(x), training=False)
+
+    return signature, serve
+
+
+def _cast(array, dtype):
+    """`array` as `dtype`; float values for an integer dtype are rounded and
+    clipped to its range, not truncated or wrapped."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui" and array.dtype.kind == "f":
+        info = np.iinfo(dtype)
+        array = np.clip(np.round(array), info.min, info.max)
+    return array.astype(dtype)
+
+
 def _convert_tensorflow(model, quantization, representative, batch_size, input_shape,
-                        quantize_routers=False):
+                        quantize_routers=False, raw=None):
     """Convert on the TensorFlow backend; returns the flatbuffer bytes."""
     import tensorflow as tf
 
-    specs = model_input_specs(model, batch_size, input_shape)
-    signature = [tf.TensorSpec(shape, dtype, name=name) for name, shape, dtype in specs]
+    if raw is not None:
+        specs = [(RAW_INPUT_NAME, (batch_size,) + raw["shape"], raw["dtype"])]
+        signature, serve_raw = _raw_serving(model, raw, batch_size)
+        serve = tf.function(serve_raw, input_signature=signature)
+    else:
+        specs = model_input_specs(model, batch_size, input_shape)
+        signature = [tf.TensorSpec(shape, dtype, name=name) for name, shape, dtype in specs]
 
-    @tf.function(input_signature=signature)
-    def serve(*tensors):
-        return model(_pack_inputs(model, list(tensors)), training=False)
+        @tf.function(input_signature=signature)
+        def serve(*tensors):
+            return model(_pack_inputs(model, list(tensors)), training=False)
 
     try:
         concrete = serve.get_concrete_function()
@@ -227,15 +373,34 @@ def _convert_tensorflow(model, quantization, representative, batch_size, input_s
                 flatbuffer = converter.convert()
     except Exception as error:  # The converter raises ConverterError.
         raise _conversion_error(model, error) from None
-    return strip_tensor_names(flatbuffer)
+    return strip_tensor_names(flatbuffer, metadata=_metadata(specs, raw, batch_size))
 
 
-def strip_tensor_names(flatbuffer):
+def _metadata(specs, raw, batch_size):
+    """The JSON metadata of the export: what its input is."""
+    if raw is None:
+        return {"input": "model inputs (preprocessed)",
+                "inputs": [[name, list(shape[1:]), dtype] for name, shape, dtype in specs],
+                "batch_size": batch_size}
+    return {
+        "input": "raw images",
+        "raw_image_shape": list(raw["shape"]),
+        "dtype": raw["dtype"],
+        "value_range": None if raw["value_range"] is None else list(raw["value_range"]),
+        "preprocessing": raw["preprocessing"],
+        "batch_size": batch_size,
+    }
+
+
+def strip_tensor_names(flatbuffer, metadata=None):
     """Drop the names of internal tensors (Keras name scopes, ~100 bytes
     each: a sixth of a small quantized model) from a LiteRT flatbuffer;
-    input and output names stay. Returns the input unchanged if TensorFlow's
+    input and output names stay. `metadata` (a JSON-serialisable dict) is
+    stored as the flatbuffer's `METADATA_NAME` entry (read back by
+    `litert_metadata`). Returns the input unchanged if TensorFlow's
     flatbuffer tools are unavailable."""
     try:
+        from tensorflow.lite.python import schema_py_generated as schema
         from tensorflow.lite.tools import flatbuffer_utils
     except ImportError:  # pragma: no cover - depends on the TensorFlow build
         return flatbuffer
@@ -245,7 +410,41 @@ def strip_tensor_names(flatbuffer):
         for index, tensor in enumerate(subgraph.tensors):
             if index not in keep:
                 tensor.name = None
+    if metadata is not None:
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = METADATA_NAME
+        entry.buffer = len(model.buffers) - 1
+        model.metadata = list(model.metadata or []) + [entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def litert_metadata(path):
+    """The `METADATA_NAME` JSON entry of a `.tflite` file written by
+    `export_litert` (what its input is), or `{}` when it has none. Needs no
+    TensorFlow (reads the flatbuffer with the LiteRT schema).
+
+    Example:
+    >>> # litert_metadata("digits.tflite")["input"] -> 'raw images'
+    """
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - depends on the installed runtime
+        from tensorflow.lite.python import schema_py_generated as schema
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        model = schema.Model.GetRootAsModel(data, 0)
+        for index in range(model.MetadataLength()):
+            entry = model.Metadata(index)
+            if entry.Name() and entry.Name().decode("utf-8") == METADATA_NAME:
+                raw = model.Buffers(entry.Buffer()).DataAsNumpy()
+                return json.loads(bytes(raw).decode("utf-8"))
+    except Exception:  # noqa: BLE001 - a file without (readable) metadata
+        return {}
+    return {}
 
 
 _WHY = {
@@ -371,28 +570,53 @@ def export_litert(
     batch_size=1,
     input_shape=None,
     quantize_routers=False,
+    include_preprocessing=None,
+    input_image_shape=None,
+    input_dtype="uint8",
 ):
     """Export a Keras model to a LiteRT (`.tflite`) file of builtin ops only.
 
     Works on every backend: TensorFlow converts in-process, JAX and PyTorch
     hand a temporary `.keras` file to a TensorFlow-backend subprocess.
 
+    A task with an image preprocessor (e.g. a `MoEViTImageClassifier` from
+    a preset) is exported with its preprocessing by default: the file takes
+    raw images of `input_image_shape` (`input_dtype`, in the converter's
+    `value_range`, e.g. 0..16 for the digits presets), converts grayscale
+    <-> RGB when the raw channels differ from the model's, resizes (bilinear)
+    and computes `raw * scale + offset` in the graph, with builtin ops, so
+    its outputs match `model.predict(raw_images)`. The file's metadata
+    (`litert_metadata`) records the raw input.
+
     Args:
-        model: a single-input Keras model (e.g. a MoE-ViT classifier, or one
-            tower of a dual encoder). Inputs must already be preprocessed.
+        model: a single-input Keras model or task (e.g. a MoE-ViT
+            classifier, or one tower of a dual encoder).
         path: output file; its directory must exist. Written atomically.
         quantization: None (float32), `"float16"`, `"dynamic_int8"`
             (int8 weights, float activations) or `"int8"` (full integer
             where kernels exist; needs `representative_data`).
-        representative_data: array `(N, ...)` of typical model inputs, or an
-            iterable of such arrays, for `"int8"` calibration.
-        batch_size: int >= 1, the fixed batch size of the exported model.
+        representative_data: array `(N, ...)` of typical inputs of the
+            exported file (raw images when the preprocessing is included,
+            model inputs otherwise), or an iterable of such arrays, for
+            `"int8"` calibration.
+        batch_size: int >= 1, the fixed batch size of the exported model
+            (1, the default, suits microcontrollers), or None: a dynamic
+            batch (the interpreter is resized to each batch; runs with the
+            default XNNPACK delegate).
         input_shape: optional input shape without the batch axis, for models
-            without static `inputs`.
+            without static `inputs` (exports without preprocessing).
         quantize_routers: `"int8"` only. By default the ops of every
             `Router` layer (router logits, softmax, top-k selection) stay
             float32 so that routing decisions follow the float model; True
             quantizes them too.
+        include_preprocessing: None (True for a task with an image
+            converter, else False), True or False (the file takes model
+            inputs, i.e. preprocessed images).
+        input_image_shape: `(height, width)` or `(height, width, channels)`
+            of the raw images; None takes the converter's `raw_image_shape`
+            (8x8x1 for the digits presets), else the model's image shape.
+        input_dtype: `"uint8"` (raw pixels as bytes, e.g. camera frames) or
+            `"float32"`, the dtype of the raw-image input.
 
     Returns:
         The path written.
@@ -409,29 +633,39 @@ def export_litert(
     _check_quantization(quantization, representative_data)
     check_quantize_routers(quantization, quantize_routers)
     path = _check_output_path(path)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Argument `batch_size` must be an int >= 1; received {batch_size!r}.")
+    if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(
+            f"Argument `batch_size` must be an int >= 1 or None (dynamic); received {batch_size!r}."
+        )
+    raw = raw_input_spec(model, include_preprocessing, input_image_shape, input_dtype)
+    if raw is not None and input_shape is not None:
+        raise ValueError(
+            "Argument `input_shape` is the shape of model inputs; with the preprocessing "
+            "included the file takes raw images: use `input_image_shape`."
+        )
     representative = _as_representative(representative_data)
     if keras.backend.backend() == "tensorflow":
         data = _convert_tensorflow(model, quantization, representative, batch_size, input_shape,
-                                   quantize_routers=quantize_routers)
+                                   quantize_routers=quantize_routers, raw=raw)
         _write_atomic(path, data)
         return path
     _export_via_subprocess(model, path, quantization, representative, batch_size, input_shape,
-                           quantize_routers)
+                           quantize_routers, raw)
     return path
 
 
 def _export_via_subprocess(model, path, quantization, representative, batch_size, input_shape,
-                           quantize_routers=False):
+                           quantize_routers=False, raw=None):
     # Validate here, in the user's process, for a clear error.
-    model_input_specs(model, batch_size, input_shape)
+    if raw is None:
+        model_input_specs(model, batch_size, input_shape)
     modules = handover.custom_modules(model)
     with tempfile.TemporaryDirectory(prefix="ksm-export-") as tmp:
         model_path = os.path.join(tmp, "model.keras")
         model.save(model_path)
         args = ["--model", model_path, "--output", os.path.abspath(path),
-                "--batch-size", str(batch_size)]
+                "--batch-size", "none" if batch_size is None else str(batch_size)]
         if quantization:
             args += ["--quantization", quantization]
         if quantize_routers:
@@ -442,6 +676,11 @@ def _export_via_subprocess(model, path, quantization, representative, batch_size
             args += ["--representative", data_path]
         if input_shape is not None:
             args += ["--input-shape", ",".join(str(int(d)) for d in input_shape)]
+        if raw is None:
+            args += ["--no-preprocessing"]
+        else:
+            args += ["--input-image-shape", ",".join(str(d) for d in raw["shape"]),
+                     "--input-dtype", raw["dtype"]]
         handover.run_child(*handover.child_command(modules, *args))
 
 
@@ -505,8 +744,14 @@ class LiteRTModel:
     """Run a `.tflite` file with the `ai_edge_litert` interpreter.
 
     Inputs of any batch size are split into the model's fixed batch size
-    (the last batch is padded). A model with several inputs (e.g. a text
-    tower: `token_ids`, `padding_mask`) takes a dict keyed by input name.
+    (the last batch is padded); a file exported with `batch_size=None` runs
+    each call as one batch (the interpreter is resized; resizing a
+    fixed-batch file instead fails in the XNNPACK delegate, whose graph
+    keeps the batch of the export). A model with several inputs (e.g. a
+    text tower: `token_ids`, `padding_mask`) takes a dict keyed by input
+    name. A file exported with its preprocessing (`raw_input` True) takes
+    raw images as `task.predict` does; a uint8 input refuses values that
+    are not whole numbers in 0..255 instead of wrapping them.
 
     Args:
         path: the `.tflite` file.
@@ -524,7 +769,27 @@ class LiteRTModel:
         self.inputs = self.interpreter.get_input_details()
         self.input = self.inputs[0]
         self.output = self.interpreter.get_output_details()[0]
-        self.batch_size = int(self.input["shape"][0])
+        signature = self.input.get("shape_signature", self.input["shape"])
+        self.batch_size = None if int(signature[0]) == -1 else int(self.input["shape"][0])
+        self.metadata = litert_metadata(self.path)
+
+    @property
+    def raw_input(self):
+        """Whether the file includes the preprocessing (takes raw images)."""
+        return self.metadata.get("input") == "raw images"
+
+    def describe_input(self):
+        """One line: the input's dtype and shape (`N` for a dynamic batch),
+        and for raw images their value range and the preprocessing steps in
+        the graph."""
+        shape = ("N" if self.batch_size is None else str(self.batch_size),) + tuple(
+            str(int(d)) for d in self.input["shape"][1:])
+        text = f"{np.dtype(self.input['dtype']).name} ({', '.join(shape)})"
+        if self.raw_input:
+            value_range = self.metadata.get("value_range")
+            values = f" values {value_range[0]:g}..{value_range[1]:g}" if value_range else ""
+            text += f" raw images{values}; in the graph: {self.metadata.get('preprocessing')}"
+        return text
 
     @property
     def ops(self):
@@ -551,8 +816,29 @@ class LiteRTModel:
             raise ValueError(
                 f"LiteRT model {self.path!r} needs inputs {self.input_names}; missing {missing}."
             )
-        for detail, name in zip(self.inputs, self.input_names):
-            self.interpreter.set_tensor(detail["index"], np.asarray(batch[name], dtype=detail["dtype"]))
+        arrays = [self._as_input(batch[name], detail) for detail, name in
+                  zip(self.inputs, self.input_names)]
+        if self.batch_size is None:
+            n = len(arrays[0])
+            if any(int(d["shape"][0]) != n for d in self.interpreter.get_input_details()):
+                for detail, array in zip(self.inputs, arrays):
+                    self.interpreter.resize_tensor_input(detail["index"], array.shape)
+                with quiet_if_cli():
+                    self.interpreter.allocate_tensors()
+        for detail, array in zip(self.inputs, arrays):
+            self.interpreter.set_tensor(detail["index"], array)
+
+    def _as_input(self, values, detail):
+        dtype = np.dtype(detail["dtype"])
+        values = np.asarray(values)
+        if dtype == np.uint8 and values.dtype != np.uint8 and values.size:
+            if values.dtype.kind not in "uif" or np.min(values) < 0 or np.max(values) > 255 \
+                    or (values.dtype.kind == "f" and not np.array_equal(values, np.round(values))):
+                raise ValueError(
+                    f"LiteRT model {self.path!r} takes uint8 images (whole numbers 0..255); "
+                    f"received {values.dtype} values in [{np.min(values):g}, {np.max(values):g}]."
+                )
+        return values.astype(dtype)
 
     def predict_on_batch(self, batch):
         """Run exactly one batch of the model's batch size (an array, or a
@@ -571,7 +857,7 @@ class LiteRTModel:
                     f"LiteRT model {self.path!r} needs inputs {self.input_names}; received "
                     f"{sorted(columns)}."
                 )
-            array = np.asarray(columns[name], dtype=detail["dtype"])
+            array = self._as_input(columns[name], detail)
             expected = tuple(int(d) for d in detail["shape"][1:])
             if tuple(array.shape[1:]) != expected:
                 label = f"input {name!r}" if name else "inputs"
@@ -581,6 +867,8 @@ class LiteRTModel:
                 )
             arrays[name] = array
         n = len(next(iter(arrays.values())))
+        if self.batch_size is None:
+            return self.predict_on_batch(arrays if isinstance(inputs, dict) else arrays[None])
         outputs = []
         for start in range(0, n, self.batch_size):
             chunk = {}

@@ -3,9 +3,18 @@ scalings of their preprocessors and the wording of their descriptions."""
 
 import functools
 
-RGB_SCALING = {"scale": 1 / 127.5, "offset": -1.0}
+from keras_sparse_moe.data.digits import DIGITS_MAX_VALUE
+
+RGB_SCALING = {"scale": 1 / 127.5, "offset": -1.0, "value_range": (0, 255)}
 """RGB values in [0, 255] -> [-1, 1], as in the V-MoE / big_vision input
 pipelines."""
+
+DIGITS_SCALING = {
+    "scale": 1 / DIGITS_MAX_VALUE,
+    "value_range": (0, DIGITS_MAX_VALUE),
+    "raw_image_shape": (8, 8, 1),
+}
+"""The embedded 8x8 grayscale digits (values 0..16) -> [0, 1]."""
 
 NO_WEIGHTS = "No pretrained weights ship: the model starts from random initialisation."
 """Last sentence of the description of a preset without weights."""

@@ -219,6 +219,49 @@ def match_converter_to_data(model, max_value):
     return True
 
 
+def data_conversion_message(data, data_shape, model_shape, native_shape=None):
+    """None, or the sentence saying how images of `data_shape` are converted
+    for a model taking `model_shape` (channels, then a bilinear resize, as
+    the pipelines of `build_datasets` do). None too when the data has the
+    `native_shape` the model's preprocessor declares (`raw_image_shape`,
+    e.g. the 8x8x1 digits that `moe_vit_tiny` upsamples to 16x16).
+
+    Training converts rather than refuses: a preset's image size and
+    channels are part of its architecture (and of its weights), so data of
+    another kind is adapted to it; to train at the data's own size, override
+    the preset's `image_shape` (`--set image_shape=[32,32,3]`).
+
+    Example:
+    >>> data_conversion_message("folder:photos", (32, 32, 3), (16, 16, 1))
+    "Dataset 'folder:photos' has 32x32x3 images; the model takes 16x16x1: every image is converted RGB -> grayscale (ITU-R BT.601 luma) and resized to 16x16 (bilinear). Pass --set image_shape=[32,32,3] (Python: overrides={'image_shape': (32, 32, 3)}) to train at the data's size."
+    >>> data_conversion_message("digits", (8, 8, 1), (16, 16, 1), native_shape=(8, 8, 1)) is None
+    True
+    """
+    if data_shape is None or (native_shape and tuple(data_shape) == tuple(native_shape)):
+        return None
+    height, width, channels = tuple(data_shape)
+    target = tuple(int(d) for d in model_shape)
+    steps = []
+    if channels is not None and channels != target[2]:
+        steps.append("converted RGB -> grayscale (ITU-R BT.601 luma)" if target[2] == 1
+                     else "converted grayscale -> RGB (the channel repeated)")
+    if height is None or width is None:
+        steps.append(f"resized to {target[0]}x{target[1]} (bilinear; the images have mixed sizes)")
+    elif (height, width) != target[:2]:
+        steps.append(f"resized to {target[0]}x{target[1]} (bilinear)")
+    if not steps:
+        return None
+    shown = "x".join("?" if d is None else str(d) for d in (height, width, channels))
+    native = ",".join(str(d) for d in (height, width, channels or target[2]))
+    advice = ""
+    if height is not None and width is not None:
+        advice = (f" Pass --set image_shape=[{native}] (Python: overrides={{'image_shape': "
+                  f"({native.replace(',', ', ')})}}) to train at the data's size.")
+    return (f"Dataset {data!r} has {shown} images; the model takes "
+            f"{'x'.join(str(d) for d in target)}: every image is "
+            f"{' and '.join(steps)}.{advice}")
+
+
 def preprocess(model, images):
     """Model inputs for raw `images` (the model's preprocessor, if any), as a
     float32 NumPy array.
@@ -267,7 +310,8 @@ def param_counts(model):
 # ---------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------
-def _datasets(model, data, batch_size, augment, seed, validation_fraction, data_options, training):
+def _datasets(model, data, batch_size, augment, seed, validation_fraction, data_options, training,
+              raw_shape=None):
     from keras_sparse_moe.data import Datasets
     from keras_sparse_moe.data import build_datasets
 
@@ -282,9 +326,9 @@ def _datasets(model, data, batch_size, augment, seed, validation_fraction, data_
     options.setdefault("validation_fraction", validation_fraction)
     datasets = build_datasets(
         data,
-        image_size=image_shape[:2],
+        image_size=tuple(raw_shape or image_shape)[:2],
         batch_size=batch_size,
-        channels=image_shape[2],
+        channels=tuple(raw_shape or image_shape)[2],
         rescale=False,
         augment=training and augment == "shift",
         seed=seed,
@@ -316,8 +360,12 @@ def _count_batches(ds):
     return sum(1 for _ in ds)
 
 
-def representative_images(model, data="digits", samples=256, seed=0, data_options=None):
-    """Preprocessed training images for full-integer (int8) LiteRT calibration.
+def representative_images(model, data="digits", samples=256, seed=0, data_options=None,
+                          raw_shape=None):
+    """Training images for full-integer (int8) LiteRT calibration:
+    preprocessed model inputs, or with `raw_shape` raw images of that
+    `(height, width, channels)` (for a file that includes the
+    preprocessing; the digits' native 8x8x1 is a no-op).
 
     Args:
         model: a classifier (or anything `load_classifier` accepts).
@@ -326,9 +374,10 @@ def representative_images(model, data="digits", samples=256, seed=0, data_option
         samples: int >= 1, number of images.
         seed: int >= 0.
         data_options: dict of extra `build_datasets` options.
+        raw_shape: None (model inputs) or the raw image shape.
 
     Returns:
-        float32 array `(samples, height, width, channels)` of model inputs.
+        float32 array `(samples, height, width, channels)`.
 
     Example:
     >>> images = representative_images(load_classifier("moe_vit_tiny"), "digits", 16)
@@ -337,21 +386,24 @@ def representative_images(model, data="digits", samples=256, seed=0, data_option
     """
     model = load_classifier(model)
     samples = check_int("samples", samples, minimum=1)
-    datasets = _datasets(model, data, 64, "none", seed, 0.1, data_options, training=False)
+    datasets = _datasets(model, data, 64, "none", seed, 0.1, data_options, training=False,
+                         raw_shape=raw_shape)
     if datasets.train is None:
         raise ValueError(f"Dataset {data!r} has no training split to calibrate on.")
     match_converter_to_data(model, datasets.info.max_value)
     images = []
     for batch, _ in datasets.train.unbatch().batch(64).take(math.ceil(samples / 64)):
         images.append(np.asarray(batch))
-    return preprocess(model, np.concatenate(images)[:samples])
+    images = np.concatenate(images)[:samples]
+    return np.asarray(images, dtype="float32") if raw_shape else preprocess(model, images)
 
 
 def litert_test_accuracy(model, path, data="digits", split="test", data_options=None):
     """Accuracy of a `.tflite` export of `model` on a split of `data`.
 
-    The images go through `model`'s preprocessor first (the `.tflite` file
-    takes preprocessed inputs), then through the LiteRT interpreter.
+    A file that includes the preprocessing gets the raw images of the split
+    (at the file's input size); otherwise the images go through `model`'s
+    preprocessor first. Then the LiteRT interpreter runs them.
 
     Returns:
         `(accuracy, number of images)`.
@@ -362,15 +414,20 @@ def litert_test_accuracy(model, path, data="digits", split="test", data_options=
     from keras_sparse_moe.export import LiteRTModel
 
     model = load_classifier(model)
-    datasets = _datasets(model, data, 128, "none", 0, 0.1, data_options, training=False)
+    runner = LiteRTModel(path)
+    datasets = _datasets(model, data, 128, "none", 0, 0.1, data_options, training=False,
+                         raw_shape=(tuple(int(d) for d in runner.input["shape"][1:])
+                                    if runner.raw_input else None))
     match_converter_to_data(model, datasets.info.max_value)
     ds = getattr(datasets, split)
     if ds is None:
         raise ValueError(f"Dataset {data!r} has no {split!r} split.")
-    runner = LiteRTModel(path)
     correct = total = 0
     for images, labels in ds:
-        logits = runner(preprocess(model, np.asarray(images)))
+        images = np.asarray(images)
+        if runner.raw_input and np.dtype(runner.input["dtype"]) == np.uint8:
+            images = np.clip(np.round(images), 0, 255)  # resized images, as an app would send
+        logits = runner(images if runner.raw_input else preprocess(model, images))
         correct += int(np.sum(np.argmax(logits, axis=-1) == np.asarray(labels)))
         total += len(labels)
     return correct / max(total, 1), total
@@ -748,6 +805,14 @@ def train_classifier(
         model = load_classifier(preset, num_classes=info.num_classes, load_weights=load_weights,
                                 overrides=overrides)
     match_converter_to_data(model, info.max_value)
+    converter = getattr(model.preprocessor, "image_converter", None)
+    conversion = data_conversion_message(data, info.image_shape, model.backbone.image_shape,
+                                         getattr(converter, "raw_image_shape", None))
+    if conversion:
+        logger.warning(conversion)
+    if hasattr(converter, "raw_image_shape") and None not in tuple(info.image_shape or (None,)):
+        # The model's raw input is now this data's: a LiteRT export takes it by default.
+        converter.raw_image_shape = tuple(int(d) for d in info.image_shape)
     augmentation = make_augmentation(augment, seed=seed)
     if augmentation is not None:
         import tensorflow as tf

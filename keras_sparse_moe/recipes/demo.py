@@ -52,7 +52,9 @@ def litert_accuracy(path, images, labels):
 
     Args:
         path: the `.tflite` file.
-        images: preprocessed model inputs (N, ...).
+        images: inputs of the file (N, ...): raw images for a file exported
+            with its preprocessing (the default for classifiers), else
+            preprocessed model inputs.
         labels: int array (N,).
 
     Example:
@@ -115,7 +117,6 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
     from keras_sparse_moe.export import LITERT_INSTALL_HINT
     from keras_sparse_moe.export import export_litert
     from keras_sparse_moe.export import litert_interpreter_available
-    from keras_sparse_moe.recipes.classifier import preprocess
     from keras_sparse_moe.recipes.config import TrainingConfig
     from keras_sparse_moe.recipes.trainer import train
     from keras_sparse_moe.utils.io import write_json
@@ -156,8 +157,8 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
         verbose=verbose,
         return_model=True,
     )
+    # The .tflite files include the preprocessing: they take the raw digits.
     images, labels = load_digits("test")
-    inputs = preprocess(model, images)
     litert = {}
     quantizations = DEMO_QUANTIZATIONS[:1] if quick else DEMO_QUANTIZATIONS
     can_run = litert_interpreter_available()
@@ -168,7 +169,7 @@ def run_demo(output_dir="runs/demo", epochs=None, seed=0, quick=False, determini
         path = os.path.join(output_dir, f"{DEMO_MODEL}_{quantization}.tflite")
         logger.info("Exporting LiteRT (%s) to %s ...", quantization, path)
         export_litert(model, path, quantization=None if quantization == "float32" else quantization)
-        accuracy, latency = litert_accuracy(path, inputs, labels) if can_run else (None, None)
+        accuracy, latency = litert_accuracy(path, images, labels) if can_run else (None, None)
         litert[quantization] = {
             "path": path,
             "bytes": os.path.getsize(path),

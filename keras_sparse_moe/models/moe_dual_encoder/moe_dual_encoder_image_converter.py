@@ -6,12 +6,14 @@ from keras_hub.layers import ImageConverter
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
     MoEDualEncoderBackbone,
 )
+from keras_sparse_moe.models.raw_image_input import RawImageInputMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEDualEncoderImageConverter(ImageConverter):
+class MoEDualEncoderImageConverter(RawImageInputMixin, ImageConverter):
     """keras-hub `ImageConverter` of the dual encoders: the same arguments
-    and steps as `MoEViTImageConverter` (resize to `image_size`, then
+    and steps as `MoEViTImageConverter` (including the declaration of the
+    raw input, `value_range` and `raw_image_shape`; resize to `image_size`, then
     `images * scale + offset`), registered for `MoEDualEncoderBackbone` so
     that keras-hub pairs it with dual-encoder presets (saved as
     `image_converter.json`).

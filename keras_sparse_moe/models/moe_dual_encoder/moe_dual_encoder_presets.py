@@ -3,7 +3,6 @@ weights ship, except `limoe_tiny_digits`)."""
 
 import math
 
-from keras_sparse_moe.data.digits import DIGITS_MAX_VALUE
 from keras_sparse_moe.models.moe_dual_encoder.limoe_backbone import LIMoEBackbone
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_contrastive import (
     MoEDualEncoderContrastive,
@@ -12,6 +11,7 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_preprocessor impo
     MoEDualEncoderPreprocessor,
 )
 from keras_sparse_moe.models.preset_conventions import NO_WEIGHTS
+from keras_sparse_moe.models.preset_conventions import DIGITS_SCALING
 from keras_sparse_moe.models.preset_conventions import RGB_SCALING
 from keras_sparse_moe.models.preset_conventions import scaled_preprocessor
 from keras_sparse_moe.presets import register_preset
@@ -23,7 +23,7 @@ LIMOE_PAPER = (
 
 rgb_preprocessor = scaled_preprocessor(MoEDualEncoderPreprocessor, RGB_SCALING)
 # The embedded digits (values 0..16) -> [0, 1].
-digits_preprocessor = scaled_preprocessor(MoEDualEncoderPreprocessor, {"scale": 1 / DIGITS_MAX_VALUE})
+digits_preprocessor = scaled_preprocessor(MoEDualEncoderPreprocessor, DIGITS_SCALING)
 
 # Project defaults for the LIMoE entropy losses (the paper tunes the weights
 # and the global threshold per setting; these are not the paper's values).

@@ -12,6 +12,7 @@ from keras_sparse_moe.models.moe_vit.moe_vit_map_head import MoEViTMAPHead
 from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier_preprocessor import (
     MoEViTImageClassifierPreprocessor,
 )
+from keras_sparse_moe.models.raw_image_input import InputRangeCheckMixin
 from keras_sparse_moe.models.task_compile import CompileConfigMixin
 from keras_sparse_moe.presets import PresetMixin
 from keras_sparse_moe.utils.validation import check_choice
@@ -19,7 +20,7 @@ from keras_sparse_moe.utils.validation import check_int
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEViTImageClassifier(CompileConfigMixin, PresetMixin, ImageClassifier):
+class MoEViTImageClassifier(InputRangeCheckMixin, CompileConfigMixin, PresetMixin, ImageClassifier):
     """Classifies images with a `MoEViTBackbone`: pool the tokens (class
     token, or mean of the patch tokens), dropout, then a `Dense` head.
 
@@ -29,7 +30,10 @@ class MoEViTImageClassifier(CompileConfigMixin, PresetMixin, ImageClassifier):
     1e-3, weight decay 0.05), `SparseCategoricalCrossentropy` (from logits
     unless `activation="softmax"`) and an `"accuracy"` metric; any of them
     can be overridden. With a `preprocessor`, `fit`/`predict` take raw
-    images (resized and rescaled by the preprocessor's image converter).
+    images (resized and rescaled by the preprocessor's image converter);
+    they warn once per model when their images (arrays or tensors) are
+    clearly outside the converter's `value_range`, e.g. 0..255 pixels given
+    to a model for the 0..16 digits.
 
     Args:
         backbone: a `MoEViTBackbone`.

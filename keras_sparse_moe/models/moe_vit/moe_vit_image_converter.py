@@ -4,10 +4,11 @@ import keras
 from keras_hub.layers import ImageConverter
 
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
+from keras_sparse_moe.models.raw_image_input import RawImageInputMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEViTImageConverter(ImageConverter):
+class MoEViTImageConverter(RawImageInputMixin, ImageConverter):
     """Resizes images to the backbone's `image_shape[:2]`, then computes
     `image * scale + offset` (per channel when given as tuples).
 
@@ -21,14 +22,24 @@ class MoEViTImageConverter(ImageConverter):
         image_size: (height, width) or None (no resizing).
         scale: float, per-channel tuple, or None.
         offset: float, per-channel tuple, or None.
+        value_range: None or `(low, high)`, the raw pixel values the
+            converter is made for (`(0, 16)` for the digits, `(0, 255)` for
+            8-bit images). `fit` / `evaluate` / `predict` of a classifier
+            warn once when their images are clearly outside it.
+        raw_image_shape: None or `(height, width, channels)` of the raw
+            images (e.g. `(8, 8, 1)` for the digits, upsampled to the
+            backbone's 16x16); the default input of a LiteRT export with
+            preprocessing.
         **kwargs: other `keras_hub.layers.ImageConverter` arguments
             (`interpolation`, `crop_to_aspect_ratio`, `antialias`, ...).
 
     Example:
     >>> import numpy as np
-    >>> converter = MoEViTImageConverter(image_size=(8, 8), scale=1 / 16)
+    >>> converter = MoEViTImageConverter(image_size=(8, 8), scale=1 / 16, value_range=(0, 16))
     >>> tuple(converter(np.full((2, 16, 16, 1), 16.0, "float32")).shape)
     (2, 8, 8, 1)
+    >>> converter.rescaled_to((0, 255))["scale"] == 1 / 255
+    True
     """
 
     backbone_cls = MoEViTBackbone

@@ -3,13 +3,13 @@ hyper-parameters of vmoe's published configs, and one per published vmoe
 checkpoint, which `keras-sparse-moe convert vmoe` fills) and the shipped
 digit classifiers."""
 
-from keras_sparse_moe.data.digits import DIGITS_MAX_VALUE
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
 from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier import MoEViTImageClassifier
 from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier_preprocessor import (
     MoEViTImageClassifierPreprocessor,
 )
 from keras_sparse_moe.models.preset_conventions import NO_WEIGHTS
+from keras_sparse_moe.models.preset_conventions import DIGITS_SCALING
 from keras_sparse_moe.models.preset_conventions import RGB_SCALING
 from keras_sparse_moe.models.preset_conventions import scaled_preprocessor
 from keras_sparse_moe.presets import register_preset
@@ -24,7 +24,7 @@ SOFT_MOE_PAPER = (
 )
 rgb_preprocessor = scaled_preprocessor(MoEViTImageClassifierPreprocessor, RGB_SCALING)
 # The embedded digits (values 0..16) -> [0, 1].
-digits_preprocessor = scaled_preprocessor(MoEViTImageClassifierPreprocessor, {"scale": 1 / DIGITS_MAX_VALUE})
+digits_preprocessor = scaled_preprocessor(MoEViTImageClassifierPreprocessor, DIGITS_SCALING)
 
 
 def _vit(patch_size, num_layers, hidden_dim, mlp_dim, num_heads, image_size=224):
