@@ -28,6 +28,14 @@ class MoEViTImageClassifierPreprocessor(ImageClassifierPreprocessor):
     backbone_cls = MoEViTBackbone
     image_converter_cls = MoEViTImageConverter
 
+    def __init__(self, image_converter=None, **kwargs):
+        super().__init__(image_converter=image_converter, **kwargs)
+        # No weights: built from the start. (Keras' JAX `predict_on_batch`
+        # otherwise runs the whole task eagerly, op by op, to build it first:
+        # half a minute for a tiny model.)
+        for layer in self._flatten_layers():
+            layer.built = True
+
     @classmethod
     def for_backbone(cls, backbone, scale=None, offset=None, **converter_kwargs):
         """A preprocessor resizing to `backbone.image_shape[:2]`.
