@@ -3,13 +3,14 @@
 import keras
 from keras_hub.layers import ImageConverter
 
+from keras_sparse_moe.presets import PreprocessingPresetMixin
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
     MoEDualEncoderBackbone,
 )
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEDualEncoderImageConverter(ImageConverter):
+class MoEDualEncoderImageConverter(PreprocessingPresetMixin, ImageConverter):
     """keras-hub `ImageConverter` of the dual encoders: the same arguments
     and steps as `MoEViTImageConverter` (resize to `image_size`, then
     `images * scale + offset`), registered for `MoEDualEncoderBackbone` so

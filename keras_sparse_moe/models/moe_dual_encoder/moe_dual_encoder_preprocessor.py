@@ -6,6 +6,7 @@ from keras_hub.layers import StartEndPacker
 from keras_hub.models import Preprocessor
 from keras_hub.src.utils.tensor_utils import preprocessing_function
 
+from keras_sparse_moe.presets import PreprocessingPresetMixin
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
     MoEDualEncoderBackbone,
 )
@@ -26,7 +27,7 @@ INPUT_KEYS = ("images", "prompts")
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEDualEncoderPreprocessor(Preprocessor):
+class MoEDualEncoderPreprocessor(PreprocessingPresetMixin, Preprocessor):
     """Turns raw image-caption data into dual-encoder inputs.
 
     Captions are tokenised (`MoEDualEncoderTokenizer`), wrapped in

@@ -3,12 +3,13 @@
 import keras
 from keras_hub.models import ImageClassifierPreprocessor
 
+from keras_sparse_moe.presets import PreprocessingPresetMixin
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
 from keras_sparse_moe.models.moe_vit.moe_vit_image_converter import MoEViTImageConverter
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEViTImageClassifierPreprocessor(ImageClassifierPreprocessor):
+class MoEViTImageClassifierPreprocessor(PreprocessingPresetMixin, ImageClassifierPreprocessor):
     """Applies a `MoEViTImageConverter` to `x` and passes `y` and
     `sample_weight` through (keras-hub `ImageClassifierPreprocessor`). Works
     on batches or single images and inside `tf.data` pipelines.

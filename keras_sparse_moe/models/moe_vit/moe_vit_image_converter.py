@@ -3,11 +3,12 @@
 import keras
 from keras_hub.layers import ImageConverter
 
+from keras_sparse_moe.presets import PreprocessingPresetMixin
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEViTImageConverter(ImageConverter):
+class MoEViTImageConverter(PreprocessingPresetMixin, ImageConverter):
     """Resizes images to the backbone's `image_shape[:2]`, then computes
     `image * scale + offset` (per channel when given as tuples).
 
