@@ -20,8 +20,8 @@ class _Compiled(keras.Model):
     """`function(inputs)` run by `predict_on_batch` (compiled once per input
     shape); `owner` is tracked so that its weights are the model's state."""
 
-    def __init__(self, function, owner, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, function, owner, name="routing_probe", **kwargs):
+        super().__init__(name=name, **kwargs)
         self.owner = owner
         self._function = function
         self.built = owner.built  # no symbolic trace before the compiled one
