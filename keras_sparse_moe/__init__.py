@@ -1,51 +1,23 @@
 """keras-sparse-moe: sparse mixture-of-experts layers and models for Keras 3."""
 
 from keras_sparse_moe import _quiet_tensorflow
+from keras_sparse_moe.version import __version__
 
 if _quiet_tensorflow.is_cli_process():
     from keras_sparse_moe import _cli_backend
 
-    # --backend NAME decides before Keras is imported (a bad $KERAS_BACKEND
-    # gets one line); the command line also hides TensorFlow's C++ start-up
-    # log lines. A library import leaves both alone.
+    # The command line parses its arguments before Keras is imported, so that
+    # `--help` and a bad argument answer at once; `cli.main` then imports the
+    # API with `_import_api()`. `--backend NAME` decides the backend
+    # first (a bad $KERAS_BACKEND gets one line). A library import loads the
+    # whole API right away.
     _cli_backend.choose_backend()
-    _quiet_tensorflow.import_tensorflow_quietly()
 
-from keras_sparse_moe import data
-from keras_sparse_moe import distribution
-from keras_sparse_moe import layers
-from keras_sparse_moe import models
-from keras_sparse_moe import presets
-from keras_sparse_moe import recipes  # registers the recipe losses that saved models refer to
-from keras_sparse_moe.layers import ExpertChoiceRouter
-from keras_sparse_moe.layers import Experts
-from keras_sparse_moe.layers import Router
-from keras_sparse_moe.layers import SoftRouter
-from keras_sparse_moe.layers import SparseMoE
-from keras_sparse_moe.layers import TokenChoiceRouter
-from keras_sparse_moe.layers import register_router
+    def _import_api():
+        """Import the API into the package (`cli.main`, after parsing)."""
+        from keras_sparse_moe import _api
 
-from keras_sparse_moe.data import DatasetInfo
-from keras_sparse_moe.data import build_datasets
-from keras_sparse_moe.data import build_image_text_datasets
-from keras_sparse_moe.data import load_dataset
-from keras_sparse_moe.data import load_digits
-from keras_sparse_moe.data import make_pipeline
-from keras_sparse_moe.export import export_dual_encoder
-from keras_sparse_moe.export import export_litert
-from keras_sparse_moe.models import MoEViTBackbone
-from keras_sparse_moe.models import MoEViTImageClassifier
-from keras_sparse_moe.models import MoEViTImageClassifierPreprocessor
-from keras_sparse_moe.models import MoEViTImageConverter
-from keras_sparse_moe.presets import from_preset
-from keras_sparse_moe.profile import ModelProfile
-from keras_sparse_moe.profile import profile
-from keras_sparse_moe.profile import profile_config
-from keras_sparse_moe.upcycle import upcycle
-from keras_sparse_moe.presets import list_presets
-from keras_sparse_moe.presets import register_preset
-from keras_sparse_moe.presets import save_to_preset
-from keras_sparse_moe.recipes import TrainingConfig
-from keras_sparse_moe.recipes import train
-from keras_sparse_moe.version import __version__
+        globals().update({k: v for k, v in vars(_api).items() if not k.startswith("_")})
 
+else:
+    from keras_sparse_moe._api import *  # noqa: F401,F403

@@ -3,8 +3,11 @@
 Commands: `presets`, `profile`, `train`, `evaluate`, `export`, `demo` (run
 `keras-sparse-moe COMMAND --help`). `--backend` (or `KERAS_BACKEND`)
 chooses tensorflow, jax or torch; it must be set before Keras is imported,
-so every heavy import happens inside the command functions. A bad argument
-or bad input prints one clear line (no traceback) and exits with status 2.
+so this module imports nothing heavy: `main` parses the arguments first
+(`--help` and a bad argument answer without importing Keras or TensorFlow),
+then imports the package's API and runs the command, whose own heavy imports
+happen inside the command functions. A bad argument or bad input prints one
+clear line (no traceback) and exits with status 2.
 """
 
 import argparse
@@ -15,8 +18,9 @@ import warnings
 
 from keras_sparse_moe._cli_backend import CLI_BACKENDS
 
-# (`import keras_sparse_moe` has imported Keras before this module runs.)
-from keras_sparse_moe.recipes.augment import AUGMENTATIONS
+# `keras_sparse_moe.recipes.augment.AUGMENTATIONS` (importing it would import
+# Keras before the arguments are parsed; tests/test_cli.py checks they agree).
+AUGMENTATIONS = ("none", "shift", "affine", "elastic")
 
 BACKENDS = CLI_BACKENDS
 QUANTIZATION_CHOICES = ("none", "float16", "dynamic_int8", "int8")
@@ -801,6 +805,18 @@ def _imported_backend():
         return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
+def _import_api():
+    """Import the package's API (Keras, the serializable classes) once the
+    arguments are parsed; the command-line process first imports TensorFlow
+    without its C++ start-up log lines."""
+    import keras_sparse_moe
+    from keras_sparse_moe import _quiet_tensorflow
+
+    if _quiet_tensorflow.is_cli_process():
+        _quiet_tensorflow.import_tensorflow_quietly()
+        keras_sparse_moe._import_api()
+
+
 def main(argv=None):
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -832,12 +848,17 @@ def main(argv=None):
             return EXIT_USAGE
         os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        _check_numbers(args)  # an argument error answers before Keras is imported
+    except CLIError as error:
+        print(f"keras-sparse-moe {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    _import_api()
     restore_logging = _setup_logging(getattr(args, "quiet", False))
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning  # restored when the block ends
             warnings.filterwarnings("ignore", message=r".*shuffle=True.*")
-            _check_numbers(args)
             return args.func(args) or 0
     except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
             RuntimeError) as error:

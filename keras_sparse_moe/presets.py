@@ -765,6 +765,59 @@ class PresetMixin:
         return save_to_preset(self, preset_dir, max_shard_size=max_shard_size)
 
 
+class PreprocessingPresetMixin:
+    """Registry-aware `from_preset` for the preprocessors, tokenizers and
+    image converters (put it first in the bases).
+
+    A registered preset name loads from that preset's directory. keras-hub's
+    own `from_preset` accepts only presets whose backbone class is exactly
+    this class's `backbone_cls`; this one also loads the presets of its
+    subclasses (e.g. a `LIMoEBackbone` preset for a class declaring
+    `MoEDualEncoderBackbone`).
+
+    Example:
+    >>> from keras_sparse_moe.models import MoEViTImageClassifierPreprocessor
+    >>> MoEViTImageClassifierPreprocessor.from_preset(
+    ...     "moe_vit_tiny_digits").image_converter.image_size
+    (16, 16)
+    """
+
+    @classmethod
+    def from_preset(cls, preset, **kwargs):
+        """Load from a registered preset name, a preset directory or a hub
+        handle; keyword arguments override the saved configuration."""
+        from keras_hub.src.utils.preset_utils import get_preset_loader
+
+        preset = _preprocessing_preset_path(cls, preset)
+        loader = get_preset_loader(preset)
+        backbone_cls = loader.check_backbone_class()
+        if backbone_cls is cls.backbone_cls or not issubclass(backbone_cls, cls.backbone_cls):
+            return super().from_preset(preset, **kwargs)
+        if issubclass(cls, keras_hub.models.Preprocessor):
+            return loader.load_preprocessor(cls, kwargs.pop("config_file", "preprocessor.json"),
+                                            **kwargs)
+        if issubclass(cls, keras_hub.tokenizers.Tokenizer):
+            return loader.load_tokenizer(cls, kwargs.pop("config_file", "tokenizer.json"), **kwargs)
+        return loader.load_image_converter(cls, **kwargs)
+
+
+def _preprocessing_preset_path(cls, preset):
+    """The directory of a registered preset, else `preset` unchanged."""
+    if isinstance(preset, os.PathLike):
+        preset = os.fspath(preset)
+    if not isinstance(preset, str) or preset not in _REGISTRY:
+        return preset
+    spec = _REGISTRY[preset]
+    if not spec.has_weights:
+        shipped = sorted(name for name, other in _REGISTRY.items() if other.has_weights)
+        raise ValueError(
+            f"Preset '{preset}' is an architecture without saved preprocessing; build "
+            f"{cls.__name__} for its backbone (e.g. `for_backbone`), or load a preset with "
+            f"weights ({', '.join(shipped)})."
+        )
+    return spec.weights_path
+
+
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------

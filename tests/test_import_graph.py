@@ -24,6 +24,7 @@ LAYERS = {
     "version": 0,
     "_quiet_tensorflow": 0,
     "_cli_backend": 0,
+    "_api": 7,  # the public names that `import keras_sparse_moe` re-exports
     "utils": 0,
     "distribution": 1,
     "layers": 2,

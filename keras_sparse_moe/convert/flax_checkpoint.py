@@ -132,7 +132,21 @@ def read_vmoe_sharded(prefix):
         raise CheckpointError(f"{index_path} is not a vmoe checkpoint index.")
     count = int(index[b"shard_count"])
     leaves = _flatten(index[b"index"])
-    shards = {}
+    params, filled = {}, {}
+    for name, info in leaves.items():
+        if not isinstance(info, _IndexInfo):
+            raise CheckpointError(f"{index_path}: leaf {name!r} is not an index entry.")
+        for number in info.shards:
+            if not 0 <= number < count:
+                raise CheckpointError(
+                    f"{index_path}: {name!r} refers to data shard {number} of {count}."
+                )
+        params[name] = np.zeros(info.shape, dtype=np.dtype(info.dtype))
+        filled[name] = 0
+    names = list(leaves)
+    # One shard in memory at a time: the arrays plus one shard's bytes at
+    # the peak (vmoe writes disjoint slices, so counting values filled finds
+    # a missing or truncated chunk).
     for number in range(count):
         shard_path = f"{prefix}.data-{number:05d}-of-{count:05d}"
         if not os.path.isfile(shard_path):
@@ -141,19 +155,15 @@ def read_vmoe_sharded(prefix):
             data = _unpack(f.read(), shard_path)
         if not isinstance(data, dict) or not data.get(_CHUNK_MARKER.encode()):
             raise CheckpointError(f"{shard_path} is not a vmoe checkpoint data shard.")
-        shards[number] = {_text(k): v for k, v in data.items()}
-    params = {}
-    for leaf_index, (name, info) in enumerate(leaves.items()):
-        if not isinstance(info, _IndexInfo):
-            raise CheckpointError(f"{index_path}: leaf {name!r} is not an index entry.")
-        array = np.zeros(info.shape, dtype=np.dtype(info.dtype))
-        filled = np.zeros(info.shape, dtype=bool)
-        for number in sorted(set(info.shards)):
-            if number not in shards:
-                raise CheckpointError(
-                    f"{index_path}: {name!r} refers to data shard {number} of {count}."
-                )
-            for subchunks, global_slice in shards[number].get(str(leaf_index), []):
+        for key, chunks in data.items():
+            key = _text(key)
+            if key == _CHUNK_MARKER:
+                continue
+            if not key.isdigit() or int(key) >= len(names):
+                raise CheckpointError(f"{shard_path} holds data of an unknown leaf {key!r}.")
+            name = names[int(key)]
+            array = params[name]
+            for subchunks, global_slice in chunks:
                 where = tuple(slice(start, stop, step) for start, stop, step in global_slice)
                 values = np.concatenate([np.ravel(chunk) for chunk in subchunks])
                 target = array[where]
@@ -163,13 +173,14 @@ def read_vmoe_sharded(prefix):
                         f"of shape {target.shape} (truncated shard?)."
                     )
                 array[where] = values.reshape(target.shape)
-                filled[where] = True
-        if not filled.all():
+                filled[name] += target.size
+        del data
+    for name, array in params.items():
+        if filled[name] != array.size:
             raise CheckpointError(
                 f"{prefix}: {name!r} is only partly stored in the data shards "
-                f"({int(filled.sum())} of {filled.size} values; missing or truncated shard?)."
+                f"({filled[name]} of {array.size} values; missing or truncated shard?)."
             )
-        params[name] = array
     return params
 
 

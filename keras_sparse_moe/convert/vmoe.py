@@ -429,6 +429,7 @@ def convert_vmoe(checkpoint, output_dir, preset=None, config=None, image_size=No
         _assign_weights(model, params)
     else:
         model = build_classifier(params, vmoe_config, image_size=image_size)
+    del params  # the model holds the weights now: save with one copy in memory
     save_to_preset(model, output_dir)
     return model
 

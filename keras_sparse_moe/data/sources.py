@@ -351,15 +351,25 @@ def _fmt(n):
     return "?" if n is None else f"{n:,}"
 
 
+_last_summary = []
+
+
 def _log_summary(info, image_text=False):
+    """Log what the dataset holds, unless it is the summary logged last (one
+    command resolves its data for several steps, e.g. `export` for int8
+    calibration and the accuracy check: the summary is shown once)."""
     split_text = " | ".join(f"{k} {_fmt(v)}" for k, v in info.counts.items())
     h, w, c = info.image_shape
     shape = f"{h}x{w}x{c}" if h else f"mixed sizes, {c} channel{'s' if c != 1 else ''}"
     classes = f"{info.num_classes} classes" if info.num_classes else "no class labels"
     kind = "image-text pairs" if image_text else "images"
-    logger.info("%s: %s (%s, %s): %s", info.spec, kind, shape, classes, split_text)
-    for split, source in info.splits.items():
-        logger.info("  %s: %s", split, source)
+    lines = [f"{info.spec}: {kind} ({shape}, {classes}): {split_text}"]
+    lines += [f"  {split}: {source}" for split, source in info.splits.items()]
+    if _last_summary == lines:
+        return
+    _last_summary[:] = lines
+    for line in lines:
+        logger.info("%s", line)
 
 
 def resolve_dataset(

@@ -33,6 +33,25 @@ def _tfds():
     return tfds
 
 
+# Retries of a failed download request. TFDS's own default (10, with
+# exponential back-off) waits almost four minutes before it reports that there
+# is no network; three retries still ride out a brief hiccup.
+DOWNLOAD_RETRIES = 3
+
+
+@contextlib.contextmanager
+def _few_download_retries():
+    """Cap TFDS's download retries at `DOWNLOAD_RETRIES` inside the block."""
+    from tensorflow_datasets.core.download import downloader
+
+    saved = downloader.MAX_RETRIES
+    downloader.MAX_RETRIES = min(saved, DOWNLOAD_RETRIES)
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = saved
+
+
 def get_builder(name, data_dir=None, download=True):
     """The TFDS builder of `name`, prepared (downloaded) when needed."""
     import difflib
@@ -59,7 +78,7 @@ def get_builder(name, data_dir=None, download=True):
         try:
             # TFDS prints its progress ("Downloading and preparing ...") on
             # stdout; progress belongs on stderr, beside the log and the bars.
-            with contextlib.redirect_stdout(sys.stderr):
+            with contextlib.redirect_stdout(sys.stderr), _few_download_retries():
                 builder.download_and_prepare()
         except Exception as error:  # noqa: BLE001 - report what failed in our terms
             raise RuntimeError(

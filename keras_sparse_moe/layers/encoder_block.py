@@ -155,6 +155,7 @@ class MoETransformerEncoderBlock(keras.layers.Layer):
         self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=policy)
         self.drop_path = StochasticDepth(self.stochastic_depth, dtype=policy)
 
+        self.drop_path.build(input_shape)
         self.norm1.build(input_shape)
         self.attention.build(input_shape, input_shape)
         self.norm2.build(input_shape)

@@ -758,6 +758,7 @@ def train_classifier(
     # Validate the data spec before touching the output directory.
     if datasets is None:
         parse_spec(data)
+    created = not os.path.exists(output_dir)
     check_writable_directory(output_dir)
     state = _check_previous_run(output_dir, settings, overwrite)
     if state == "finished":
@@ -782,10 +783,15 @@ def train_classifier(
         enable_deterministic_ops()
     keras.utils.set_random_seed(seed)
     model = load_classifier(preset, load_weights=load_weights, overrides=overrides)
-    train, validation, test, info = _datasets(
-        model, data if datasets is None else datasets, batch_size, augment, seed,
-        config.validation_fraction, data_options, training=True,
-    )
+    try:
+        train, validation, test, info = _datasets(
+            model, data if datasets is None else datasets, batch_size, augment, seed,
+            config.validation_fraction, data_options, training=True,
+        )
+    except BaseException:
+        if created and not os.listdir(output_dir):
+            os.rmdir(output_dir)  # no run started: leave no empty run folder behind
+        raise
     if train is None:
         raise ValueError(f"Dataset {data!r} has no training split.")
     if test is None and validation is None:

@@ -1,16 +1,33 @@
 """Which experts the tokens of each class go to (V-MoE's routing figures).
 
-`routing_by_class` runs a model on labelled images, records the input of
-every `SparseMoE` layer, routes it again with `SparseMoE.routing_stats` (in
-inference mode: no noise, eval capacity) and tallies, per class, the share
-of the class's token assignments each expert receives.
+`routing_by_class` runs a model on labelled images in inference mode (no
+noise, eval capacity), records the routing of every `SparseMoE` layer (the
+statistics of `SparseMoE.routing_stats`) and tallies, per class, the share of
+the class's token assignments each expert receives. The pass runs through
+Keras' compiled predict path (`jax.jit`, `tf.function`), not op by op: on JAX
+an eager pass compiles every operation separately, which took minutes.
 """
 
 import contextlib
 
+import keras
 import numpy as np
 
 from keras_sparse_moe.layers.sparse_moe import SparseMoE
+
+
+class _Compiled(keras.Model):
+    """`function(inputs)` run by `predict_on_batch` (compiled once per input
+    shape); `owner` is tracked so that its weights are the model's state."""
+
+    def __init__(self, function, owner, name="routing_probe", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.owner = owner
+        self._function = function
+        self.built = owner.built  # no symbolic trace before the compiled one
+
+    def call(self, inputs):
+        return self._function(inputs)
 
 
 def moe_layer_paths(model):
@@ -106,6 +123,8 @@ def routing_by_class(model, images, labels, num_classes, batch_size=64):
         num_classes: int.
         batch_size: images per forward pass (must satisfy the layers'
             routing-group constraints; the default suits per-image groups).
+            All batches have this size (one compiled shape): the images
+            beyond the last full batch are left out.
 
     Returns:
         `{layer name: dict}` with `by_class` (num_classes, E) (row c: share
@@ -131,14 +150,25 @@ def routing_by_class(model, images, labels, num_classes, batch_size=64):
     layers = [layer for _, layer in named]
     images = np.asarray(images)
     labels = np.asarray(labels).reshape(-1)
-    with record_inputs(layers) as records:
-        for start in range(0, len(images), batch_size):
-            model(images[start : start + batch_size], training=False)
+
+    if len(images) > batch_size:  # equal batches: one compiled shape, exact means
+        images = images[: len(images) - len(images) % batch_size]
+    else:
+        batch_size = len(images)
+    labels = labels[: len(images)]
+
+    def routings(x):
+        with _record_routing(layers) as seen:
+            model(x, training=False)
+        return [seen[id(layer)][0] for layer in layers]
+
+    forward = _Compiled(routings, model)
+    batches = [forward.predict_on_batch(images[start : start + batch_size])
+               for start in range(0, len(images), batch_size)]
     result = {}
-    for name, layer in named:
-        inputs = np.concatenate(records[id(layer)], axis=0)
-        per_example = int(np.prod(inputs.shape[1:-1])) if inputs.ndim > 2 else 1
-        stats = layer.routing_stats(inputs, training=False)
+    for i, (name, layer) in enumerate(named):
+        stats = _merge([batch[i] for batch in batches], layer.num_experts)
+        per_example = int(np.prod(stats["router_probs"].shape[:-1])) // len(images)
         token_labels = np.repeat(labels, per_example)
         if "expert_index" in stats:
             index = stats["expert_index"].reshape(-1, stats["expert_index"].shape[-1])
@@ -157,3 +187,41 @@ def routing_by_class(model, images, labels, num_classes, batch_size=64):
             "kind": kind,
         }
     return result
+
+
+
+@contextlib.contextmanager
+def _record_routing(layers):
+    """Temporarily make `layers` record the routing dict of each call
+    (`SparseMoE.call(..., return_routing=True)`) as tensors."""
+    records = {id(layer): [] for layer in layers}
+    for layer in layers:
+        original = layer.call
+
+        def call(inputs, *args, _original=original, _name=id(layer), **kwargs):
+            wanted = kwargs.pop("return_routing", False)
+            outputs, routing = _original(inputs, *args, return_routing=True, **kwargs)
+            records[_name].append(routing)
+            return (outputs, routing) if wanted else outputs
+
+        layer.__dict__["call"] = call
+    try:
+        yield records
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("call", None)
+
+
+def _merge(routings, num_experts):
+    """The statistics of `SparseMoE.routing_stats` over equal-sized batches:
+    per-token arrays concatenated, per-batch shares averaged."""
+    fraction = np.mean([np.asarray(r["expert_fraction"], np.float64) for r in routings], axis=0)
+    stats = {
+        "expert_fraction": fraction,
+        "load_imbalance": float(num_experts * np.max(fraction)),
+        "dropped_fraction": float(np.mean([np.asarray(r["dropped_fraction"]) for r in routings])),
+        "router_probs": np.concatenate([np.asarray(r["router_probs"]) for r in routings]),
+    }
+    if "expert_index" in routings[0]:
+        stats["expert_index"] = np.concatenate([np.asarray(r["expert_index"]) for r in routings])
+    return stats

@@ -2,6 +2,7 @@
 the test split never reaches training, captions, prompts, bad specs."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -92,3 +93,21 @@ def test_parse_spec_and_bad_specs(tmp_path):
         build_datasets("digits", test_fraction=0.3)
     with pytest.raises(ValueError, match="validation_fraction"):
         build_datasets("digits", validation_fraction=-0.1)
+
+
+@pytest.mark.single_backend
+def test_the_dataset_summary_is_logged_once_for_repeated_resolution(caplog):
+    """A command that resolves its data several times (e.g. `export` with int8
+    calibration and the accuracy check) shows the summary once; another
+    dataset, or another split of the same one, is shown again."""
+    from keras_sparse_moe.data import resolve_dataset
+
+    def summaries():
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("digits:")]
+
+    with caplog.at_level(logging.INFO, logger="keras_sparse_moe"):
+        for _ in range(3):
+            resolve_dataset("digits")
+        assert len(summaries()) == 1
+        resolve_dataset("digits", validation_fraction=0.2)
+        assert len(summaries()) == 2

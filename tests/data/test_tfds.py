@@ -1,6 +1,8 @@
 """`tfds:NAME` sources without any network access: TFDS mock data for
 catalogue datasets, and a tiny local builder prepared in a temporary folder."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -157,3 +159,36 @@ def test_preparing_a_dataset_prints_progress_on_stderr_not_stdout(tmp_path, capf
     out, err = capfd.readouterr()
     assert "Downloading and preparing" not in out and "prepared" not in out
     assert "Downloading and preparing" in err
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: every HTTP(S) request goes to a proxy that refuses the
+    connection (nothing leaves the machine)."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.single_backend
+def test_an_offline_download_fails_quickly_with_the_good_message(offline, tmp_path):
+    """TFDS retries a failed request 10 times with exponential back-off
+    (almost four minutes); the package caps the retries."""
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"Could not download and prepare TFDS dataset 'mnist'"
+                       r".*Prepare it on a machine with network access"):
+        build_datasets("tfds:mnist", data_dir=str(tmp_path / "tfds"))
+    assert time.monotonic() - start < 15
+
+
+@pytest.mark.single_backend
+def test_a_train_that_cannot_get_its_data_leaves_no_run_folder(offline, tmp_path, capsys):
+    from keras_sparse_moe.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--data", "tfds:mnist", "--data-dir", str(tmp_path / "tfds"),
+                 "--output", str(out), "--epochs", "1", "--quiet"])
+    assert code == 2
+    assert "Could not download and prepare TFDS dataset 'mnist'" in capsys.readouterr().err
+    assert not out.exists()

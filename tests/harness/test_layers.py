@@ -206,12 +206,6 @@ class DualEncoderLayersTest(TestCase):
             expected_output_data=expected,
         )
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=TypeError,
-        reason="TokenPooling has no build(inputs_shape, padding_mask_shape): keras-hub "
-        "builds a layer called with several tensors from one shape per call argument",
-    )
     def test_token_pooling_with_padding_mask(self):
         mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], "int32")
         self.run_layer_test(
@@ -242,6 +236,16 @@ class DualEncoderLayersTest(TestCase):
             run_precision_checks=False,
         )
 
+    def test_contrastive_head_output_spec_is_its_float32_logits(self):
+        head = ContrastiveHead(dtype="mixed_float16")
+        image = keras.KerasTensor((3, 6), dtype="float16")
+        text = keras.KerasTensor((4, 6), dtype="float16")
+        spec = head.compute_output_spec(image, text)
+        head.build((3, 6), (4, 6))
+        logits = head(np.ones((3, 6), "float16"), np.ones((4, 6), "float16"))
+        assert (spec.shape, spec.dtype) == ((3, 4), "float32")
+        assert keras.backend.standardize_dtype(logits.dtype) == spec.dtype
+
     def test_class_embeddings(self):
         self.run_layer_test(
             cls=ClassEmbeddings,
@@ -254,15 +258,6 @@ class DualEncoderLayersTest(TestCase):
             run_precision_checks=False,  # test_class_embeddings_precision
         )
 
-    @pytest.mark.xfail(
-        # JAX casts the variable to the compute dtype when it is read;
-        # keras-hub skips precision checks on torch CPU.
-        keras.backend.backend() == "tensorflow",
-        strict=True,
-        raises=AssertionError,
-        reason="ClassEmbeddings returns its table in the variable dtype (float32), "
-        "not the compute dtype of a mixed policy (on TensorFlow)",
-    )
     def test_class_embeddings_precision(self):
         self.run_precision_test(
             ClassEmbeddings,

@@ -76,3 +76,17 @@ class MoEDualEncoderPreprocessorTest(TestCase):
                 "padding_mask": [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]],
             },
         )
+
+    def test_sequence_length_set_after_the_first_call_takes_effect(self):
+        preprocessor = MoEDualEncoderPreprocessor(sequence_length=5)
+        tokenizer = preprocessor.tokenizer
+        first = preprocessor({"prompts": ["two"]})
+        self.assertEqual(tuple(first["token_ids"].shape), (1, 5))
+        preprocessor.sequence_length = 3
+        second = preprocessor({"prompts": ["two three"]})
+        self.assertAllEqual(second["token_ids"], [[tokenizer.start_token_id,
+                                                   tokenizer.token_to_id("two"),
+                                                   tokenizer.end_token_id]])
+        self.assertEqual(preprocessor.get_config()["sequence_length"], 3)
+        with self.assertRaisesRegex(ValueError, "sequence_length"):
+            preprocessor.sequence_length = 2  # start + end + at least one token

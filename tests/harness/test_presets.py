@@ -3,6 +3,11 @@
 each class with and without its weights, and a forward pass has the
 preset's output shape."""
 
+import json
+import os
+
+import keras_hub
+import pytest
 from keras_hub.src.tests.test_case import TestCase
 
 from keras_sparse_moe.models import MoEViTBackbone
@@ -48,3 +53,53 @@ class LIMoEPresetTest(TestCase):
                 "logits": (BATCH, BATCH),
             },
         )
+
+
+def _shipped(family):
+    from keras_sparse_moe.presets import list_presets
+
+    return [p["name"] for p in list_presets(family=family) if p["has_weights"]]
+
+
+@pytest.mark.single_backend
+@pytest.mark.parametrize("name", _shipped("moe_vit") + _shipped("moe_dual_encoder"))
+def test_keras_hub_backbone_loader_reads_every_shipped_preset(name):
+    from keras_sparse_moe.presets import get_preset
+
+    directory = get_preset(name).weights_path
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as handle:
+        saved_class = json.load(handle)["class_name"]
+    backbone = keras_hub.models.Backbone.from_preset(directory)
+    assert type(backbone).__name__ == saved_class
+
+
+@pytest.mark.single_backend
+@pytest.mark.parametrize("name", _shipped("moe_vit") + _shipped("moe_dual_encoder"))
+def test_preprocessing_classes_load_every_shipped_preset_by_name_and_directory(name):
+    """The project's preprocessor, tokenizer and image converter read the
+    registry's names and the preset directories, including a LIMoE preset for
+    the classes declaring the dual encoders' base backbone class."""
+    from keras_sparse_moe.models import MoEViTImageClassifierPreprocessor
+    from keras_sparse_moe.models import MoEViTImageConverter
+    from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderImageConverter
+    from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderPreprocessor
+    from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderTokenizer
+    from keras_sparse_moe.presets import get_preset
+
+    directory = get_preset(name).weights_path
+    with open(os.path.join(directory, "image_converter.json"), encoding="utf-8") as handle:
+        saved_size = tuple(json.load(handle)["config"]["image_size"])
+    if name.startswith("limoe"):
+        classes = (MoEDualEncoderPreprocessor, MoEDualEncoderTokenizer,
+                   MoEDualEncoderImageConverter)
+    else:
+        classes = (MoEViTImageClassifierPreprocessor, MoEViTImageConverter)
+    for cls in classes:
+        for preset in (name, directory):
+            loaded = cls.from_preset(preset)
+            assert isinstance(loaded, cls)
+            converter = getattr(loaded, "image_converter", loaded)
+            if hasattr(converter, "image_size"):
+                assert tuple(converter.image_size) == saved_size
+    with pytest.raises(ValueError, match="'moe_vit_tiny' is an architecture without saved"):
+        MoEViTImageConverter.from_preset("moe_vit_tiny")

@@ -182,6 +182,36 @@ def test_routing_by_class_follows_the_router():
     np.testing.assert_allclose(routing["moe"]["by_class"], [[1.0, 0.0], [0.0, 1.0]])
 
 
+def test_routing_by_class_statistics_are_the_layers_over_all_images():
+    """Routing is recorded in compiled batches of equal size (images after
+    the last full batch are left out); the merged statistics are those of
+    `SparseMoE.routing_stats` on the same images in one call."""
+    from keras_sparse_moe import SparseMoE
+
+    inputs = keras.Input((3, 4))
+    moe = SparseMoE(4, 8, top_k=2, capacity_factor=1.0, name="moe")
+    model = keras.Model(inputs, moe(inputs))
+    x = np.random.default_rng(0).normal(size=(10, 3, 4)).astype("float32")
+    labels = np.arange(10) % 3
+    routing = routing_by_class(model, x, labels, 3, batch_size=4)["moe"]
+    expected = moe.routing_stats(x[:8])
+    np.testing.assert_allclose(routing["expert_fraction"], expected["expert_fraction"], atol=1e-6)
+    assert routing["dropped_fraction"] == pytest.approx(expected["dropped_fraction"], abs=1e-6)
+    assert routing["load_imbalance"] == pytest.approx(expected["load_imbalance"], abs=1e-5)
+    index = expected["expert_index"].reshape(8, -1)
+    for c in range(3):
+        counts = np.bincount(index[labels[:8] == c].ravel(), minlength=4)
+        np.testing.assert_allclose(routing["by_class"][c], counts / counts.sum(), atol=1e-6)
+
+
+def test_a_loaded_classifier_is_built_through_its_preprocessor():
+    """Every layer of a loaded task is built, so Keras' JAX `predict_on_batch`
+    does not first run the whole task eagerly to build it (op by op: that was
+    most of `evaluate`'s two minutes on JAX)."""
+    model = load_classifier("moe_vit_tiny_digits")
+    assert [layer.name for layer in model._flatten_layers() if not layer.built] == []
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [

@@ -122,6 +122,11 @@ class TokenPooling(keras.layers.Layer):
         super().__init__(**kwargs)
         self.mode = check_choice("mode", mode, POOLING_MODES)
 
+    def build(self, inputs_shape, padding_mask_shape=None):
+        # No weights; the shapes of both call arguments are accepted (Keras
+        # builds a layer called with several tensors from one shape each).
+        self.built = True
+
     def call(self, inputs, padding_mask=None):
         tokens = inputs.shape[1]
         if self.mode == "first":
@@ -207,6 +212,11 @@ class ContrastiveHead(keras.layers.Layer):
     def compute_output_shape(self, image_embeddings_shape, text_embeddings_shape):
         return (image_embeddings_shape[0], text_embeddings_shape[0])
 
+    def compute_output_spec(self, image_embeddings, text_embeddings):
+        # float32 under any policy, as `call` computes them.
+        shape = self.compute_output_shape(image_embeddings.shape, text_embeddings.shape)
+        return keras.KerasTensor(shape, dtype="float32")
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -250,7 +260,9 @@ class ClassEmbeddings(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        return ops.convert_to_tensor(self.embeddings)
+        # In the compute dtype, like any layer's output (the table is stored
+        # in the variable dtype, float32 under a mixed policy).
+        return ops.cast(self.embeddings, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return (self.num_classes, self.embedding_dim)

@@ -7,10 +7,11 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
     MoEDualEncoderBackbone,
 )
 from keras_sparse_moe.models.raw_image_input import RawImageInputMixin
+from keras_sparse_moe.presets import PreprocessingPresetMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEDualEncoderImageConverter(RawImageInputMixin, ImageConverter):
+class MoEDualEncoderImageConverter(RawImageInputMixin, PreprocessingPresetMixin, ImageConverter):
     """keras-hub `ImageConverter` of the dual encoders: the same arguments
     and steps as `MoEViTImageConverter` (including the declaration of the
     raw input, `value_range` and `raw_image_shape`; resize to `image_size`, then

@@ -6,6 +6,7 @@ from keras_hub.layers import StartEndPacker
 from keras_hub.models import Preprocessor
 from keras_hub.src.utils.tensor_utils import preprocessing_function
 
+from keras_sparse_moe.presets import PreprocessingPresetMixin
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
     MoEDualEncoderBackbone,
 )
@@ -26,7 +27,7 @@ INPUT_KEYS = ("images", "prompts")
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEDualEncoderPreprocessor(Preprocessor):
+class MoEDualEncoderPreprocessor(PreprocessingPresetMixin, Preprocessor):
     """Turns raw image-caption data into dual-encoder inputs.
 
     Captions are tokenised (`MoEDualEncoderTokenizer`), wrapped in
@@ -81,12 +82,25 @@ class MoEDualEncoderPreprocessor(Preprocessor):
         super().__init__(**kwargs)
         self.tokenizer = MoEDualEncoderTokenizer() if tokenizer is None else tokenizer
         self.image_converter = image_converter
-        self.sequence_length = check_int(
-            "sequence_length", sequence_length,
-            minimum=int(bool(add_start_token)) + int(bool(add_end_token)) + 1,
-        )
         self.add_start_token = bool(add_start_token)
         self.add_end_token = bool(add_end_token)
+        self.packer = None
+        self.sequence_length = sequence_length
+
+    @property
+    def sequence_length(self):
+        """Token length the captions are packed to; setting it takes effect
+        on the next call (also after the first one)."""
+        return self._sequence_length
+
+    @sequence_length.setter
+    def sequence_length(self, value):
+        self._sequence_length = check_int(
+            "sequence_length", value,
+            minimum=int(self.add_start_token) + int(self.add_end_token) + 1,
+        )
+        if self.packer is not None:
+            self.packer.sequence_length = self._sequence_length
 
     @classmethod
     def for_backbone(cls, backbone, scale=None, offset=None, tokenizer=None, **converter_kwargs):

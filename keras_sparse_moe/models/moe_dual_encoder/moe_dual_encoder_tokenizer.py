@@ -5,6 +5,7 @@ import os
 import keras
 from keras_hub.tokenizers import WordPieceTokenizer
 
+from keras_sparse_moe.presets import PreprocessingPresetMixin
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
     MoEDualEncoderBackbone,
 )
@@ -22,7 +23,7 @@ def default_vocabulary():
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEDualEncoderTokenizer(WordPieceTokenizer):
+class MoEDualEncoderTokenizer(PreprocessingPresetMixin, WordPieceTokenizer):
     """Lower-casing WordPiece tokenizer (keras-hub `WordPieceTokenizer`) with
     the special tokens `[PAD]` (id 0 in the shipped vocabulary), `[UNK]`,
     `[START]` and `[END]`.

@@ -3,12 +3,13 @@
 import keras
 from keras_hub.models import ImageClassifierPreprocessor
 
+from keras_sparse_moe.presets import PreprocessingPresetMixin
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
 from keras_sparse_moe.models.moe_vit.moe_vit_image_converter import MoEViTImageConverter
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEViTImageClassifierPreprocessor(ImageClassifierPreprocessor):
+class MoEViTImageClassifierPreprocessor(PreprocessingPresetMixin, ImageClassifierPreprocessor):
     """Applies a `MoEViTImageConverter` to `x` and passes `y` and
     `sample_weight` through (keras-hub `ImageClassifierPreprocessor`). Works
     on batches or single images and inside `tf.data` pipelines.
@@ -27,6 +28,14 @@ class MoEViTImageClassifierPreprocessor(ImageClassifierPreprocessor):
 
     backbone_cls = MoEViTBackbone
     image_converter_cls = MoEViTImageConverter
+
+    def __init__(self, image_converter=None, **kwargs):
+        super().__init__(image_converter=image_converter, **kwargs)
+        # No weights: built from the start. (Keras' JAX `predict_on_batch`
+        # otherwise runs the whole task eagerly, op by op, to build it first:
+        # half a minute for a tiny model.)
+        for layer in self._flatten_layers():
+            layer.built = True
 
     @classmethod
     def for_backbone(cls, backbone, scale=None, offset=None, **converter_kwargs):

@@ -5,10 +5,11 @@ from keras_hub.layers import ImageConverter
 
 from keras_sparse_moe.models.moe_vit.moe_vit_backbone import MoEViTBackbone
 from keras_sparse_moe.models.raw_image_input import RawImageInputMixin
+from keras_sparse_moe.presets import PreprocessingPresetMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEViTImageConverter(RawImageInputMixin, ImageConverter):
+class MoEViTImageConverter(RawImageInputMixin, PreprocessingPresetMixin, ImageConverter):
     """Resizes images to the backbone's `image_shape[:2]`, then computes
     `image * scale + offset` (per channel when given as tuples).
 
