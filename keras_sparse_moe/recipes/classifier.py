@@ -765,6 +765,7 @@ def train_classifier(
     from keras_sparse_moe.recipes.checkpoints import load_trained_weights
     from keras_sparse_moe.recipes.training import SparseCategoricalCrossentropyWithSmoothing
     from keras_sparse_moe.recipes.training import make_callbacks
+    from keras_sparse_moe.recipes.training import read_log
 
     if config.deterministic:
         from keras_sparse_moe.utils.determinism import enable_deterministic_ops
@@ -861,7 +862,9 @@ def train_classifier(
             "epochs_run": _logged_epochs(output_dir),
             "resumed_from_epoch": resumed_from,
             "train_time_s": time.time() - train_start,
-            "history": {k: float(v[-1]) for k, v in history.history.items() if v},
+            # (Empty when all epochs were done before an interruption.)
+            "history": {k: float(v[-1]) for k, v in history.history.items() if v}
+            or {k: v[-1] for k, v in read_log(os.path.join(output_dir, LOG_FILE)).items() if v},
         }
         # Commit point: from here on a re-run completes this run without training.
         atomic_save_model(model, artifacts["model"])
@@ -874,7 +877,7 @@ def train_classifier(
         if "preset" not in stages or not os.path.isdir(preset_dir):
             save_to_preset(model, preset_dir)
             record_stage(output_dir, settings, "preset")
-        artifacts["preset"] = preset_dir
+        artifacts["preset"] = os.path.abspath(preset_dir)
     eval_ds = test if test is not None else validation
     eval_split = "test" if test is not None else "validation"
     report, routing = ({}, {})

@@ -88,6 +88,7 @@ def test_classifier_run_killed_after_fit_is_completed_without_training(tmp_path,
     assert counter.epochs == 0  # the finished training is not redone
     assert _read(os.path.join(out, "model.keras")) == trained
     assert (metrics["epochs_run"], metrics["resumed_from_epoch"]) == (1, 1)
+    assert metrics["history"]["loss"] > 0  # the training's last epoch, from log.csv
     assert metrics["examples"] == 64 and 0.0 <= metrics["accuracy"] <= 1.0
     assert _status(out) == "finished"
     assert os.path.isfile(os.path.join(out, "preset", "config.json"))
