@@ -58,6 +58,7 @@ import keras_hub
 
 from keras_sparse_moe.profiling import profile_config
 from keras_sparse_moe.utils.io import atomic_directory
+from keras_sparse_moe.utils.io import check_hdf5_file
 from keras_sparse_moe.version import __version__
 
 PRESETS_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets_data")
@@ -539,6 +540,11 @@ def _load_backbone(preset, config, overrides, load_weights, label):
         weights = os.path.join(preset, _SHARDED_WEIGHTS_FILE)
     try:
         backbone.load_weights(weights)
+    except OSError as error:  # h5py: a file damaged past its header
+        raise ValueError(
+            f"Preset weights file '{weights}' cannot be read ({error}); the preset directory "
+            "is corrupt."
+        ) from None
     except (ValueError, TypeError, KeyError) as error:
         changed = {k: v for k, v in overrides.items() if k != "dtype"}
         hint = (
@@ -609,6 +615,8 @@ def _check_preset_directory(path, load_weights):
                 f"Preset weights file '{file_path}' is not a valid HDF5 file; the preset "
                 "directory is corrupt."
             )
+        if os.path.isfile(file_path):
+            check_hdf5_file(file_path, what="Preset weights file")
 
 
 def _registered_class(config, preset, filename):

@@ -18,6 +18,11 @@ reported in a `UserWarning`. Images may have mixed sizes (the pipelines resize
 them) and modes: the folder is read as grayscale when every image is
 grayscale, else as RGB (alpha dropped).
 
+A class-per-folder dataset needs at least two classes, and every class
+folder must hold a readable image (an empty folder would otherwise become a
+class that is never seen): both are errors naming the folder. Classes with
+fewer than `MIN_IMAGES_PER_CLASS` images give a `UserWarning`.
+
 Image-text pairs: a UTF-8 captions file, by default `PATH/captions.tsv`, one
 caption per line as `relative/path/to/image.png<TAB>caption text` (path
 relative to PATH with `/` separators; several lines for one image give it
@@ -41,6 +46,8 @@ logger = logging.getLogger("keras_sparse_moe.data")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SPLIT_FOLDERS = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
 CAPTIONS_FILE = "captions.tsv"
+MIN_IMAGES_PER_CLASS = 5
+"""Fewer images than this in a class folder give a warning."""
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La")
 
 
@@ -242,6 +249,7 @@ def scan_image_folder(path, validation_fraction=0.1, test_fraction=0.2, check_im
     for split, f, label in candidates:
         if f in kept_set:
             groups[split].append((f, label, None))
+    _check_classes(root, layout_roots, class_names, groups)
     splits, sources = _assign_splits(root, groups, validation_fraction, test_fraction)
     if not splits["train"]:
         raise ValueError(f"Image folder {root!r} has no training images (only held-out splits).")
@@ -255,6 +263,37 @@ def scan_image_folder(path, validation_fraction=0.1, test_fraction=0.2, check_im
         skipped=skipped,
         sources=sources,
     )
+
+
+def _check_classes(root, layout_roots, class_names, groups):
+    """Refuse empty class folders and a single class; warn about classes
+    with fewer than `MIN_IMAGES_PER_CLASS` images."""
+    counts = collections.Counter(label for entries in groups.values() for _, label, _ in entries)
+    for label, name in enumerate(class_names):
+        if not counts[label]:
+            folders = [os.path.join(r, name) for r in layout_roots.values()
+                       if os.path.isdir(os.path.join(r, name))]
+            raise ValueError(
+                f"Class folder {' and '.join(repr(f) for f in folders)} has no readable image "
+                f"(extensions: {', '.join(IMAGE_EXTENSIONS)}): every sub-folder of {root!r} is a "
+                "class, so add images to it or remove it."
+            )
+    if len(class_names) == 1:
+        raise ValueError(
+            f"Image folder {root!r} has a single class folder ({class_names[0]!r}): a classifier "
+            "needs at least two classes (one sub-folder per class, PATH/CLASS/image.png)."
+        )
+    few = [f"{name} ({counts[label]})" for label, name in enumerate(class_names)
+           if counts[label] < MIN_IMAGES_PER_CLASS]
+    if few:
+        warnings.warn(
+            f"Image folder {root!r}: {len(few)} class(es) with fewer than "
+            f"{MIN_IMAGES_PER_CLASS} images: {', '.join(few[:10])}{', ...' if len(few) > 10 else ''}. "
+            "A model learns little from so few, and the validation and test splits may miss "
+            "them; add images.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def read_captions_file(path):

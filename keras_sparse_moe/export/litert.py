@@ -35,7 +35,7 @@ from keras_sparse_moe._quiet_tensorflow import quiet_if_cli
 from keras_sparse_moe.export import handover
 from keras_sparse_moe.export.float_routers import convert_int8_float_routers
 from keras_sparse_moe.export.float_routers import router_scopes
-from keras_sparse_moe.utils.io import default_permissions
+from keras_sparse_moe.utils.io import atomic_path
 
 QUANTIZATION_MODES = (None, "float16", "dynamic_int8", "int8")
 RAW_INPUT_DTYPES = ("uint8", "float32")
@@ -549,17 +549,13 @@ def _cause(error):
 
 
 def _write_atomic(path, data):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tflite", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        default_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    # Errors name `path`, not the temporary file beside it.
+    with atomic_path(path, suffix=".tflite") as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        except OSError as error:
+            raise ValueError(f"Cannot write {path!r}: {error.strerror}.") from None
 
 
 def export_litert(
@@ -737,7 +733,14 @@ def _interpreter(path, num_threads=None):
             f"aarch64 and macOS arm64). {os.fspath(path)!r} itself is complete: any LiteRT "
             "runtime can run it."
         ) from None
-    return Interpreter(model_path=os.fspath(path), num_threads=num_threads)
+    try:
+        return Interpreter(model_path=os.fspath(path), num_threads=num_threads)
+    except (ValueError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"LiteRT model {os.fspath(path)!r} cannot be read ({reason}): it is truncated, "
+            "damaged or not a .tflite file; export it again."
+        ) from None
 
 
 class LiteRTModel:

@@ -93,6 +93,28 @@ def committed_epoch(backup_dir):
     return legacy[0] if legacy else 0
 
 
+def load_trained_weights(model, path):
+    """Load the weights (and optimizer state) of the `.keras` file at `path`
+    into `model`, a built model compiled like the one saved there: how a
+    recipe continues a run from its saved trained model.
+
+    Raises:
+        ValueError naming `path` when it does not hold weights of this model.
+    """
+    from keras_sparse_moe.utils.io import check_keras_archive
+
+    check_keras_archive(path)
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"Cannot load the trained model {path!r} ({error}); delete it, or pass "
+            "overwrite=True (--overwrite) to train again."
+        ) from None
+
+
 def _is_better(mode, value, best):
     return value < best if mode == "min" else value > best
 
@@ -110,7 +132,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     When `fit` starts and `directory/backup` holds a committed epoch, the
     weights and optimizer state are restored from it and `fit` continues
     after that epoch. A run that ends normally (all epochs, or early
-    stopping) deletes `directory/backup`.
+    stopping) deletes `directory/backup`, unless `keep_backup` (then the
+    caller deletes it once it has saved the trained model: a crash in
+    between resumes after the last epoch instead of starting afresh).
 
     Args:
         directory: str, the run's output directory (created if missing).
@@ -119,6 +143,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             rest), `"min"` or `"max"`.
         save_best: bool, write `best.keras`.
         save_last: bool, write `last.keras`.
+        keep_backup: bool, keep `directory/backup` when `fit` ends.
 
     Example:
     >>> import tempfile, numpy as np, keras, os
@@ -133,7 +158,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, directory, monitor="val_loss", mode="auto", save_best=True,
-                 save_last=True):
+                 save_last=True, keep_backup=False):
         super().__init__()
         if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
             raise ValueError(
@@ -156,6 +181,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.mode = mode
         self.save_best = bool(save_best)
         self.save_last = bool(save_last)
+        self.keep_backup = bool(keep_backup)
         self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = None
         self._warned_missing = False
@@ -253,5 +279,5 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         # Only reached when fit() returns normally: the run is finished.
-        if os.path.isdir(self.backup_dir):
+        if not self.keep_backup and os.path.isdir(self.backup_dir):
             shutil.rmtree(self.backup_dir, ignore_errors=True)

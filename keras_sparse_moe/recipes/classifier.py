@@ -30,6 +30,7 @@ settings and state of the run), `log.csv`, `best.keras`, `last.keras`,
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 
@@ -47,7 +48,10 @@ from keras_sparse_moe.recipes.run_state import MODEL_FILE
 from keras_sparse_moe.recipes.run_state import PRESET_DIR
 from keras_sparse_moe.recipes.run_state import RUN_ARTIFACTS
 from keras_sparse_moe.recipes.run_state import RUN_FILE
+from keras_sparse_moe.recipes.run_lock import exclusive_run
 from keras_sparse_moe.recipes.run_state import check_previous_run
+from keras_sparse_moe.recipes.run_state import completed_stages
+from keras_sparse_moe.recipes.run_state import record_stage
 from keras_sparse_moe.utils.io import atomic_save_model
 from keras_sparse_moe.utils.io import check_writable_directory
 from keras_sparse_moe.utils.io import load_keras_file
@@ -342,6 +346,39 @@ def _datasets(model, data, batch_size, augment, seed, validation_fraction, data_
             "evaluated on it (for image-text data use the dual encoder recipe)."
         )
     return datasets
+
+
+def check_labels(datasets, num_classes):
+    """Check, before training, that every label of a `Datasets`' splits is a
+    class index in `[0, num_classes)` (a label outside would be trained on
+    silently: an all-zero one-hot target, or garbage on some backends).
+
+    Raises:
+        ValueError naming the split, the label and the class count.
+
+    Example:
+    >>> import numpy as np
+    >>> from keras_sparse_moe.data import Datasets, DatasetInfo, make_pipeline
+    >>> train = make_pipeline(np.zeros((4, 8, 8, 1)), np.array([0, 1, 2, 50]), batch_size=2)
+    >>> info = DatasetInfo("mine", "arrays", 10, tuple(str(i) for i in range(10)), {"train": 4})
+    >>> check_labels(Datasets(train, None, None, info), 10)
+    Traceback (most recent call last):
+    ...
+    ValueError: The train split of dataset 'mine' has label 50, but the model has 10 classes: labels must be class indices 0..9.
+    """
+    for split in ("train", "validation", "test"):
+        ds = getattr(datasets, split)
+        if ds is None:
+            continue
+        for _, labels in ds:
+            labels = np.asarray(labels)
+            bad = labels[(labels < 0) | (labels >= num_classes)]
+            if bad.size:
+                raise ValueError(
+                    f"The {split} split of dataset {datasets.info.spec!r} has label "
+                    f"{bad.flat[0]}, but the model has {num_classes} classes: labels must be "
+                    f"class indices 0..{num_classes - 1}."
+                )
 
 
 def _small(data):
@@ -656,6 +693,7 @@ def _steps_per_epoch(info, train, batch_size, max_batches):
     return max(1, steps)
 
 
+@exclusive_run
 def train_classifier(
     preset=DEFAULT_PRESET,
     data="digits",
@@ -680,9 +718,14 @@ def train_classifier(
     split (`train` calls this for classifiers).
 
     Re-running with the same `output_dir` resumes an interrupted run after
-    its last finished epoch (the settings must match); re-running a finished
-    run returns its metrics without training (`overwrite=True` starts
-    afresh).
+    its last finished epoch (the settings must match); a run interrupted
+    after training (during the evaluation or the saves) is completed without
+    training again; re-running a finished run returns its metrics without
+    training (`overwrite=True` starts afresh). The run holds `output_dir`
+    (`run.lock`) while it lasts: a second run into the same directory fails
+    at once (`RunDirectoryLocked`, naming the holder's PID and host). The
+    run stops with a `NonFiniteLossError` naming the epoch and step when the
+    loss becomes NaN or infinite.
 
     Args:
         preset: preset name (e.g. `"moe_vit_tiny"`), preset directory or
@@ -774,8 +817,10 @@ def train_classifier(
     import keras
 
     from keras_sparse_moe.callbacks import RoutingStatistics
+    from keras_sparse_moe.recipes.checkpoints import load_trained_weights
     from keras_sparse_moe.recipes.training import SparseCategoricalCrossentropyWithSmoothing
     from keras_sparse_moe.recipes.training import make_callbacks
+    from keras_sparse_moe.recipes.training import read_log
 
     if config.deterministic:
         from keras_sparse_moe.utils.determinism import enable_deterministic_ops
@@ -794,6 +839,8 @@ def train_classifier(
         raise
     if train is None:
         raise ValueError(f"Dataset {data!r} has no training split.")
+    if datasets is not None:  # ready pipelines: their labels are the caller's
+        check_labels(datasets, info.num_classes)
     if test is None and validation is None:
         logger.warning(
             "Dataset %s has neither a test nor a validation split with these options (too few "
@@ -842,49 +889,73 @@ def train_classifier(
     monitor = "val_loss" if validation is not None else "loss"
     # RoutingStatistics first: it adds its values to the epoch logs that the
     # CSV logger and the checkpoints then see.
-    fit_callbacks = [RoutingStatistics()] + make_callbacks(
-        output_dir,
-        early_stopping_patience=config.early_stopping_patience,
-        monitor=monitor,
-        extra=list(callbacks),
-    )
-    resumed_from = _backup_epoch(output_dir) if state == "resume" else 0
-    if resumed_from:
-        logger.info("Resuming %s after epoch %d of %d.", output_dir, resumed_from, epochs)
     counts = param_counts(model)
-    logger.info(
-        "Training %s (%s parameters, %s active per token) on %s for %d epochs (%d steps "
-        "each), batch %d, backend %s.", preset_label, f"{counts['total']:,}",
-        f"{counts['active']:,}", data, epochs, steps, batch_size, keras.backend.backend(),
-    )
-    write_json(os.path.join(output_dir, RUN_FILE), {"status": "running", "settings": settings})
-    train_start = time.time()
-    with warnings.catch_warnings():
-        # The tf.data pipeline shuffles itself; Keras warns that `shuffle` is ignored.
-        warnings.filterwarnings("ignore", message=r".*shuffle=True.*")
-        history = model.fit(
-            train,
-            validation_data=validation,
-            epochs=epochs,
-            callbacks=fit_callbacks,
-            verbose=verbose,
-        )
-    train_time = time.time() - train_start
-    epochs_run = _logged_epochs(output_dir)
     artifacts = {"model": os.path.join(output_dir, MODEL_FILE)}
-    atomic_save_model(model, artifacts["model"])
+    stages = completed_stages(output_dir) if state == "trained" else {}
+    if state == "trained":
+        logger.info("%s holds a run whose training has finished; completing it without "
+                    "training again.", output_dir)
+        load_trained_weights(model, artifacts["model"])
+        fit_record = stages["fit"]
+    else:
+        fit_callbacks = [RoutingStatistics()] + make_callbacks(
+            output_dir,
+            early_stopping_patience=config.early_stopping_patience,
+            monitor=monitor,
+            extra=list(callbacks),
+            keep_backup=True,
+            terminate_on_nan=True,
+        )
+        resumed_from = _backup_epoch(output_dir) if state == "resume" else 0
+        if resumed_from:
+            logger.info("Resuming %s after epoch %d of %d.", output_dir, resumed_from, epochs)
+        logger.info(
+            "Training %s (%s parameters, %s active per token) on %s for %d epochs (%d steps "
+            "each), batch %d, backend %s.", preset_label, f"{counts['total']:,}",
+            f"{counts['active']:,}", data, epochs, steps, batch_size, keras.backend.backend(),
+        )
+        write_json(os.path.join(output_dir, RUN_FILE), {"status": "running", "settings": settings})
+        train_start = time.time()
+        with warnings.catch_warnings():
+            # The tf.data pipeline shuffles itself; Keras warns that `shuffle` is ignored.
+            warnings.filterwarnings("ignore", message=r".*shuffle=True.*")
+            history = model.fit(
+                train,
+                validation_data=validation,
+                epochs=epochs,
+                callbacks=fit_callbacks,
+                verbose=verbose,
+            )
+        fit_record = {
+            "epochs_run": _logged_epochs(output_dir),
+            "resumed_from_epoch": resumed_from,
+            "train_time_s": time.time() - train_start,
+            # (Empty when all epochs were done before an interruption.)
+            "history": {k: float(v[-1]) for k, v in history.history.items() if v}
+            or {k: v[-1] for k, v in read_log(os.path.join(output_dir, LOG_FILE)).items() if v},
+        }
+        # Commit point: from here on a re-run completes this run without training.
+        atomic_save_model(model, artifacts["model"])
+        record_stage(output_dir, settings, "fit", fit_record, status="trained")
+        shutil.rmtree(os.path.join(output_dir, BACKUP_DIR), ignore_errors=True)
     if save_preset:
         from keras_sparse_moe.presets import save_to_preset
 
-        artifacts["preset"] = save_to_preset(model, os.path.join(output_dir, PRESET_DIR))
+        preset_dir = os.path.join(output_dir, PRESET_DIR)
+        if "preset" not in stages or not os.path.isdir(preset_dir):
+            save_to_preset(model, preset_dir)
+            record_stage(output_dir, settings, "preset")
+        artifacts["preset"] = os.path.abspath(preset_dir)
     eval_ds = test if test is not None else validation
     eval_split = "test" if test is not None else "validation"
     report, routing = ({}, {})
-    if eval_ds is not None:
+    if "evaluation" in stages:
+        report, routing = stages["evaluation"]["report"], stages["evaluation"]["routing"]
+    elif eval_ds is not None:
         logger.info("Evaluating on the %s split ...", eval_split)
         report, routing = _evaluate(model, eval_ds, info, batch_size, routing_examples,
                                     single_image_latency)
-    last_logs = {k: float(v[-1]) for k, v in history.history.items() if v}
+        record_stage(output_dir, settings, "evaluation", {"report": report, "routing": routing})
     metrics = {
         "model": preset_label,
         "data": data,
@@ -894,11 +965,11 @@ def train_classifier(
         "params_active": counts["active"],
         "flops_per_example": counts.get("flops"),
         **_environment(),
-        "epochs_run": epochs_run,
-        "resumed_from_epoch": resumed_from,
-        "train_time_s": train_time,
+        "epochs_run": fit_record["epochs_run"],
+        "resumed_from_epoch": fit_record["resumed_from_epoch"],
+        "train_time_s": fit_record["train_time_s"],
         "wall_time_s": time.time() - start,
-        "history": last_logs,
+        "history": fit_record["history"],
         "per_class": report.get("per_class", []),
         "confusion_matrix": report.get("confusion_matrix", []),
         "routing": routing,
@@ -912,7 +983,7 @@ def train_classifier(
         artifacts.update(plot_run(output_dir, routing, info.class_names, title=preset_label))
     metrics["wall_time_s"] = time.time() - start
     write_json(os.path.join(output_dir, METRICS_FILE), metrics)
-    write_json(os.path.join(output_dir, RUN_FILE), {"status": "finished", "settings": settings})
+    record_stage(output_dir, settings, "metrics", status="finished")
     logger.info(
         "%s: %s accuracy %.4f, macro-F1 %.4f (%d images); wrote %s.", preset_label, eval_split,
         metrics.get("accuracy", float("nan")), metrics.get("macro_f1", float("nan")),

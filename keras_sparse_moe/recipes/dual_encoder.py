@@ -23,6 +23,7 @@ directory), `metrics.json`, `log.csv`, `best.keras`, `last.keras`, `backup/`
 
 import logging
 import os
+import shutil
 import time
 
 import numpy as np
@@ -30,6 +31,8 @@ import numpy as np
 from keras_sparse_moe.models.moe_dual_encoder import class_text_embeddings
 from keras_sparse_moe.models.moe_dual_encoder import load_dual_encoder
 from keras_sparse_moe.models.moe_dual_encoder import pack_prompts  # noqa: F401 - part of this module's API
+from keras_sparse_moe.recipes.run_lock import exclusive_run
+from keras_sparse_moe.recipes.run_state import BACKUP_DIR
 from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.recipes.run_state import METRICS_FILE
 from keras_sparse_moe.recipes.run_state import MODEL_FILE
@@ -37,6 +40,8 @@ from keras_sparse_moe.recipes.run_state import PRESET_DIR
 from keras_sparse_moe.recipes.run_state import RUN_ARTIFACTS
 from keras_sparse_moe.recipes.run_state import RUN_FILE
 from keras_sparse_moe.recipes.run_state import check_previous_run
+from keras_sparse_moe.recipes.run_state import completed_stages
+from keras_sparse_moe.recipes.run_state import record_stage
 from keras_sparse_moe.utils.io import atomic_save_model
 from keras_sparse_moe.utils.io import check_writable_directory
 from keras_sparse_moe.utils.io import read_json
@@ -243,6 +248,7 @@ def image_routing_by_class(model, data="digits", split="test", max_images=512, d
     return routing, [str(n) for n in info.class_names]
 
 
+@exclusive_run
 def train_dual_encoder(
     preset=DEFAULT_PRESET,
     data="digits",
@@ -264,7 +270,14 @@ def train_dual_encoder(
     its last finished epoch (`make_callbacks`: crash-safe per-epoch
     checkpoints) and returns a finished run's metrics without training; a
     run with different settings there is refused (`overwrite=True` starts
-    afresh). `run.json` records the settings and whether the run finished.
+    afresh). `run.json` records the settings and the stages done: a run
+    interrupted after training (during the evaluation or the saves) is
+    completed without training again (with `save=True`, which keeps the
+    trained model in `model.keras`). The run holds `output_dir` (`run.lock`)
+    while it lasts: a second run into the same directory fails at once
+    (`RunDirectoryLocked`, naming the holder's PID and host). Training stops
+    with a `NonFiniteLossError` naming the epoch and step when the loss
+    becomes NaN or infinite.
 
     Args:
         preset: preset name or directory, `.keras` file or model
@@ -307,6 +320,7 @@ def train_dual_encoder(
     """
     import keras
 
+    from keras_sparse_moe.recipes.checkpoints import load_trained_weights
     from keras_sparse_moe.recipes.config import TrainingConfig
     from keras_sparse_moe.recipes.training import make_callbacks
     from keras_sparse_moe.recipes.training import read_log
@@ -368,24 +382,45 @@ def train_dual_encoder(
         if max_batches is not None:
             val_pairs = val_pairs.take(max_batches)
         monitor = "val_loss"
-    initial_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
-    write_json(os.path.join(output_dir, RUN_FILE), {"status": "running", "settings": settings})
-    start = time.time()
-    model.fit(
-        train_pairs,
-        validation_data=val_pairs,
-        epochs=epochs,
-        callbacks=make_callbacks(output_dir, early_stopping_patience=config.early_stopping_patience,
-                                 monitor=monitor, extra=list(callbacks)),
-        shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras would warn otherwise
-        verbose=verbose,
-    )
-    train_seconds = time.time() - start
-    final_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
-
-    zero_shot = evaluate_zero_shot(model, data, templates=templates, split="test",
-                                   data_options=data_options) if labelled else {
-        "zero_shot_accuracy": None}
+    model_file = os.path.join(output_dir, MODEL_FILE)
+    stages = completed_stages(output_dir) if state == "trained" and save else {}
+    if stages:
+        logger.info("%s holds a run whose training has finished; completing it without "
+                    "training again.", output_dir)
+        load_trained_weights(model, model_file)
+        initial_loss, train_seconds = stages["fit"]["initial_loss"], stages["fit"]["train_seconds"]
+    else:
+        initial_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
+        write_json(os.path.join(output_dir, RUN_FILE), {"status": "running", "settings": settings})
+        start = time.time()
+        model.fit(
+            train_pairs,
+            validation_data=val_pairs,
+            epochs=epochs,
+            callbacks=make_callbacks(
+                output_dir, early_stopping_patience=config.early_stopping_patience,
+                monitor=monitor, extra=list(callbacks), keep_backup=save, terminate_on_nan=True),
+            shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras would warn otherwise
+            verbose=verbose,
+        )
+        train_seconds = time.time() - start
+        if save:
+            # Commit point: from here on a re-run completes this run without training.
+            atomic_save_model(model, model_file)
+            record_stage(output_dir, settings, "fit",
+                         {"initial_loss": initial_loss, "train_seconds": train_seconds},
+                         status="trained")
+            shutil.rmtree(os.path.join(output_dir, BACKUP_DIR), ignore_errors=True)
+    if "evaluation" in stages:
+        final_loss, zero_shot = stages["evaluation"]["final_loss"], stages["evaluation"]["zero_shot"]
+    else:
+        final_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
+        zero_shot = evaluate_zero_shot(model, data, templates=templates, split="test",
+                                       data_options=data_options) if labelled else {
+            "zero_shot_accuracy": None}
+        if save:
+            record_stage(output_dir, settings, "evaluation",
+                         {"final_loss": final_loss, "zero_shot": zero_shot})
     metrics = {
         "preset": preset if isinstance(preset, str) else type(preset).__name__,
         "data": data,
@@ -401,11 +436,11 @@ def train_dual_encoder(
         "history": read_log(os.path.join(output_dir, LOG_FILE)),
         **zero_shot,
     }
-    if save:
+    if save and ("preset" not in stages or not os.path.isdir(os.path.join(output_dir, PRESET_DIR))):
         from keras_sparse_moe.presets import save_to_preset
 
-        atomic_save_model(model, os.path.join(output_dir, MODEL_FILE))
         save_to_preset(model, os.path.join(output_dir, PRESET_DIR))
+        record_stage(output_dir, settings, "preset")
     metrics["figures"] = []
     if plots:
         from keras_sparse_moe.recipes.plots import plot_run
@@ -416,5 +451,8 @@ def train_dual_encoder(
             output_dir, routing, names, title=settings["preset"],
             heatmap_title=f"{settings['preset']}: image tokens per class and expert").values())
     write_json(os.path.join(output_dir, METRICS_FILE), metrics)
-    write_json(os.path.join(output_dir, RUN_FILE), {"status": "finished", "settings": settings})
+    if save:
+        record_stage(output_dir, settings, "metrics", status="finished")
+    else:
+        write_json(os.path.join(output_dir, RUN_FILE), {"status": "finished", "settings": settings})
     return metrics

@@ -1,21 +1,29 @@
-"""The state of a recipe's output directory: fresh, interrupted or finished.
+"""The state of a recipe's output directory: fresh, interrupted, trained or
+finished.
 
-Every recipe writes `run.json` (`{"status": "running" | "finished",
-"settings": {...}}`) into its output directory before training and again when
-it finishes. Calling the recipe again with the same directory then
+Every recipe writes `run.json` (`{"status": "running" | "trained" |
+"finished", "settings": {...}, "stages": {...}}`) into its output directory
+before training, when `fit` has ended and the trained model is saved
+(`"trained"`), after each later stage (evaluation, preset, ...) and when it
+finishes. Calling the recipe again with the same directory then
 
 - continues an interrupted run (`"resume"`: its `backup/` holds the last
   committed epoch) when the settings that shape training are unchanged;
+- completes a run interrupted after `fit` (`"trained"`: `model.keras` holds
+  the trained model) without training again: only the stages that
+  `run.json` does not record as done are run;
 - returns the finished run's `metrics.json` without training (`"finished"`);
 - refuses different settings with a `ValueError` that lists them, instead of
   mixing two runs' checkpoints and logs, unless `overwrite=True` deletes the
   earlier run's files first (and only those).
 """
 
+import glob
 import os
 import shutil
 
 from keras_sparse_moe.utils.io import read_json
+from keras_sparse_moe.utils.io import write_json
 
 # The files a training recipe writes into its output directory.
 RUN_FILE = "run.json"
@@ -96,4 +104,76 @@ def check_previous_run(output_dir, settings, *, keys, artifacts, overwrite=False
         )
     if status == "finished" and os.path.isfile(os.path.join(output_dir, METRICS_FILE)):
         return "finished"
+    if (status == "trained" and isinstance(previous.get("stages"), dict)
+            and "fit" in previous["stages"] and os.path.isfile(os.path.join(output_dir, MODEL_FILE))):
+        return "trained"
     return "resume" if backup else "fresh"
+
+
+def completed_stages(output_dir):
+    """The stages `run.json` in `output_dir` records as done: a dict
+    `{stage: its results}` (empty for a fresh run).
+
+    Example:
+    >>> import tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> record_stage(directory, {"epochs": 1}, "fit", {"epochs_run": 1}, status="trained")
+    >>> completed_stages(directory)
+    {'fit': {'epochs_run': 1}}
+    """
+    previous = read_json(os.path.join(output_dir, RUN_FILE))
+    stages = previous.get("stages") if isinstance(previous, dict) else None
+    return dict(stages) if isinstance(stages, dict) else {}
+
+
+def record_stage(output_dir, settings, stage, results=True, status=None):
+    """Record in `run.json` that `stage` is done, with its `results` (a JSON
+    value a resumed run reuses instead of running the stage again);
+    `status` replaces the run's status when given."""
+    previous = read_json(os.path.join(output_dir, RUN_FILE))
+    previous = previous if isinstance(previous, dict) else {}
+    stages = completed_stages(output_dir)
+    stages[stage] = results
+    write_json(os.path.join(output_dir, RUN_FILE), {
+        "status": status or previous.get("status", "running"),
+        "settings": settings,
+        "stages": stages,
+    })
+
+
+def remove_stale_files(output_dir):
+    """Delete what an interrupted run can leave half-done in `output_dir`:
+    temporary files and directories of atomic writes (`.tmp-*`, `.old-*`,
+    in the directory and in `backup/`), and rows of `log.csv` for epochs
+    that `backup/` does not hold (logged just before a crash; the resumed
+    run trains those epochs again).
+
+    Call it only while holding the directory's `RunLock` (another run's
+    temporary files are not stale).
+
+    Example:
+    >>> import os, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(directory, ".tmp-abc.keras"), "w").write("half")
+    >>> remove_stale_files(directory)
+    >>> os.listdir(directory)
+    []
+    """
+    if not os.path.isdir(output_dir):
+        return
+    for directory in (output_dir, os.path.join(output_dir, BACKUP_DIR)):
+        for path in glob.glob(os.path.join(directory, ".tmp-*")) + glob.glob(
+                os.path.join(directory, ".old-*")):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.remove(path)
+    log = os.path.join(output_dir, LOG_FILE)
+    backup = os.path.join(output_dir, BACKUP_DIR)
+    if os.path.isfile(log) and os.path.isdir(backup):
+        from keras_sparse_moe.recipes.checkpoints import committed_epoch
+        from keras_sparse_moe.recipes.training import truncate_csv_log
+
+        epochs = committed_epoch(backup)
+        if epochs:
+            truncate_csv_log(log, epochs)

@@ -1,6 +1,7 @@
 """Building blocks shared by the recipes: AdamW with warmup + cosine decay,
 label-smoothed sparse cross-entropy, and the callbacks of a resumable run."""
 
+import math
 import os
 
 import keras
@@ -121,6 +122,47 @@ class SparseCategoricalCrossentropyWithSmoothing(keras.losses.Loss):
         return config
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop `fit` with a `NonFiniteLossError` naming the epoch and step at
+    which the training loss became NaN or infinite (Keras' `TerminateOnNaN`
+    ends `fit` quietly, and the run would then be evaluated and saved as if
+    it had trained).
+
+    Example:
+    >>> import numpy as np, keras
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> x, y = np.array([[1.0, np.nan]] * 4), np.ones((4, 1))
+    >>> model.fit(x, y, batch_size=2, verbose=0, callbacks=[StopOnNonFiniteLoss()])
+    Traceback (most recent call last):
+    ...
+    keras_sparse_moe.recipes.training.NonFiniteLossError: The training loss is nan at epoch 1, step 1: ...
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        loss = float(ops.convert_to_numpy(loss))
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"The training loss is {loss} at epoch {self._epoch + 1}, step {batch + 1}: "
+                "training stopped. Check the data for NaN or infinite values, or lower the "
+                "learning rate; re-running resumes after the last finished epoch."
+            )
+
+
 class _ResumableCSVLogger(keras.callbacks.CSVLogger):
     """`CSVLogger` appending to the log of an interrupted run after dropping
     the rows of epochs that run did not commit (an epoch logged just before a
@@ -136,7 +178,7 @@ class _ResumableCSVLogger(keras.callbacks.CSVLogger):
         if os.path.isfile(self.filename):
             epochs = committed_epoch(self.backup_dir)
             if epochs:
-                _truncate_csv_log(self.filename, epochs)
+                truncate_csv_log(self.filename, epochs)
             else:
                 # A run that starts from scratch replaces the log of an
                 # earlier run in the same directory (header included).
@@ -177,7 +219,7 @@ def _number(text):
         return float("nan")
 
 
-def _truncate_csv_log(path, epochs):
+def truncate_csv_log(path, epochs):
     """Keep the header and the rows of epochs `0 .. epochs - 1` (atomically)."""
     import csv
 
@@ -230,7 +272,8 @@ class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             self.best_weights = keras.saving.load_model(best_file, compile=False).get_weights()
 
 
-def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss", extra=()):
+def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss", extra=(),
+                   keep_backup=False, terminate_on_nan=False):
     """Callbacks of a resumable run writing into `output_dir`.
 
     - `CSVLogger` (`output_dir/log.csv`, appended on resume; rows of epochs
@@ -249,6 +292,11 @@ def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss",
         early_stopping_patience: int or None.
         monitor: metric watched by the best checkpoint and early stopping.
         extra: more callbacks to append.
+        keep_backup: keep `output_dir/backup/` when `fit` ends (the caller
+            deletes it once the trained model is saved).
+        terminate_on_nan: stop training with a `FloatingPointError` naming
+            the epoch and step when the loss is NaN or infinite
+            (`StopOnNonFiniteLoss`, first in the list).
 
     Example:
     >>> import tempfile
@@ -258,8 +306,9 @@ def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss",
     from keras_sparse_moe.recipes.checkpoints import ResumableCheckpoint
 
     os.makedirs(output_dir, exist_ok=True)
-    checkpoint = ResumableCheckpoint(output_dir, monitor=monitor)
-    callbacks = [
+    checkpoint = ResumableCheckpoint(output_dir, monitor=monitor, keep_backup=keep_backup)
+    callbacks = [StopOnNonFiniteLoss()] if terminate_on_nan else []
+    callbacks += [
         # Before the checkpoint: an epoch's row is on disk before the epoch
         # is committed, so a crash never loses a committed epoch's row.
         _ResumableCSVLogger(os.path.join(output_dir, LOG_FILE), checkpoint.backup_dir),

@@ -171,10 +171,88 @@ def atomic_save_model(model, path):
         model.save(tmp)
 
 
+def _reason(error):
+    """The useful part of an h5py / zipfile error: h5py's message in
+    parentheses ("truncated file: eof = ..."), else the first line."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    start, end = text.find("("), text.rfind(")")
+    return text[start + 1:end] if 0 <= start < end else text
+
+
+def check_hdf5_file(path, what="Weights file"):
+    """Raise a `ValueError` naming `path` unless it is an HDF5 file that
+    opens (an empty, truncated or overwritten `.weights.h5` file fails here
+    with one line instead of an h5py traceback).
+
+    Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.weights.h5")
+    >>> _ = open(path, "wb").write(b"\\x89HDF\\r\\n\\x1a\\n" + bytes(8))
+    >>> check_hdf5_file(path)
+    Traceback (most recent call last):
+    ...
+    ValueError: Weights file '...model.weights.h5' is truncated or corrupt (...); it cannot be read.
+    """
+    import h5py
+
+    path = os.fspath(path)
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"{what} {path!r} is truncated or corrupt ({_reason(error)}); it cannot be read."
+        ) from None
+
+
+def check_keras_archive(path):
+    """Raise unless `path` is a complete `.keras` archive: a missing file
+    (`FileNotFoundError`), a file that is not a zip archive, or one whose
+    members are truncated or damaged (`ValueError`), each naming the file.
+
+    Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "notes.keras")
+    >>> _ = open(path, "w").write("not a model")
+    >>> check_keras_archive(path)
+    Traceback (most recent call last):
+    ...
+    ValueError: ... is not a Keras model file: a .keras file is a zip archive saved by model.save(); this one is not (empty, text or truncated?).
+    """
+    import zipfile
+    import zlib
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path!r}.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path!r} is not a Keras model file: a .keras file is a zip archive saved by "
+            "model.save(); this one is not (empty, text or truncated?)."
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
+        raise ValueError(f"Keras model file {path!r} is damaged ({_reason(error)}).") from None
+    if damaged is not None:
+        raise ValueError(
+            f"Keras model file {path!r} is damaged: its member {damaged!r} does not match its "
+            "checksum (truncated or overwritten?)."
+        )
+    if "config.json" not in names:
+        raise ValueError(
+            f"{path!r} is not a Keras model file: the archive has no config.json (a .keras "
+            "file is written by model.save())."
+        )
+
+
 def load_keras_file(path, **kwargs):
     """`keras.saving.load_model(path, safe_mode=True, **kwargs)` with clear
-    errors: a missing file, or a file that is not a `.keras` archive (empty,
-    text, truncated), is named as such instead of Keras's "File not found".
+    errors: a missing file, a file that is not a `.keras` archive (empty,
+    text, truncated) or a damaged one is named as such instead of Keras's
+    "File not found" or an h5py traceback.
 
     Example:
     >>> import os, tempfile
@@ -185,20 +263,18 @@ def load_keras_file(path, **kwargs):
     ...
     ValueError: ... is not a Keras model file: a .keras file is a zip archive saved by model.save(); this one is not (empty, text or truncated?).
     """
-    import zipfile
-
     import keras
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No model file at {path!r}.")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{path!r} is not a Keras model file: a .keras file is a zip archive saved by "
-            "model.save(); this one is not (empty, text or truncated?)."
-        )
+    check_keras_archive(path)
     kwargs.setdefault("safe_mode", True)
-    return keras.saving.load_model(path, **kwargs)
+    try:
+        return keras.saving.load_model(path, **kwargs)
+    except OSError as error:  # h5py: a damaged weights file inside the archive
+        raise ValueError(
+            f"Keras model file {path!r} is damaged: its weights cannot be read "
+            f"({_reason(error)})."
+        ) from None
 
 
 @contextlib.contextmanager

@@ -151,3 +151,29 @@ def test_class_folder_without_captions_file_uses_class_templates(tmp_path):
     names = [CLASSES[i] for i in batch["labels"].numpy()]
     assert [c.decode() for c in batch["captions"].numpy()] == [f"a picture of a {n}" for n in names]
     assert info.zero_shot_prompts(["a {}"]) == [["a circle"], ["a square"], ["a triangle"]]
+
+
+def _classes(root, counts):
+    for name, count in counts.items():
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(count):
+            _save(os.path.join(root, name, f"{i}.png"), 10 * i, (6, 6))
+
+
+@pytest.mark.single_backend
+def test_empty_class_folder_and_single_class_are_errors_naming_the_folder(tmp_path):
+    _classes(tmp_path, {"cat": 6, "dog": 6, "empty": 0})
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=rf"Class folder '{tmp_path / 'empty'}' has no readable image"):
+        build_datasets(f"folder:{tmp_path}")
+    single = tmp_path / "single"
+    _classes(single, {"cat": 6})
+    with pytest.raises(ValueError, match=rf"Image folder '{single}' has a single class folder \('cat'\)"):
+        build_datasets(f"folder:{single}")
+
+
+@pytest.mark.single_backend
+def test_classes_with_fewer_than_five_images_warn(tmp_path):
+    _classes(tmp_path, {"cat": 6, "dog": 2})
+    with pytest.warns(UserWarning, match=r"1 class\(es\) with fewer than 5 images: dog \(2\)"):
+        build_datasets(f"folder:{tmp_path}", batch_size=2)
