@@ -8,6 +8,7 @@ an accelerator or several hosts, minutes of training, or the reader's own
 files (docs/architecture.md, "Code in the docs").
 """
 
+import json
 import os
 import re
 import subprocess
@@ -19,14 +20,33 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FENCE = re.compile(r"^```python(?P<info>[^\n]*)\n(?P<code>.*?)^```\s*$", re.M | re.S)
 
-# Runs each block of FILE (argv[1]) in one namespace; a failure names FILE:LINE.
+# Runs the blocks of each FILE (argv[2:]) in order in one namespace per file,
+# in a working directory of its own under argv[1] (with links to the
+# repository's folders, so that paths from the repository root work), and writes
+# {FILE: [seconds, error or None]} as JSON to argv[1]/results.json. One process
+# for all files: Keras, keras-hub and the package are imported once.
 _RUNNER = """
-import sys
+import json, os, sys, time, traceback
 from tests.test_docs_code_blocks import python_blocks
-namespace = {"__name__": "__docs__"}
-for line, code, sketch in python_blocks(sys.argv[1]):  # noqa
-    if not sketch:
-        exec(compile(code, f"{sys.argv[1]}:{line}", "exec"), namespace)
+root, results = sys.argv[1], {}
+repository = os.getcwd()
+for index, path in enumerate(sys.argv[2:]):
+    cwd = os.path.join(root, str(index))
+    os.makedirs(cwd)
+    for name in ("benchmarks", "examples", "recipes", "tests", "tools"):  # paths from the root
+        os.symlink(os.path.join(repository, name), os.path.join(cwd, name))
+    os.chdir(cwd)
+    namespace = {"__name__": "__docs__"}
+    start, error = time.time(), None
+    try:
+        for line, code, sketch in python_blocks(path):
+            if not sketch:
+                exec(compile(code, f"{path}:{line}", "exec"), namespace)
+    except BaseException:
+        error = "\\n".join(traceback.format_exc().strip().splitlines()[-12:])
+    results[path] = [time.time() - start, error]
+with open(os.path.join(root, "results.json"), "w") as handle:
+    json.dump(results, handle)
 """
 
 
@@ -57,12 +77,25 @@ def test_blocks_are_found_and_the_convention_is_documented():
         assert "```python sketch" in handle.read()
 
 
-@pytest.mark.single_backend
-@pytest.mark.parametrize("path", [p for p in doc_files()
-                                  if any(not sketch for _, _, sketch in python_blocks(p))])
-def test_python_blocks_run(path, tmp_path):
+RUNNABLE = [p for p in doc_files() if any(not sketch for _, _, sketch in python_blocks(p))]
+
+
+@pytest.fixture(scope="module")
+def block_results(tmp_path_factory):
+    """{file: [seconds, error or None]} of running every runnable file."""
+    root = str(tmp_path_factory.mktemp("docs"))
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(),
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-c", _RUNNER, path], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, "\n".join(result.stderr.strip().splitlines()[-12:])
+    result = subprocess.run([sys.executable, "-c", _RUNNER, root, *RUNNABLE], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=1800)
+    path = os.path.join(root, "results.json")
+    assert os.path.isfile(path), "\n".join(result.stderr.strip().splitlines()[-12:])
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@pytest.mark.single_backend
+@pytest.mark.parametrize("path", RUNNABLE)
+def test_python_blocks_run(path, block_results):
+    seconds, error = block_results[path]
+    assert error is None, error
