@@ -9,7 +9,6 @@ layer contract with the small configs of tests/configs.py."""
 
 import keras
 import numpy as np
-import pytest
 from absl.testing import parameterized
 from keras_hub.src.tests.test_case import TestCase
 
