@@ -17,13 +17,14 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_preprocessor import (
     MoEDualEncoderPreprocessor,
 )
+from keras_sparse_moe.models.shuffled_fit import ShuffledFitMixin
 from keras_sparse_moe.models.task_compile import CompileConfigMixin
 from keras_sparse_moe.presets import PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
 class MoEDualEncoderContrastive(
-    CompileConfigMixin, DualEncoderInputChecks, PresetMixin, Task
+    CompileConfigMixin, DualEncoderInputChecks, ShuffledFitMixin, PresetMixin, Task
 ):
     """Trains a dual encoder on batches of matching image-caption pairs.
 

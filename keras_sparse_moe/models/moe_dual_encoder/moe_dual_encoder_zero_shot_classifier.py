@@ -21,13 +21,14 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_preprocessor import (
     MoEDualEncoderPreprocessor,
 )
+from keras_sparse_moe.models.shuffled_fit import ShuffledFitMixin
 from keras_sparse_moe.models.task_compile import CompileConfigMixin
 from keras_sparse_moe.presets import PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
 class MoEDualEncoderZeroShotClassifier(
-    CompileConfigMixin, DualEncoderInputChecks, PresetMixin, Task
+    CompileConfigMixin, DualEncoderInputChecks, ShuffledFitMixin, PresetMixin, Task
 ):
     """Zero-shot image classifier from a dual encoder (CLIP-style prompt
     ensembling, Radford et al. 2021).

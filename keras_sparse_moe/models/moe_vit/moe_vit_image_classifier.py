@@ -13,6 +13,7 @@ from keras_sparse_moe.models.moe_vit.moe_vit_image_classifier_preprocessor impor
     MoEViTImageClassifierPreprocessor,
 )
 from keras_sparse_moe.models.raw_image_input import InputRangeCheckMixin
+from keras_sparse_moe.models.shuffled_fit import ShuffledFitMixin
 from keras_sparse_moe.models.task_compile import CompileConfigMixin
 from keras_sparse_moe.presets import PresetMixin
 from keras_sparse_moe.utils.validation import check_choice
@@ -20,7 +21,8 @@ from keras_sparse_moe.utils.validation import check_int
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
-class MoEViTImageClassifier(InputRangeCheckMixin, CompileConfigMixin, PresetMixin, ImageClassifier):
+class MoEViTImageClassifier(InputRangeCheckMixin, ShuffledFitMixin, CompileConfigMixin, PresetMixin,
+                            ImageClassifier):
     """Classifies images with a `MoEViTBackbone`: pool the tokens (class
     token, or mean of the patch tokens), dropout, then a `Dense` head.
 
