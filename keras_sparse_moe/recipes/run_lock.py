@@ -14,11 +14,18 @@ same host is taken over, one left by another host must be deleted by hand.
 
 import datetime
 import functools
+import glob
 import inspect
 import json
 import logging
 import os
+import shutil
 import socket
+
+from keras_sparse_moe.recipes.checkpoints import committed_epoch
+from keras_sparse_moe.recipes.run_state import BACKUP_DIR
+from keras_sparse_moe.recipes.run_state import LOG_FILE
+from keras_sparse_moe.recipes.training import truncate_csv_log
 
 try:
     import fcntl
@@ -192,7 +199,6 @@ def exclusive_run(function):
     anything into it, the empty directory is removed again. An `output_dir`
     that is not a usable directory is left to the recipe's own checks.
     """
-    from keras_sparse_moe.recipes.run_state import remove_stale_files
     from keras_sparse_moe.utils.io import check_writable_directory
 
     signature = inspect.signature(function)
@@ -222,3 +228,38 @@ def exclusive_run(function):
                     pass
 
     return run
+
+
+def remove_stale_files(output_dir):
+    """Delete what an interrupted run can leave half-done in `output_dir`:
+    temporary files and directories of atomic writes (`.tmp-*`, `.old-*`,
+    in the directory and in `backup/`), and rows of `log.csv` for epochs
+    that `backup/` does not hold (logged just before a crash; the resumed
+    run trains those epochs again).
+
+    Call it only while holding the directory's `RunLock` (another run's
+    temporary files are not stale).
+
+    Example:
+    >>> import os, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(directory, ".tmp-abc.keras"), "w").write("half")
+    >>> remove_stale_files(directory)
+    >>> os.listdir(directory)
+    []
+    """
+    if not os.path.isdir(output_dir):
+        return
+    for directory in (output_dir, os.path.join(output_dir, BACKUP_DIR)):
+        for path in glob.glob(os.path.join(directory, ".tmp-*")) + glob.glob(
+                os.path.join(directory, ".old-*")):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.remove(path)
+    log = os.path.join(output_dir, LOG_FILE)
+    backup = os.path.join(output_dir, BACKUP_DIR)
+    if os.path.isfile(log) and os.path.isdir(backup):
+        epochs = committed_epoch(backup)
+        if epochs:
+            truncate_csv_log(log, epochs)

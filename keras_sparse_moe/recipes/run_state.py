@@ -18,7 +18,6 @@ finishes. Calling the recipe again with the same directory then
   earlier run's files first (and only those).
 """
 
-import glob
 import os
 import shutil
 
@@ -140,40 +139,3 @@ def record_stage(output_dir, settings, stage, results=True, status=None):
         "stages": stages,
     })
 
-
-def remove_stale_files(output_dir):
-    """Delete what an interrupted run can leave half-done in `output_dir`:
-    temporary files and directories of atomic writes (`.tmp-*`, `.old-*`,
-    in the directory and in `backup/`), and rows of `log.csv` for epochs
-    that `backup/` does not hold (logged just before a crash; the resumed
-    run trains those epochs again).
-
-    Call it only while holding the directory's `RunLock` (another run's
-    temporary files are not stale).
-
-    Example:
-    >>> import os, tempfile
-    >>> directory = tempfile.mkdtemp()
-    >>> _ = open(os.path.join(directory, ".tmp-abc.keras"), "w").write("half")
-    >>> remove_stale_files(directory)
-    >>> os.listdir(directory)
-    []
-    """
-    if not os.path.isdir(output_dir):
-        return
-    for directory in (output_dir, os.path.join(output_dir, BACKUP_DIR)):
-        for path in glob.glob(os.path.join(directory, ".tmp-*")) + glob.glob(
-                os.path.join(directory, ".old-*")):
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            elif os.path.exists(path):
-                os.remove(path)
-    log = os.path.join(output_dir, LOG_FILE)
-    backup = os.path.join(output_dir, BACKUP_DIR)
-    if os.path.isfile(log) and os.path.isdir(backup):
-        from keras_sparse_moe.recipes.checkpoints import committed_epoch
-        from keras_sparse_moe.recipes.training import truncate_csv_log
-
-        epochs = committed_epoch(backup)
-        if epochs:
-            truncate_csv_log(log, epochs)

@@ -16,7 +16,7 @@ from keras_sparse_moe.recipes.classifier import train_classifier
 from keras_sparse_moe.recipes.config import TrainingConfig
 from keras_sparse_moe.recipes.run_lock import RunDirectoryLocked
 from keras_sparse_moe.recipes.run_lock import RunLock
-from keras_sparse_moe.recipes.run_state import remove_stale_files
+from keras_sparse_moe.recipes.run_lock import remove_stale_files
 from keras_sparse_moe.utils.io import write_json
 
 pytestmark = pytest.mark.single_backend
