@@ -140,6 +140,7 @@ def test_dual_encoder_commands_use_the_data_dir(tiny_data_dir, tmp_path, capsys)
 
     settings = json.load(open(os.path.join(out, "run.json")))["settings"]
     assert settings["data_options"] == options
+    assert not {"training_curves.png", "routing_heatmap.png"} & set(os.listdir(out))  # --no-plots
     towers = str(tmp_path / "towers")
     assert main(["export", "--model", "limoe_tiny_digits", "--output", towers, "--data", spec,
                  "--data-dir", tiny_data_dir, "--no-download"]) == 0
