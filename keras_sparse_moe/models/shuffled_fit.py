@@ -52,6 +52,20 @@ class ShuffledFitMixin:
     epoch; `fit` on a dataset (which shuffles itself) passes `shuffle=False`
     unless `shuffle` is given. Arrays with `validation_split` keep keras-hub's
     path (its split takes the last rows, before any shuffling).
+
+    Example:
+    >>> import warnings
+    >>> import keras, numpy as np
+    >>> class Regressor(ShuffledFitMixin, keras.Sequential):
+    ...     pass
+    >>> model = Regressor([keras.Input((1,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> x = np.arange(8, dtype="float32")[:, None]
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     history = model.fit(x, x, batch_size=4, epochs=2, verbose=0)
+    >>> len(history.history["loss"]), [str(w.message) for w in caught if "shuffle" in str(w.message)]
+    (2, [])
     """
 
     def fit(self, x=None, y=None, *args, shuffle=None, **kwargs):
