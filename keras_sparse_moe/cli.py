@@ -118,6 +118,17 @@ def _data_options(args):
     return options
 
 
+def _resolved_data(args, image_text=False):
+    """The command's --data resolved once (None without --data): the source
+    stands for the spec in every later use, so folders are scanned, TFDS is
+    prepared and the summary is shown once."""
+    if not args.data:
+        return None
+    from keras_sparse_moe.data import resolve_dataset
+
+    return resolve_dataset(args.data, image_text=image_text, **_data_options(args))
+
+
 # --------------------------------------------------------------------- presets
 def cmd_presets(args):
     from keras_sparse_moe.presets import list_presets
@@ -240,10 +251,9 @@ def cmd_export(args):
     representative = None
     include = not args.no_preprocessing
     raw_shape = _shape_arg(args.input_image_shape) if args.input_image_shape else None
-    if args.data:
-        from keras_sparse_moe.data import resolve_dataset
-
-        info = resolve_dataset(args.data, **_data_options(args)).info
+    data = _resolved_data(args)  # once, for calibration and the accuracy check
+    if data is not None:
+        info = data.info
         if include and raw_shape is None and None not in tuple(info.image_shape or (None,)):
             raw_shape = tuple(int(d) for d in info.image_shape)  # the data's native size
         classes = getattr(model, "num_classes", None)
@@ -264,8 +274,7 @@ def cmd_export(args):
         from keras_sparse_moe.recipes.classifier import representative_images
 
         representative = representative_images(
-            model, args.data, args.calibration_samples, data_options=_data_options(args),
-            raw_shape=raw["shape"] if raw else None)
+            model, data, args.calibration_samples, raw_shape=raw["shape"] if raw else None)
     path = export_litert(model, args.output, quantization=quantization,
                          representative_data=representative, batch_size=args.batch_size,
                          include_preprocessing=include,
@@ -295,7 +304,7 @@ def cmd_export(args):
     if args.data and can_run:
         from keras_sparse_moe.recipes.classifier import litert_test_accuracy
 
-        accuracy, n = litert_test_accuracy(model, path, args.data, data_options=_data_options(args))
+        accuracy, n = litert_test_accuracy(model, path, data)
         rows.append(("LiteRT test accuracy", f"{accuracy:.4f} ({n} images of {args.data})"))
     _table("LiteRT export", ["what", "value"], rows)
     return 0
@@ -314,15 +323,14 @@ def _export_towers(args, model, quantization):
             f"(image_encoder.tflite, text_encoder.tflite), not {args.output!r}"
         )
     images = None
+    data = _resolved_data(args, image_text=True)  # once, for calibration, prompts and accuracy
     if quantization == "int8":
         from keras_sparse_moe.recipes.dual_encoder import representative_tower_images
 
-        images = representative_tower_images(model, args.data, args.calibration_samples,
-                                             data_options=_data_options(args))
+        images = representative_tower_images(model, data, args.calibration_samples)
     paths = export_dual_encoder(model, args.output, quantization=quantization,
-                                representative_images=images, data=args.data,
-                                batch_size=args.batch_size, overwrite=args.overwrite,
-                                data_options=_data_options(args) if args.data else None)
+                                representative_images=images, data=data,
+                                batch_size=args.batch_size, overwrite=args.overwrite)
     rows = []
     can_run = litert_interpreter_available()
     for key in ("image_encoder", "text_encoder"):
@@ -343,7 +351,7 @@ def _export_towers(args, model, quantization):
     if not can_run:
         rows.append(_not_run_row())
     elif args.data:
-        result = evaluate_towers(args.output, args.data, data_options=_data_options(args))
+        result = evaluate_towers(args.output, data)
         rows.append(("LiteRT zero-shot test accuracy",
                      f"{result['zero_shot_accuracy']:.4f} ({result['num_examples']} images of "
                      f"{args.data}, text prompts only)"))

@@ -109,6 +109,12 @@ class _Source:
 
     info = None
     decode_fn = None
+    image_text = False
+    options = {}
+
+    def __repr__(self):
+        # Messages name a source as its spec ("Dataset 'digits' has no ...").
+        return repr(self.info.spec)
 
     def _check_split(self, split):
         check_choice("split", split, SPLITS)
@@ -351,25 +357,35 @@ def _fmt(n):
     return "?" if n is None else f"{n:,}"
 
 
-_last_summary = []
-
-
 def _log_summary(info, image_text=False):
-    """Log what the dataset holds, unless it is the summary logged last (one
-    command resolves its data for several steps, e.g. `export` for int8
-    calibration and the accuracy check: the summary is shown once)."""
+    """Log what the dataset holds (once per resolution: a command resolves
+    its data once and passes the source on)."""
     split_text = " | ".join(f"{k} {_fmt(v)}" for k, v in info.counts.items())
     h, w, c = info.image_shape
     shape = f"{h}x{w}x{c}" if h else f"mixed sizes, {c} channel{'s' if c != 1 else ''}"
     classes = f"{info.num_classes} classes" if info.num_classes else "no class labels"
     kind = "image-text pairs" if image_text else "images"
-    lines = [f"{info.spec}: {kind} ({shape}, {classes}): {split_text}"]
-    lines += [f"  {split}: {source}" for split, source in info.splits.items()]
-    if _last_summary == lines:
-        return
-    _last_summary[:] = lines
-    for line in lines:
-        logger.info("%s", line)
+    logger.info("%s", f"{info.spec}: {kind} ({shape}, {classes}): {split_text}")
+    for split, source in info.splits.items():
+        logger.info("%s", f"  {split}: {source}")
+
+
+def _reuse_source(source, image_text, options):
+    """A source already resolved, given again (with options, if any, that
+    must be those it was resolved with)."""
+    if image_text and not source.image_text:  # an image-text source also serves labelled images
+        raise ValueError(
+            f"Dataset {source.info.spec!r} was resolved for labelled images; image-text pairs "
+            "need resolve_dataset(..., image_text=True)."
+        )
+    differ = sorted(k for k, v in options.items() if v != source.options.get(k))
+    if differ:
+        raise ValueError(
+            f"Dataset {source.info.spec!r} was resolved with "
+            f"{ {k: source.options.get(k) for k in differ} }; these options cannot change "
+            f"afterwards (received { {k: options[k] for k in differ} }): resolve it again."
+        )
+    return source
 
 
 def resolve_dataset(
@@ -394,7 +410,28 @@ def resolve_dataset(
 
     Most code wants `build_datasets` / `load_dataset`; this is their shared
     first step, also handy to get a `DatasetInfo` alone: `resolve_dataset(spec).info`.
+    The source may stand for the spec in every function that takes one
+    (`build_datasets`, `load_dataset`, the recipes' `data`): a command that
+    uses its data several times resolves it once (one folder scan, one TFDS
+    preparation, one summary). Options given with a source must be those it
+    was resolved with.
+
+    Example:
+    >>> source = resolve_dataset("digits")
+    >>> source.info.counts
+    {'train': 1294, 'validation': 144, 'test': 359}
+    >>> load_dataset(source, "test")[1] is source.info
+    True
     """
+    resolved_with = {
+        "validation_fraction": validation_fraction, "test_fraction": test_fraction, "data_dir": data_dir,
+        "download": download, "image_key": image_key, "label_key": label_key, "train_split": train_split,
+        "validation_split": validation_split, "test_split": test_split, "check_images": check_images,
+        "captions_file": captions_file, "caption_key": caption_key, "caption_templates": caption_templates,
+    }
+    if isinstance(spec, _Source):
+        defaults = _RESOLVE_DEFAULTS
+        return _reuse_source(spec, image_text, {k: v for k, v in resolved_with.items() if v != defaults[k]})
     kind, argument = parse_spec(spec)
     validation_fraction = check_fraction("validation_fraction", validation_fraction)
     if test_fraction is not None:
@@ -423,8 +460,17 @@ def resolve_dataset(
             spec, argument, validation_fraction, test_fraction, download=download, image_text=image_text,
             **options, caption_templates=caption_templates,
         )
+    source.image_text = image_text
+    source.options = {**resolved_with, "validation_fraction": validation_fraction, "test_fraction": test_fraction}
     _log_summary(source.info, image_text)
     return source
+
+
+_RESOLVE_DEFAULTS = {
+    "validation_fraction": 0.1, "test_fraction": None, "data_dir": None, "download": True, "image_key": None,
+    "label_key": None, "train_split": None, "validation_split": None, "test_split": None, "check_images": True,
+    "captions_file": None, "caption_key": None, "caption_templates": None,
+}
 
 
 def _decoded(ds, decode_fn):
@@ -587,10 +633,12 @@ def _build(image_text, spec, image_size, batch_size, options, extra_train_data=N
     source_options = {name: options.pop(name) for name in list(options) if name in _SOURCE_OPTIONS + _CAPTION_OPTIONS}
     drop_remainder = options.pop("drop_remainder", None)
     seed = options.setdefault("seed", 0)
+    given = spec
+    spec = spec.info.spec if isinstance(spec, _Source) else spec  # the spec string, for messages
     extra_specs = check_extra_train_data(spec, extra_train_data)
-    source = resolve_dataset(spec, image_text=image_text, **source_options)
+    source = resolve_dataset(given, image_text=image_text, **source_options)
     info = source.info
-    extras = _extra_train_sources(spec, source, extra_specs, source_options)
+    extras = _extra_train_sources(spec, source, extra_specs, source.options)
     if extras:
         extra_counts = [e.info.counts["train"] for e in extras]
         info = dataclasses.replace(

@@ -383,7 +383,8 @@ def check_labels(datasets, num_classes):
 
 def _small(data):
     """Cache decoded images in memory for the small embedded dataset."""
-    return isinstance(data, str) and data.strip().lower() == "digits"
+    spec = getattr(getattr(data, "info", None), "spec", data)  # a spec or a resolved source
+    return isinstance(spec, str) and spec.strip().lower() == "digits"
 
 
 def _limit(ds, max_batches):

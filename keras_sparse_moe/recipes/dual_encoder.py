@@ -78,10 +78,24 @@ def _datasets(model, data, batch_size, augment, seed, training=True, data_option
             **options,
         )
     except (ValueError, KeyError) as error:
-        raise ValueError(
-            f"Dataset {data!r} cannot be used to train a dual encoder: it needs image-caption "
-            f"pairs (captions from the data or class names for caption templates). {error}"
-        ) from error
+        raise ValueError(_not_image_text(data, error)) from error
+
+
+def _resolve(data, data_options):
+    """`data` resolved once for image-text pairs (a command's several uses of
+    it share the source)."""
+    from keras_sparse_moe.data import resolve_dataset
+
+    options = check_data_options(data_options)
+    try:
+        return resolve_dataset(data, image_text=True, **options)
+    except (ValueError, KeyError) as error:
+        raise ValueError(_not_image_text(data, error)) from error
+
+
+def _not_image_text(data, error):
+    return (f"Dataset {data!r} cannot be used to train a dual encoder: it needs image-caption "
+            f"pairs (captions from the data or class names for caption templates). {error}")
 
 
 def _missing_split(data, split):
@@ -355,9 +369,9 @@ def train_dual_encoder(
         enable_deterministic_ops()
     keras.utils.set_random_seed(seed)
     model = load_dual_encoder(preset)
-    train, validation, test, info = _datasets(
-        model, data, batch_size, augment, seed,
-        data_options={"validation_fraction": config.validation_fraction, **data_options})
+    # Resolved once: training, the zero-shot evaluation and the routing plot share it.
+    source = _resolve(data, {"validation_fraction": config.validation_fraction, **data_options})
+    train, validation, test, info = _datasets(model, source, batch_size, augment, seed)
     labelled = bool(info.num_classes)
     if labelled and test is None:  # the zero-shot evaluation after training needs it
         raise ValueError(_missing_split(data, "test"))
@@ -415,8 +429,8 @@ def train_dual_encoder(
         final_loss, zero_shot = stages["evaluation"]["final_loss"], stages["evaluation"]["zero_shot"]
     else:
         final_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
-        zero_shot = evaluate_zero_shot(model, data, templates=templates, split="test",
-                                       data_options=data_options) if labelled else {
+        zero_shot = evaluate_zero_shot(model, source, templates=templates,
+                                       split="test") if labelled else {
             "zero_shot_accuracy": None}
         if save:
             record_stage(output_dir, settings, "evaluation",
@@ -445,7 +459,7 @@ def train_dual_encoder(
     if plots:
         from keras_sparse_moe.recipes.plots import plot_run
 
-        routing, names = (image_routing_by_class(model, data, data_options=data_options)
+        routing, names = (image_routing_by_class(model, source)
                           if labelled else ({}, []))
         metrics["figures"] = list(plot_run(
             output_dir, routing, names, title=settings["preset"],

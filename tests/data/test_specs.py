@@ -12,6 +12,7 @@ from keras_sparse_moe.data import build_datasets
 from keras_sparse_moe.data import build_image_text_datasets
 from keras_sparse_moe.data import digit_captions
 from keras_sparse_moe.data import load_digits
+from keras_sparse_moe.data import load_dataset
 from keras_sparse_moe.data import load_image_text_dataset
 from keras_sparse_moe.data import parse_spec
 from keras_sparse_moe.data import zero_shot_prompts
@@ -96,18 +97,35 @@ def test_parse_spec_and_bad_specs(tmp_path):
 
 
 @pytest.mark.single_backend
-def test_the_dataset_summary_is_logged_once_for_repeated_resolution(caplog):
-    """A command that resolves its data several times (e.g. `export` with int8
-    calibration and the accuracy check) shows the summary once; another
-    dataset, or another split of the same one, is shown again."""
+def test_a_resolved_source_stands_for_its_spec_and_is_not_resolved_again(caplog):
+    """A command resolves its data once and passes the source on (e.g. `export`
+    for int8 calibration and the accuracy check): one summary, the same info;
+    options given with it must be those it was resolved with."""
     from keras_sparse_moe.data import resolve_dataset
 
     def summaries():
         return [r.getMessage() for r in caplog.records if r.getMessage().startswith("digits:")]
 
     with caplog.at_level(logging.INFO, logger="keras_sparse_moe"):
-        for _ in range(3):
-            resolve_dataset("digits")
-        assert len(summaries()) == 1
-        resolve_dataset("digits", validation_fraction=0.2)
+        source = resolve_dataset("digits", validation_fraction=0.2)
+        ds, info = load_dataset(source, "test")
+        datasets = build_datasets(source, batch_size=512, validation_fraction=0.2)
+        assert len(summaries()) == 1 and info is source.info and datasets.info is source.info
+        assert info.counts == {"train": 1150, "validation": 288, "test": 359}
+        assert sum(int(y.shape[0]) for _, y in datasets.validation) == 288
+        # A spec is resolved each time it is given.
+        resolve_dataset("digits")
         assert len(summaries()) == 2
+        with pytest.raises(ValueError, match=r"resolved with \{'validation_fraction': 0.2\}.*"
+                                             r"received \{'validation_fraction': 0.3\}"):
+            build_datasets(source, validation_fraction=0.3)
+        # Labelled images cannot stand for image-text pairs; the converse holds.
+        with pytest.raises(ValueError, match="need resolve_dataset\\(..., image_text=True\\)"):
+            load_image_text_dataset(source, "test")
+        pairs = resolve_dataset("digits", image_text=True)
+        assert load_dataset(pairs, "test")[1].counts["test"] == 359
+        assert build_image_text_datasets(pairs, batch_size=512).info is pairs.info
+    # Messages name a source by its spec.
+    assert repr(source) == "'digits'"
+
+
