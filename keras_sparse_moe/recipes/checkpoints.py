@@ -33,6 +33,7 @@ from keras_sparse_moe.recipes.run_state import BACKUP_DIR
 from keras_sparse_moe.recipes.run_state import BEST_FILE
 from keras_sparse_moe.recipes.run_state import LAST_FILE
 from keras_sparse_moe.utils.io import atomic_path
+from keras_sparse_moe.utils.io import remove_atomic_leftovers
 from keras_sparse_moe.utils.io import write_json
 
 logger = logging.getLogger(__name__)
@@ -190,7 +191,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         os.makedirs(self.directory, exist_ok=True)
-        self._remove_stale_files()
+        for directory in (self.directory, self.backup_dir):  # saves a crash interrupted
+            remove_atomic_leftovers(directory)
         state = committed_state(self.backup_dir)
         legacy = None if state is not None else _read_keras_backup(self.backup_dir)
         if state is None and legacy is None:
@@ -215,13 +217,6 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             model.load_weights(weights)
         # The hook Keras' own BackupAndRestore uses: fit() starts at this epoch.
         model._initial_epoch = epoch
-
-    def _remove_stale_files(self):
-        # Temporary files of a save that a crash interrupted.
-        for directory in (self.directory, self.backup_dir):
-            for path in glob.glob(os.path.join(directory, ".tmp-*")):
-                if os.path.isfile(path):
-                    os.remove(path)
 
     # --- save -----------------------------------------------------------
 

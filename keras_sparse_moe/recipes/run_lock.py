@@ -14,18 +14,17 @@ same host is taken over, one left by another host must be deleted by hand.
 
 import datetime
 import functools
-import glob
 import inspect
 import json
 import logging
 import os
-import shutil
 import socket
 
 from keras_sparse_moe.recipes.checkpoints import committed_epoch
 from keras_sparse_moe.recipes.run_state import BACKUP_DIR
 from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.recipes.training import truncate_csv_log
+from keras_sparse_moe.utils.io import remove_atomic_leftovers
 
 try:
     import fcntl
@@ -251,12 +250,7 @@ def remove_stale_files(output_dir):
     if not os.path.isdir(output_dir):
         return
     for directory in (output_dir, os.path.join(output_dir, BACKUP_DIR)):
-        for path in glob.glob(os.path.join(directory, ".tmp-*")) + glob.glob(
-                os.path.join(directory, ".old-*")):
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            elif os.path.exists(path):
-                os.remove(path)
+        remove_atomic_leftovers(directory)
     log = os.path.join(output_dir, LOG_FILE)
     backup = os.path.join(output_dir, BACKUP_DIR)
     if os.path.isfile(log) and os.path.isdir(backup):

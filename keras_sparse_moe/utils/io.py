@@ -2,6 +2,7 @@
 rename, so a crash never leaves a half-written artifact that later loads."""
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -275,6 +276,29 @@ def load_keras_file(path, **kwargs):
             f"Keras model file {path!r} is damaged: its weights cannot be read "
             f"({_reason(error)})."
         ) from None
+
+
+def remove_atomic_leftovers(directory):
+    """Delete what interrupted atomic writes (`atomic_path`,
+    `atomic_directory`) left in `directory`: its `.tmp-*` and `.old-*`
+    files and folders. Call it only where no other process writes (e.g.
+    while holding a run's lock).
+
+    Example:
+    >>> import tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(directory, ".old-preset-x", "assets"))
+    >>> _ = open(os.path.join(directory, "kept.json"), "w").write("{}")
+    >>> remove_atomic_leftovers(directory)
+    >>> os.listdir(directory)
+    ['kept.json']
+    """
+    for pattern in (".tmp-*", ".old-*"):
+        for path in glob.glob(os.path.join(directory, pattern)):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.remove(path)
 
 
 @contextlib.contextmanager
