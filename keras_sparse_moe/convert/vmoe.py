@@ -33,24 +33,29 @@ def _shapes(params):
 
 def _position_embedding(vmoe_config):
     """vmoe's `encoder.position_emb` name, None when the config gives none
-    (then the checkpoint tells: a learned table or sincos2d)."""
+    (then the checkpoint tells: a learned table or sincos2d), and its
+    sincos2d temperature."""
     encoder = (vmoe_config or {}).get("encoder") or {}
     position = dict(encoder.get("position_emb") or {})
     name = position.get("name")
+    temperature = position.get("temperature", 10_000.0)
+    try:
+        temperature = float(temperature)
+    except (TypeError, ValueError):
+        temperature = float("nan")  # refused below
     if name is None:
-        return None
+        return None, temperature
     if name not in ("learned", "sincos2d"):
         raise CheckpointError(
             f"Position embedding {name!r} of the vmoe config is not convertible; supported: "
             "'learned', 'sincos2d'."
         )
-    temperature = position.get("temperature", 10_000.0)
-    if name == "sincos2d" and float(temperature) != 10_000.0:
+    if not 0 < temperature < float("inf"):
         raise CheckpointError(
-            f"sincos2d position embeddings with temperature {temperature} are not convertible "
-            "(only vmoe's default 10000)."
+            f"The vmoe config's sincos2d temperature {position.get('temperature')!r} is not "
+            "a positive number."
         )
-    return name
+    return name, temperature
 
 
 def _image_shape(image_size, patch, channels, patches=None):
@@ -131,7 +136,7 @@ def _architecture(shapes, vmoe_config=None, image_size=None):
     else:
         pooling = "gap"
     table = "Encoder/posembed_input/pos_embedding"
-    position = _position_embedding(vmoe_config)
+    position, temperature = _position_embedding(vmoe_config)
     if table in shapes:
         if position not in (None, "learned"):
             raise CheckpointError(
@@ -159,6 +164,7 @@ def _architecture(shapes, vmoe_config=None, image_size=None):
         "moe_layers": moe_layers or "none",
         "pooling": pooling,
         "position_embedding": position,
+        "position_embedding_temperature": temperature if position == "sincos2d" else 10_000.0,
         "attention_qk_norm": "Encoder/encoderblock_0/SelfAttention/query_ln/scale" in shapes,
         "slots_per_expert": slots.pop() if slots else None,
         "representation_size": (
@@ -282,6 +288,7 @@ def _build_model(shapes, vmoe_config=None, image_size=None):
         num_experts=arch["num_experts"], moe_layers=arch["moe_layers"],
         pooling=arch["pooling"], mlp_activation="gelu_approximate",
         position_embedding=arch["position_embedding"],
+        position_embedding_temperature=arch["position_embedding_temperature"],
         attention_qk_norm=arch["attention_qk_norm"],
         layer_norm_epsilon=1e-6, **routing,
     )
