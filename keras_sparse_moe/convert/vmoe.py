@@ -204,6 +204,8 @@ def _soft_routing(router, moe, arch):
             f"{slots} slots per expert."
         )
     options = {"slots_per_expert": slots, "bfloat16_dispatch": True}
+    if float(router.get("noise_std", 0.0)):  # training only, as in vmoe
+        options["noise_std"] = float(router["noise_std"])
     if moe.get("group_size"):
         options["group_size"] = int(moe["group_size"])
     return {"router": "soft", "capacity_factor": 1.0, "moe_kwargs": options}

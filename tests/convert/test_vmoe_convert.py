@@ -215,6 +215,10 @@ def test_soft_moe_errors():
     with pytest.raises(CheckpointError, match="Position embedding 'none'.*not convertible"):
         build_classifier(params, dict(config, encoder=dict(
             config["encoder"], position_emb={"name": "none"})), image_size=16)
+    noisy = build_classifier(params, dict(config, encoder=dict(config["encoder"], moe=dict(
+        moe, router=dict(moe["router"], noise_std=0.3)))), image_size=16)
+    assert [layer.router.noise_std for layer in noisy.backbone.sparse_moe_layers] == [0.3] * len(
+        noisy.backbone.sparse_moe_layers)
     # vmoe's sincos2d temperature (`position_emb.temperature`) is kept.
     model = build_classifier(params, dict(config, encoder=dict(
         config["encoder"], position_emb={"name": "sincos2d", "temperature": 100.0})),
