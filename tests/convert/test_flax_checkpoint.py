@@ -137,3 +137,38 @@ def test_non_finite_value_writes_nothing(tmp_path):
     with pytest.raises(CheckpointError, match=f"'{LEAF}' holds non-finite"):
         convert_vmoe(rewrite(tmp_path, nan), tmp_path / "out")
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.single_backend
+def test_streaming_decoder_reads_what_msgpack_reads():
+    import io
+
+    from keras_sparse_moe.convert.flax_checkpoint import _Stream
+
+    objects = {
+        "ints": [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32, 2**64 - 1,
+                 -1, -32, -33, -128, -129, -32768, -32769, -2**31 - 1, -2**63],
+        "floats": [0.5, -1.25e30, float("inf")],
+        "text": ["", "a" * 31, "b" * 32, "c" * 255, "d" * 256, "e" * 65536],
+        "bytes": [b"", b"x" * 255, b"y" * 256, b"z" * 65536],
+        "constants": [None, True, False],
+        "containers": [list(range(15)), list(range(16)), list(range(70000)),
+                       {str(i): i for i in range(16)}, {}],
+        "ext": [msgpack.ExtType(code, b"q" * size) for code, size in
+                ((1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 3), (7, 300), (8, 70000),
+                                  (9, 0))],
+    }
+    for single in (False, True):
+        data = msgpack.packb(objects, use_bin_type=True, use_single_float=single)
+        expected = msgpack.unpackb(data, raw=True, strict_map_key=False)
+        assert _Stream(io.BytesIO(data), ext).read() == expected
+    with pytest.raises(EOFError, match="inside an extension"):  # cut in the 70000 bytes
+        _Stream(io.BytesIO(data[:-100]), ext).read()
+    with pytest.raises(EOFError, match="ends 1 bytes early"):
+        _Stream(io.BytesIO(data[:-1]), ext).read()
+    with pytest.raises(ValueError, match="0xc1"):
+        _Stream(io.BytesIO(b"\xc1"), ext).read()
+
+
+def ext(code, payload):
+    return msgpack.ExtType(code, bytes(payload))
