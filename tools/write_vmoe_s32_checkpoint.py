@@ -11,6 +11,10 @@ tools/README.md):
 
     /tmp/venv-vmoe/bin/python tools/write_vmoe_s32_checkpoint.py \
         --vmoe-src /tmp/vmoe-src --vit-src /tmp/vit-src --output /tmp/vmoe_s32
+
+With `--msgpack PATH` the same parameters are also written as one flax
+msgpack file (`flax.serialization.to_bytes`), the converter's other input
+format.
 """
 
 import argparse
@@ -26,6 +30,7 @@ def main():
   parser.add_argument('--output', required=True, help='directory to write')
   parser.add_argument('--shards', type=int, default=4)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--msgpack', help='also write the params as this flax msgpack file')
   args = parser.parse_args()
   sys.path[:0] = [args.vmoe_src, args.vit_src]
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -58,6 +63,9 @@ def main():
   partitioned.save_checkpoint(prefix, params, num_shards=args.shards).get()
   with open(os.path.join(args.output, 'config.json'), 'w') as f:
     json.dump(config, f, indent=1, default=list)
+  if args.msgpack:
+    with open(args.msgpack, 'wb') as f:
+      f.write(flax.serialization.to_bytes(params))
   count = sum(v.size for v in flat.values())
   print(f'{prefix}: {count:,} parameters in {len(flat)} arrays')
 

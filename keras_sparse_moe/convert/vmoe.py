@@ -1,6 +1,7 @@
 """Convert google-research/vmoe V-MoE and Soft MoE checkpoints to keras-hub
 presets."""
 
+import functools
 import inspect
 import json
 import os
@@ -9,7 +10,7 @@ import re
 import numpy as np
 
 from keras_sparse_moe.convert.flax_checkpoint import CheckpointError
-from keras_sparse_moe.convert.flax_checkpoint import read_checkpoint
+from keras_sparse_moe.convert.flax_checkpoint import open_checkpoint
 from keras_sparse_moe.models import MoEViTBackbone
 from keras_sparse_moe.models import MoEViTImageClassifier
 from keras_sparse_moe.presets import save_to_preset
@@ -25,30 +26,36 @@ _ATTENTION = (("query", "_query_dense"), ("key", "_key_dense"), ("value", "_valu
               ("out", "_output_dense"))
 
 
-def _shape(params, name):
-    return tuple(params[name].shape)
+def _shapes(params):
+    """`{name: shape}` of a params dict: all the architecture is read from."""
+    return {name: tuple(np.shape(value)) for name, value in params.items()}
 
 
 def _position_embedding(vmoe_config):
     """vmoe's `encoder.position_emb` name, None when the config gives none
-    (then the checkpoint tells: a learned table or sincos2d)."""
+    (then the checkpoint tells: a learned table or sincos2d), and its
+    sincos2d temperature."""
     encoder = (vmoe_config or {}).get("encoder") or {}
     position = dict(encoder.get("position_emb") or {})
     name = position.get("name")
+    temperature = position.get("temperature", 10_000.0)
+    try:
+        temperature = float(temperature)
+    except (TypeError, ValueError):
+        temperature = float("nan")  # refused below
     if name is None:
-        return None
+        return None, temperature
     if name not in ("learned", "sincos2d"):
         raise CheckpointError(
             f"Position embedding {name!r} of the vmoe config is not convertible; supported: "
             "'learned', 'sincos2d'."
         )
-    temperature = position.get("temperature", 10_000.0)
-    if name == "sincos2d" and float(temperature) != 10_000.0:
+    if not 0 < temperature < float("inf"):
         raise CheckpointError(
-            f"sincos2d position embeddings with temperature {temperature} are not convertible "
-            "(only vmoe's default 10000)."
+            f"The vmoe config's sincos2d temperature {position.get('temperature')!r} is not "
+            "a positive number."
         )
-    return name
+    return name, temperature
 
 
 def _image_shape(image_size, patch, channels, patches=None):
@@ -87,55 +94,56 @@ def _image_shape(image_size, patch, channels, patches=None):
     return size + (channels,)
 
 
-def _architecture(params, vmoe_config=None, image_size=None):
-    """Model hyper-parameters read off the parameter shapes (and, for what
-    the shapes do not hold, the vmoe config and `image_size`)."""
-    if "embedding/kernel" not in params or "Encoder/encoder_norm/scale" not in params:
+def _architecture(shapes, vmoe_config=None, image_size=None):
+    """Model hyper-parameters read off the parameter shapes `{name: shape}`
+    (and, for what the shapes do not hold, the vmoe config and
+    `image_size`)."""
+    if "embedding/kernel" not in shapes or "Encoder/encoder_norm/scale" not in shapes:
         raise CheckpointError(
             "The checkpoint is not a V-MoE VisionTransformerMoe params tree (no "
             "'embedding/kernel' or 'Encoder/encoder_norm/scale'); its top-level names are "
-            f"{sorted({name.split('/')[0] for name in params})}."
+            f"{sorted({name.split('/')[0] for name in shapes})}."
         )
-    ph, pw, channels, dim = _shape(params, "embedding/kernel")
-    blocks = sorted({int(m.group(1)) for m in map(_BLOCK.match, params) if m})
+    ph, pw, channels, dim = shapes["embedding/kernel"]
+    blocks = sorted({int(m.group(1)) for m in map(_BLOCK.match, shapes) if m})
     if blocks != list(range(len(blocks))) or not blocks:
         raise CheckpointError(f"Encoder blocks are not numbered 0..n-1: found {blocks}.")
     prefix = "Encoder/encoderblock_0/SelfAttention/query/kernel"
-    num_heads = _shape(params, prefix)[1]
+    num_heads = shapes[prefix][1]
     moe_layers = [
         i for i in blocks
-        if f"Encoder/encoderblock_{i}/Moe/Router/dense/kernel" in params
-        or f"Encoder/encoderblock_{i}/Moe/Router/mu" in params
+        if f"Encoder/encoderblock_{i}/Moe/Router/dense/kernel" in shapes
+        or f"Encoder/encoderblock_{i}/Moe/Router/mu" in shapes
     ]
     num_experts, mlp_dim, slots = 1, None, set()
     for i in blocks:
         if i in moe_layers:
-            num_experts, _, mlp_dim = _shape(params, f"Encoder/encoderblock_{i}/Moe/Mlp/Dense_0/kernel")
+            num_experts, _, mlp_dim = shapes[f"Encoder/encoderblock_{i}/Moe/Mlp/Dense_0/kernel"]
             mu = f"Encoder/encoderblock_{i}/Moe/Router/mu"
-            if mu in params:
-                slots.add(_shape(params, mu)[-1])
+            if mu in shapes:
+                slots.add(shapes[mu][-1])
         else:
-            mlp_dim = _shape(params, f"Encoder/encoderblock_{i}/Mlp/Dense_0/kernel")[1]
+            mlp_dim = shapes[f"Encoder/encoderblock_{i}/Mlp/Dense_0/kernel"][1]
     if len(slots) > 1:
         raise CheckpointError(
             f"The Soft MoE blocks have different numbers of slots per expert {sorted(slots)}; "
             "only one number for all blocks is convertible."
         )
-    if "cls" in params:
+    if "cls" in shapes:
         pooling = "token"
-    elif "MapHead/probe" in params:
+    elif "MapHead/probe" in shapes:
         pooling = "map"
     else:
         pooling = "gap"
     table = "Encoder/posembed_input/pos_embedding"
-    position = _position_embedding(vmoe_config)
-    if table in params:
+    position, temperature = _position_embedding(vmoe_config)
+    if table in shapes:
         if position not in (None, "learned"):
             raise CheckpointError(
                 f"The vmoe config has {position} position embeddings, but the checkpoint holds "
                 f"a learned table '{table}'."
             )
-        patches = _shape(params, table)[1] - (1 if pooling == "token" else 0)
+        patches = shapes[table][1] - (1 if pooling == "token" else 0)
     elif position == "learned":
         raise CheckpointError(
             f"The vmoe config has learned position embeddings, but the checkpoint lacks '{table}'."
@@ -143,7 +151,7 @@ def _architecture(params, vmoe_config=None, image_size=None):
     else:  # no table: vmoe's sincos2d (no parameters)
         position, patches = "sincos2d", None
     position = position or "learned"
-    if "head/kernel" not in params:
+    if "head/kernel" not in shapes:
         raise CheckpointError("The checkpoint has no classification head ('head/kernel').")
     return {
         "image_shape": _image_shape(image_size, (ph, pw), channels, patches),
@@ -156,19 +164,20 @@ def _architecture(params, vmoe_config=None, image_size=None):
         "moe_layers": moe_layers or "none",
         "pooling": pooling,
         "position_embedding": position,
-        "attention_qk_norm": "Encoder/encoderblock_0/SelfAttention/query_ln/scale" in params,
+        "position_embedding_temperature": temperature if position == "sincos2d" else 10_000.0,
+        "attention_qk_norm": "Encoder/encoderblock_0/SelfAttention/query_ln/scale" in shapes,
         "slots_per_expert": slots.pop() if slots else None,
         "representation_size": (
-            _shape(params, "pre_logits/kernel")[1] if "pre_logits/kernel" in params else None
+            shapes["pre_logits/kernel"][1] if "pre_logits/kernel" in shapes else None
         ),
-        "num_classes": _shape(params, "head/kernel")[1],
+        "num_classes": shapes["head/kernel"][1],
     }
 
 
-def _router_kind(params, vmoe_config):
+def _router_kind(shapes, vmoe_config):
     """The project's router name for the checkpoint's MoE blocks."""
     router = dict(((vmoe_config or {}).get("encoder", {}).get("moe") or {}).get("router") or {})
-    soft = any(name.endswith("/Moe/Router/mu") for name in params)
+    soft = any(name.endswith("/Moe/Router/mu") for name in shapes)
     default = "SoftRouter" if soft else "NoisyTopExpertsPerItemRouter"
     name = router.get("name", default).rsplit(".", 1)[-1]
     if name not in _ROUTERS:
@@ -195,6 +204,8 @@ def _soft_routing(router, moe, arch):
             f"{slots} slots per expert."
         )
     options = {"slots_per_expert": slots, "bfloat16_dispatch": True}
+    if float(router.get("noise_std", 0.0)):  # training only, as in vmoe
+        options["noise_std"] = float(router["noise_std"])
     if moe.get("group_size"):
         options["group_size"] = int(moe["group_size"])
     return {"router": "soft", "capacity_factor": 1.0, "moe_kwargs": options}
@@ -257,10 +268,21 @@ def build_classifier(params, vmoe_config=None, image_size=None):
             when the checkpoint has no learned position table (sincos2d);
             otherwise read off the table (and checked when given).
     """
-    arch = _architecture(params, vmoe_config, image_size)
+    shapes = _shapes(params)
+    model = _build_model(shapes, vmoe_config, image_size)
+    placement = _placement(model, shapes)
+    for name, value in params.items():
+        _place(placement, name, value)
+    return model
+
+
+def _build_model(shapes, vmoe_config=None, image_size=None):
+    """The `MoEViTImageClassifier` of a checkpoint's parameter shapes
+    (initial weights)."""
+    arch = _architecture(shapes, vmoe_config, image_size)
     routing = {}
     if arch["moe_layers"] != "none":
-        routing = _routing(vmoe_config, _router_kind(params, vmoe_config), arch)
+        routing = _routing(vmoe_config, _router_kind(shapes, vmoe_config), arch)
     backbone = MoEViTBackbone(
         image_shape=arch["image_shape"], patch_size=arch["patch_size"],
         num_layers=arch["num_layers"], num_heads=arch["num_heads"],
@@ -268,36 +290,35 @@ def build_classifier(params, vmoe_config=None, image_size=None):
         num_experts=arch["num_experts"], moe_layers=arch["moe_layers"],
         pooling=arch["pooling"], mlp_activation="gelu_approximate",
         position_embedding=arch["position_embedding"],
+        position_embedding_temperature=arch["position_embedding_temperature"],
         attention_qk_norm=arch["attention_qk_norm"],
         layer_norm_epsilon=1e-6, **routing,
     )
-    model = MoEViTImageClassifier(
+    return MoEViTImageClassifier(
         backbone, num_classes=arch["num_classes"],
         representation_size=arch["representation_size"],
     )
-    _assign_weights(model, params)
-    return model
 
 
-def _assign_weights(model, params):
+def _placement(model, shapes):
+    """`{checkpoint name: model variable}` for every parameter, checked from
+    the shapes alone: a parameter missing, without a place, or of the wrong
+    shape is an error naming it."""
     backbone = model.backbone
-    used = set()
+    placement = {}
 
     def put(variable, name, reshape=None):
-        if name not in params:
+        if name not in shapes:
             raise CheckpointError(f"The checkpoint lacks {name!r} (partial tree).")
-        value = np.asarray(params[name], dtype="float32")
-        if reshape is not None and value.size == int(np.prod(reshape)):
-            value = value.reshape(reshape)
-        if tuple(value.shape) != tuple(variable.shape):
+        shape = shapes[name]
+        if reshape is not None and int(np.prod(shape)) == int(np.prod(reshape)):
+            shape = tuple(reshape)
+        if tuple(shape) != tuple(variable.shape):
             raise CheckpointError(
-                f"{name!r} has shape {tuple(params[name].shape)}; the model needs "
+                f"{name!r} has shape {tuple(shapes[name])}; the model needs "
                 f"{tuple(variable.shape)}."
             )
-        if not np.all(np.isfinite(value)):
-            raise CheckpointError(f"{name!r} holds non-finite values (NaN or inf).")
-        variable.assign(value)
-        used.add(name)
+        placement[name] = variable
 
     def dense(layer, name):
         put(layer.kernel, f"{name}/kernel")
@@ -351,12 +372,22 @@ def _assign_weights(model, params):
     if model.pre_logits is not None:
         dense(model.pre_logits, "pre_logits")
     dense(model.output_dense, "head")
-    unknown = sorted(set(params) - used)
+    unknown = sorted(set(shapes) - set(placement))
     if unknown:
-        listed = ", ".join(f"{name} {tuple(params[name].shape)}" for name in unknown[:8])
+        listed = ", ".join(f"{name} {tuple(shapes[name])}" for name in unknown[:8])
         raise CheckpointError(
             f"{len(unknown)} checkpoint parameters have no place in the model: {listed}."
         )
+    return placement
+
+
+def _place(placement, name, value):
+    """Assign one checkpoint array to its variable (float32, finite)."""
+    variable = placement[name]
+    value = np.asarray(value, dtype="float32").reshape(tuple(variable.shape))
+    if not np.isfinite(value).all():
+        raise CheckpointError(f"{name!r} holds non-finite values (NaN or inf).")
+    variable.assign(value)
 
 
 def _load_config(checkpoint_path, config):
@@ -394,7 +425,10 @@ def convert_vmoe(checkpoint, output_dir, preset=None, config=None, image_size=No
     architecture (every mismatch named), and without a vmoe config the model
     is the preset's, routing included, filled with the checkpoint. Every
     parameter is mapped; the result is an `MoEViTImageClassifier` saved
-    atomically with `save_to_preset` (nothing is written on error).
+    atomically with `save_to_preset` (nothing is written on error). The
+    names and shapes are checked and the model built before any value is
+    read; the values then stream into the model one array at a time (peak
+    memory: the model plus about the largest array).
 
     Args:
         checkpoint: path of the checkpoint.
@@ -417,30 +451,35 @@ def convert_vmoe(checkpoint, output_dir, preset=None, config=None, image_size=No
     output_dir = os.fspath(output_dir)
     if os.path.isfile(output_dir):
         raise CheckpointError(f"Output path {output_dir} is a file, not a directory.")
-    params, resolved = read_checkpoint(checkpoint)
+    # The shapes first (vmoe's index, or a pass over the flax file keeping no
+    # array): every check that needs no values, then the model, then the
+    # values streamed into it one array at a time. Peak memory: the model
+    # plus about one array, not the model plus the checkpoint.
+    opened = open_checkpoint(checkpoint)
+    shapes = opened.shapes
     vmoe_config = _load_config(os.fspath(checkpoint), config)
     if preset is not None:
-        _check_preset(params, preset)
+        _check_preset(shapes, preset)
     if preset is not None and vmoe_config is None:
         # The preset holds the architecture and the routing of the config
         # that trained the checkpoint: build it and fill it.
         model = MoEViTImageClassifier.from_preset(preset, load_weights=False,
-                                                  **_head_arguments(params))
-        _assign_weights(model, params)
+                                                  **_head_arguments(shapes))
     else:
-        model = build_classifier(params, vmoe_config, image_size=image_size)
-    del params  # the model holds the weights now: save with one copy in memory
+        model = _build_model(shapes, vmoe_config, image_size=image_size)
+    placement = _placement(model, shapes)
+    opened.read(functools.partial(_place, placement))  # every value checked before writing
     save_to_preset(model, output_dir)
     return model
 
 
-def _head_arguments(params):
-    arch = _architecture(params)
+def _head_arguments(shapes):
+    arch = _architecture(shapes)
     return {"num_classes": arch["num_classes"],
             "representation_size": arch["representation_size"]}
 
 
-def _check_preset(params, preset):
+def _check_preset(shapes, preset):
     """Raise a `CheckpointError` listing every architecture argument of the
     registered `preset` that the checkpoint's parameter shapes contradict."""
     from keras_sparse_moe.models.moe_layer_schedule import resolve_moe_layers
@@ -455,7 +494,7 @@ def _check_preset(params, preset):
             f"Preset {preset!r} is not a MoEViTBackbone architecture preset (it builds "
             f"{getattr(spec.backbone_cls, '__name__', 'a preset directory')})."
         )
-    arch = _architecture(params)
+    arch = _architecture(shapes)
     defaults = {name: parameter.default for name, parameter
                 in inspect.signature(MoEViTBackbone.__init__).parameters.items()}
     expected = {key: value for key, value in {**defaults, **spec.backbone_config}.items()

@@ -4,10 +4,12 @@ import keras
 from keras import ops
 
 from keras_sparse_moe.layers import aux_losses
+from keras_sparse_moe.layers import backend_random
 from keras_sparse_moe.layers.dispatchers import Bfloat16Dispatcher
 from keras_sparse_moe.layers.dispatchers import DenseDispatcher
 from keras_sparse_moe.layers.router_base import Router
 from keras_sparse_moe.layers.router_registry import register_router
+from keras_sparse_moe.utils.validation import check_float
 from keras_sparse_moe.utils.validation import check_int
 
 
@@ -39,7 +41,13 @@ class SoftRouter(Router):
             sums stay float32), as vmoe's Soft MoE always does (its
             `Bfloat16Dispatcher`). Default False (float32 throughout);
             checkpoints converted from vmoe set it.
-        z_loss_weight: float >= 0 (z-loss of the dispatch logits).
+        noise_std: float >= 0, std of Gaussian noise added to the logits
+            in training (before both softmaxes), as vmoe's Soft MoE
+            `SoftRouter(noise_std=)` does. Default 0 (no noise, no random
+            state).
+        seed: int or None, seed of the noise.
+        z_loss_weight: float >= 0 (z-loss of the dispatch logits, taken
+            without the noise).
         kernel_initializer: initializer of `phi`.
 
     Returns (call):
@@ -57,7 +65,7 @@ class SoftRouter(Router):
 
     def __init__(self, num_experts, slots_per_expert=1, normalize=True,
                  kernel_initializer="lecun_normal", capacity_factor=1.0,
-                 bfloat16_dispatch=False, **kwargs):
+                 bfloat16_dispatch=False, noise_std=0.0, seed=None, **kwargs):
         kwargs.pop("top_k", None)
         kwargs.pop("eval_capacity_factor", None)
         for key in ("capacity", "capacity_rounding", "capacity_multiple_of", "capacity_formula"):
@@ -85,6 +93,10 @@ class SoftRouter(Router):
                 f"bfloat16_dispatch={bfloat16_dispatch!r}."
             )
         self.bfloat16_dispatch = bfloat16_dispatch
+        self.noise_std = check_float("noise_std", noise_std, minimum=0.0)
+        self.seed = seed
+        if self.noise_std > 0:  # no random state (and no extra variable) without noise
+            self.seed_generator = keras.random.SeedGenerator(seed)
 
     def num_logits(self):
         if self.slots_per_expert is None:
@@ -140,7 +152,11 @@ class SoftRouter(Router):
             phi = self.scale * phi / ops.sqrt(
                 ops.sum(ops.square(phi), axis=0, keepdims=True) + 1e-6
             )
-        logits = ops.matmul(x, phi)  # (G, S, E*n)
+        clean_logits = logits = ops.matmul(x, phi)  # (G, S, E*n)
+        if training and self.noise_std > 0:
+            logits = logits + self.noise_std * backend_random.normal(
+                ops.shape(logits), self.seed_generator
+            )
         dispatch_logits = logits
         if token_mask is not None:
             # Slots mix real tokens only.
@@ -153,7 +169,7 @@ class SoftRouter(Router):
         shape = (-1, group_size, self.num_experts, self.slots_per_expert)
         combine_4d = ops.reshape(combine, shape)
         probs = ops.sum(combine_4d, axis=-1)
-        losses = {"router_z_loss": aux_losses.router_z_loss(logits)}
+        losses = {"router_z_loss": aux_losses.router_z_loss(clean_logits)}
         return {
             "dispatch_weights": ops.reshape(dispatch, shape),
             "combine_weights": combine_4d,
@@ -171,7 +187,8 @@ class SoftRouter(Router):
             config.pop(key, None)
         config.update(
             {"slots_per_expert": self.slots_per_expert_arg, "normalize": self.normalize,
-             "bfloat16_dispatch": self.bfloat16_dispatch}
+             "bfloat16_dispatch": self.bfloat16_dispatch, "noise_std": self.noise_std,
+             "seed": self.seed}
         )
         if self.slots_per_expert_arg is None:
             config["capacity_factor"] = self.capacity_factor

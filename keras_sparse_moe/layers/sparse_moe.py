@@ -89,7 +89,7 @@ class SparseMoE(keras.layers.Layer):
             `jitter`, `renormalize_gates`, `batch_priority`,
             `importance_loss_weight`, `load_loss_weight`,
             `load_balancing_loss_weight`, `seed`, `dropless_impl`; for
-            `"soft"` (`SoftRouter`): `slots_per_expert`, `normalize`; for
+            `"soft"` (`SoftRouter`): `slots_per_expert`, `normalize`, `noise_std`; for
             every router `z_loss_weight`. Other keyword arguments go to
             `keras.layers.Layer` (`name`, `dtype`, ...).
 

@@ -15,6 +15,7 @@ from keras_sparse_moe.convert import CheckpointError
 from keras_sparse_moe.convert import build_classifier
 from keras_sparse_moe.convert import convert_vmoe
 from keras_sparse_moe.convert import read_checkpoint
+from keras_sparse_moe.models.moe_vit.moe_vit_sincos_embedding import sincos2d_position_table
 
 MODELS = os.path.join(os.path.dirname(__file__), "..", "fixtures", "vmoe", "models")
 # (model, a variant that drops tokens, one that does not); bf16 variants are
@@ -214,6 +215,23 @@ def test_soft_moe_errors():
     with pytest.raises(CheckpointError, match="Position embedding 'none'.*not convertible"):
         build_classifier(params, dict(config, encoder=dict(
             config["encoder"], position_emb={"name": "none"})), image_size=16)
+    noisy = build_classifier(params, dict(config, encoder=dict(config["encoder"], moe=dict(
+        moe, router=dict(moe["router"], noise_std=0.3)))), image_size=16)
+    assert [layer.router.noise_std for layer in noisy.backbone.sparse_moe_layers] == [0.3] * len(
+        noisy.backbone.sparse_moe_layers)
+    # vmoe's sincos2d temperature (`position_emb.temperature`) is kept.
+    model = build_classifier(params, dict(config, encoder=dict(
+        config["encoder"], position_emb={"name": "sincos2d", "temperature": 100.0})),
+        image_size=16)
+    assert model.backbone.position_embedding_temperature == 100.0
+    embedding = model.backbone.get_layer("patching_and_embedding")
+    grid, dim = model.backbone.grid_size, model.backbone.hidden_dim
+    np.testing.assert_array_equal(embedding.position_table,
+                                  sincos2d_position_table(*grid, dim, temperature=100.0))
+    with pytest.raises(CheckpointError, match="sincos2d temperature -1.0 is not a positive"):
+        build_classifier(params, dict(config, encoder=dict(
+            config["encoder"], position_emb={"name": "sincos2d", "temperature": -1.0})),
+            image_size=16)
     learned, _ = read_checkpoint(model_dir("soft_moe_gap"))
     gap = variants("soft_moe_gap")["soft_cf1"]
     with pytest.raises(CheckpointError, match=r"gives 64 patches.*has 16"):

@@ -189,3 +189,47 @@ def test_soft_moe_matches_vmoe(routing):
                 )
                 checked += 1
     assert checked >= 2 * 10
+
+
+def test_soft_moe_noise_is_vmoes(routing, monkeypatch):
+    """vmoe's `SoftRouter(noise_std=)`: in training, `noise_std * normal` is
+    added to the logits (G, S, E, n) before both softmaxes; at inference
+    there is none (then the recorded deterministic weights hold)."""
+    spec, arrays = routing
+    case = next(case for case in cases(spec, "soft-") if case["dispatch"] is not None)
+    num_experts, slots = case["num_experts"], case["num_slots"]
+    router = SoftRouter(num_experts, slots_per_expert=slots, noise_std=0.5, seed=1)
+    mu = arrays[case["mu"]]
+    inputs = build(router, arrays, case, mu.reshape(mu.shape[0], -1))
+    router.scale.assign(arrays[case["scale"]])
+    out = router(inputs, training=False)
+    np.testing.assert_allclose(ops.convert_to_numpy(out["dispatch_weights"]),
+                               arrays[case["dispatch"]], rtol=0, atol=1e-6)
+    groups, size = inputs.shape[:2]
+    normal = np.random.RandomState(0).randn(groups, size, num_experts * slots).astype("float32")
+    monkeypatch.setattr(
+        backend_random, "normal", lambda shape, seed=None: ops.convert_to_tensor(normal))
+    out = router(inputs, training=True)
+    # vmoe/projects/soft_moe/router.py, in NumPy (float64).
+    x = inputs.astype("float64")
+    x = x / np.sqrt(np.sum(x * x, axis=-1, keepdims=True) + 1e-6)
+    mu = mu.astype("float64")
+    mu = mu / np.sqrt(np.sum(mu * mu, axis=0, keepdims=True) + 1e-6)
+    mu = mu * float(arrays[case["scale"]])
+    logits = np.einsum("gmd,dnp->gmnp", x, mu) + 0.5 * normal.reshape(groups, size,
+                                                                       num_experts, slots)
+    dispatch = np.exp(logits - logits.max(axis=1, keepdims=True))
+    dispatch /= dispatch.sum(axis=1, keepdims=True)
+    combine = np.exp(logits - logits.max(axis=(2, 3), keepdims=True))
+    combine /= combine.sum(axis=(2, 3), keepdims=True)
+    np.testing.assert_allclose(ops.convert_to_numpy(out["dispatch_weights"]), dispatch,
+                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(out["combine_weights"]), combine,
+                               rtol=0, atol=1e-6)
+    assert np.abs(dispatch - arrays[case["dispatch"]]).max() > 1e-3  # the noise counts
+    config = router.get_config()
+    assert (config["noise_std"], config["seed"]) == (0.5, 1)
+    assert SoftRouter.from_config(config).noise_std == 0.5
+    assert not hasattr(SoftRouter(num_experts, slots_per_expert=slots), "seed_generator")
+    with pytest.raises(ValueError, match="noise_std.*-1"):
+        SoftRouter(num_experts, noise_std=-1.0)

@@ -125,7 +125,33 @@ def test_qk_norm_backbone_and_map_head():
 
 
 @pytest.mark.single_backend
+def test_sincos2d_temperature_matches_vmoe():
+    # vmoe's own test (vmoe/nn/vit_moe_test.py, test_position_embedding_sincos2d):
+    # a 2x2 grid, width 8, temperature 1, so every frequency is 1.
+    s, c = math.sin(1), math.cos(1)
+    vmoe = np.array([[0, 0, 1, 1, 0, 0, 1, 1], [s, s, c, c, 0, 0, 1, 1],
+                     [0, 0, 1, 1, s, s, c, c], [s, s, c, c, s, s, c, c]], "float32")
+    config = dict(TINY, image_shape=(8, 8, 3), pooling="gap", position_embedding="sincos2d",
+                  position_embedding_temperature=1.0)
+    backbone = MoEViTBackbone(**config)
+    embedding = backbone.get_layer("patching_and_embedding")
+    images = np.random.RandomState(0).randn(2, 8, 8, 3).astype("float32")
+    patches = numpy(embedding.patch_embedding(images)).reshape(2, -1, 8)
+    np.testing.assert_allclose(numpy(embedding(images)) - patches,
+                               np.broadcast_to(vmoe, (2, 4, 8)), atol=1e-6)
+    restored = MoEViTBackbone.from_config(backbone.get_config())
+    assert restored.position_embedding_temperature == 1.0
+    np.testing.assert_allclose(
+        restored.get_layer("patching_and_embedding").position_table, vmoe, atol=1e-6)
+    assert MoEViTBackbone(**dict(config, position_embedding_temperature=10_000.0)).get_layer(
+        "patching_and_embedding").temperature == 10_000.0
+
+
 def test_bad_position_and_qk_norm_arguments():
+    with pytest.raises(ValueError, match="position_embedding_temperature.*0.0"):
+        MoEViTBackbone(**TINY, position_embedding="sincos2d", position_embedding_temperature=0)
+    with pytest.raises(ValueError, match="sincos2d' only.*temperature=5.0.*'learned'"):
+        MoEViTBackbone(**TINY, position_embedding_temperature=5)
     with pytest.raises(ValueError, match="position_embedding.*'rope'"):
         MoEViTBackbone(**TINY, position_embedding="rope")
     with pytest.raises(ValueError, match="sincos2d.*multiple of 4.*hidden_dim=6"):

@@ -20,6 +20,7 @@ from keras_sparse_moe.models.moe_vit.moe_vit_sincos_embedding import (
 )
 from keras_sparse_moe.presets import PresetMixin
 from keras_sparse_moe.utils.validation import check_choice
+from keras_sparse_moe.utils.validation import check_float
 
 POOLINGS = ("token", "gap", "map")
 POSITION_EMBEDDINGS = ("learned", "sincos2d")
@@ -99,6 +100,9 @@ class MoEViTBackbone(PresetMixin, Backbone):
             the patch grid, no weights, none for the class token;
             `sincos2d_position_table`, as vmoe's and big_vision's
             `sincos2d`; needs `hidden_dim` a multiple of 4 and >= 8).
+        position_embedding_temperature: float > 0, the frequency base of
+            the `"sincos2d"` table (vmoe's `position_emb.temperature`;
+            default 10000, the only value allowed with `"learned"`).
         attention_qk_norm: bool, LayerNorm on each head's projected queries
             and keys in every block (`QKNormMultiHeadAttention`; vmoe's
             `attention_qk_norm`, used by its Soft MoE models). Default False.
@@ -140,6 +144,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
         position_embedding="learned",
         attention_qk_norm=False,
         dtype=None,
+        position_embedding_temperature=10_000.0,
         **kwargs,
     ):
         # === Validation ===
@@ -166,6 +171,17 @@ class MoEViTBackbone(PresetMixin, Backbone):
                 "Argument `position_embedding`='sincos2d' needs `hidden_dim` to be a multiple "
                 f"of 4 and at least 8; received hidden_dim={hidden_dim}."
             )
+        position_embedding_temperature = check_float(
+            "position_embedding_temperature", position_embedding_temperature,
+            minimum=0.0, strict=True,
+        )
+        if position_embedding == "learned" and position_embedding_temperature != 10_000.0:
+            raise ValueError(
+                "Argument `position_embedding_temperature` applies to "
+                "position_embedding='sincos2d' only; received "
+                f"position_embedding_temperature={position_embedding_temperature} with "
+                "position_embedding='learned'."
+            )
         if not isinstance(attention_qk_norm, bool):
             raise ValueError(
                 "Argument `attention_qk_norm` must be True or False; received "
@@ -183,10 +199,11 @@ class MoEViTBackbone(PresetMixin, Backbone):
             )
             for index, channels in enumerate(stem_channels)
         ]
-        embedding_cls = (
-            SinCos2DPatchingAndEmbedding if position_embedding == "sincos2d"
-            else ViTPatchingAndEmbedding
-        )
+        embedding_cls = ViTPatchingAndEmbedding
+        embedding_kwargs = {}
+        if position_embedding == "sincos2d":
+            embedding_cls = SinCos2DPatchingAndEmbedding
+            embedding_kwargs["temperature"] = position_embedding_temperature
         embedding = embedding_cls(
             image_size=embedded_shape[:2],
             patch_size=embedded_patch,
@@ -195,6 +212,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
             use_class_token=pooling == "token",
             dtype=dtype,
             name="patching_and_embedding",
+            **embedding_kwargs,
         )
         embedding_dropout = keras.layers.Dropout(
             dropout_rate, dtype=dtype, name="embedding_dropout"
@@ -238,6 +256,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
         self.pooling = pooling
         self.mlp_activation = mlp_activation
         self.position_embedding = position_embedding
+        self.position_embedding_temperature = position_embedding_temperature
         self.attention_qk_norm = attention_qk_norm
         self.stem_channels = list(stem_channels) or None
         self.stochastic_depth = stochastic_depth
@@ -267,6 +286,7 @@ class MoEViTBackbone(PresetMixin, Backbone):
                 "stochastic_depth": self.stochastic_depth,
                 "mlp_activation": self.mlp_activation,
                 "position_embedding": self.position_embedding,
+                "position_embedding_temperature": self.position_embedding_temperature,
                 "attention_qk_norm": self.attention_qk_norm,
             }
         )
