@@ -373,7 +373,6 @@ def _check_output_file(path):
 _CLASSIFIER_ONLY = {
     "label_smoothing": ("--label-smoothing", 0.1),
     "set": ("--set", None),
-    "run_eagerly": ("--run-eagerly", False),
     "extra_train_data": ("--extra-train-data", None),
 }
 
@@ -403,7 +402,8 @@ def _train_dual_encoder(args):
         )
     metrics = train(args.preset, args.data, _training_config(args), args.output,
                     overwrite=args.overwrite, plots=not args.no_plots,
-                    data_options=_data_options(args), verbose=0 if args.quiet else args.verbose)
+                    data_options=_data_options(args), verbose=0 if args.quiet else args.verbose,
+                    run_eagerly=args.run_eagerly)
     artifacts = [run_state.MODEL_FILE, run_state.PRESET_DIR + "/", run_state.METRICS_FILE,
                  run_state.LOG_FILE]
     artifacts += [os.path.basename(path) for path in metrics.get("figures", [])]

@@ -73,6 +73,13 @@ LIMOE = dict(
 )
 """`LIMoEBackbone` keyword arguments (one tower shared by images and text)."""
 
+LIMOE_PRESET_OVERRIDES = dict(num_layers=2, hidden_dim=8, mlp_dim=16, num_heads=2, embedding_dim=6)
+"""Overrides that shrink the `limoe_tiny` preset (keeping its tokenizer and
+image converter, so that it reads the digits' captions) for the recipes and
+the command line: `from_preset("limoe_tiny", **LIMOE_PRESET_OVERRIDES)`; the
+session fixture `small_limoe_preset` of `tests/conftest.py` saves it as a
+preset directory."""
+
 TWO_TOWER_VISION = dict(
     image_shape=(8, 8, 1), patch_size=4, num_layers=2, num_heads=2, hidden_dim=8,
     mlp_dim=16, num_experts=4,

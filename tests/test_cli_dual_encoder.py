@@ -6,16 +6,21 @@ import json
 import os
 import sys
 
+import keras
 import pytest
 
 from keras_sparse_moe.cli import main
 
+# Training runs eagerly on TensorFlow and PyTorch (a few batches: tracing would cost more).
+EAGER = [] if keras.backend.backend() == "jax" else ["--run-eagerly"]
+
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, small_limoe_preset):
+    # limoe_tiny shrunk (tests/conftest.py): the same command at a fraction of the cost.
     out = str(tmp_path_factory.mktemp("limoe_run"))
-    code = main(["train", "--preset", "limoe_tiny", "--data", "digits", "--output", out,
-                 "--epochs", "1", "--batch-size", "16", "--max-batches", "2", "--quiet"])
+    code = main(["train", "--preset", small_limoe_preset, "--data", "digits", "--output", out,
+                 "--epochs", "1", "--batch-size", "16", "--max-batches", "2", "--quiet", *EAGER])
     return code, out
 
 
@@ -76,11 +81,12 @@ def test_export_towers_reports_litert_zero_shot(capsys, tmp_path):
 
 
 @pytest.mark.single_backend
-def test_rerun_returns_the_finished_run_other_settings_need_overwrite(trained, capsys):
+def test_rerun_returns_the_finished_run_other_settings_need_overwrite(trained, capsys,
+                                                                     small_limoe_preset):
     # Last in this file: it replaces the module's trained run.
     _, out = trained
-    argv = ["train", "--preset", "limoe_tiny", "--data", "digits", "--output", out,
-            "--batch-size", "16", "--max-batches", "2", "--quiet"]
+    argv = ["train", "--preset", small_limoe_preset, "--data", "digits", "--output", out,
+            "--batch-size", "16", "--max-batches", "2", "--quiet", *EAGER]
     log = os.path.join(out, "log.csv")
     before = open(log).read()
     capsys.readouterr()

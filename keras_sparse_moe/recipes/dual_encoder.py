@@ -276,6 +276,7 @@ def train_dual_encoder(
     verbose=2,
     plots=True,
     data_options=None,
+    run_eagerly=False,
 ):
     """Train a dual encoder contrastively, then measure zero-shot accuracy
     (`train` calls this for dual encoders).
@@ -318,6 +319,9 @@ def train_dual_encoder(
         data_options: None or a dict of more dataset options, e.g.
             `{"data_dir": "...", "download": False}` for a `tfds:` dataset
             (recorded in `run.json`; not part of the resume check).
+        run_eagerly: run `fit` and the evaluation step by step without
+            compiling a graph (faster for a few steps, e.g. smoke tests;
+            not part of the resume check).
 
     Returns:
         dict of metrics: `zero_shot_accuracy` (test split; None for data without
@@ -387,7 +391,7 @@ def train_dual_encoder(
         steps = min(steps, max_batches)
     total_steps = steps * epochs
     optimizer = config.make_optimizer(total_steps, no_decay=_NO_DECAY)
-    model.compile(optimizer=optimizer)
+    model.compile(optimizer=optimizer, run_eagerly=bool(run_eagerly))
 
     val_pairs = None
     monitor = "loss"

@@ -3,6 +3,7 @@ catalogue datasets, and a tiny local builder prepared in a temporary folder."""
 
 import time
 
+import keras
 import numpy as np
 import pytest
 
@@ -118,7 +119,8 @@ def test_bad_tfds_specs(tmp_path):
         build_datasets("tfds:mnist", data_dir=str(tmp_path), download=False)
 
 
-def test_dual_encoder_commands_use_the_data_dir(tiny_data_dir, tmp_path, capsys):
+def test_dual_encoder_commands_use_the_data_dir(tiny_data_dir, tmp_path, capsys,
+                                                small_limoe_preset):
     # --data-dir / --no-download reach the image-text pipelines of dual encoders
     # too (zero-shot evaluation, training, tower export), not only classifiers.
     from keras_sparse_moe.cli import main
@@ -132,9 +134,10 @@ def test_dual_encoder_commands_use_the_data_dir(tiny_data_dir, tmp_path, capsys)
                  "--data-dir", tiny_data_dir, "--no-download"]) == 0
     assert "zero-shot accuracy" in capsys.readouterr().out
     out = str(tmp_path / "train")
-    assert main(["train", "--preset", "limoe_tiny", "--data", spec, "--data-dir", tiny_data_dir,
+    assert main(["train", "--preset", small_limoe_preset, "--data", spec, "--data-dir", tiny_data_dir,
                  "--no-download", "--epochs", "1", "--batch-size", "8", "--max-batches", "1",
-                 "--no-plots", "--quiet", "--output", out]) == 0
+                 "--no-plots", "--quiet", "--output", out,
+                 *([] if keras.backend.backend() == "jax" else ["--run-eagerly"])]) == 0
     import json
     import os
 

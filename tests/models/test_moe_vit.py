@@ -27,6 +27,14 @@ def images(batch=4, shape=(8, 8, 1), seed=0):
     return np.random.default_rng(seed).random((batch,) + shape).astype("float32")
 
 
+# The two `fit` tests check what a training step computes (gradients reaching
+# the stem, the reported loss), not graph compilation: they run eagerly on
+# TensorFlow and PyTorch, where tracing a train step costs far more than the
+# step (graph-mode training is covered by tests/harness and tests/recipes).
+# JAX keeps its jitted step.
+EAGER = keras.backend.backend() != "jax"
+
+
 def trainable_count(model):
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
@@ -252,7 +260,8 @@ def test_stem_lets_a_token_see_neighbouring_patches():
 def test_stem_trains_and_round_trips_through_a_keras_file(tmp_path):
     model = classifier(tiny(pooling="gap", stem_channels=[4]))
     model.compile(optimizer=keras.optimizers.Adam(0.01),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  run_eagerly=EAGER)
     x, y = images(8), np.arange(8) % 3
     before = [keras.ops.convert_to_numpy(w).copy()
               for w in model.backbone.get_layer("stem_conv_0").weights]
@@ -323,7 +332,8 @@ def test_fit_on_raw_images_reports_loss_with_auxiliary_moe_losses():
     preprocessor = MoEViTImageClassifierPreprocessor.for_backbone(backbone, scale=1 / 16)
     model = MoEViTImageClassifier(backbone, num_classes=3, preprocessor=preprocessor)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss_fn, metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss_fn, metrics=["accuracy"],
+                  run_eagerly=EAGER)
     # Raw 16x16 "digits" with values 0..16; the preprocessor resizes to 8x8 and rescales.
     raw = np.random.default_rng(0).integers(0, 17, (4, 16, 16, 1)).astype("float32")
     y = np.array([0, 1, 2, 0])

@@ -2,6 +2,7 @@ import csv
 import json
 import os
 
+import keras
 import pytest
 
 from keras_sparse_moe.recipes.dual_encoder import evaluate_zero_shot
@@ -9,6 +10,10 @@ from keras_sparse_moe.recipes.dual_encoder import load_dual_encoder
 from keras_sparse_moe.recipes.config import TrainingConfig
 from keras_sparse_moe.recipes.dual_encoder import train_dual_encoder
 from tests.recipes.interrupt import InterruptAfter
+
+# Training runs eagerly on TensorFlow and PyTorch (no tracing of a train step for a few
+# batches); graph-mode training is covered by tests/harness and docs/training.md.
+EAGER = keras.backend.backend() != "jax"
 
 
 def test_shipped_limoe_tiny_digits_meets_zero_shot_target():
@@ -24,12 +29,13 @@ def _logged_epochs(out):
 
 
 @pytest.mark.slow
-def test_tiny_run_resumes_and_writes_artifacts(tmp_path):
+def test_tiny_run_resumes_and_writes_artifacts(tmp_path, small_limoe_preset):
     # (The checkpoint mechanics are covered in test_checkpoints.py: the recipe
     # uses the same make_callbacks / ResumableCheckpoint.)
     out = str(tmp_path / "run")
     config = TrainingConfig(epochs=3, batch_size=32, max_batches=4, learning_rate=3e-3)
-    quick = dict(output_dir=out, config=config, verbose=0)
+    quick = dict(preset=small_limoe_preset, output_dir=out, config=config, verbose=0,
+                 run_eagerly=EAGER)
     with pytest.raises(KeyboardInterrupt):
         train_dual_encoder(callbacks=[InterruptAfter(2)], **quick)
     assert _logged_epochs(out) == [0, 1]
@@ -78,7 +84,7 @@ def test_a_folder_too_small_for_a_test_split_is_refused_before_training(tmp_path
     assert not (out / "model.keras").exists() and not (out / "log.csv").exists()
 
 
-def test_captioned_folder_without_labels_trains_and_saves(tmp_path, capsys):
+def test_captioned_folder_without_labels_trains_and_saves(tmp_path, capsys, small_limoe_preset):
     # Image-caption pairs without class labels: contrastive training works, the model
     # is saved, and there is no zero-shot accuracy to measure (it needs labels).
     from PIL import Image
@@ -93,9 +99,9 @@ def test_captioned_folder_without_labels_trains_and_saves(tmp_path, capsys):
     from keras_sparse_moe.cli import main
 
     out = tmp_path / "run"
-    assert main(["train", "--preset", "limoe_tiny", "--data", f"folder:{root}", "--output",
+    assert main(["train", "--preset", small_limoe_preset, "--data", f"folder:{root}", "--output",
                  str(out), "--epochs", "1", "--batch-size", "4", "--max-batches", "2",
-                 "--quiet"]) == 0
+                 "--quiet", *(["--run-eagerly"] if EAGER else [])]) == 0
     assert "not measured: the data has no class labels" in capsys.readouterr().out
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["zero_shot_accuracy"] is None

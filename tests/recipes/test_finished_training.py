@@ -13,8 +13,6 @@ import pytest
 from keras_sparse_moe.data import DatasetInfo
 from keras_sparse_moe.data import Datasets
 from keras_sparse_moe.data import make_pipeline
-from keras_sparse_moe.presets import from_preset
-from keras_sparse_moe.presets import save_to_preset
 from keras_sparse_moe.recipes import classifier as classifier_recipe
 from keras_sparse_moe.recipes import dual_encoder as dual_encoder_recipe
 from keras_sparse_moe.recipes.classifier import train_classifier
@@ -103,21 +101,20 @@ def test_classifier_run_killed_after_fit_is_completed_without_training(tmp_path,
 
 @pytest.mark.slow
 @pytest.mark.single_backend  # the classifier test covers the backends; this one is slow
-def test_dual_encoder_run_killed_after_fit_is_completed_without_training(tmp_path, monkeypatch):
-    # limoe_tiny's tokenizer and image converter, with a smaller network.
-    preset = str(tmp_path / "preset")
-    save_to_preset(from_preset("limoe_tiny", num_layers=2, hidden_dim=8, mlp_dim=16,
-                               num_heads=2, embedding_dim=6), preset)
+def test_dual_encoder_run_killed_after_fit_is_completed_without_training(
+        tmp_path, monkeypatch, small_limoe_preset):
+    preset = small_limoe_preset  # limoe_tiny's tokenizer and image converter, a smaller network
     out = str(tmp_path / "run")
     config = TrainingConfig(epochs=1, batch_size=16, max_batches=2)
     counter = CountTraining()
     with monkeypatch.context() as patch:
         patch.setattr(dual_encoder_recipe, "evaluate_zero_shot", _kill)
         with pytest.raises(KeyboardInterrupt):
-            train_dual_encoder(preset, "digits", out, config, verbose=0, plots=False)
+            train_dual_encoder(preset, "digits", out, config, verbose=0, plots=False,
+                               run_eagerly=QUICK["run_eagerly"])
     assert _status(out) == "trained"
     metrics = train_dual_encoder(preset, "digits", out, config, verbose=0, plots=False,
-                                 callbacks=[counter])
+                                 callbacks=[counter], run_eagerly=QUICK["run_eagerly"])
     assert counter.epochs == 0
     assert _logged_epochs(out) == [0]
     assert 0.0 <= metrics["zero_shot_accuracy"] <= 1.0
