@@ -1,23 +1,19 @@
 """keras-hub's backbone harness (`run_backbone_test`, `run_model_saving_test`)
 on every backbone: serialization round trip, eager call and compiled
 `predict` (arrays and a `tf.data` dataset) with the expected output shapes,
-the name, int8/float8 quantization of the Dense/EinsumDense layers, and a
-`.keras` save and load with equal outputs.
+the name, the dtypes under mixed_float16 / mixed_bfloat16 / bfloat16,
+int8/float8 quantization of the Dense/EinsumDense layers, and a `.keras`
+save and load with equal outputs.
 
-keras-hub's mixed-precision check is off: it asks every sublayer to compute
-in the policy's dtype, while the routers (and the contrastive head's
-logits) compute in float32 by design (tests/layers/test_mixed_precision.py
-and tests/models check the dtypes of these models)."""
-
-import keras
-import pytest
-from keras_hub.src.tests.test_case import TestCase
+The precision check is keras-hub's with the routers (and the dual encoders'
+`logits`) checked to be float32, as they are by design (tests/harness/precision.py)."""
 
 from keras_sparse_moe.models import MoEViTBackbone
 from keras_sparse_moe.models.moe_dual_encoder import LIMoEBackbone
 from keras_sparse_moe.models.moe_dual_encoder import MoETextEncoder
 from keras_sparse_moe.models.moe_dual_encoder import MoETwoTowerBackbone
 from tests import configs
+from tests.harness.precision import FloatRouterTestCase
 
 # Even, so that the harness's tf.data batches of 2 hold square (2, 2) logits.
 BATCH = 4
@@ -31,7 +27,7 @@ def dual_encoder_outputs(embedding_dim):
     }
 
 
-class MoEViTBackboneTest(TestCase):
+class MoEViTBackboneTest(FloatRouterTestCase):
     def setUp(self):
         super().setUp()
         self.input_data = configs.images(BATCH, configs.MOE_VIT["image_shape"])
@@ -43,7 +39,6 @@ class MoEViTBackboneTest(TestCase):
             input_data=self.input_data,
             # 2x2 patches and the class token, width 16.
             expected_output_shape=(BATCH, 5, configs.MOE_VIT["hidden_dim"]),
-            run_mixed_precision_check=False,
         )
 
     def test_saved_model(self):
@@ -54,7 +49,7 @@ class MoEViTBackboneTest(TestCase):
         )
 
 
-class MoETextEncoderTest(TestCase):
+class MoETextEncoderTest(FloatRouterTestCase):
     def test_backbone_basics(self):
         data = configs.tokens(BATCH)
         self.run_backbone_test(
@@ -66,11 +61,12 @@ class MoETextEncoderTest(TestCase):
             ),
             # The sequence length is fixed (static expert capacity).
             variable_length_data=[data],
-            run_mixed_precision_check=False,
         )
 
 
-class LIMoEBackboneTest(TestCase):
+class LIMoEBackboneTest(FloatRouterTestCase):
+    float32_outputs = ("logits",)
+
     def setUp(self):
         super().setUp()
         self.input_data = configs.image_text_batch(BATCH)
@@ -82,7 +78,6 @@ class LIMoEBackboneTest(TestCase):
             input_data=self.input_data,
             expected_output_shape=dual_encoder_outputs(configs.LIMOE["embedding_dim"]),
             variable_length_data=[self.input_data],
-            run_mixed_precision_check=False,
         )
 
     def test_saved_model(self):
@@ -107,34 +102,23 @@ def two_tower_kwargs():
     }
 
 
-class MoETwoTowerBackboneTest(TestCase):
+class MoETwoTowerBackboneTest(FloatRouterTestCase):
+    float32_outputs = ("logits",)
+
     def setUp(self):
         super().setUp()
         self.input_data = configs.image_text_batch(BATCH)
 
     def test_backbone_basics(self):
+        # Quantization included: the towers' layers have distinct paths
+        # (MoETextEncoder's are `text_`-prefixed), which one DTypePolicyMap
+        # addresses.
         self.run_backbone_test(
             cls=MoETwoTowerBackbone,
             init_kwargs=two_tower_kwargs(),
             input_data=self.input_data,
             expected_output_shape=dual_encoder_outputs(configs.TWO_TOWER_EMBEDDING_DIM),
             variable_length_data=[self.input_data],
-            run_mixed_precision_check=False,
-            run_quantization_check=False,  # test_quantization
-        )
-
-    @pytest.mark.xfail(
-        keras.backend.backend() != "torch",  # keras-hub skips quantization on torch
-        strict=True,
-        raises=ValueError,
-        reason="the two towers are nested models whose layers have the same paths "
-        "(e.g. encoder_block_1/attention/attention_output), so one DTypePolicyMap "
-        "cannot address both towers' layers",
-    )
-    def test_quantization(self):
-        kwargs = two_tower_kwargs()
-        self.run_quantization_test(
-            MoETwoTowerBackbone(**kwargs), MoETwoTowerBackbone, kwargs, self.input_data
         )
 
     def test_saved_model(self):
