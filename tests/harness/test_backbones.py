@@ -8,6 +8,10 @@ save and load with equal outputs.
 The precision check is keras-hub's with the routers (and the dual encoders'
 `logits`) checked to be float32, as they are by design (tests/harness/precision.py)."""
 
+import keras
+import numpy as np
+import pytest
+
 from keras_sparse_moe.models import MoEViTBackbone
 from keras_sparse_moe.models.moe_dual_encoder import LIMoEBackbone
 from keras_sparse_moe.models.moe_dual_encoder import MoETextEncoder
@@ -62,6 +66,28 @@ class MoETextEncoderTest(FloatRouterTestCase):
             # The sequence length is fixed (static expert capacity).
             variable_length_data=[data],
         )
+
+
+@pytest.mark.single_backend
+def test_text_encoder_reads_a_quantization_map_with_unprefixed_names():
+    """A quantized MoETextEncoder saved when its layers were named
+    `encoder_block_{i}` (no `text_` prefix) loads quantized, with its weights."""
+    encoder = MoETextEncoder(**configs.TEXT_ENCODER)
+    encoder.quantize("int8")
+    config = encoder.get_config()
+    policies = config["dtype"]["config"]["policy_map"]
+    old_policies = {key.removeprefix("text_") if key.startswith("text_encoder_block_") else key:
+                    value for key, value in policies.items()}
+    assert "encoder_block_0/mlp_in" in old_policies
+    config["dtype"] = {**config["dtype"], "config": {**config["dtype"]["config"],
+                                                     "policy_map": old_policies}}
+    revived = MoETextEncoder.from_config(config)
+    layer = revived.get_layer("text_encoder_block_0").mlp_in
+    assert layer.quantization_mode == "int8"
+    revived.set_weights(encoder.get_weights())
+    data = configs.tokens(BATCH)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(revived(data)),
+                               keras.ops.convert_to_numpy(encoder(data)), atol=1e-6)
 
 
 class LIMoEBackboneTest(FloatRouterTestCase):
