@@ -13,7 +13,8 @@ float32 instead of exempting them silently:
   the contrastive head computes in float32 from the embeddings).
 
 Everything else (every other sublayer, weight and output, and the output
-spec, here computed from symbolic inputs) is checked as keras-hub checks it.
+spec, here computed from symbolic inputs) is checked as keras-hub checks it,
+on every backend (keras-hub's skips torch without CUDA).
 """
 
 import keras
