@@ -71,6 +71,15 @@ def test_keras_hub_backbone_loader_reads_every_shipped_preset(name):
         saved_class = json.load(handle)["class_name"]
     backbone = keras_hub.models.Backbone.from_preset(directory)
     assert type(backbone).__name__ == saved_class
+    # keras-hub's generic preprocessing loaders find the classes of this
+    # backbone (for LIMoE: LIMoETokenizer, LIMoEImageConverter).
+    with open(os.path.join(directory, "image_converter.json"), encoding="utf-8") as handle:
+        saved_converter = json.load(handle)["class_name"]
+    converter = keras_hub.layers.ImageConverter.from_preset(directory)
+    assert type(converter).__name__ == saved_converter
+    if os.path.isfile(os.path.join(directory, "tokenizer.json")):
+        tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(directory)
+        assert type(tokenizer).__name__ == "MoEDualEncoderTokenizer"
 
 
 @pytest.mark.single_backend
@@ -81,6 +90,8 @@ def test_preprocessing_classes_load_every_shipped_preset_by_name_and_directory(n
     the classes declaring the dual encoders' base backbone class."""
     from keras_sparse_moe.models import MoEViTImageClassifierPreprocessor
     from keras_sparse_moe.models import MoEViTImageConverter
+    from keras_sparse_moe.models.moe_dual_encoder import LIMoEImageConverter
+    from keras_sparse_moe.models.moe_dual_encoder import LIMoETokenizer
     from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderImageConverter
     from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderPreprocessor
     from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderTokenizer
@@ -90,14 +101,19 @@ def test_preprocessing_classes_load_every_shipped_preset_by_name_and_directory(n
     with open(os.path.join(directory, "image_converter.json"), encoding="utf-8") as handle:
         saved_size = tuple(json.load(handle)["config"]["image_size"])
     if name.startswith("limoe"):
-        classes = (MoEDualEncoderPreprocessor, MoEDualEncoderTokenizer,
-                   MoEDualEncoderImageConverter)
+        # The per-backbone declarations return what the preset saved.
+        classes = ((MoEDualEncoderPreprocessor, MoEDualEncoderPreprocessor),
+                   (MoEDualEncoderTokenizer, MoEDualEncoderTokenizer),
+                   (MoEDualEncoderImageConverter, MoEDualEncoderImageConverter),
+                   (LIMoETokenizer, MoEDualEncoderTokenizer),
+                   (LIMoEImageConverter, MoEDualEncoderImageConverter))
     else:
-        classes = (MoEViTImageClassifierPreprocessor, MoEViTImageConverter)
-    for cls in classes:
+        classes = ((MoEViTImageClassifierPreprocessor, MoEViTImageClassifierPreprocessor),
+                   (MoEViTImageConverter, MoEViTImageConverter))
+    for cls, expected in classes:
         for preset in (name, directory):
             loaded = cls.from_preset(preset)
-            assert isinstance(loaded, cls)
+            assert isinstance(loaded, expected)
             converter = getattr(loaded, "image_converter", loaded)
             if hasattr(converter, "image_size"):
                 assert tuple(converter.image_size) == saved_size

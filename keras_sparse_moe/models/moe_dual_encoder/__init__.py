@@ -43,6 +43,16 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_zero_shot_classif
 )
 from keras_sparse_moe.models.moe_dual_encoder.moe_text_encoder import MoETextEncoder
 from keras_sparse_moe.models.moe_dual_encoder.moe_two_tower_backbone import MoETwoTowerBackbone
+from keras_sparse_moe.models.moe_dual_encoder.per_backbone_preprocessing import (
+    LIMoEImageConverter,
+)
+from keras_sparse_moe.models.moe_dual_encoder.per_backbone_preprocessing import LIMoETokenizer
+from keras_sparse_moe.models.moe_dual_encoder.per_backbone_preprocessing import (
+    MoETwoTowerImageConverter,
+)
+from keras_sparse_moe.models.moe_dual_encoder.per_backbone_preprocessing import (
+    MoETwoTowerTokenizer,
+)
 from keras_sparse_moe.models.moe_dual_encoder.prompt_embeddings import class_text_embeddings
 from keras_sparse_moe.models.moe_dual_encoder.prompt_embeddings import pack_prompts
 
@@ -52,6 +62,8 @@ __all__ = [
     "ClassEmbeddings",
     "ContrastiveHead",
     "LIMoEBackbone",
+    "LIMoEImageConverter",
+    "LIMoETokenizer",
     "ModalityEmbedding",
     "ModalityEncoderBlock",
     "MoEDualEncoderBackbone",
@@ -62,6 +74,8 @@ __all__ = [
     "MoEDualEncoderZeroShotClassifier",
     "MoETextEncoder",
     "MoETwoTowerBackbone",
+    "MoETwoTowerImageConverter",
+    "MoETwoTowerTokenizer",
     "SigmoidContrastiveLoss",
     "SoftmaxContrastiveLoss",
     "TokenPooling",

@@ -52,8 +52,14 @@ class InputShapeCheck(keras.layers.Layer):
             )
         return inputs
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    def compute_output_spec(self, inputs):
+        # From `inputs.shape` (not `compute_output_shape`), so that arrays
+        # work too, as in `model.compute_output_spec(numpy_inputs)`. Float
+        # inputs come out in the compute dtype, as `__call__` casts them.
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        if "float" in dtype:
+            dtype = self.compute_dtype
+        return keras.KerasTensor(tuple(inputs.shape), dtype=dtype)
 
     def get_config(self):
         config = super().get_config()

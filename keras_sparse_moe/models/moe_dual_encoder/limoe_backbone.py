@@ -23,6 +23,7 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
     text_shape_checks,
 )
+from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import tower_model
 from keras_sparse_moe.models.encoder_arguments import check_encoder_arguments
 from keras_sparse_moe.models.encoder_arguments import check_image_shape
 from keras_sparse_moe.models.encoder_arguments import shared_encoder_config
@@ -258,7 +259,7 @@ class LIMoEBackbone(MoEDualEncoderBackbone):
         for block in blocks:
             x = block(x, modality="image")
         x = image_projection(image_pool(final_norm(x)))
-        image_encoder = keras.Model(images, normalize(x), name="image_encoder")
+        image_encoder = tower_model(images, normalize(x), "image_encoder", dtype)
 
         # === Text tower (the same blocks, text modality) ===
         token_ids = keras.Input(shape=(max_sequence_length,), dtype="int32", name="token_ids")
@@ -270,10 +271,11 @@ class LIMoEBackbone(MoEDualEncoderBackbone):
         for block in blocks:
             t = block(t, attention_mask=attention_mask, token_mask=mask, modality="text")
         t = text_projection(text_pool(final_norm(t), padding_mask=mask))
-        text_encoder = keras.Model(
+        text_encoder = tower_model(
             {"token_ids": token_ids, "padding_mask": padding_mask},
             normalize(t),
-            name="text_encoder",
+            "text_encoder",
+            dtype,
         )
 
         self._build_dual_encoder(image_encoder, text_encoder, contrastive_loss, dtype, **kwargs)

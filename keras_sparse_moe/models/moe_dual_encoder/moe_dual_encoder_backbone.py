@@ -37,6 +37,20 @@ def text_shape_checks(sequence_length, dtype=None):
     )
 
 
+def tower_model(inputs, outputs, name, dtype=None):
+    """A functional sub-model (a tower) computing under the backbone's dtype
+    policy: `keras.Model(inputs, outputs)` ignores `dtype`, which would leave
+    the tower labelled float32 under a mixed policy. A quantization
+    `DTypePolicyMap` gives its default policy (the map stays on the backbone)."""
+    model = keras.Model(inputs, outputs, name=name)
+    if dtype is not None:
+        policy = keras.dtype_policies.get(dtype)
+        if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+            policy = policy.default_policy
+        model.dtype_policy = policy
+    return model
+
+
 def check_batch_shapes(x, image_shape, sequence_length):
     """Raise a `ValueError` if array inputs (a dict with `images`,
     `token_ids`, `padding_mask`, or an images array) have the wrong shape.

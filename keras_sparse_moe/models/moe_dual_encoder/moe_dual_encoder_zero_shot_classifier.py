@@ -43,6 +43,7 @@ class MoEDualEncoderZeroShotClassifier(
     softmax-trained backbone, `sigmoid` for a sigmoid-trained one).
 
     Call `refresh_class_embeddings()` after training the backbone further.
+    A saved classifier (preset, `.keras` file) restores its table as saved.
 
     `compile()` defaults (for `evaluate`): sparse categorical cross-entropy on
     the logits and `accuracy`; AdamW (1e-4) if the image tower is fine-tuned.
@@ -73,6 +74,9 @@ class MoEDualEncoderZeroShotClassifier(
     preprocessor_cls = MoEDualEncoderPreprocessor
 
     def __init__(self, backbone, class_names, preprocessor=None, templates=None, **kwargs):
+        # False when restoring (`from_config`): the table is then state that
+        # the weights restore.
+        compute_table = kwargs.pop("_compute_class_embeddings", True)
         check_dual_encoder_backbone(backbone)
         templates = tuple(DEFAULT_PROMPT_TEMPLATES if templates is None else templates)
         zero_shot_prompts(class_names, templates)  # validates both
@@ -103,7 +107,15 @@ class MoEDualEncoderZeroShotClassifier(
 
         self.class_names = list(class_names)
         self.templates = list(templates)
-        self.refresh_class_embeddings()
+        if compute_table:
+            self.refresh_class_embeddings()
+
+    @classmethod
+    def from_config(cls, config):
+        # The class table is restored with the weights, not recomputed: it is
+        # what was saved (maybe from an earlier text tower), and the
+        # tokenizer of a preset gets its vocabulary only after construction.
+        return super().from_config({**config, "_compute_class_embeddings": False})
 
     def class_text_embeddings(self):
         """Prompt-ensembled class embeddings `(num_classes, dim)` (NumPy) from

@@ -1,5 +1,7 @@
 """Transformer text encoder with optional sparse MoE blocks."""
 
+import re
+
 import keras
 import keras_hub
 from keras_hub.models import Backbone
@@ -17,6 +19,23 @@ from keras_sparse_moe.models.encoder_arguments import store_encoder_arguments
 from keras_sparse_moe.presets import PresetMixin
 from keras_sparse_moe.utils.validation import check_int
 
+# Layer names before they had the `text_` prefix (kept out of the paths of
+# an image tower's layers, e.g. `MoEViTBackbone`'s `encoder_block_0`).
+_UNPREFIXED = re.compile(r"^(encoder_block_\d+|final_norm|embedding_dropout)(/|$)")
+
+
+def _prefixed_policy_map(dtype):
+    """A serialized quantization `DTypePolicyMap` that names the blocks by
+    their old unprefixed paths (no `text_encoder_block_*` key), with the
+    `text_` prefix added; any other `dtype` unchanged."""
+    if not (isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicyMap"):
+        return dtype
+    policies = dtype.get("config", {}).get("policy_map", {})
+    if any(key.startswith("text_encoder_block_") for key in policies):
+        return dtype  # current names (maybe beside an image tower's layers)
+    renamed = {_UNPREFIXED.sub(r"text_\1\2", key): value for key, value in policies.items()}
+    return {**dtype, "config": {**dtype["config"], "policy_map": renamed}}
+
 
 @keras.saving.register_keras_serializable(package="keras_sparse_moe")
 class MoETextEncoder(PresetMixin, Backbone):
@@ -24,7 +43,11 @@ class MoETextEncoder(PresetMixin, Backbone):
     `MoETwoTowerBackbone`; blocks in `moe_layers` have a sparse MoE MLP.
 
     Token and learned position embeddings, `num_layers` blocks with text
-    padding masked out of attention, and a final LayerNorm. Output: the
+    padding masked out of attention, and a final LayerNorm. Its layers are
+    named with a `text_` prefix (`text_embedding`, `text_encoder_block_{i}`,
+    `text_final_norm`), so that beside an image tower in
+    `MoETwoTowerBackbone` every layer has its own path (as quantization's
+    `DTypePolicyMap` needs). Output: the
     token sequence `(batch, max_sequence_length, hidden_dim)`. With MoE
     blocks, training adds the MoE auxiliary losses and, if their weights are
     non-zero, the LIMoE entropy losses over the real (unpadded) tokens.
@@ -103,7 +126,7 @@ class MoETextEncoder(PresetMixin, Backbone):
             name="text_embedding",
         )
         embedding_dropout = keras.layers.Dropout(
-            dropout_rate, dtype=dtype, name="embedding_dropout"
+            dropout_rate, dtype=dtype, name="text_embedding_dropout"
         )
         blocks = []
         for index, moe in enumerate(args.block_moe):
@@ -117,11 +140,11 @@ class MoETextEncoder(PresetMixin, Backbone):
                     attention_dropout=attention_dropout,
                     layer_norm_epsilon=layer_norm_epsilon,
                     dtype=dtype,
-                    name=f"encoder_block_{index}",
+                    name=f"text_encoder_block_{index}",
                 )
             )
         final_norm = keras.layers.LayerNormalization(
-            epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm"
+            epsilon=layer_norm_epsilon, dtype=dtype, name="text_final_norm"
         )
 
         token_ids = keras.Input(shape=(max_sequence_length,), dtype="int32", name="token_ids")
@@ -157,3 +180,10 @@ class MoETextEncoder(PresetMixin, Backbone):
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # A quantized encoder saved before the `text_` prefix names its layers
+        # in its DTypePolicyMap by the old paths.
+        config = {**config, "dtype": _prefixed_policy_map(config.get("dtype"))}
+        return super().from_config(config)

@@ -15,6 +15,7 @@ from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
 from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import (
     text_shape_checks,
 )
+from keras_sparse_moe.models.moe_dual_encoder.moe_dual_encoder_backbone import tower_model
 from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_int
 
@@ -110,7 +111,7 @@ class MoETwoTowerBackbone(MoEDualEncoderBackbone):
         images = keras.Input(shape=image_shape, name="images")
         x = vision_encoder(image_shape_check(image_shape, dtype)(images))
         x = image_projection(image_pool(x))
-        image_encoder = keras.Model(images, normalize(x), name="image_encoder")
+        image_encoder = tower_model(images, normalize(x), "image_encoder", dtype)
 
         length = text_encoder.inputs[0].shape[1]
         token_ids = keras.Input(shape=(length,), dtype="int32", name="token_ids")
@@ -119,10 +120,11 @@ class MoETwoTowerBackbone(MoEDualEncoderBackbone):
         ids, mask = ids_check(token_ids), mask_check(padding_mask)
         t = text_encoder({"token_ids": ids, "padding_mask": mask})
         t = text_projection(text_pool(t, padding_mask=mask))
-        text_encoder_model = keras.Model(
+        text_encoder_model = tower_model(
             {"token_ids": token_ids, "padding_mask": padding_mask},
             normalize(t),
-            name="text_encoder",
+            "text_encoder",
+            dtype,
         )
         self.vision_tower = vision_encoder
         self.text_tower = text_encoder
