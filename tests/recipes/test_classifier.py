@@ -182,14 +182,16 @@ def test_routing_by_class_follows_the_router():
     np.testing.assert_allclose(routing["moe"]["by_class"], [[1.0, 0.0], [0.0, 1.0]])
 
 
-def test_routing_by_class_statistics_are_the_layers_over_all_images():
+@pytest.mark.parametrize("router", [dict(top_k=2, capacity_factor=1.0),
+                                    dict(router="soft", slots_per_expert=1)])
+def test_routing_by_class_statistics_are_the_layers_over_all_images(router):
     """Routing is recorded in compiled batches of equal size (the last one
     padded, the padding masked); the merged statistics are those of
     `SparseMoE.routing_stats` on all the images in one call."""
     from keras_sparse_moe import SparseMoE
 
     inputs = keras.Input((3, 4))
-    moe = SparseMoE(4, 8, top_k=2, capacity_factor=1.0, name="moe")
+    moe = SparseMoE(4, 8, name="moe", **router)
     model = keras.Model(inputs, moe(inputs))
     x = np.random.default_rng(0).normal(size=(10, 3, 4)).astype("float32")
     labels = np.arange(10) % 3
@@ -198,10 +200,14 @@ def test_routing_by_class_statistics_are_the_layers_over_all_images():
     np.testing.assert_allclose(routing["expert_fraction"], expected["expert_fraction"], atol=1e-6)
     assert routing["dropped_fraction"] == pytest.approx(expected["dropped_fraction"], abs=1e-6)
     assert routing["load_imbalance"] == pytest.approx(expected["load_imbalance"], abs=1e-5)
-    index = expected["expert_index"].reshape(10, -1)
+    if "expert_index" in expected:
+        index = expected["expert_index"].reshape(10, -1)
+        shares = [np.bincount(index[labels == c].ravel(), minlength=4) for c in range(3)]
+    else:
+        probs = expected["router_probs"].reshape(10, -1, 4)
+        shares = [probs[labels == c].sum(axis=(0, 1)) for c in range(3)]
     for c in range(3):
-        counts = np.bincount(index[labels == c].ravel(), minlength=4)
-        np.testing.assert_allclose(routing["by_class"][c], counts / counts.sum(), atol=1e-6)
+        np.testing.assert_allclose(routing["by_class"][c], shares[c] / shares[c].sum(), atol=1e-6)
 
 
 def test_evaluation_pass_matches_separate_predictions_and_routing():
