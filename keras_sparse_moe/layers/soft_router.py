@@ -169,6 +169,11 @@ class SoftRouter(Router):
         shape = (-1, group_size, self.num_experts, self.slots_per_expert)
         combine_4d = ops.reshape(combine, shape)
         probs = ops.sum(combine_4d, axis=-1)
+        if token_mask is None:
+            expert_fraction = ops.mean(probs, axis=(0, 1))
+        else:  # the mean over real tokens (masked ones have zero probabilities)
+            real_tokens = ops.maximum(ops.sum(ops.cast(token_mask, probs.dtype)), 1.0)
+            expert_fraction = ops.sum(probs, axis=(0, 1)) / real_tokens
         losses = {"router_z_loss": aux_losses.router_z_loss(clean_logits)}
         return {
             "dispatch_weights": ops.reshape(dispatch, shape),
@@ -177,7 +182,7 @@ class SoftRouter(Router):
             "aux_losses": losses,
             "aux_loss": self.z_loss_weight * losses["router_z_loss"],
             "dropped_fraction": ops.zeros((), "float32"),
-            "expert_fraction": ops.mean(probs, axis=(0, 1)),
+            "expert_fraction": expert_fraction,
         }
 
     def get_config(self):

@@ -484,64 +484,70 @@ def _batch_multiple(model):
     return multiple
 
 
-def _predict_dataset(model, ds, batch_size, keep_images=0):
-    """Predicted classes, labels, timing and the first `keep_images` raw images."""
+def _predict_with_routing(model, ds, batch_size, routing_examples):
+    """One pass over `ds`: predicted classes, labels, seconds per image (the
+    batches after the first, which compiles), the first image (raw) and the
+    routing tally of the first batches covering `routing_examples` images.
+
+    Every batch is padded to one static size (one compiled shape; the
+    padding is masked in the MoE layers), preprocessed as `predict` does,
+    and run by a `RoutingForward`, which returns the logits together with
+    the routing of the MoE layers.
+    """
+    from keras_sparse_moe.recipes.routing import RoutingForward
+    from keras_sparse_moe.recipes.routing import RoutingTally
+    from keras_sparse_moe.recipes.routing import pad_batch
+
     multiple = _batch_multiple(model)
     padded_size = max(multiple, math.ceil(batch_size / multiple) * multiple)
-    predictions, labels, kept = [], [], []
-    seconds, timed_images = 0.0, 0
-    warmed_up = False
-    for images, batch_labels in ds:
-        images = np.asarray(images)
-        n = len(images)
-        if n < padded_size:
-            pad = np.zeros((padded_size - n,) + images.shape[1:], images.dtype)
-            batch = np.concatenate([images, pad])
-        else:
-            batch = images
-        if not warmed_up:
-            model.predict_on_batch(batch)  # compile / trace outside the timing
-            warmed_up = True
+    forward = RoutingForward(model)
+    tally = RoutingTally(forward, model.num_classes)
+    predictions, labels = [], []
+    seconds, timed, first = 0.0, 0, None
+
+    def run(batch, valid):
         start = time.perf_counter()
-        logits = np.asarray(model.predict_on_batch(batch))[:n]
-        seconds += time.perf_counter() - start
-        timed_images += n
-        predictions.append(np.argmax(logits, axis=-1))
-        labels.append(np.asarray(batch_labels))
-        if sum(len(k) for k in kept) < keep_images:
-            kept.append(images)
-    if not predictions:
+        outputs = forward(preprocess(model, batch), valid)
+        return outputs, time.perf_counter() - start
+
+    for images, batch_labels in ds:
+        images, batch_labels = np.asarray(images), np.asarray(batch_labels)
+        n = len(images)
+        batch, valid = pad_batch(images, padded_size)
+        (logits, routings), elapsed = run(batch, valid)
+        if first is None:  # the first batch compiles / traces: not timed
+            first = (batch, valid, n)
+        else:
+            seconds, timed = seconds + elapsed, timed + n
+        predictions.append(np.argmax(logits[:n], axis=-1))
+        labels.append(batch_labels)
+        if forward.layers and tally.examples < routing_examples:
+            tally.add(routings, valid, batch_labels)
+    if first is None:
         raise ValueError("The evaluation split is empty.")
-    kept = np.concatenate(kept)[:keep_images] if kept else None
-    return np.concatenate(predictions), np.concatenate(labels), seconds, timed_images, kept
+    if not timed:  # a single batch: time it again
+        seconds, timed = run(first[0], first[1])[1], first[2]
+    return (np.concatenate(predictions), np.concatenate(labels), seconds / timed,
+            first[0][0], tally)
 
 
-def _single_image_latency(model, image, repeats=20):
+def _single_image_latency(model, image, repeats=20, budget_s=1.0):
+    """Median time of `predict_on_batch` on one image, in ms, over `repeats`
+    runs after a warm-up (at least 5 runs; fewer than `repeats` when they
+    take more than `budget_s` seconds in all)."""
     if _batch_multiple(model) != 1:
         return None
     batch = np.asarray(image)[None]
     model.predict_on_batch(batch)
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats and (len(times) < 5 or sum(times) < budget_s):
         start = time.perf_counter()
         model.predict_on_batch(batch)
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1e3)
 
 
-def _routing_summary(model, images, labels, num_classes):
-    from keras_sparse_moe.recipes.routing import routing_by_class
-
-    if images is None or not len(images):
-        return {}
-    n = len(images)
-    multiple = _batch_multiple(model)
-    n -= n % multiple
-    if n == 0:
-        return {}
-    inputs = preprocess(model, images[:n])
-    routing = routing_by_class(model, inputs, labels[:n], num_classes,
-                               batch_size=max(multiple, 64 - 64 % multiple))
+def _routing_summary(tally):
     return {
         name: {
             "by_class": stats["by_class"].round(6).tolist(),
@@ -549,24 +555,21 @@ def _routing_summary(model, images, labels, num_classes):
             "load_imbalance": stats["load_imbalance"],
             "dropped_fraction": stats["dropped_fraction"],
             "kind": stats["kind"],
-            "examples": int(n),
+            "examples": int(tally.examples),
         }
-        for name, stats in routing.items()
+        for name, stats in tally.result().items()
     }
 
 
 def _evaluate(model, ds, info, batch_size, routing_examples, single_latency):
-    keep = routing_examples if routing_examples else 0
-    predicted, labels, seconds, n, kept = _predict_dataset(model, ds, batch_size, keep)
+    predicted, labels, seconds, first_image, tally = _predict_with_routing(
+        model, ds, batch_size, routing_examples)
     report = classification_report(labels, predicted, info.num_classes, info.class_names)
-    report["latency_ms_per_image"] = float(seconds / max(n, 1) * 1e3)
+    report["latency_ms_per_image"] = float(seconds * 1e3)
     report["latency_batch_size"] = int(batch_size)
-    if single_latency and kept is not None and len(kept):
-        report["latency_ms_single_image"] = _single_image_latency(model, kept[0])
-    routing = {}
-    if routing_examples:
-        routing = _routing_summary(model, kept, labels[: len(kept)], info.num_classes)
-    return report, routing
+    if single_latency:
+        report["latency_ms_single_image"] = _single_image_latency(model, first_image)
+    return report, _routing_summary(tally)
 
 
 def _environment():
@@ -606,7 +609,8 @@ def evaluate_classifier(
         data_options: dict of extra `build_datasets` options (e.g.
             `{"data_dir": ...}` for TFDS).
         routing_examples: int >= 0, images of the split used for the routing
-            statistics (0: none).
+            statistics (0: none): the first batches holding at least that
+            many (they come from the same pass as the predictions).
         single_image_latency: also time batches of one image.
         max_batches: None, or evaluate on at most this many batches (quick
             checks; the metrics then cover part of the split).

@@ -6,6 +6,10 @@ statistics of `SparseMoE.routing_stats`) and tallies, per class, the share of
 the class's token assignments each expert receives. The pass runs through
 Keras' compiled predict path (`jax.jit`, `tf.function`), not op by op: on JAX
 an eager pass compiles every operation separately, which took minutes.
+
+`RoutingForward` is that pass returning the model's outputs too, and
+`RoutingTally` adds up its batches: `keras-sparse-moe evaluate` gets its
+predictions and its routing statistics from one compiled pass.
 """
 
 import contextlib
@@ -123,8 +127,11 @@ def routing_by_class(model, images, labels, num_classes, batch_size=64):
         num_classes: int.
         batch_size: images per forward pass (must satisfy the layers'
             routing-group constraints; the default suits per-image groups).
-            All batches have this size (one compiled shape): the images
-            beyond the last full batch are left out.
+            All batches have this size (one compiled shape): the last one is
+            padded, and the padding's tokens are masked in every MoE layer
+            (they take no expert capacity and are not counted), so every
+            image counts and the statistics are those of one call on all
+            images.
 
     Returns:
         `{layer name: dict}` with `by_class` (num_classes, E) (row c: share
@@ -144,62 +151,209 @@ def routing_by_class(model, images, labels, num_classes, batch_size=64):
     >>> next(iter(out.values()))["by_class"].shape
     (3, 4)
     """
-    named = moe_layer_paths(model)
-    if not named:
+    if not moe_layer_paths(model):
         return {}
-    layers = [layer for _, layer in named]
     images = np.asarray(images)
     labels = np.asarray(labels).reshape(-1)
+    batch_size = min(batch_size, len(images))
+    forward = RoutingForward(model)
+    tally = RoutingTally(forward, num_classes)
+    for start in range(0, len(images), batch_size):
+        batch, valid = pad_batch(images[start : start + batch_size], batch_size)
+        _, routings = forward(batch, valid)
+        tally.add(routings, valid, labels[start : start + batch_size])
+    return tally.result()
 
-    if len(images) > batch_size:  # equal batches: one compiled shape, exact means
-        images = images[: len(images) - len(images) % batch_size]
-    else:
-        batch_size = len(images)
-    labels = labels[: len(images)]
 
-    def routings(x):
-        with _record_routing(layers) as seen:
-            model(x, training=False)
-        return [seen[id(layer)][0] for layer in layers]
+def pad_batch(images, size):
+    """`images` padded with zeros to `size` rows, and the (size,) bool mask
+    of the real rows (for `RoutingForward`).
 
-    forward = _Compiled(routings, model)
-    batches = [forward.predict_on_batch(images[start : start + batch_size])
-               for start in range(0, len(images), batch_size)]
-    result = {}
-    for i, (name, layer) in enumerate(named):
-        stats = _merge([batch[i] for batch in batches], layer.num_experts)
-        per_example = int(np.prod(stats["router_probs"].shape[:-1])) // len(images)
-        token_labels = np.repeat(labels, per_example)
-        if "expert_index" in stats:
-            index = stats["expert_index"].reshape(-1, stats["expert_index"].shape[-1])
-            weights = np.zeros((index.shape[0], layer.num_experts))
-            for k in range(index.shape[1]):
-                np.add.at(weights, (np.arange(index.shape[0]), index[:, k]), 1.0)
-            kind = "assignments"
-        else:
-            weights = stats["router_probs"].reshape(-1, layer.num_experts)
-            kind = "router_probs"
-        result[name] = {
-            "by_class": _class_shares(weights, token_labels, num_classes),
-            "expert_fraction": np.asarray(stats["expert_fraction"], dtype=np.float64),
-            "load_imbalance": float(stats["load_imbalance"]),
-            "dropped_fraction": float(stats["dropped_fraction"]),
-            "kind": kind,
-        }
-    return result
+    Example:
+    >>> import numpy as np
+    >>> batch, valid = pad_batch(np.ones((3, 2)), 4)
+    >>> batch.shape, valid.tolist()
+    ((4, 2), [True, True, True, False])
+    """
+    images = np.asarray(images)
+    n = len(images)
+    valid = np.arange(size) < n
+    if n < size:
+        images = np.concatenate([images, np.zeros((size - n,) + images.shape[1:], images.dtype)])
+    return images, valid
 
+
+# The routing entries `RoutingForward` returns (the rest stays in the graph).
+_ROUTING_KEYS = ("expert_fraction", "dropped_fraction", "router_probs", "expert_index")
+
+
+class RoutingForward:
+    """A model's inference forward pass that also returns the routing of its
+    MoE layers, compiled as the model's own `predict_on_batch` is (one
+    `jax.jit` / `tf.function` per input shape, eager where the model runs
+    eagerly): predictions and routing statistics come from one pass.
+
+    Call it with a batch of model inputs and a bool (batch,) mask of the
+    real rows (`pad_batch`): the tokens of padding rows are masked in every
+    MoE layer, so they take no expert capacity from real tokens and are not
+    counted in the routing statistics (their outputs are meaningless).
+
+    Args:
+        model: a Keras model (with or without `SparseMoE` layers), called
+            on the inputs as given (preprocess them first).
+
+    Returns (when called):
+        `(outputs, routings)`: the model's outputs as NumPy and, per MoE
+        layer (in `moe_layer_paths` order), a dict of NumPy arrays
+        `expert_fraction`, `dropped_fraction`, `router_probs` and, for
+        token-choice routers, `expert_index`.
+
+    Example:
+    >>> import keras, numpy as np
+    >>> from keras_sparse_moe import SparseMoE
+    >>> inputs = keras.Input((4, 8))
+    >>> model = keras.Model(inputs, SparseMoE(4, 16, top_k=1)(inputs))
+    >>> batch, valid = pad_batch(np.random.rand(3, 4, 8).astype("float32"), 4)
+    >>> outputs, routings = RoutingForward(model)(batch, valid)
+    >>> outputs.shape, routings[0]["expert_index"].shape
+    ((4, 4, 8), (4, 4, 1))
+    """
+
+    def __init__(self, model):
+        named = moe_layer_paths(model)
+        self.names = [name for name, _ in named]
+        self.layers = [layer for _, layer in named]
+        layers = self.layers
+
+        def forward(inputs):
+            x, valid = inputs
+            with _record_routing(layers, valid) as seen:
+                outputs = model(x, training=False)
+            routings = [seen[id(layer)][0] for layer in layers]
+            return outputs, [{k: r[k] for k in _ROUTING_KEYS if k in r} for r in routings]
+
+        self._compiled = _Compiled(forward, model)
+        if getattr(model, "compiled", False):  # the model's own compile mode
+            self._compiled.jit_compile = model.jit_compile
+        self._compiled.run_eagerly = bool(getattr(model, "run_eagerly", False))
+
+    def __call__(self, images, valid):
+        outputs, routings = self._compiled.predict_on_batch((images, np.asarray(valid, bool)))
+        return (np.asarray(outputs),
+                [{k: np.asarray(v) for k, v in routing.items()} for routing in routings])
+
+
+class RoutingTally:
+    """Accumulates the batches of a `RoutingForward` into the statistics of
+    `routing_by_class`: the per-token routing of the real rows, and the
+    layers' per-batch shares weighted by their real rows (exact for batches
+    of any size, as the padding is masked).
+
+    Args:
+        forward: the `RoutingForward` whose batches are added.
+        num_classes: int.
+
+    Example:
+    >>> import keras, numpy as np
+    >>> from keras_sparse_moe import SparseMoE
+    >>> inputs = keras.Input((4, 8))
+    >>> model = keras.Model(inputs, SparseMoE(4, 16, top_k=1, name="moe")(inputs))
+    >>> forward = RoutingForward(model)
+    >>> tally = RoutingTally(forward, num_classes=2)
+    >>> batch, valid = pad_batch(np.random.rand(3, 4, 8).astype("float32"), 4)
+    >>> tally.add(forward(batch, valid)[1], valid, labels=np.array([0, 1, 1]))
+    >>> tally.examples, tally.result()["moe"]["by_class"].shape
+    (3, (2, 4))
+    """
+
+    def __init__(self, forward, num_classes):
+        self.names = list(forward.names)
+        self.layers = list(forward.layers)
+        self.num_classes = int(num_classes)
+        self.examples = 0
+        self._labels = []
+        self._shares = []  # per batch: [(expert_fraction, dropped_fraction)] per layer
+        self._tokens = [[] for _ in self.layers]  # per layer: per-token arrays of real rows
+
+    def add(self, routings, valid, labels):
+        """Add one batch: `routings` from `RoutingForward`, its `valid` row
+        mask (real rows first, as `pad_batch` makes it) and the `labels` of
+        the real rows."""
+        labels = np.asarray(labels).reshape(-1)
+        valid = np.asarray(valid, bool).reshape(-1)
+        n = int(valid.sum())
+        if len(labels) != n or not valid[:n].all():
+            raise ValueError(
+                f"Argument `labels` must hold one label per real row ({n}, the leading rows "
+                f"of the batch); received {len(labels)} labels for the mask {valid.tolist()}."
+            )
+        shares = []
+        for i, routing in enumerate(routings):
+            shares.append((np.asarray(routing["expert_fraction"], np.float64),
+                           float(routing["dropped_fraction"])))
+            tokens = {}
+            for key in ("router_probs", "expert_index"):
+                if key in routing:
+                    flat = np.asarray(routing[key]).reshape(-1, routing[key].shape[-1])
+                    per_example = len(flat) // len(valid)  # the batch's tokens, flattened
+                    tokens[key] = flat[: n * per_example]
+            self._tokens[i].append(tokens)
+        self._shares.append(shares)
+        self._labels.append(labels)
+        self.examples += n
+
+    def result(self):
+        """`{layer name: dict}` as returned by `routing_by_class` (empty
+        before any batch)."""
+        if not self.examples:
+            return {}
+        counts = np.array([len(labels) for labels in self._labels], np.float64)
+        weights = counts / counts.sum()
+        labels = np.concatenate(self._labels)
+        result = {}
+        for i, (name, layer) in enumerate(zip(self.names, self.layers)):
+            num_experts = layer.num_experts
+            fraction = sum(w * shares[i][0] for w, shares in zip(weights, self._shares))
+            dropped = sum(w * shares[i][1] for w, shares in zip(weights, self._shares))
+            probs = np.concatenate([t["router_probs"] for t in self._tokens[i]])
+            token_labels = np.repeat(labels, len(probs) // len(labels))
+            if "expert_index" in self._tokens[i][0]:
+                index = np.concatenate([t["expert_index"] for t in self._tokens[i]])
+                per_token = np.zeros((index.shape[0], num_experts))
+                for k in range(index.shape[1]):
+                    np.add.at(per_token, (np.arange(index.shape[0]), index[:, k]), 1.0)
+                kind = "assignments"
+            else:
+                per_token, kind = probs, "router_probs"
+            result[name] = {
+                "by_class": _class_shares(per_token, token_labels, self.num_classes),
+                "expert_fraction": np.asarray(fraction, dtype=np.float64),
+                "load_imbalance": float(num_experts * np.max(fraction)),
+                "dropped_fraction": float(dropped),
+                "kind": kind,
+            }
+        return result
 
 
 @contextlib.contextmanager
-def _record_routing(layers):
+def _record_routing(layers, valid=None):
     """Temporarily make `layers` record the routing dict of each call
-    (`SparseMoE.call(..., return_routing=True)`) as tensors."""
+    (`SparseMoE.call(..., return_routing=True)`) as tensors; with `valid`, a
+    bool (batch,) tensor, the tokens of the rows where it is false are
+    masked (`token_mask`)."""
+    from keras import ops
+
     records = {id(layer): [] for layer in layers}
     for layer in layers:
         original = layer.call
 
         def call(inputs, *args, _original=original, _name=id(layer), **kwargs):
             wanted = kwargs.pop("return_routing", False)
+            if valid is not None:
+                rows = ops.reshape(valid, (-1,) + (1,) * (len(inputs.shape) - 2))
+                mask = ops.broadcast_to(rows, ops.shape(inputs)[:-1])
+                given = kwargs.get("token_mask")
+                kwargs["token_mask"] = mask if given is None else ops.logical_and(given, mask)
             outputs, routing = _original(inputs, *args, return_routing=True, **kwargs)
             records[_name].append(routing)
             return (outputs, routing) if wanted else outputs
@@ -210,18 +364,3 @@ def _record_routing(layers):
     finally:
         for layer in layers:
             layer.__dict__.pop("call", None)
-
-
-def _merge(routings, num_experts):
-    """The statistics of `SparseMoE.routing_stats` over equal-sized batches:
-    per-token arrays concatenated, per-batch shares averaged."""
-    fraction = np.mean([np.asarray(r["expert_fraction"], np.float64) for r in routings], axis=0)
-    stats = {
-        "expert_fraction": fraction,
-        "load_imbalance": float(num_experts * np.max(fraction)),
-        "dropped_fraction": float(np.mean([np.asarray(r["dropped_fraction"]) for r in routings])),
-        "router_probs": np.concatenate([np.asarray(r["router_probs"]) for r in routings]),
-    }
-    if "expert_index" in routings[0]:
-        stats["expert_index"] = np.concatenate([np.asarray(r["expert_index"]) for r in routings])
-    return stats

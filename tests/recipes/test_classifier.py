@@ -182,26 +182,65 @@ def test_routing_by_class_follows_the_router():
     np.testing.assert_allclose(routing["moe"]["by_class"], [[1.0, 0.0], [0.0, 1.0]])
 
 
-def test_routing_by_class_statistics_are_the_layers_over_all_images():
-    """Routing is recorded in compiled batches of equal size (images after
-    the last full batch are left out); the merged statistics are those of
-    `SparseMoE.routing_stats` on the same images in one call."""
+@pytest.mark.parametrize("router", [dict(top_k=2, capacity_factor=1.0),
+                                    dict(router="soft", slots_per_expert=1)])
+def test_routing_by_class_statistics_are_the_layers_over_all_images(router):
+    """Routing is recorded in compiled batches of equal size (the last one
+    padded, the padding masked); the merged statistics are those of
+    `SparseMoE.routing_stats` on all the images in one call."""
     from keras_sparse_moe import SparseMoE
 
     inputs = keras.Input((3, 4))
-    moe = SparseMoE(4, 8, top_k=2, capacity_factor=1.0, name="moe")
+    moe = SparseMoE(4, 8, name="moe", **router)
     model = keras.Model(inputs, moe(inputs))
     x = np.random.default_rng(0).normal(size=(10, 3, 4)).astype("float32")
     labels = np.arange(10) % 3
     routing = routing_by_class(model, x, labels, 3, batch_size=4)["moe"]
-    expected = moe.routing_stats(x[:8])
+    expected = moe.routing_stats(x)
     np.testing.assert_allclose(routing["expert_fraction"], expected["expert_fraction"], atol=1e-6)
     assert routing["dropped_fraction"] == pytest.approx(expected["dropped_fraction"], abs=1e-6)
     assert routing["load_imbalance"] == pytest.approx(expected["load_imbalance"], abs=1e-5)
-    index = expected["expert_index"].reshape(8, -1)
+    if "expert_index" in expected:
+        index = expected["expert_index"].reshape(10, -1)
+        shares = [np.bincount(index[labels == c].ravel(), minlength=4) for c in range(3)]
+    else:
+        probs = expected["router_probs"].reshape(10, -1, 4)
+        shares = [probs[labels == c].sum(axis=(0, 1)) for c in range(3)]
     for c in range(3):
-        counts = np.bincount(index[labels[:8] == c].ravel(), minlength=4)
-        np.testing.assert_allclose(routing["by_class"][c], counts / counts.sum(), atol=1e-6)
+        np.testing.assert_allclose(routing["by_class"][c], shares[c] / shares[c].sum(), atol=1e-6)
+
+
+def test_evaluation_pass_matches_separate_predictions_and_routing():
+    """`evaluate` runs one pass returning the logits and the routing (last
+    batch padded and masked): its predictions are `predict`'s and its routing
+    statistics are `routing_by_class` on all the images in one call."""
+    from keras_sparse_moe.data import DatasetInfo
+    from keras_sparse_moe.data import make_pipeline
+    from keras_sparse_moe.recipes.classifier import _evaluate
+    from keras_sparse_moe.recipes.classifier import preprocess
+
+    keras.utils.set_random_seed(1)
+    model = load_classifier("moe_vit_tiny", num_classes=3, load_weights=False, overrides=TINY)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 16, size=(11, 16, 16, 1)).astype("float32")
+    labels = np.arange(11) % 3
+    info = DatasetInfo("mine", "arrays", 3, ("a", "b", "c"), {"test": 11})
+    ds = make_pipeline(images, labels, batch_size=4)
+    report, routing = _evaluate(model, ds, info, 4, routing_examples=64, single_latency=False)
+
+    predicted = np.asarray(model.predict_on_batch(images)).argmax(-1)
+    expected = classification_report(labels, predicted, 3, info.class_names)
+    assert report["accuracy"] == expected["accuracy"]
+    assert report["confusion_matrix"] == expected["confusion_matrix"]
+    separate = routing_by_class(model, preprocess(model, images), labels, 3, batch_size=11)
+    assert sorted(routing) == sorted(separate) and separate
+    for name, stats in separate.items():
+        assert routing[name]["examples"] == 11
+        np.testing.assert_allclose(routing[name]["by_class"], stats["by_class"], atol=1e-6)
+        np.testing.assert_allclose(routing[name]["expert_fraction"], stats["expert_fraction"],
+                                   atol=1e-6)
+        assert routing[name]["dropped_fraction"] == pytest.approx(stats["dropped_fraction"],
+                                                                  abs=1e-6)
 
 
 def test_a_loaded_classifier_is_built_through_its_preprocessor():
