@@ -862,6 +862,9 @@ def main(argv=None):
         print(f"keras-sparse-moe {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     _import_api()
+    from keras_sparse_moe.utils.jax_cache import enable_jax_compilation_cache
+
+    enable_jax_compilation_cache()  # JAX: a repeated command loads its compiled programs
     restore_logging = _setup_logging(getattr(args, "quiet", False))
     try:
         with warnings.catch_warnings():

@@ -15,6 +15,11 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
     ).strip()
 
+# The command line's JAX compilation cache (keras_sparse_moe/utils/jax_cache.py)
+# stays off in the tests that call `cli.main`: they write nothing outside
+# pytest's temporary folders. tests/utils/test_jax_cache.py turns it on.
+os.environ.setdefault("KERAS_SPARSE_MOE_JAX_CACHE", "off")
+
 import tempfile  # noqa: E402
 
 import keras  # noqa: E402
