@@ -65,7 +65,9 @@ def _check_output_path(path):
     return path
 
 
-def _check_quantization(quantization, representative_data):
+def check_quantization(quantization, representative_data):
+    """`quantization` is one of `QUANTIZATION_MODES`; `"int8"` has
+    calibration data."""
     if quantization not in QUANTIZATION_MODES:
         raise ValueError(
             f"Argument `quantization` must be one of {list(QUANTIZATION_MODES)}; received "
@@ -632,7 +634,7 @@ def export_litert(
     >>> export_litert(model, out) == out
     True
     """
-    _check_quantization(quantization, representative_data)
+    check_quantization(quantization, representative_data)
     check_quantize_routers(quantization, quantize_routers)
     path = _check_output_path(path)
     if batch_size is not None and (

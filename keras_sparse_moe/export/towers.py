@@ -33,7 +33,7 @@ import keras
 import numpy as np
 
 from keras_sparse_moe.export import handover
-from keras_sparse_moe.export.litert import _check_quantization
+from keras_sparse_moe.export.litert import check_quantization
 from keras_sparse_moe.export.litert import check_quantize_routers
 from keras_sparse_moe.export.litert import export_litert
 from keras_sparse_moe.export.litert import image_converter
@@ -275,7 +275,7 @@ def export_dual_encoder(
     >>> sorted(paths)[:3]
     ['class_embeddings', 'class_names', 'image_encoder']
     """
-    _check_quantization(quantization, representative_images)
+    check_quantization(quantization, representative_images)
     check_quantize_routers(quantization, quantize_routers)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Argument `batch_size` must be an int >= 1; received {batch_size!r}.")
