@@ -324,13 +324,17 @@ def _export_towers(args, model, quantization):
         )
     images = None
     data = _resolved_data(args, image_text=True)  # once, for calibration, prompts and accuracy
+    include = not args.no_preprocessing
+    raw_shape = _shape_arg(args.input_image_shape) if args.input_image_shape else None
     if quantization == "int8":
         from keras_sparse_moe.recipes.dual_encoder import representative_tower_images
 
-        images = representative_tower_images(model, data, args.calibration_samples)
+        images = representative_tower_images(model, data, args.calibration_samples, raw=include)
     paths = export_dual_encoder(model, args.output, quantization=quantization,
                                 representative_images=images, data=data,
-                                batch_size=args.batch_size, overwrite=args.overwrite)
+                                batch_size=args.batch_size, overwrite=args.overwrite,
+                                include_preprocessing=include, input_image_shape=raw_shape,
+                                input_dtype=args.input_dtype)
     rows = []
     can_run = litert_interpreter_available()
     for key in ("image_encoder", "text_encoder"):

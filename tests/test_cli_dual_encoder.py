@@ -60,21 +60,35 @@ def test_export_towers_without_the_litert_interpreter(capsys, tmp_path, monkeypa
     # As on a platform without ai_edge_litert wheels: the towers are written, not run.
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    # Also: the raw-image size and dtype of the image tower from the command line.
     out = tmp_path / "towers"
     assert main(["export", "--model", "limoe_tiny_digits", "--output", str(out),
-                 "--data", "digits"]) == 0
+                 "--data", "digits", "--input-image-shape", "16,16", "--input-dtype",
+                 "float32"]) == 0
     text = capsys.readouterr().out
     assert "not run" in text and "LiteRT zero-shot test accuracy" not in text
     assert {"image_encoder.tflite", "text_encoder.tflite", "class_embeddings.npy"} <= set(
         os.listdir(out))
+    with open(out / "export.json") as f:
+        image = json.load(f)["image_encoder"]
+    assert image["raw_input"] is True and image["preprocessing"]["in_graph"] is True
+    assert image["shape"] == [1, 16, 16, 1] and image["dtype"] == "float32"
 
 
 def test_export_towers_reports_litert_zero_shot(capsys, tmp_path):
+    # --no-preprocessing: the image tower takes preprocessed float32 images, which
+    # the accuracy check computes from export.json.
     out = tmp_path / "towers"
     assert main(["export", "--model", "limoe_tiny_digits", "--output", str(out),
-                 "--data", "digits", "--quantization", "dynamic_int8"]) == 0
+                 "--data", "digits", "--quantization", "dynamic_int8",
+                 "--no-preprocessing"]) == 0
     text = capsys.readouterr().out
     assert "LiteRT zero-shot test accuracy" in text
+    assert "images float32 (1, 8, 8, 1)" in text
+    with open(out / "export.json") as f:
+        image = json.load(f)["image_encoder"]
+    assert image["raw_input"] is False and image["dtype"] == "float32"
+    assert image["preprocessing"]["in_graph"] is False
     assert sorted(os.listdir(out)) == ["class_embeddings.npy", "class_names.json", "export.json",
                                        "image_encoder.tflite", "text_encoder.tflite",
                                        "vocabulary.txt"]

@@ -61,8 +61,12 @@ def main(argv=None):
 
             text = (handover.load_arrays(args.text_representative)
                     if args.text_representative else None)
-            export_towers_in_child(model, args.output, args.quantization, images, text,
-                                   batch_size, args.quantize_routers)
+            export_towers_in_child(
+                model, args.output, args.quantization, images, text, batch_size,
+                args.quantize_routers, include_preprocessing=not args.no_preprocessing,
+                input_image_shape=(tuple(int(d) for d in args.input_image_shape.split(","))
+                                   if args.input_image_shape else None),
+                input_dtype=args.input_dtype)
             return
         shape = (
             tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else None

@@ -65,7 +65,9 @@ def _check_output_path(path):
     return path
 
 
-def _check_quantization(quantization, representative_data):
+def check_quantization(quantization, representative_data):
+    """`quantization` is one of `QUANTIZATION_MODES`; `"int8"` has
+    calibration data."""
     if quantization not in QUANTIZATION_MODES:
         raise ValueError(
             f"Argument `quantization` must be one of {list(QUANTIZATION_MODES)}; received "
@@ -198,7 +200,7 @@ def image_converter(model):
 
 
 def raw_input_spec(model, include_preprocessing=None, input_image_shape=None,
-                   input_dtype="uint8"):
+                   input_dtype="uint8", converter=None):
     """How the raw-image input of a LiteRT export with preprocessing looks:
     None when the preprocessing stays out of the file, else a dict with
     `shape` (height, width, channels of the raw images), `dtype`,
@@ -207,7 +209,9 @@ def raw_input_spec(model, include_preprocessing=None, input_image_shape=None,
 
     `include_preprocessing=None` includes it when `model` is a task with an
     image converter. `input_image_shape=None` takes the converter's
-    `raw_image_shape`, else the model's own image shape.
+    `raw_image_shape`, else the model's own image shape. `converter` is the
+    image converter for a `model` that does not hold one itself (e.g. the
+    image tower of a dual encoder: its task's converter).
 
     Example:
     >>> from keras_sparse_moe.presets import from_preset
@@ -215,7 +219,7 @@ def raw_input_spec(model, include_preprocessing=None, input_image_shape=None,
     >>> spec["shape"], spec["dtype"], spec["value_range"]
     ((8, 8, 1), 'uint8', (0.0, 16.0))
     """
-    converter = image_converter(model)
+    converter = converter if converter is not None else image_converter(model)
     if include_preprocessing is None:
         include_preprocessing = converter is not None
     if not isinstance(include_preprocessing, bool):
@@ -284,11 +288,11 @@ _GRAYSCALE_WEIGHTS = [0.2989, 0.587, 0.114]
 the data pipelines convert RGB images for grayscale models."""
 
 
-def _raw_serving(model, raw, batch_size):
+def _raw_serving(model, raw, batch_size, converter=None):
     """The signature and serving function of an export taking raw images."""
     import tensorflow as tf
 
-    converter = image_converter(model)
+    converter = converter if converter is not None else image_converter(model)
     signature = [tf.TensorSpec((batch_size,) + raw["shape"], raw["dtype"], name=RAW_INPUT_NAME)]
 
     def serve(images):
@@ -316,13 +320,13 @@ def _cast(array, dtype):
 
 
 def _convert_tensorflow(model, quantization, representative, batch_size, input_shape,
-                        quantize_routers=False, raw=None):
+                        quantize_routers=False, raw=None, converter=None):
     """Convert on the TensorFlow backend; returns the flatbuffer bytes."""
     import tensorflow as tf
 
     if raw is not None:
         specs = [(RAW_INPUT_NAME, (batch_size,) + raw["shape"], raw["dtype"])]
-        signature, serve_raw = _raw_serving(model, raw, batch_size)
+        signature, serve_raw = _raw_serving(model, raw, batch_size, converter)
         serve = tf.function(serve_raw, input_signature=signature)
     else:
         specs = model_input_specs(model, batch_size, input_shape)
@@ -569,6 +573,7 @@ def export_litert(
     include_preprocessing=None,
     input_image_shape=None,
     input_dtype="uint8",
+    image_converter=None,
 ):
     """Export a Keras model to a LiteRT (`.tflite`) file of builtin ops only.
 
@@ -613,6 +618,9 @@ def export_litert(
             (8x8x1 for the digits presets), else the model's image shape.
         input_dtype: `"uint8"` (raw pixels as bytes, e.g. camera frames) or
             `"float32"`, the dtype of the raw-image input.
+        image_converter: the image converter to include when `model` does
+            not hold one (e.g. the image tower of a dual encoder: the task's
+            converter); TensorFlow backend only.
 
     Returns:
         The path written.
@@ -626,7 +634,7 @@ def export_litert(
     >>> export_litert(model, out) == out
     True
     """
-    _check_quantization(quantization, representative_data)
+    check_quantization(quantization, representative_data)
     check_quantize_routers(quantization, quantize_routers)
     path = _check_output_path(path)
     if batch_size is not None and (
@@ -634,7 +642,14 @@ def export_litert(
         raise ValueError(
             f"Argument `batch_size` must be an int >= 1 or None (dynamic); received {batch_size!r}."
         )
-    raw = raw_input_spec(model, include_preprocessing, input_image_shape, input_dtype)
+    if image_converter is not None and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "Argument `image_converter` needs the TensorFlow backend (the converter is not "
+            "part of the saved model); export a task that holds its converter instead "
+            "(`export_dual_encoder` does so for dual encoders on every backend)."
+        )
+    converter = image_converter
+    raw = raw_input_spec(model, include_preprocessing, input_image_shape, input_dtype, converter)
     if raw is not None and input_shape is not None:
         raise ValueError(
             "Argument `input_shape` is the shape of model inputs; with the preprocessing "
@@ -643,7 +658,8 @@ def export_litert(
     representative = _as_representative(representative_data)
     if keras.backend.backend() == "tensorflow":
         data = _convert_tensorflow(model, quantization, representative, batch_size, input_shape,
-                                   quantize_routers=quantize_routers, raw=raw)
+                                   quantize_routers=quantize_routers, raw=raw,
+                                   converter=converter)
         _write_atomic(path, data)
         return path
     _export_via_subprocess(model, path, quantization, representative, batch_size, input_shape,

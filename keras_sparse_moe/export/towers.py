@@ -5,8 +5,11 @@ text embeddings computed once, ahead of time, by the text tower: e.g. one
 embedding per class for zero-shot classification. `export_dual_encoder`
 writes, into one directory:
 
-- `image_encoder.tflite`: preprocessed images `(batch, H, W, C)` float32 ->
-  L2-normalised embeddings `(batch, dim)`;
+- `image_encoder.tflite`: raw images `(batch, H, W, C)` (uint8 by default,
+  in the image converter's value range) -> L2-normalised embeddings
+  `(batch, dim)`; the converter's channel conversion, resize and
+  `raw * scale + offset` are in the graph, as in `export_litert`
+  (`include_preprocessing=False`: preprocessed float32 images instead);
 - `text_encoder.tflite`: `token_ids` and `padding_mask` `(batch, length)`
   int32 -> L2-normalised embeddings `(batch, dim)`;
 - with `class_names`/`prompts`: `class_embeddings.npy` (one L2-normalised row
@@ -30,9 +33,11 @@ import keras
 import numpy as np
 
 from keras_sparse_moe.export import handover
-from keras_sparse_moe.export.litert import _check_quantization
+from keras_sparse_moe.export.litert import check_quantization
 from keras_sparse_moe.export.litert import check_quantize_routers
 from keras_sparse_moe.export.litert import export_litert
+from keras_sparse_moe.export.litert import image_converter
+from keras_sparse_moe.export.litert import raw_input_spec
 from keras_sparse_moe.models.moe_dual_encoder import class_text_embeddings
 from keras_sparse_moe.models.moe_dual_encoder import load_dual_encoder
 from keras_sparse_moe.models.moe_dual_encoder import pack_prompts
@@ -120,24 +125,34 @@ def _vocabulary(task):
     return None
 
 
-def _manifest(task, quantization, batch_size, class_names, quantize_routers=False):
+def _manifest(task, quantization, batch_size, class_names, quantize_routers=False, raw=None):
     backbone = task.backbone
-    converter = getattr(getattr(task, "preprocessor", None), "image_converter", None)
+    converter = image_converter(task)
     preprocessing = None
     if converter is not None:
         preprocessing = {
             "resize_to": [int(d) for d in backbone.image_shape[:2]],
             "scale": _jsonable(getattr(converter, "scale", None)),
             "offset": _jsonable(getattr(converter, "offset", None)),
+            "in_graph": raw is not None,
         }
+        if raw is not None:
+            preprocessing["steps"] = raw["preprocessing"]
+    image_shape = list(raw["shape"]) if raw is not None else [
+        int(d) for d in backbone.image_shape]
+    value_range = raw["value_range"] if raw is not None else None
     manifest = {
         "format": "keras_sparse_moe dual encoder towers",
         "backbone": type(backbone).__name__,
         "quantization": quantization or "float32",
         "batch_size": batch_size,
         "image_encoder": {"file": IMAGE_FILE, "input": "images",
-                          "shape": [batch_size] + [int(d) for d in backbone.image_shape],
-                          "dtype": "float32", "preprocessing": preprocessing},
+                          "raw_input": raw is not None,
+                          "shape": [batch_size] + [int(d) for d in image_shape],
+                          "dtype": raw["dtype"] if raw is not None else "float32",
+                          "value_range": None if value_range is None else [
+                              float(v) for v in value_range],
+                          "preprocessing": preprocessing},
         "text_encoder": {"file": TEXT_FILE, "inputs": ["token_ids", "padding_mask"],
                          "shape": [batch_size, int(backbone.max_sequence_length)],
                          "dtype": "int32"},
@@ -157,17 +172,26 @@ def _jsonable(value):
     return array.tolist()
 
 
-def _representative_for_towers(task, representative_images, quantization):
+def _representative_for_towers(task, representative_images, quantization, raw=None):
     """Calibration data of both towers for int8."""
     if quantization != "int8":
         return None, None
     if representative_images is None:
         raise ValueError(
-            "quantization='int8' needs `representative_images`: a few hundred preprocessed "
-            "images (the text tower is calibrated on the prompts or on a built-in set of "
-            "captions)."
+            "quantization='int8' needs `representative_images`: a few hundred images as the "
+            "image tower takes them (raw images, or preprocessed ones with "
+            "include_preprocessing=False; the text tower is calibrated on the prompts or on "
+            "a built-in set of captions)."
         )
-    return np.asarray(representative_images, dtype="float32"), None
+    images = np.asarray(representative_images, dtype="float32")
+    expected = tuple(raw["shape"]) if raw is not None else tuple(task.backbone.image_shape)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        kind = "raw images" if raw is not None else "preprocessed images"
+        raise ValueError(
+            f"Argument `representative_images` must be {kind} of shape (N,) + {expected} (the "
+            f"image tower's input); received shape {images.shape}."
+        )
+    return images, None
 
 
 def _text_calibration(task, groups):
@@ -194,8 +218,17 @@ def export_dual_encoder(
     overwrite=False,
     quantize_routers=False,
     data_options=None,
+    include_preprocessing=None,
+    input_image_shape=None,
+    input_dtype="uint8",
 ):
     """Export the image and text towers of a dual encoder to LiteRT.
+
+    As `export_litert` for classifiers, the image tower takes raw images by
+    default: the image converter (channel conversion, bilinear resize,
+    `raw * scale + offset`) is part of its graph, with builtin ops, and
+    `export.json` records the raw input (`raw_input`, `shape`, `dtype`,
+    `value_range`, `preprocessing`).
 
     Args:
         model: a `MoEDualEncoderContrastive` task, a preset name or directory
@@ -205,7 +238,9 @@ def export_dual_encoder(
         quantization: None (float32), `"float16"`, `"dynamic_int8"` or
             `"int8"` (needs `representative_images`; the text tower is
             calibrated on the class prompts plus generic captions).
-        representative_images: preprocessed images `(N, H, W, C)` for int8.
+        representative_images: images `(N, H, W, C)` as the image tower
+            takes them (raw, or preprocessed with
+            `include_preprocessing=False`), for int8.
         class_names: optional class names: `class_embeddings.npy` gets one
             prompt-ensembled text embedding per class (zero-shot on device).
         prompts: optional prompts per class (a string or a list of strings
@@ -221,6 +256,13 @@ def export_dual_encoder(
             default they stay float32; see `export_litert`).
         data_options: None or a dict of more options for `data`'s source
             (e.g. `{"data_dir": "...", "download": False}` for `tfds:`).
+        include_preprocessing: None (True when the model has an image
+            converter), True or False (the image tower takes preprocessed
+            float32 images).
+        input_image_shape: `(height, width)` or `(height, width, channels)`
+            of the raw images; None takes the converter's `raw_image_shape`
+            (8x8x1 for the digits presets), else the model's image shape.
+        input_dtype: `"uint8"` or `"float32"`, the dtype of the raw images.
 
     Returns:
         dict with the paths written (`image_encoder`, `text_encoder`, and
@@ -233,24 +275,25 @@ def export_dual_encoder(
     >>> sorted(paths)[:3]
     ['class_embeddings', 'class_names', 'image_encoder']
     """
-    _check_quantization(quantization, representative_images)
+    check_quantization(quantization, representative_images)
     check_quantize_routers(quantization, quantize_routers)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Argument `batch_size` must be an int >= 1; received {batch_size!r}.")
     directory = _check_directory(directory, overwrite)
     task = _load_task(model)
+    raw = raw_input_spec(task, include_preprocessing, input_image_shape, input_dtype)
     names, groups = _class_prompts(class_names, prompts, templates, data, data_options)
-    images, _ = _representative_for_towers(task, representative_images, quantization)
+    images, _ = _representative_for_towers(task, representative_images, quantization, raw)
     parent = os.path.dirname(directory)
     staging = tempfile.mkdtemp(prefix=".tmp-towers-", dir=parent)
     try:
         text_data = _text_calibration(task, groups) if quantization == "int8" else None
         if keras.backend.backend() == "tensorflow":
             _export_towers_here(task, staging, quantization, images, text_data, batch_size,
-                                quantize_routers)
+                                quantize_routers, raw)
         else:
             _export_towers_subprocess(task, staging, quantization, images, text_data, batch_size,
-                                      quantize_routers)
+                                      quantize_routers, raw)
         paths = {"image_encoder": IMAGE_FILE, "text_encoder": TEXT_FILE}
         if groups is not None:
             table = class_text_embeddings(task, groups).astype("float32")
@@ -265,7 +308,7 @@ def export_dual_encoder(
                 f.write("\n".join(vocabulary) + "\n")
             paths["vocabulary"] = VOCABULARY_FILE
         with open(os.path.join(staging, MANIFEST_FILE), "w", encoding="utf-8") as f:
-            json.dump(_manifest(task, quantization, batch_size, names, quantize_routers), f,
+            json.dump(_manifest(task, quantization, batch_size, names, quantize_routers, raw), f,
                       indent=2)
         paths["manifest"] = MANIFEST_FILE
         default_permissions(staging)
@@ -284,18 +327,21 @@ def export_dual_encoder(
 
 
 def _export_towers_here(task, directory, quantization, images, text_data, batch_size,
-                        quantize_routers=False):
+                        quantize_routers=False, raw=None):
     backbone = task.backbone
     export_litert(backbone.image_encoder, os.path.join(directory, IMAGE_FILE),
                   quantization=quantization, representative_data=images, batch_size=batch_size,
-                  quantize_routers=quantize_routers)
+                  quantize_routers=quantize_routers, include_preprocessing=raw is not None,
+                  input_image_shape=raw["shape"] if raw is not None else None,
+                  input_dtype=raw["dtype"] if raw is not None else "uint8",
+                  image_converter=image_converter(task))
     export_litert(backbone.text_encoder, os.path.join(directory, TEXT_FILE),
                   quantization=quantization, representative_data=text_data,
                   batch_size=batch_size, quantize_routers=quantize_routers)
 
 
 def _export_towers_subprocess(task, directory, quantization, images, text_data, batch_size,
-                              quantize_routers=False):
+                              quantize_routers=False, raw=None):
     modules = handover.custom_modules(task)
     with tempfile.TemporaryDirectory(prefix="ksm-towers-") as tmp:
         model_path = os.path.join(tmp, "model.keras")
@@ -306,6 +352,11 @@ def _export_towers_subprocess(task, directory, quantization, images, text_data, 
             args += ["--quantization", quantization]
         if quantize_routers:
             args += ["--quantize-routers"]
+        if raw is None:
+            args += ["--no-preprocessing"]
+        else:
+            args += ["--input-image-shape", ",".join(str(d) for d in raw["shape"]),
+                     "--input-dtype", raw["dtype"]]
         if images is not None:
             data_path = os.path.join(tmp, "images.npz")
             handover.save_arrays(data_path, images)
@@ -318,11 +369,13 @@ def _export_towers_subprocess(task, directory, quantization, images, text_data, 
 
 
 def export_towers_in_child(task, directory, quantization, images, text_data, batch_size,
-                           quantize_routers=False):
+                           quantize_routers=False, include_preprocessing=False,
+                           input_image_shape=None, input_dtype="uint8"):
     """Child-process side of `_export_towers_subprocess` (TensorFlow backend):
     `task` is the dual encoder loaded from the parent's `.keras` file."""
+    raw = raw_input_spec(task, include_preprocessing, input_image_shape, input_dtype)
     _export_towers_here(task, directory, quantization, images, text_data, batch_size,
-                        quantize_routers)
+                        quantize_routers, raw)
 
 
 def _preprocess(images, preprocessing):
@@ -345,7 +398,9 @@ def _preprocess(images, preprocessing):
 def evaluate_towers(directory, data="digits", split="test", num_threads=2, data_options=None):
     """Zero-shot accuracy of exported towers on a labelled dataset split,
     run entirely by the LiteRT interpreter: images through
-    `image_encoder.tflite`, compared with `class_embeddings.npy`.
+    `image_encoder.tflite` (raw images of its input size when it includes
+    the preprocessing, else preprocessed as `export.json` says), compared
+    with `class_embeddings.npy`.
 
     Args:
         directory: output of `export_dual_encoder` with class embeddings.
@@ -376,6 +431,7 @@ def evaluate_towers(directory, data="digits", split="test", num_threads=2, data_
     image_spec = manifest["image_encoder"]
     runner = LiteRTModel(os.path.join(directory, image_spec["file"]), num_threads=num_threads)
     height, width, channels = image_spec["shape"][1:]
+    raw_input = bool(image_spec.get("raw_input"))
     datasets = build_datasets(data, image_size=(height, width), batch_size=128, channels=channels,
                               rescale=False, **dict(data_options or {}))
     ds = {"train": datasets.train, "validation": datasets.validation,
@@ -389,7 +445,12 @@ def evaluate_towers(directory, data="digits", split="test", num_threads=2, data_
         )
     correct, total = 0, 0
     for images, labels in ds:
-        embeddings = runner(_preprocess(np.asarray(images), image_spec.get("preprocessing")))
+        images = np.asarray(images)
+        if not raw_input:
+            images = _preprocess(images, image_spec.get("preprocessing"))
+        elif image_spec.get("dtype") == "uint8":
+            images = np.clip(np.round(images), 0, 255)  # resized images, as an app would send
+        embeddings = runner(images)
         predictions = np.argmax(embeddings @ table.T, axis=-1)
         correct += int(np.sum(predictions == np.asarray(labels)))
         total += len(predictions)

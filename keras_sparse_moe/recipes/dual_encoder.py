@@ -146,10 +146,13 @@ def _encode_images(model, ds):
     return embeddings, np.concatenate(labels)
 
 
-def representative_tower_images(model, data="digits", samples=256, seed=0, data_options=None):
+def representative_tower_images(model, data="digits", samples=256, seed=0, data_options=None,
+                                raw=False):
     """Preprocessed training images of `data` for int8 calibration of the
     image tower of a dual encoder (`data_options`: more dataset options, as in
-    `evaluate_zero_shot`)."""
+    `evaluate_zero_shot`); with `raw=True` the images before the image
+    converter, at the model's image size (for a tower that includes the
+    preprocessing)."""
     model = load_dual_encoder(model)
     train, _, _, _ = _datasets(model, data, 64, False, seed, training=False,
                                data_options=data_options)
@@ -157,7 +160,7 @@ def representative_tower_images(model, data="digits", samples=256, seed=0, data_
     images, total = [], 0
     for batch in train:
         batch_images = batch["images"]
-        if converter is not None:
+        if converter is not None and not raw:
             batch_images = converter(batch_images)
         images.append(np.asarray(batch_images, "float32"))
         total += len(images[-1])
@@ -249,7 +252,7 @@ def image_routing_by_class(model, data="digits", split="test", max_images=512, d
     images, labels = [], []
     for batch in ds:
         batch_images = batch["images"]
-        if converter is not None:
+        if converter is not None and not raw:
             batch_images = converter(batch_images)
         images.append(np.asarray(batch_images, "float32"))
         labels.append(np.asarray(batch["labels"]))

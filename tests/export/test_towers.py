@@ -1,5 +1,6 @@
 """LiteRT export of the two towers of a dual encoder (the shipped
-`limoe_tiny_digits`): builtin ops only, outputs equal to Keras, zero-shot
+`limoe_tiny_digits`): builtin ops only, outputs equal to Keras (the image
+tower on raw images, its image converter in the graph), zero-shot
 accuracy on the LiteRT interpreter equal to Keras, multi-input text tower,
 bad input, atomic output. On JAX and PyTorch both towers go through one
 TensorFlow-backend subprocess."""
@@ -43,9 +44,14 @@ def test_towers_are_builtin_only_and_match_keras(task, exported):
     assert non_builtin_ops(image_ops) == [] and non_builtin_ops(text_ops) == []
     assert "GATHER" in text_ops  # token embedding lookup
 
-    images = np.random.default_rng(0).random((4,) + tuple(task.backbone.image_shape), "float32")
-    got = LiteRTModel(paths["image_encoder"])(images)
-    want = keras.ops.convert_to_numpy(task.backbone.image_encoder.predict(images, verbose=0))
+    # Raw uint8 digits (0..16) in; Keras runs its tower on the converter's output.
+    raw = np.random.default_rng(0).integers(0, 17, (4, 8, 8, 1)).astype("uint8")
+    runner = LiteRTModel(paths["image_encoder"])
+    assert runner.raw_input and runner.input["dtype"] == np.uint8
+    got = runner(raw)
+    converter = task.preprocessor.image_converter
+    preprocessed = keras.ops.convert_to_numpy(converter(raw.astype("float32")))
+    want = keras.ops.convert_to_numpy(task.backbone.image_encoder.predict(preprocessed, verbose=0))
     assert got.shape == want.shape
     assert np.max(np.abs(got - want)) <= 1e-4
 
@@ -68,7 +74,11 @@ def test_class_embeddings_manifest_and_vocabulary(task, exported):
                                atol=1e-5)
     with open(paths["manifest"]) as f:
         manifest = json.load(f)
-    assert manifest["image_encoder"]["shape"] == [1, 8, 8, 1]
+    image = manifest["image_encoder"]
+    assert image["shape"] == [1, 8, 8, 1] and image["dtype"] == "uint8"
+    assert image["raw_input"] is True and image["value_range"] == [0.0, 16.0]
+    assert image["preprocessing"]["in_graph"] is True
+    assert image["preprocessing"]["scale"] == 1 / 16
     assert manifest["text_encoder"]["inputs"] == ["token_ids", "padding_mask"]
     assert manifest["class_names"] == [str(c) for c in info.class_names]
     with open(paths["vocabulary"]) as f:
@@ -105,6 +115,14 @@ def test_bad_input(tmp_path, exported):
         export_dual_encoder(PRESET, tmp_path / "q", quantization="int8")
     with pytest.raises(ValueError, match="not a dual encoder"):
         export_dual_encoder("moe_vit_tiny", tmp_path / "c")
+    with pytest.raises(ValueError, match="input_dtype"):
+        export_dual_encoder(PRESET, tmp_path / "d", input_dtype="int16")
+    with pytest.raises(ValueError, match="input_image_shape"):
+        export_dual_encoder(PRESET, tmp_path / "d", include_preprocessing=False,
+                            input_image_shape=(8, 8))
+    with pytest.raises(ValueError, match=r"raw images of shape \(N,\) \+ \(8, 8, 1\)"):
+        export_dual_encoder(PRESET, tmp_path / "d", quantization="int8",
+                            representative_images=np.zeros((4, 16, 16, 1)))
     with pytest.raises(ValueError, match="with class names"):
         export = tmp_path / "plain"
         export.mkdir()
@@ -130,7 +148,7 @@ def test_int8_towers_keep_routers_float_and_zero_shot_accuracy(tmp_path):
     Keras (measured 0.9331 vs 0.9276 with 256 calibration images)."""
     from keras_sparse_moe.recipes.dual_encoder import representative_tower_images
 
-    images = representative_tower_images(PRESET, "digits", samples=64)
+    images = representative_tower_images(PRESET, "digits", samples=64, raw=True)
     paths = export_dual_encoder(PRESET, tmp_path / "int8", quantization="int8",
                                 representative_images=images, data="digits")
     for key in ("image_encoder", "text_encoder"):
