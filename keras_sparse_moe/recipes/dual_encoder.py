@@ -252,7 +252,7 @@ def image_routing_by_class(model, data="digits", split="test", max_images=512, d
     images, labels = [], []
     for batch in ds:
         batch_images = batch["images"]
-        if converter is not None and not raw:
+        if converter is not None:
             batch_images = converter(batch_images)
         images.append(np.asarray(batch_images, "float32"))
         labels.append(np.asarray(batch["labels"]))
