@@ -27,6 +27,11 @@ from keras_sparse_moe.models.moe_dual_encoder import MoETwoTowerTokenizer
 from keras_sparse_moe.presets import save_to_preset
 from tests import configs
 
+# keras-hub's lookup of classes and the preset files are the same on every
+# backend (saving and loading on each backend: the harness's
+# run_model_saving_test): run once.
+pytestmark = pytest.mark.single_backend
+
 BATCH = 4
 # Within the tiny backbones' 40-token vocabulary.
 VOCABULARY = ["[PAD]", "[UNK]", "[START]", "[END]", "a", "photo", "of", "the", "digit",
