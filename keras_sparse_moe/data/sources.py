@@ -20,6 +20,7 @@ Image-text pairs: `load_image_text_dataset` and `build_image_text_datasets`.
 
 import dataclasses
 import difflib
+import inspect
 import logging
 import os
 
@@ -430,8 +431,9 @@ def resolve_dataset(
         "captions_file": captions_file, "caption_key": caption_key, "caption_templates": caption_templates,
     }
     if isinstance(spec, _Source):
-        defaults = _RESOLVE_DEFAULTS
-        return _reuse_source(spec, image_text, {k: v for k, v in resolved_with.items() if v != defaults[k]})
+        defaults = inspect.signature(resolve_dataset).parameters  # the options left as they are
+        return _reuse_source(spec, image_text,
+                             {k: v for k, v in resolved_with.items() if v != defaults[k].default})
     kind, argument = parse_spec(spec)
     validation_fraction = check_fraction("validation_fraction", validation_fraction)
     if test_fraction is not None:
@@ -465,12 +467,6 @@ def resolve_dataset(
     _log_summary(source.info, image_text)
     return source
 
-
-_RESOLVE_DEFAULTS = {
-    "validation_fraction": 0.1, "test_fraction": None, "data_dir": None, "download": True, "image_key": None,
-    "label_key": None, "train_split": None, "validation_split": None, "test_split": None, "check_images": True,
-    "captions_file": None, "caption_key": None, "caption_templates": None,
-}
 
 
 def _decoded(ds, decode_fn):
