@@ -824,6 +824,7 @@ def train_classifier(
     from keras_sparse_moe.callbacks import RoutingStatistics
     from keras_sparse_moe.recipes.checkpoints import load_trained_weights
     from keras_sparse_moe.recipes.training import SparseCategoricalCrossentropyWithSmoothing
+    from keras_sparse_moe.recipes.training import build_optimizer
     from keras_sparse_moe.recipes.training import make_callbacks
     from keras_sparse_moe.recipes.training import read_log
 
@@ -891,6 +892,7 @@ def train_classifier(
         jit_compile=jit_compile,
         run_eagerly=bool(run_eagerly),
     )
+    build_optimizer(model)
     monitor = "val_loss" if validation is not None else "loss"
     # RoutingStatistics first: it adds its values to the epoch logs that the
     # CSV logger and the checkpoints then see.

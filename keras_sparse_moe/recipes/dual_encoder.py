@@ -343,6 +343,7 @@ def train_dual_encoder(
 
     from keras_sparse_moe.recipes.checkpoints import load_trained_weights
     from keras_sparse_moe.recipes.config import TrainingConfig
+    from keras_sparse_moe.recipes.training import build_optimizer
     from keras_sparse_moe.recipes.training import make_callbacks
     from keras_sparse_moe.recipes.training import read_log
 
@@ -395,6 +396,7 @@ def train_dual_encoder(
     total_steps = steps * epochs
     optimizer = config.make_optimizer(total_steps, no_decay=_NO_DECAY)
     model.compile(optimizer=optimizer, run_eagerly=bool(run_eagerly))
+    build_optimizer(model)
 
     val_pairs = None
     monitor = "loss"

@@ -1,7 +1,7 @@
 """keras-hub's backbone harness (`run_backbone_test`, `run_model_saving_test`)
 on every backbone: serialization round trip, eager call and compiled
 `predict` (arrays and a `tf.data` dataset) with the expected output shapes,
-the name, the dtypes under mixed_float16 / mixed_bfloat16 / bfloat16,
+the name, the dtypes under mixed_float16 and bfloat16,
 int8/float8 quantization of the Dense/EinsumDense layers, and a `.keras`
 save and load with equal outputs.
 

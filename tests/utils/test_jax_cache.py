@@ -24,6 +24,7 @@ print(float(keras.ops.sum(keras.random.normal((3, 5), seed=1) * 0)))
 def test_the_command_line_keeps_compiled_programs_on_disk(tmp_path):
     directory = tmp_path / "jax-cache"
     env = dict(os.environ, KERAS_BACKEND="jax", **{CACHE_VARIABLE: str(directory)})
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the test session's own (tests/conftest.py)
     result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
