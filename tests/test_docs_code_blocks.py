@@ -2,7 +2,10 @@
 
 The blocks of one file run in order in one fresh Python process (a later
 block may use what an earlier one defined; nothing a block registers leaks
-into the other tests), in a temporary working directory. A block fenced as
+into the other tests), in a temporary working directory. The docs are
+backend-agnostic and run once, under PyTorch (the fastest leg: no graph is
+traced), except docs/export.md, which runs under TensorFlow: its exports run
+in-process there instead of in a TensorFlow subprocess each. A block fenced as
 ```python sketch is not run: it outlines something that needs the network,
 an accelerator or several hosts, minutes of training, or the reader's own
 files (docs/architecture.md, "Code in the docs").
@@ -78,15 +81,24 @@ def test_blocks_are_found_and_the_convention_is_documented():
 
 
 RUNNABLE = [p for p in doc_files() if any(not sketch for _, _, sketch in python_blocks(p))]
+# The backend each file runs under (default: torch).
+DOC_BACKEND = {os.path.join("docs", "export.md"): "tensorflow"}
+
+
+def doc_backend(path):
+    return DOC_BACKEND.get(path, "torch")
 
 
 @pytest.fixture(scope="module")
 def block_results(tmp_path_factory):
-    """{file: [seconds, error or None]} of running every runnable file."""
+    """{file: [seconds, error or None]} of running every runnable file of
+    this backend."""
+    backend = keras.backend.backend()
+    files = [path for path in RUNNABLE if doc_backend(path) == backend]
     root = str(tmp_path_factory.mktemp("docs"))
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(),
+    env = dict(os.environ, KERAS_BACKEND=backend,
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-c", _RUNNER, root, *RUNNABLE], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-c", _RUNNER, root, *files], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=1800)
     path = os.path.join(root, "results.json")
     assert os.path.isfile(path), "\n".join(result.stderr.strip().splitlines()[-12:])
@@ -94,8 +106,10 @@ def block_results(tmp_path_factory):
         return json.load(handle)
 
 
-@pytest.mark.single_backend
 @pytest.mark.parametrize("path", RUNNABLE)
-def test_python_blocks_run(path, block_results):
+def test_python_blocks_run(path, request):
+    if keras.backend.backend() != doc_backend(path):
+        pytest.skip(f"{path} runs under KERAS_BACKEND={doc_backend(path)}")
+    block_results = request.getfixturevalue("block_results")
     seconds, error = block_results[path]
     assert error is None, error
