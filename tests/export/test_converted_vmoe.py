@@ -1,8 +1,9 @@
 """A V-MoE converted from a vmoe checkpoint exports to LiteRT with builtin
 ops only, and the LiteRT model computes vmoe's logits: the fixture
 `tests/fixtures/vmoe/models/vmoe_map` (MAP head, two MoE blocks, top-1 at a
-capacity that drops tokens), converted and exported on every backend (JAX
-and PyTorch export through the TensorFlow subprocess)."""
+capacity that drops tokens), converted and exported on TensorFlow and PyTorch (which exports through the
+TensorFlow subprocess, as JAX does: tests/export/backends.py; the conversion
+itself is checked on every backend in tests/convert)."""
 
 import json
 import os
@@ -15,6 +16,9 @@ from keras_sparse_moe.convert import convert_vmoe
 from keras_sparse_moe.export import LiteRTModel
 from keras_sparse_moe.export import list_litert_ops
 from keras_sparse_moe.export.litert import non_builtin_ops
+from tests.export.backends import not_repeated_on_jax
+
+pytestmark = not_repeated_on_jax
 
 MODEL = os.path.join(os.path.dirname(__file__), "..", "fixtures", "vmoe", "models", "vmoe_map")
 VARIANT = "tc_k1_cf1"

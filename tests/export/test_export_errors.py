@@ -1,5 +1,7 @@
 """Models that cannot be exported to builtin-only LiteRT fail with a message
-naming the layer and the reason, on every backend, and leave no file.
+naming the layer and the reason, and leave no file: in-process on
+TensorFlow and through the TensorFlow subprocess on PyTorch (which JAX
+shares: tests/export/backends.py).
 
 The layers are module-level and registered so that the TensorFlow-backend
 child used on JAX/PyTorch can import this module and rebuild them."""
@@ -12,6 +14,9 @@ import pytest
 from keras import ops
 
 import keras_sparse_moe as ksm
+from tests.export.backends import not_repeated_on_jax
+
+pytestmark = not_repeated_on_jax
 
 
 @keras.saving.register_keras_serializable(package="ksm_export_tests")

@@ -1,8 +1,8 @@
 """LiteRT quantization modes: builtin ops only, file sizes, closeness to
 Keras, and full int8 with the routers kept in float32.
 
-On JAX and PyTorch the quantized exports (with the representative data for
-int8) go through the TensorFlow subprocess."""
+On PyTorch the quantized exports (with the representative data for int8) go
+through the TensorFlow subprocess, as on JAX (tests/export/backends.py)."""
 
 import os
 
@@ -14,6 +14,9 @@ import keras_sparse_moe as ksm
 from keras_sparse_moe.export import LiteRTModel
 from keras_sparse_moe.export import list_litert_ops
 from keras_sparse_moe.export.litert import non_builtin_ops
+from tests.export.backends import not_repeated_on_jax
+
+pytestmark = not_repeated_on_jax
 
 NUM_EXPERTS, DIM = 8, 64
 

@@ -14,6 +14,7 @@ from keras_sparse_moe.models import MoEViTImageClassifier
 from keras_sparse_moe.models.moe_vit import MoEViTImageClassifierPreprocessor
 from keras_sparse_moe.models.moe_vit import MoEViTImageConverter
 from tests import configs
+from tests.export.backends import not_repeated_on_jax
 
 RAW_SHAPE = (4, 4, 1)
 
@@ -35,6 +36,7 @@ def raw_export(moe_vit_backbone, tmp_path_factory):
                                     batch_size=None)
 
 
+@not_repeated_on_jax
 def test_raw_uint8_images_match_predict_for_any_batch(raw_export):
     model, path = raw_export
     runner = LiteRTModel(path)

@@ -21,6 +21,7 @@ from keras_sparse_moe.export.towers import export_dual_encoder
 from keras_sparse_moe.recipes.dual_encoder import class_text_embeddings
 from keras_sparse_moe.recipes.dual_encoder import load_dual_encoder
 from keras_sparse_moe.recipes.dual_encoder import pack_prompts
+from tests.export.backends import not_repeated_on_jax
 
 PRESET = "limoe_tiny_digits"
 KERAS_ZERO_SHOT = 333 / 359  # docs/results.md, measured on every backend
@@ -142,6 +143,7 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+@not_repeated_on_jax
 def test_int8_towers_keep_routers_float_and_zero_shot_accuracy(tmp_path):
     """Full int8 of both towers (text calibration data handed to the child on
     JAX/PyTorch): routers stay float32, zero-shot accuracy within 1 point of
