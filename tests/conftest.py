@@ -15,16 +15,6 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
     ).strip()
 
-# One thread per test process: the suite runs two pytest workers on two cores
-# (and the command-line tests start subprocesses), and the small models gain
-# nothing from several threads; TensorFlow's, oneDNN's and PyTorch's thread
-# pools then only contend for the cores (about a tenth of the TensorFlow leg).
-# XLA's CPU backend likewise runs each program on one thread.
-for _variable in ("OMP_NUM_THREADS", "TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS"):
-    os.environ.setdefault(_variable, "1")
-if "xla_cpu_multi_thread_eigen" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false"
-
 # The command line's JAX compilation cache (keras_sparse_moe/utils/jax_cache.py)
 # stays off in the tests that call `cli.main`: they write nothing outside
 # pytest's temporary folders. tests/utils/test_jax_cache.py turns it on.
