@@ -106,10 +106,12 @@ def block_results(tmp_path_factory):
         return json.load(handle)
 
 
-@pytest.mark.parametrize("path", RUNNABLE)
-def test_python_blocks_run(path, request):
-    if keras.backend.backend() != doc_backend(path):
-        pytest.skip(f"{path} runs under KERAS_BACKEND={doc_backend(path)}")
-    block_results = request.getfixturevalue("block_results")
+@pytest.mark.parametrize("path", [
+    pytest.param(path, marks=pytest.mark.skipif(
+        keras.backend.backend() != doc_backend(path),
+        reason=f"{path} runs under KERAS_BACKEND={doc_backend(path)}"))
+    for path in RUNNABLE
+])
+def test_python_blocks_run(path, block_results):
     seconds, error = block_results[path]
     assert error is None, error

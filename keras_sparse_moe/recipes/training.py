@@ -60,8 +60,8 @@ def build_optimizer(model):
 
     Keras on TensorFlow otherwise creates them while tracing the first train
     step, and TensorFlow then traces that step a second time (a function that
-    created variables is traced again without them): building first halves
-    the compile time of a run. On JAX and PyTorch `fit` builds the optimizer
+    created variables is traced again without them): building first saves
+    that second trace. On JAX and PyTorch `fit` builds the optimizer
     before its first step anyway. A model that is not built yet is left as it
     is (the optimizer then follows its variables when `fit` builds them).
 

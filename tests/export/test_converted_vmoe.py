@@ -1,9 +1,10 @@
 """A V-MoE converted from a vmoe checkpoint exports to LiteRT with builtin
 ops only, and the LiteRT model computes vmoe's logits: the fixture
 `tests/fixtures/vmoe/models/vmoe_map` (MAP head, two MoE blocks, top-1 at a
-capacity that drops tokens), converted and exported on TensorFlow and PyTorch (which exports through the
-TensorFlow subprocess, as JAX does: tests/export/backends.py; the conversion
-itself is checked on every backend in tests/convert)."""
+capacity that drops tokens), converted and exported on TensorFlow and
+PyTorch (which exports through the TensorFlow subprocess, as JAX does:
+tests/export/backends.py; the conversion itself is checked on every backend
+in tests/convert)."""
 
 import json
 import os

@@ -3,8 +3,8 @@ float32 by design.
 
 keras-hub's `run_precision_test` (called by `run_backbone_test`) builds the
 model under `mixed_float16`, `mixed_bfloat16` and `bfloat16` (here: the first
-and the last, see POLICIES) and asks every
-output, weight and sublayer to follow the policy. The MoE models follow it
+and the last, see POLICIES) and asks every output, weight and sublayer to
+follow the policy. The MoE models follow it
 everywhere except in two documented places, which this check asserts to be
 float32 instead of exempting them silently:
 
