@@ -58,6 +58,7 @@ import keras_hub
 
 from keras_sparse_moe.profiling import profile_config
 from keras_sparse_moe.utils.io import atomic_directory
+from keras_sparse_moe.utils.deferred_init import build_then_load
 from keras_sparse_moe.utils.io import check_hdf5_file
 from keras_sparse_moe.version import __version__
 
@@ -532,14 +533,16 @@ def _load_backbone(preset, config, overrides, load_weights, label):
     overrides = dict(overrides)
     overrides["dtype"] = _load_dtype(config, overrides.get("dtype"))
     config = {**config, "config": {**config["config"], **overrides}}
-    backbone = keras.saving.deserialize_keras_object(config)
     if not load_weights:
-        return backbone
+        return keras.saving.deserialize_keras_object(config)
     weights = os.path.join(preset, _WEIGHTS_FILE)
     if not os.path.isfile(weights):
         weights = os.path.join(preset, _SHARDED_WEIGHTS_FILE)
     try:
-        backbone.load_weights(weights)
+        return build_then_load(
+            lambda: keras.saving.deserialize_keras_object(config),
+            lambda backbone: backbone.load_weights(weights),
+        )
     except OSError as error:  # h5py: a file damaged past its header
         raise ValueError(
             f"Preset weights file '{weights}' cannot be read ({error}); the preset directory "
@@ -556,7 +559,6 @@ def _load_backbone(preset, config, overrides, load_weights, label):
         raise ValueError(
             f"Cannot load the backbone weights of preset '{label}': {error}.{hint}"
         ) from error
-    return backbone
 
 
 def _load_dtype(config, dtype):
