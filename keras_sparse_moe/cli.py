@@ -242,6 +242,12 @@ def cmd_export(args):
             "--quantization int8 needs representative data: add --data digits (or another "
             "dataset spec) to calibrate on training images"
         )
+    from keras_sparse_moe.export.litert import check_quantization
+
+    try:  # before loading anything: int8 also needs the LiteRT interpreter
+        check_quantization(quantization, args.data)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
     model = _load_model(args.model)
     from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderContrastive
 
@@ -327,9 +333,15 @@ def _export_towers(args, model, quantization):
     include = not args.no_preprocessing
     raw_shape = _shape_arg(args.input_image_shape) if args.input_image_shape else None
     if quantization == "int8":
+        from keras_sparse_moe.export.litert import raw_input_spec
         from keras_sparse_moe.recipes.dual_encoder import representative_tower_images
 
-        images = representative_tower_images(model, data, args.calibration_samples, raw=include)
+        try:
+            raw = raw_input_spec(model, include, raw_shape, args.input_dtype)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+        images = representative_tower_images(model, data, args.calibration_samples,
+                                              raw=raw["shape"] if raw else False)
     paths = export_dual_encoder(model, args.output, quantization=quantization,
                                 representative_images=images, data=data,
                                 batch_size=args.batch_size, overwrite=args.overwrite,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -224,7 +225,10 @@ def test_evaluate_command(trained, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "per class" in printed and "eval [run 1]" in printed.replace("\n", "")
     metrics = json.loads((output / "metrics.json").read_text())
-    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["latency_ms_per_image"] > 0
+    confusion = np.asarray(metrics["confusion_matrix"])  # rows: true classes
+    assert confusion.sum() == metrics["examples"]
+    assert metrics["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+    assert metrics["latency_ms_per_image"] > 0
 
 
 def test_export_command_checks_litert_accuracy(trained, tmp_path, capsys):
@@ -332,7 +336,8 @@ def test_demo_quick_from_scratch_and_without_the_litert_interpreter(tmp_path, ca
     assert summary["preset"] == "moe_vit_tiny" and not summary["pretrained"]
     assert summary["learning_rate"] == 2e-3 and summary["extra_train_data"] is None
     assert summary["params_total"] < 100_000  # the quick smoke model, not moe_vit_tiny
-    assert 0.0 <= summary["keras_accuracy"] <= 1.0
+    train = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert summary["keras_accuracy"] == pytest.approx(train["accuracy"])  # the summary's source
     assert summary["litert"]["float32"]["accuracy"] is None
     assert (tmp_path / "moe_vit_tiny_float32.tflite").stat().st_size > 0
     assert "not run: no LiteRT interpreter" in capsys.readouterr().out

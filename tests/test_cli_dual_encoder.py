@@ -7,6 +7,7 @@ import os
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 from keras_sparse_moe.cli import main
@@ -34,7 +35,8 @@ def test_train_writes_artifacts(trained):
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
     assert metrics["num_examples"] == 359  # zero-shot on the whole test split
-    assert 0.0 <= metrics["zero_shot_accuracy"] <= 1.0
+    confusion = np.asarray(metrics["confusion_matrix"])
+    assert metrics["zero_shot_accuracy"] == pytest.approx(np.trace(confusion) / 359)
     assert len(metrics["per_class"]) == 10
 
 
@@ -60,19 +62,28 @@ def test_export_towers_without_the_litert_interpreter(capsys, tmp_path, monkeypa
     # As on a platform without ai_edge_litert wheels: the towers are written, not run.
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
-    # Also: the raw-image size and dtype of the image tower from the command line.
+    # Also: the raw-image size and dtype of the image tower from the command line,
+    # and a dynamic batch.
     out = tmp_path / "towers"
     assert main(["export", "--model", "limoe_tiny_digits", "--output", str(out),
                  "--data", "digits", "--input-image-shape", "16,16", "--input-dtype",
-                 "float32"]) == 0
+                 "float32", "--batch-size", "dynamic"]) == 0
     text = capsys.readouterr().out
     assert "not run" in text and "LiteRT zero-shot test accuracy" not in text
     assert {"image_encoder.tflite", "text_encoder.tflite", "class_embeddings.npy"} <= set(
         os.listdir(out))
     with open(out / "export.json") as f:
-        image = json.load(f)["image_encoder"]
+        manifest = json.load(f)
+    image = manifest["image_encoder"]
     assert image["raw_input"] is True and image["preprocessing"]["in_graph"] is True
-    assert image["shape"] == [1, 16, 16, 1] and image["dtype"] == "float32"
+    assert image["shape"] == [-1, 16, 16, 1] and image["dtype"] == "float32"
+    assert manifest["batch_size"] is None
+    # int8 calibration runs the interpreter: without it, one line says so.
+    assert main(["export", "--model", "limoe_tiny_digits", "--output", str(tmp_path / "q"),
+                 "--data", "digits", "--quantization", "int8", "--quiet"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "calibrates on the LiteRT interpreter" in errors[0]
+    assert not (tmp_path / "q").exists()
 
 
 def test_export_towers_reports_litert_zero_shot(capsys, tmp_path):

@@ -79,6 +79,14 @@ def check_quantization(quantization, representative_data):
             "typical model inputs (e.g. training images) to calibrate activation ranges. "
             "Use quantization='dynamic_int8' to quantize weights only."
         )
+    if quantization == "int8" and not litert_interpreter_available():
+        # TensorFlow's converter calibrates int8 by running the model on the
+        # LiteRT interpreter.
+        raise ValueError(
+            "quantization='int8' calibrates on the LiteRT interpreter (ai_edge_litert), which "
+            "cannot be imported here; export with quantization=None, 'float16' or "
+            f"'dynamic_int8', or install it ({LITERT_INSTALL_HINT})."
+        )
 
 
 def check_quantize_routers(quantization, quantize_routers):

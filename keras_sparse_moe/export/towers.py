@@ -141,6 +141,7 @@ def _manifest(task, quantization, batch_size, class_names, quantize_routers=Fals
     image_shape = list(raw["shape"]) if raw is not None else [
         int(d) for d in backbone.image_shape]
     value_range = raw["value_range"] if raw is not None else None
+    batch = -1 if batch_size is None else batch_size  # -1: dynamic, as LiteRT's shape_signature
     manifest = {
         "format": "keras_sparse_moe dual encoder towers",
         "backbone": type(backbone).__name__,
@@ -148,13 +149,13 @@ def _manifest(task, quantization, batch_size, class_names, quantize_routers=Fals
         "batch_size": batch_size,
         "image_encoder": {"file": IMAGE_FILE, "input": "images",
                           "raw_input": raw is not None,
-                          "shape": [batch_size] + [int(d) for d in image_shape],
+                          "shape": [batch] + [int(d) for d in image_shape],
                           "dtype": raw["dtype"] if raw is not None else "float32",
                           "value_range": None if value_range is None else [
                               float(v) for v in value_range],
                           "preprocessing": preprocessing},
         "text_encoder": {"file": TEXT_FILE, "inputs": ["token_ids", "padding_mask"],
-                         "shape": [batch_size, int(backbone.max_sequence_length)],
+                         "shape": [batch, int(backbone.max_sequence_length)],
                          "dtype": "int32"},
         "embedding_dim": int(task.backbone.image_encoder.outputs[0].shape[-1]),
         "embeddings": "L2-normalised; similarity = dot product",
@@ -250,7 +251,10 @@ def export_dual_encoder(
             of `keras_sparse_moe.data.prompts`).
         data: optional dataset spec (e.g. `"digits"`): class names and prompt
             templates come from it when `class_names`/`prompts` are None.
-        batch_size: fixed batch size of both `.tflite` files.
+        batch_size: int >= 1, the fixed batch size of both `.tflite`
+            files (default 1), or None: a dynamic batch (`LiteRTModel`
+            resizes the interpreter to each call; `export.json` records
+            the batch as -1).
         overwrite: replace a non-empty `directory`.
         quantize_routers: `"int8"` only: quantize the router ops too (by
             default they stay float32; see `export_litert`).
@@ -277,8 +281,11 @@ def export_dual_encoder(
     """
     check_quantization(quantization, representative_images)
     check_quantize_routers(quantization, quantize_routers)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Argument `batch_size` must be an int >= 1; received {batch_size!r}.")
+    if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(
+            f"Argument `batch_size` must be an int >= 1 or None (dynamic); received {batch_size!r}."
+        )
     directory = _check_directory(directory, overwrite)
     task = _load_task(model)
     raw = raw_input_spec(task, include_preprocessing, input_image_shape, input_dtype)
@@ -347,7 +354,7 @@ def _export_towers_subprocess(task, directory, quantization, images, text_data, 
         model_path = os.path.join(tmp, "model.keras")
         task.save(model_path)
         args = ["--towers", "--model", model_path, "--output", directory,
-                "--batch-size", str(batch_size)]
+                "--batch-size", "none" if batch_size is None else str(batch_size)]
         if quantization:
             args += ["--quantization", quantization]
         if quantize_routers:

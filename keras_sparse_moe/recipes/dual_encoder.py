@@ -60,10 +60,11 @@ _RESUME_KEYS = (
 _NO_DECAY = ("bias", "gamma", "beta", "embedding", "temperature")
 
 
-def _datasets(model, data, batch_size, augment, seed, training=True, data_options=None):
+def _datasets(model, data, batch_size, augment, seed, training=True, data_options=None,
+              image_shape=None):
     from keras_sparse_moe.data import build_image_text_datasets
 
-    image_shape = tuple(model.backbone.image_shape)
+    image_shape = tuple(image_shape or model.backbone.image_shape)
     options = check_data_options(data_options)  # outside the try: its own message
     try:
         return build_image_text_datasets(
@@ -148,14 +149,22 @@ def _encode_images(model, ds):
 
 def representative_tower_images(model, data="digits", samples=256, seed=0, data_options=None,
                                 raw=False):
-    """Preprocessed training images of `data` for int8 calibration of the
-    image tower of a dual encoder (`data_options`: more dataset options, as in
-    `evaluate_zero_shot`); with `raw=True` the images before the image
-    converter, at the model's image size (for a tower that includes the
-    preprocessing)."""
+    """Training images of `data` for int8 calibration of the image tower of
+    a dual encoder (`data_options`: more dataset options, as in
+    `evaluate_zero_shot`).
+
+    `raw=False` gives preprocessed images (the image converter's output);
+    `raw=True` the images before the converter, at the model's image size,
+    and `raw=(height, width, channels)` raw images of that shape (both for a
+    tower that includes the preprocessing).
+    """
     model = load_dual_encoder(model)
+    shape = None if isinstance(raw, bool) else tuple(int(d) for d in raw)
+    if shape is not None and len(shape) != 3:
+        raise ValueError(f"Argument `raw` must be a bool or (height, width, channels); "
+                         f"received {raw!r}.")
     train, _, _, _ = _datasets(model, data, 64, False, seed, training=False,
-                               data_options=data_options)
+                               data_options=data_options, image_shape=shape)
     converter = model.preprocessor.image_converter if model.preprocessor else None
     images, total = [], 0
     for batch in train:

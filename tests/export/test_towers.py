@@ -35,7 +35,8 @@ def task():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     directory = tmp_path_factory.mktemp("towers") / "limoe"
-    return directory, export_dual_encoder(PRESET, directory, data="digits")
+    # A dynamic batch; the int8 test below keeps the default fixed batch of 1.
+    return directory, export_dual_encoder(PRESET, directory, data="digits", batch_size=None)
 
 
 def test_towers_are_builtin_only_and_match_keras(task, exported):
@@ -49,7 +50,9 @@ def test_towers_are_builtin_only_and_match_keras(task, exported):
     raw = np.random.default_rng(0).integers(0, 17, (4, 8, 8, 1)).astype("uint8")
     runner = LiteRTModel(paths["image_encoder"])
     assert runner.raw_input and runner.input["dtype"] == np.uint8
+    assert runner.batch_size is None  # dynamic: each call runs as one batch
     got = runner(raw)
+    np.testing.assert_allclose(runner(raw[:3]), got[:3], atol=1e-5)
     converter = task.preprocessor.image_converter
     preprocessed = keras.ops.convert_to_numpy(converter(raw.astype("float32")))
     want = keras.ops.convert_to_numpy(task.backbone.image_encoder.predict(preprocessed, verbose=0))
@@ -76,7 +79,8 @@ def test_class_embeddings_manifest_and_vocabulary(task, exported):
     with open(paths["manifest"]) as f:
         manifest = json.load(f)
     image = manifest["image_encoder"]
-    assert image["shape"] == [1, 8, 8, 1] and image["dtype"] == "uint8"
+    assert manifest["batch_size"] is None and manifest["text_encoder"]["shape"][0] == -1
+    assert image["shape"] == [-1, 8, 8, 1] and image["dtype"] == "uint8"
     assert image["raw_input"] is True and image["value_range"] == [0.0, 16.0]
     assert image["preprocessing"]["in_graph"] is True
     assert image["preprocessing"]["scale"] == 1 / 16
@@ -118,6 +122,8 @@ def test_bad_input(tmp_path, exported):
         export_dual_encoder("moe_vit_tiny", tmp_path / "c")
     with pytest.raises(ValueError, match="input_dtype"):
         export_dual_encoder(PRESET, tmp_path / "d", input_dtype="int16")
+    with pytest.raises(ValueError, match=r"batch_size.*or None \(dynamic\); received 0"):
+        export_dual_encoder(PRESET, tmp_path / "d", batch_size=0)
     with pytest.raises(ValueError, match="input_image_shape"):
         export_dual_encoder(PRESET, tmp_path / "d", include_preprocessing=False,
                             input_image_shape=(8, 8))
@@ -157,6 +163,8 @@ def test_int8_towers_keep_routers_float_and_zero_shot_accuracy(tmp_path):
         ops = list_litert_ops(paths[key])
         assert non_builtin_ops(ops) == [] and "QUANTIZE" in ops, key
     with open(paths["manifest"]) as f:
-        assert json.load(f)["routers"] == "float32 (not quantized)"
+        manifest = json.load(f)
+    assert manifest["routers"] == "float32 (not quantized)"
+    assert manifest["batch_size"] == 1 and manifest["image_encoder"]["shape"][0] == 1
     accuracy = evaluate_towers(tmp_path / "int8", "digits")["zero_shot_accuracy"]
     assert accuracy >= KERAS_ZERO_SHOT - 0.01

@@ -3,6 +3,7 @@ import json
 import os
 
 import keras
+import numpy as np
 import pytest
 
 from keras_sparse_moe.recipes.dual_encoder import evaluate_zero_shot
@@ -44,7 +45,8 @@ def test_tiny_run_resumes_and_writes_artifacts(tmp_path, small_limoe_preset):
     # The history covers the epochs before the interruption too.
     assert len(first["history"]["loss"]) == 3
     assert first["final_loss"] < first["initial_loss"]
-    assert 0.0 <= first["zero_shot_accuracy"] <= 1.0
+    confusion = np.asarray(first["confusion_matrix"])
+    assert first["zero_shot_accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
     for name in ("model.keras", "metrics.json", "log.csv", "training_curves.png",
                  "routing_heatmap.png"):
         assert os.path.exists(os.path.join(out, name)), name
@@ -108,3 +110,16 @@ def test_captioned_folder_without_labels_trains_and_saves(tmp_path, capsys, smal
     assert (out / "model.keras").exists() and (out / "training_curves.png").exists()
     assert not (out / "routing_heatmap.png").exists()
     assert json.load(open(out / "run.json"))["status"] == "finished"
+
+
+def test_representative_tower_images_of_another_raw_shape():
+    # int8 calibration of an image tower exported for raw RGB 16x16 inputs.
+    from keras_sparse_moe.recipes.dual_encoder import representative_tower_images
+
+    images = representative_tower_images("limoe_tiny_digits", "digits", samples=4,
+                                         raw=(16, 16, 3))
+    assert images.shape == (4, 16, 16, 3) and images.dtype == np.float32
+    assert 8.0 < float(images.max()) <= 16.0  # raw digits (0..16), before the converter
+    np.testing.assert_array_equal(images[..., 0], images[..., 2])  # gray, as RGB
+    with pytest.raises(ValueError, match=r"`raw` must be a bool or \(height, width, channels\)"):
+        representative_tower_images("limoe_tiny_digits", "digits", samples=4, raw=(16, 16))
