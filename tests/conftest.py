@@ -14,6 +14,16 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
     ).strip()
+# On JAX most of those programs are single ops run eagerly (keras-hub's harness
+# and the docstring examples call models op by op), each compiled on first
+# use: XLA's CPU fusion emitters and LLVM's costlier passes make such a
+# compile about a third slower (measured: a LIMoE backbone's first eager call
+# 18 s -> 11 s; the JAX leg 918 s -> 710 s, one run each). TensorFlow, whose
+# XLA compiles whole train steps, ran slower with these two flags: JAX only.
+_FLAGS = os.environ["XLA_FLAGS"]
+if os.environ.get("KERAS_BACKEND") == "jax" and "xla_cpu_use_fusion_emitters" not in _FLAGS:
+    os.environ["XLA_FLAGS"] = (_FLAGS + " --xla_cpu_use_fusion_emitters=false"
+                               " --xla_llvm_disable_expensive_passes=true")
 
 # The command line's JAX compilation cache (keras_sparse_moe/utils/jax_cache.py)
 # stays off in the tests that call `cli.main`: they write nothing outside
@@ -27,9 +37,10 @@ import tempfile  # noqa: E402
 # again and trained, evaluated and called eagerly op by op in several tests
 # and in the command-line subprocesses. On JAX a compiled program is keyed by
 # its function object, so a new model compiles again; JAX's persistent
-# compilation cache is keyed by the program itself. Each test process (each
-# xdist worker, with the subprocesses it starts) keeps one for the session in
-# a temporary folder: about a fifth less time on the JAX leg. It starts empty,
+# compilation cache is keyed by the program itself. The test session keeps one
+# in a temporary folder, made by the first process that loads this file (the
+# xdist workers and the subprocesses inherit its environment variable, so
+# they share it): about a fifth less time on the JAX leg. It starts empty,
 # so no result depends on an earlier run. A cache of the user's own
 # (JAX_COMPILATION_CACHE_DIR) is left as it is.
 _JAX_TEST_CACHE = None
@@ -83,18 +94,24 @@ def backend():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Run `single_backend` tests once, under TensorFlow.
+    """Run `single_backend` tests once: under TensorFlow, or under the
+    backend the marker names (`@pytest.mark.single_backend("torch")`).
 
     They test Python that does not depend on the Keras backend (argument
-    parsing, file formats, error messages, the import graph); running them
-    under JAX and PyTorch too would only repeat the same lines.
+    parsing, file formats, error messages, the import graph, the mechanics
+    of a command); running them under every backend would only repeat the
+    same lines. Tests that train a few steps for the mechanics name PyTorch,
+    which runs such short eager trainings several times faster (no graph to
+    trace); tests that export in-process stay on TensorFlow.
     """
-    if keras.backend.backend() == "tensorflow":
-        return
-    skip = pytest.mark.skip(reason="backend-independent: runs under tensorflow")
+    backend = keras.backend.backend()
     for item in items:
-        if item.get_closest_marker("single_backend"):
-            item.add_marker(skip)
+        marker = item.get_closest_marker("single_backend")
+        if marker is None:
+            continue
+        runs_under = marker.args[0] if marker.args else "tensorflow"
+        if runs_under != backend:
+            item.add_marker(pytest.mark.skip(reason=f"backend-independent: runs under {runs_under}"))
 
 
 # ---------------------------------------------------------- shared models

@@ -17,15 +17,17 @@ import keras_sparse_moe
 # run there.
 JAX_ONLY_PACKAGES = ("keras_sparse_moe.distribution",)
 # Examples of the parts above the models (data, presets, training recipes,
-# export, conversion, profiling, the command line) run once, under TensorFlow:
-# what they show does not depend on the backend, and tests/recipes,
-# tests/export and tests/convert run those paths on every backend. The layers'
-# and models' examples run on every backend.
+# export, conversion, profiling, the command line) run once: what they show
+# does not depend on the backend, and tests/recipes, tests/export and
+# tests/convert run those paths on every backend. They run under TensorFlow,
+# the training recipes' under PyTorch (short eager trainings, several times
+# faster there). The layers' and models' examples run on every backend.
 SINGLE_BACKEND_PACKAGES = tuple(
     "keras_sparse_moe." + name
     for name in ("_cli_backend", "_quiet_tensorflow", "callbacks", "cli", "convert", "data", "export", "presets", "profile",
                  "profiling", "recipes", "utils")
 )
+UNDER_TORCH_PACKAGES = ("keras_sparse_moe.recipes",)
 MODELS_PACKAGE = "keras_sparse_moe.models"
 
 
@@ -50,14 +52,17 @@ def examples(models):
         module = importlib.import_module(name)
         for test in finder.find(module, name):
             if test.examples and test.name.startswith(name):
-                marks = (pytest.mark.single_backend,) if _single_backend(name) else ()
+                marks = ()
+                if _in(name, UNDER_TORCH_PACKAGES):
+                    marks = (pytest.mark.single_backend("torch"),)
+                elif _in(name, SINGLE_BACKEND_PACKAGES):
+                    marks = (pytest.mark.single_backend,)
                 cases.append(pytest.param(test, id=test.name, marks=marks))
     return cases
 
 
-def _single_backend(module_name):
-    return any(module_name == p or module_name.startswith(p + ".")
-               for p in SINGLE_BACKEND_PACKAGES)
+def _in(module_name, packages):
+    return any(module_name == p or module_name.startswith(p + ".") for p in packages)
 
 
 def run_example(test):

@@ -119,7 +119,7 @@ def test_export_refuses_data_with_another_class_count(capsys, tmp_path):
     assert not (tmp_path / "m.tflite").exists()
 
 
-@pytest.mark.single_backend
+@pytest.mark.single_backend("torch")  # eager evaluation: no graph to trace
 def test_untrained_presets_and_python_warnings_are_one_line_warnings(capsys, tmp_path):
     assert main(["evaluate", "--model", "moe_vit_tiny", "--data", "digits", "--max-batches", "1",
                  "--quiet"]) == 0
@@ -206,7 +206,7 @@ def test_train_writes_artifacts_for_folder_data(trained):
         assert os.path.isfile(os.path.join(out, name)), name
 
 
-@pytest.mark.single_backend
+@pytest.mark.single_backend("torch")
 def test_train_with_extra_training_data(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["train", "--extra-train-data", "optdigits-train", "--output", out, "--epochs", "1",

@@ -17,6 +17,8 @@ cheap host-side check the classifiers run once on `fit` / `evaluate` /
 `predict` inputs.
 """
 
+import sys
+
 import numpy as np
 
 
@@ -225,19 +227,37 @@ def _min_max(images):
         return None, None
 
 
+def _first_batch_images(x):
+    """`x`, or for a `tf.data.Dataset` the images of its first element (the
+    first of an `(x, y)` tuple, or its `"images"`); None when there are none
+    to read."""
+    tf = sys.modules.get("tensorflow")  # a tf.data.Dataset means it is imported
+    if tf is None or not isinstance(x, getattr(getattr(tf, "data", None), "Dataset", ())):
+        return x
+    try:
+        element = next(iter(x.take(1)))
+    except Exception:  # noqa: BLE001 - an empty or failing pipeline: fit reports it
+        return None
+    if isinstance(element, tuple):
+        element = element[0] if element else None
+    if isinstance(element, dict):
+        element = element.get("images")
+    return element
+
+
 class InputRangeCheckMixin:
     """For keras-hub image tasks: `fit`, `evaluate` and `predict` warn once
-    per model when their `x` (an array or tensor; `tf.data` pipelines are
-    not inspected, as that would run them twice) is clearly outside the
-    `value_range` of the preprocessor's image converter. Put it before the
-    keras-hub base class."""
+    per model when their `x` (an array, a tensor, or the first batch of a
+    `tf.data.Dataset`, which runs the pipeline for that batch once more) is
+    clearly outside the `value_range` of the preprocessor's image converter.
+    Put it before the keras-hub base class."""
 
     def _warn_if_out_of_range(self, x):
         if getattr(self, "_input_range_warned", False):
             return
         converter = getattr(getattr(self, "preprocessor", None), "image_converter", None)
         check = getattr(converter, "out_of_range_message", None)
-        message = check(x) if check is not None else None
+        message = check(_first_batch_images(x)) if check is not None else None
         if message:
             import warnings
 

@@ -119,6 +119,7 @@ def test_bad_tfds_specs(tmp_path):
         build_datasets("tfds:mnist", data_dir=str(tmp_path), download=False)
 
 
+@pytest.mark.single_backend("torch")  # short eager training (the tower export: a TF child)
 def test_dual_encoder_commands_use_the_data_dir(tiny_data_dir, tmp_path, capsys,
                                                 small_limoe_preset):
     # --data-dir / --no-download reach the image-text pipelines of dual encoders

@@ -29,8 +29,8 @@ from tests import configs
 
 # keras-hub's lookup of classes and the preset files are the same on every
 # backend (saving and loading on each backend: the harness's
-# run_model_saving_test): run once.
-pytestmark = pytest.mark.single_backend
+# run_model_saving_test): run once, under PyTorch (eager: no graph to trace).
+pytestmark = pytest.mark.single_backend("torch")
 
 BATCH = 4
 # Within the tiny backbones' 40-token vocabulary.

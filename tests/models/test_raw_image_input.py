@@ -90,6 +90,20 @@ def test_predict_and_evaluate_warn_once_on_images_out_of_range(moe_vit_backbone)
                                   preprocessor=MoEViTImageClassifierPreprocessor(converter))
     with pytest.warns(UserWarning, match=r"values in \[0, 1\]"):
         fresh.predict(keras.ops.convert_to_tensor(digits / 16), verbose=0)
+    # A tf.data pipeline: its first batch is checked.
+    import tensorflow as tf
+
+    fresh = MoEViTImageClassifier(moe_vit_backbone, num_classes=configs.NUM_CLASSES,
+                                  preprocessor=MoEViTImageClassifierPreprocessor(converter))
+    pipeline = tf.data.Dataset.from_tensor_slices((digits * 255 / 16, labels)).batch(2)
+    with pytest.warns(UserWarning, match=r"values in \[0, 255\]"):
+        fresh.evaluate(pipeline, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fresh = MoEViTImageClassifier(moe_vit_backbone, num_classes=configs.NUM_CLASSES,
+                                      preprocessor=MoEViTImageClassifierPreprocessor(converter))
+        fresh.evaluate(tf.data.Dataset.from_tensor_slices((digits, labels)).batch(2), verbose=0)
+    assert not [w for w in caught if "expects raw values" in str(w.message)]
 
 
 @pytest.mark.single_backend
