@@ -57,8 +57,8 @@ import keras
 import keras_hub
 
 from keras_sparse_moe.profiling import profile_config
-from keras_sparse_moe.utils.io import atomic_directory
 from keras_sparse_moe.utils.deferred_init import build_then_load
+from keras_sparse_moe.utils.io import atomic_directory
 from keras_sparse_moe.utils.io import check_hdf5_file
 from keras_sparse_moe.version import __version__
 
@@ -538,27 +538,29 @@ def _load_backbone(preset, config, overrides, load_weights, label):
     weights = os.path.join(preset, _WEIGHTS_FILE)
     if not os.path.isfile(weights):
         weights = os.path.join(preset, _SHARDED_WEIGHTS_FILE)
-    try:
-        return build_then_load(
-            lambda: keras.saving.deserialize_keras_object(config),
-            lambda backbone: backbone.load_weights(weights),
-        )
-    except OSError as error:  # h5py: a file damaged past its header
-        raise ValueError(
-            f"Preset weights file '{weights}' cannot be read ({error}); the preset directory "
-            "is corrupt."
-        ) from None
-    except (ValueError, TypeError, KeyError) as error:
-        changed = {k: v for k, v in overrides.items() if k != "dtype"}
-        hint = (
-            f" The overrides {changed} change the architecture; pass "
-            "load_weights=False to start from random weights."
-            if changed
-            else ""
-        )
-        raise ValueError(
-            f"Cannot load the backbone weights of preset '{label}': {error}.{hint}"
-        ) from error
+
+    def load(backbone):
+        try:
+            backbone.load_weights(weights)
+        except OSError as error:  # h5py: a file damaged past its header
+            raise ValueError(
+                f"Preset weights file '{weights}' cannot be read ({error}); the preset "
+                "directory is corrupt."
+            ) from None
+        except (ValueError, TypeError, KeyError) as error:
+            changed = {k: v for k, v in overrides.items() if k != "dtype"}
+            hint = (
+                f" The overrides {changed} change the architecture; pass "
+                "load_weights=False to start from random weights."
+                if changed
+                else ""
+            )
+            raise ValueError(
+                f"Cannot load the backbone weights of preset '{label}': {error}.{hint}"
+            ) from error
+
+    # On JAX the weights replace the random initial values before any is drawn.
+    return build_then_load(lambda: keras.saving.deserialize_keras_object(config), load)
 
 
 def _load_dtype(config, dtype):

@@ -315,6 +315,10 @@ def test_weight_preset_loads_shipped_weights(tmp_path, temporary_presets):
 
     with pytest.raises(ValueError, match="load_weights=False"):
         presets.from_preset("test_tiny_weights", num_experts=2)
+    # An override the model refuses is its own error, not one about the weights.
+    with pytest.raises(ValueError, match="num_experts") as info:
+        presets.from_preset("test_tiny_weights", num_experts=0)
+    assert "Cannot load the backbone weights" not in str(info.value)
     resized = presets.from_preset("test_tiny_weights", load_weights=False, num_experts=2)
     assert resized.backbone.num_experts == 2
 

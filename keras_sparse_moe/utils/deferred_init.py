@@ -9,8 +9,9 @@ leaves the new variables uninitialized, loads the weights, and then
 initializes with their own initializers only the variables that loading
 did not assign.
 
-This module reads two Keras internals (its list of pending variables and a
-variable's unset value); it is the only place that does. On the other
+This module uses Keras internals (its list of pending variables, a
+variable's unset value and its deferred initialization); it is the only
+place in the package that does. On the other
 backends (whose initializers are plain eager ops), under a
 `keras.distribution`, inside another `StatelessScope` or with a Keras laid
 out differently, the model is built and loaded as usual.
