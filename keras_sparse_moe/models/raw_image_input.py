@@ -232,7 +232,7 @@ def _first_batch_images(x):
     first of an `(x, y)` tuple, or its `"images"`); None when there are none
     to read."""
     tf = sys.modules.get("tensorflow")  # a tf.data.Dataset means it is imported
-    if tf is None or not isinstance(x, getattr(getattr(tf, "data", None), "Dataset", ())):
+    if tf is None or not isinstance(x, tf.data.Dataset):
         return x
     try:
         element = next(iter(x.take(1)))

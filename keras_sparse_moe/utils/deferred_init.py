@@ -74,24 +74,17 @@ def build_then_load(build, load):
         load(model)
         return model
     before = {id(v) for v in state.get_global_attribute(_PENDING) or []}
-    created = []
-    succeeded = False
     try:
         with keras.StatelessScope(initialize_variables=False):
             model = build()
-        created = [v for v in state.get_global_attribute(_PENDING) or [] if id(v) not in before]
-        mine = {id(v) for v in created}
-        state.set_global_attribute(
-            _PENDING, [v for v in state.get_global_attribute(_PENDING) or [] if id(v) not in mine]
-        )
-        load(model)
-        succeeded = True
     finally:
-        if not succeeded:  # drop the half-built model's pending variables
-            pending = state.get_global_attribute(_PENDING) or []
-            state.set_global_attribute(
-                _PENDING, [v for v in pending if id(v) in before]
-            )
+        # Keras must not initialize the new variables itself (it would refuse
+        # the loaded ones): they are taken off its list, also when `build`
+        # fails, and the ones loading leaves unset are initialized below.
+        pending = state.get_global_attribute(_PENDING) or []
+        created = [v for v in pending if id(v) not in before]
+        state.set_global_attribute(_PENDING, [v for v in pending if id(v) in before])
+    load(model)
     for variable in created:
         if getattr(variable, "_value", None) is None:  # not loaded: its initializer
             variable._deferred_initialize()
