@@ -94,28 +94,6 @@ def committed_epoch(backup_dir):
     return legacy[0] if legacy else 0
 
 
-def load_trained_weights(model, path):
-    """Load the weights (and optimizer state) of the `.keras` file at `path`
-    into `model`, a built model compiled like the one saved there: how a
-    recipe continues a run from its saved trained model.
-
-    Raises:
-        ValueError naming `path` when it does not hold weights of this model.
-    """
-    from keras_sparse_moe.utils.io import check_keras_archive
-
-    check_keras_archive(path)
-    if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
-    try:
-        model.load_weights(path)
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(
-            f"Cannot load the trained model {path!r} ({error}); delete it, or pass "
-            "overwrite=True (--overwrite) to train again."
-        ) from None
-
-
 def _is_better(mode, value, best):
     return value < best if mode == "min" else value > best
 

@@ -30,7 +30,6 @@ settings and state of the run), `log.csv`, `best.keras`, `last.keras`,
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 
@@ -40,22 +39,14 @@ from keras_sparse_moe.data.sources import Datasets
 from keras_sparse_moe.data.sources import parse_spec
 from keras_sparse_moe.recipes.augment import make_augmentation
 from keras_sparse_moe.recipes.metrics import classification_report
-from keras_sparse_moe.recipes.run_state import BACKUP_DIR
+from keras_sparse_moe.recipes.run_lock import exclusive_run
 from keras_sparse_moe.recipes.run_state import HEATMAP_FILE
 from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.recipes.run_state import METRICS_FILE
 from keras_sparse_moe.recipes.run_state import MODEL_FILE
-from keras_sparse_moe.recipes.run_state import PRESET_DIR
-from keras_sparse_moe.recipes.run_state import RUN_ARTIFACTS
-from keras_sparse_moe.recipes.run_state import RUN_FILE
-from keras_sparse_moe.recipes.run_lock import exclusive_run
-from keras_sparse_moe.recipes.run_state import check_previous_run
-from keras_sparse_moe.recipes.run_state import completed_stages
-from keras_sparse_moe.recipes.run_state import record_stage
-from keras_sparse_moe.utils.io import atomic_save_model
+from keras_sparse_moe.recipes.training_run import TrainingRun
 from keras_sparse_moe.utils.io import check_writable_directory
 from keras_sparse_moe.utils.io import load_keras_file
-from keras_sparse_moe.utils.io import read_json
 from keras_sparse_moe.utils.io import write_json
 from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.utils.validation import check_int
@@ -681,12 +672,6 @@ def evaluate_classifier(
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
-def _check_previous_run(output_dir, settings, overwrite):
-    """'fresh', 'resume' or 'finished' for the run in `output_dir`."""
-    return check_previous_run(output_dir, settings, keys=_RESUME_KEYS, artifacts=RUN_ARTIFACTS,
-                              overwrite=overwrite, defaults=_RESUME_DEFAULTS)
-
-
 def _steps_per_epoch(info, train, batch_size, max_batches):
     count = info.counts.get("train")
     if count is None:
@@ -774,12 +759,10 @@ def train_classifier(
     >>> 0.0 <= metrics["accuracy"] <= 1.0
     True
     """
-    from keras_sparse_moe.recipes.config import TrainingConfig
+    from keras_sparse_moe.recipes.config import check_config
 
     start = time.time()
-    config = TrainingConfig() if config is None else config
-    if not isinstance(config, TrainingConfig):
-        raise ValueError(f"Argument `config` must be a TrainingConfig or None; received {config!r}.")
+    config = check_config(config)
     epochs, batch_size, seed = config.epochs, config.batch_size, config.seed
     augment, max_batches = config.augment, config.max_batches
     routing_examples = check_int("routing_examples", routing_examples, minimum=0)
@@ -806,15 +789,10 @@ def train_classifier(
     # Validate the data spec before touching the output directory.
     if datasets is None:
         parse_spec(data)
-    created = not os.path.exists(output_dir)
-    check_writable_directory(output_dir)
-    state = _check_previous_run(output_dir, settings, overwrite)
-    if state == "finished":
-        logger.info(
-            "%s already holds a finished run with these settings; returning its metrics "
-            "(pass overwrite=True / --overwrite to train again).", output_dir,
-        )
-        metrics = read_json(os.path.join(output_dir, METRICS_FILE))
+    run = TrainingRun(output_dir, settings, keys=_RESUME_KEYS, logger=logger, overwrite=overwrite,
+                      defaults=_RESUME_DEFAULTS)
+    if run.finished:
+        metrics = run.previous_metrics()
         if return_model:
             return metrics, load_classifier(os.path.join(output_dir, MODEL_FILE))
         return metrics
@@ -822,27 +800,16 @@ def train_classifier(
     import keras
 
     from keras_sparse_moe.callbacks import RoutingStatistics
-    from keras_sparse_moe.recipes.checkpoints import load_trained_weights
     from keras_sparse_moe.recipes.training import SparseCategoricalCrossentropyWithSmoothing
-    from keras_sparse_moe.recipes.training import build_optimizer
-    from keras_sparse_moe.recipes.training import make_callbacks
     from keras_sparse_moe.recipes.training import read_log
 
-    if config.deterministic:
-        from keras_sparse_moe.utils.determinism import enable_deterministic_ops
-
-        enable_deterministic_ops()
-    keras.utils.set_random_seed(seed)
+    run.seed(config)
     model = load_classifier(preset, load_weights=load_weights, overrides=overrides)
-    try:
-        train, validation, test, info = _datasets(
-            model, data if datasets is None else datasets, batch_size, augment, seed,
-            config.validation_fraction, data_options, training=True,
-        )
-    except BaseException:
-        if created and not os.listdir(output_dir):
-            os.rmdir(output_dir)  # no run started: leave no empty run folder behind
-        raise
+    # (When this fails, `exclusive_run` removes a directory it created for the run.)
+    train, validation, test, info = _datasets(
+        model, data if datasets is None else datasets, batch_size, augment, seed,
+        config.validation_fraction, data_options, training=True,
+    )
     if train is None:
         raise ValueError(f"Dataset {data!r} has no training split.")
     if datasets is not None:  # ready pipelines: their labels are the caller's
@@ -881,39 +848,18 @@ def train_classifier(
     train = _limit(train, max_batches)
     validation = _limit(validation, max_batches)
     test = _limit(test, max_batches)
-    total_steps = steps * epochs
-
-    optimizer = config.make_optimizer(total_steps, no_decay=_NO_DECAY)
-
-    model.compile(
-        optimizer=optimizer,
+    run.compile(
+        model, config, steps * epochs, _NO_DECAY,
         loss=SparseCategoricalCrossentropyWithSmoothing(config.label_smoothing, from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
         run_eagerly=bool(run_eagerly),
     )
-    build_optimizer(model)
-    monitor = "val_loss" if validation is not None else "loss"
-    # RoutingStatistics first: it adds its values to the epoch logs that the
-    # CSV logger and the checkpoints then see.
     counts = param_counts(model)
-    artifacts = {"model": os.path.join(output_dir, MODEL_FILE)}
-    stages = completed_stages(output_dir) if state == "trained" else {}
-    if state == "trained":
-        logger.info("%s holds a run whose training has finished; completing it without "
-                    "training again.", output_dir)
-        load_trained_weights(model, artifacts["model"])
-        fit_record = stages["fit"]
-    else:
-        fit_callbacks = [RoutingStatistics()] + make_callbacks(
-            output_dir,
-            early_stopping_patience=config.early_stopping_patience,
-            monitor=monitor,
-            extra=list(callbacks),
-            keep_backup=True,
-            terminate_on_nan=True,
-        )
-        resumed_from = _backup_epoch(output_dir) if state == "resume" else 0
+    artifacts = {"model": run.model_file}
+    fit_record = run.trained_fit(model)
+    if fit_record is None:
+        resumed_from = run.resumed_from_epoch()
         if resumed_from:
             logger.info("Resuming %s after epoch %d of %d.", output_dir, resumed_from, epochs)
         logger.info(
@@ -921,48 +867,37 @@ def train_classifier(
             "each), batch %d, backend %s.", preset_label, f"{counts['total']:,}",
             f"{counts['active']:,}", data, epochs, steps, batch_size, keras.backend.backend(),
         )
-        write_json(os.path.join(output_dir, RUN_FILE), {"status": "running", "settings": settings})
-        train_start = time.time()
         with warnings.catch_warnings():
             # The tf.data pipeline shuffles itself; Keras warns that `shuffle` is ignored.
             warnings.filterwarnings("ignore", message=r".*shuffle=True.*")
-            history = model.fit(
-                train,
-                validation_data=validation,
-                epochs=epochs,
-                callbacks=fit_callbacks,
-                verbose=verbose,
-            )
+            # RoutingStatistics first: it adds its values to the epoch logs that the
+            # CSV logger and the checkpoints then see.
+            history, train_time = run.fit(model, train, validation, config, callbacks=callbacks,
+                                          first_callbacks=[RoutingStatistics()], verbose=verbose)
+        log = read_log(os.path.join(output_dir, LOG_FILE))
         fit_record = {
-            "epochs_run": _logged_epochs(output_dir),
+            "epochs_run": len(next(iter(log.values()), [])),
             "resumed_from_epoch": resumed_from,
-            "train_time_s": time.time() - train_start,
+            "train_time_s": train_time,
             # (Empty when all epochs were done before an interruption.)
             "history": {k: float(v[-1]) for k, v in history.history.items() if v}
-            or {k: v[-1] for k, v in read_log(os.path.join(output_dir, LOG_FILE)).items() if v},
+            or {k: v[-1] for k, v in log.items() if v},
         }
-        # Commit point: from here on a re-run completes this run without training.
-        atomic_save_model(model, artifacts["model"])
-        record_stage(output_dir, settings, "fit", fit_record, status="trained")
-        shutil.rmtree(os.path.join(output_dir, BACKUP_DIR), ignore_errors=True)
+        run.commit(model, fit_record)
     if save_preset:
-        from keras_sparse_moe.presets import save_to_preset
-
-        preset_dir = os.path.join(output_dir, PRESET_DIR)
-        if "preset" not in stages or not os.path.isdir(preset_dir):
-            save_to_preset(model, preset_dir)
-            record_stage(output_dir, settings, "preset")
-        artifacts["preset"] = os.path.abspath(preset_dir)
+        artifacts["preset"] = os.path.abspath(run.save_preset(model))
     eval_ds = test if test is not None else validation
     eval_split = "test" if test is not None else "validation"
     report, routing = ({}, {})
-    if "evaluation" in stages:
-        report, routing = stages["evaluation"]["report"], stages["evaluation"]["routing"]
-    elif eval_ds is not None:
-        logger.info("Evaluating on the %s split ...", eval_split)
-        report, routing = _evaluate(model, eval_ds, info, batch_size, routing_examples,
-                                    single_image_latency)
-        record_stage(output_dir, settings, "evaluation", {"report": report, "routing": routing})
+    if "evaluation" in run.stages or eval_ds is not None:
+        def evaluate():
+            logger.info("Evaluating on the %s split ...", eval_split)
+            report, routing = _evaluate(model, eval_ds, info, batch_size, routing_examples,
+                                        single_image_latency)
+            return {"report": report, "routing": routing}
+
+        evaluation = run.stage("evaluation", evaluate)
+        report, routing = evaluation["report"], evaluation["routing"]
     metrics = {
         "model": preset_label,
         "data": data,
@@ -989,8 +924,7 @@ def train_classifier(
 
         artifacts.update(plot_run(output_dir, routing, info.class_names, title=preset_label))
     metrics["wall_time_s"] = time.time() - start
-    write_json(os.path.join(output_dir, METRICS_FILE), metrics)
-    record_stage(output_dir, settings, "metrics", status="finished")
+    run.finish(metrics)
     logger.info(
         "%s: %s accuracy %.4f, macro-F1 %.4f (%d images); wrote %s.", preset_label, eval_split,
         metrics.get("accuracy", float("nan")), metrics.get("macro_f1", float("nan")),
@@ -1002,19 +936,3 @@ def train_classifier(
 def _label(model):
     return os.fspath(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name", "model")
 
-
-def _backup_epoch(output_dir):
-    """Epochs finished (committed) by an interrupted run."""
-    from keras_sparse_moe.recipes.checkpoints import committed_epoch
-
-    return committed_epoch(os.path.join(output_dir, BACKUP_DIR))
-
-
-def _logged_epochs(output_dir):
-    path = os.path.join(output_dir, LOG_FILE)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = [line for line in handle.read().splitlines()[1:] if line.strip()]
-        return len(lines)
-    except OSError:
-        return 0

@@ -125,3 +125,19 @@ class TrainingConfig:
             weight_decay=self.weight_decay, clipnorm=self.clipnorm,
             ema_momentum=self.ema_momentum, no_decay=no_decay,
         )
+
+
+def check_config(config):
+    """`config`, or the default `TrainingConfig` when it is None.
+
+    Raises:
+        ValueError: `config` is neither a `TrainingConfig` nor None.
+
+    Example:
+    >>> check_config(None).epochs
+    30
+    """
+    config = TrainingConfig() if config is None else config
+    if not isinstance(config, TrainingConfig):
+        raise ValueError(f"Argument `config` must be a TrainingConfig or None; received {config!r}.")
+    return config

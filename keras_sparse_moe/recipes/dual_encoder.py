@@ -23,7 +23,6 @@ directory), `metrics.json`, `log.csv`, `best.keras`, `last.keras`, `backup/`
 
 import logging
 import os
-import shutil
 import time
 
 import numpy as np
@@ -32,20 +31,8 @@ from keras_sparse_moe.models.moe_dual_encoder import class_text_embeddings
 from keras_sparse_moe.models.moe_dual_encoder import load_dual_encoder
 from keras_sparse_moe.models.moe_dual_encoder import pack_prompts  # noqa: F401 - part of this module's API
 from keras_sparse_moe.recipes.run_lock import exclusive_run
-from keras_sparse_moe.recipes.run_state import BACKUP_DIR
 from keras_sparse_moe.recipes.run_state import LOG_FILE
-from keras_sparse_moe.recipes.run_state import METRICS_FILE
-from keras_sparse_moe.recipes.run_state import MODEL_FILE
-from keras_sparse_moe.recipes.run_state import PRESET_DIR
-from keras_sparse_moe.recipes.run_state import RUN_ARTIFACTS
-from keras_sparse_moe.recipes.run_state import RUN_FILE
-from keras_sparse_moe.recipes.run_state import check_previous_run
-from keras_sparse_moe.recipes.run_state import completed_stages
-from keras_sparse_moe.recipes.run_state import record_stage
-from keras_sparse_moe.utils.io import atomic_save_model
-from keras_sparse_moe.utils.io import check_writable_directory
-from keras_sparse_moe.utils.io import read_json
-from keras_sparse_moe.utils.io import write_json
+from keras_sparse_moe.recipes.training_run import TrainingRun
 from keras_sparse_moe.utils.validation import check_data_options
 from keras_sparse_moe.utils.validation import check_int
 
@@ -350,15 +337,10 @@ def train_dual_encoder(
     """
     import keras
 
-    from keras_sparse_moe.recipes.checkpoints import load_trained_weights
-    from keras_sparse_moe.recipes.config import TrainingConfig
-    from keras_sparse_moe.recipes.training import build_optimizer
-    from keras_sparse_moe.recipes.training import make_callbacks
+    from keras_sparse_moe.recipes.config import check_config
     from keras_sparse_moe.recipes.training import read_log
 
-    config = TrainingConfig() if config is None else config
-    if not isinstance(config, TrainingConfig):
-        raise ValueError(f"Argument `config` must be a TrainingConfig or None; received {config!r}.")
+    config = check_config(config)
     batch_size = check_int("batch_size", config.batch_size, minimum=2)
     epochs, seed, max_batches = config.epochs, config.seed, config.max_batches
     augment = config.augment != "none"
@@ -372,19 +354,12 @@ def train_dual_encoder(
     data_options = check_data_options(data_options)
     if data_options:
         settings["data_options"] = data_options
-    check_writable_directory(output_dir)
-    state = check_previous_run(output_dir, settings, keys=_RESUME_KEYS, artifacts=RUN_ARTIFACTS,
-                               overwrite=overwrite)
-    if state == "finished":
-        logger.info("%s already holds a finished run with these settings; returning its metrics "
-                    "(pass overwrite=True / --overwrite to train again).", output_dir)
-        return read_json(os.path.join(output_dir, METRICS_FILE))
+    run = TrainingRun(output_dir, settings, keys=_RESUME_KEYS, logger=logger, overwrite=overwrite,
+                      save=save)
+    if run.finished:
+        return run.previous_metrics()
 
-    if config.deterministic:
-        from keras_sparse_moe.utils.determinism import enable_deterministic_ops
-
-        enable_deterministic_ops()
-    keras.utils.set_random_seed(seed)
+    run.seed(config)
     model = load_dual_encoder(preset)
     # Resolved once: training, the zero-shot evaluation and the routing plot share it.
     source = _resolve(data, {"validation_fraction": config.validation_fraction, **data_options})
@@ -402,59 +377,30 @@ def train_dual_encoder(
     if max_batches is not None:
         train_pairs = train_pairs.take(max_batches)
         steps = min(steps, max_batches)
-    total_steps = steps * epochs
-    optimizer = config.make_optimizer(total_steps, no_decay=_NO_DECAY)
-    model.compile(optimizer=optimizer, run_eagerly=bool(run_eagerly))
-    build_optimizer(model)
+    run.compile(model, config, steps * epochs, _NO_DECAY, run_eagerly=bool(run_eagerly))
 
     val_pairs = None
-    monitor = "loss"
     if validation is not None and info.counts.get("validation", 0) >= batch_size:
         val_pairs = _to_pairs(validation)
         if max_batches is not None:
             val_pairs = val_pairs.take(max_batches)
-        monitor = "val_loss"
-    model_file = os.path.join(output_dir, MODEL_FILE)
-    stages = completed_stages(output_dir) if state == "trained" and save else {}
-    if stages:
-        logger.info("%s holds a run whose training has finished; completing it without "
-                    "training again.", output_dir)
-        load_trained_weights(model, model_file)
-        initial_loss, train_seconds = stages["fit"]["initial_loss"], stages["fit"]["train_seconds"]
-    else:
+    fit_record = run.trained_fit(model)
+    if fit_record is None:
         initial_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
-        write_json(os.path.join(output_dir, RUN_FILE), {"status": "running", "settings": settings})
-        start = time.time()
-        model.fit(
-            train_pairs,
-            validation_data=val_pairs,
-            epochs=epochs,
-            callbacks=make_callbacks(
-                output_dir, early_stopping_patience=config.early_stopping_patience,
-                monitor=monitor, extra=list(callbacks), keep_backup=save, terminate_on_nan=True),
+        _, train_seconds = run.fit(
+            model, train_pairs, val_pairs, config, callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras would warn otherwise
             verbose=verbose,
         )
-        train_seconds = time.time() - start
-        if save:
-            # Commit point: from here on a re-run completes this run without training.
-            atomic_save_model(model, model_file)
-            record_stage(output_dir, settings, "fit",
-                         {"initial_loss": initial_loss, "train_seconds": train_seconds},
-                         status="trained")
-            shutil.rmtree(os.path.join(output_dir, BACKUP_DIR), ignore_errors=True)
-    if "evaluation" in stages:
-        final_loss, zero_shot = stages["evaluation"]["final_loss"], stages["evaluation"]["zero_shot"]
-    else:
-        final_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
-        zero_shot = evaluate_zero_shot(model, source, templates=templates,
-                                       split="test") if labelled else {
-            "zero_shot_accuracy": None}
-        if save:
-            record_stage(output_dir, settings, "evaluation",
-                         {"final_loss": final_loss, "zero_shot": zero_shot})
+        fit_record = {"initial_loss": initial_loss, "train_seconds": train_seconds}
+        run.commit(model, fit_record)
+    evaluation = run.stage("evaluation", lambda: {
+        "final_loss": float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"]),
+        "zero_shot": evaluate_zero_shot(model, source, templates=templates, split="test")
+        if labelled else {"zero_shot_accuracy": None},
+    })
     metrics = {
-        "preset": preset if isinstance(preset, str) else type(preset).__name__,
+        "preset": settings["preset"],
         "data": data,
         "epochs": epochs,
         "batch_size": batch_size,
@@ -462,17 +408,14 @@ def train_dual_encoder(
         "seed": seed,
         "backend": keras.backend.backend(),
         "parameters": int(model.count_params()),
-        "initial_loss": initial_loss,
-        "final_loss": final_loss,
-        "train_seconds": train_seconds,
+        "initial_loss": fit_record["initial_loss"],
+        "final_loss": evaluation["final_loss"],
+        "train_seconds": fit_record["train_seconds"],
         "history": read_log(os.path.join(output_dir, LOG_FILE)),
-        **zero_shot,
+        **evaluation["zero_shot"],
     }
-    if save and ("preset" not in stages or not os.path.isdir(os.path.join(output_dir, PRESET_DIR))):
-        from keras_sparse_moe.presets import save_to_preset
-
-        save_to_preset(model, os.path.join(output_dir, PRESET_DIR))
-        record_stage(output_dir, settings, "preset")
+    if save:
+        run.save_preset(model)
     metrics["figures"] = []
     if plots:
         from keras_sparse_moe.recipes.plots import plot_run
@@ -482,9 +425,5 @@ def train_dual_encoder(
         metrics["figures"] = list(plot_run(
             output_dir, routing, names, title=settings["preset"],
             heatmap_title=f"{settings['preset']}: image tokens per class and expert").values())
-    write_json(os.path.join(output_dir, METRICS_FILE), metrics)
-    if save:
-        record_stage(output_dir, settings, "metrics", status="finished")
-    else:
-        write_json(os.path.join(output_dir, RUN_FILE), {"status": "finished", "settings": settings})
+    run.finish(metrics)
     return metrics

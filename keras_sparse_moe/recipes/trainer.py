@@ -8,7 +8,7 @@ import keras
 from keras_sparse_moe.models.moe_dual_encoder import MoEDualEncoderBackbone
 from keras_sparse_moe.presets import from_preset
 from keras_sparse_moe.presets import preset_classes
-from keras_sparse_moe.recipes.config import TrainingConfig
+from keras_sparse_moe.recipes.config import check_config
 
 
 def is_dual_encoder(model):
@@ -79,10 +79,7 @@ def train(model, data="digits", config=None, output_dir="runs/train", **options)
     >>> metrics["settings"]["epochs"], 0.0 <= metrics["accuracy"] <= 1.0
     (1, True)
     """
-    if config is None:
-        config = TrainingConfig()
-    if not isinstance(config, TrainingConfig):
-        raise ValueError(f"Argument `config` must be a TrainingConfig or None; received {config!r}.")
+    config = check_config(config)
     if is_dual_encoder(model):
         from keras_sparse_moe.recipes.dual_encoder import train_dual_encoder
 

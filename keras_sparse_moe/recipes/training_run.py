@@ -1,0 +1,191 @@
+"""`TrainingRun`: the life of a recipe's run in its output directory, from
+the check of the previous run there to the final `metrics.json` (the states
+and files of `run_state`), around the recipe's own model, data, loss and
+evaluation."""
+
+import os
+import shutil
+import time
+
+import keras
+
+from keras_sparse_moe.recipes.checkpoints import committed_epoch
+from keras_sparse_moe.recipes.run_state import BACKUP_DIR
+from keras_sparse_moe.recipes.run_state import METRICS_FILE
+from keras_sparse_moe.recipes.run_state import MODEL_FILE
+from keras_sparse_moe.recipes.run_state import PRESET_DIR
+from keras_sparse_moe.recipes.run_state import RUN_ARTIFACTS
+from keras_sparse_moe.recipes.run_state import RUN_FILE
+from keras_sparse_moe.recipes.run_state import check_previous_run
+from keras_sparse_moe.recipes.run_state import completed_stages
+from keras_sparse_moe.recipes.run_state import record_stage
+from keras_sparse_moe.recipes.training import build_optimizer
+from keras_sparse_moe.recipes.training import make_callbacks
+from keras_sparse_moe.utils.io import atomic_save_model
+from keras_sparse_moe.utils.io import check_keras_archive
+from keras_sparse_moe.utils.io import check_writable_directory
+from keras_sparse_moe.utils.io import read_json
+from keras_sparse_moe.utils.io import write_json
+
+
+class TrainingRun:
+    """The run of a recipe with `settings` in `output_dir`.
+
+    Creating it checks that `output_dir` is writable and what it holds:
+    `state` is `check_previous_run`'s (`"fresh"`, `"resume"`, `"trained"`
+    or `"finished"`), and `stages` the stages a `"trained"` run recorded,
+    reused instead of run again.
+
+    Args:
+        output_dir: str, the run's output directory.
+        settings: dict of the run's settings, recorded in `run.json`.
+        keys: the settings that must match to resume or reuse a run.
+        logger: the recipe's `logging.Logger`.
+        overwrite: bool, delete an earlier run's files and start afresh.
+        defaults: values of `keys` that older `run.json` files do not record.
+        save: bool, commit the trained model and record the stages; False
+            trains every time and records only the final status.
+
+    Example:
+    >>> import logging, tempfile
+    >>> run = TrainingRun(tempfile.mkdtemp(), {"epochs": 1}, keys=("epochs",),
+    ...                   logger=logging.getLogger("example"))
+    >>> run.state, run.stages
+    ('fresh', {})
+    """
+
+    def __init__(self, output_dir, settings, *, keys, logger, overwrite=False, defaults=None,
+                 save=True):
+        check_writable_directory(output_dir)
+        self.output_dir = output_dir
+        self.settings = settings
+        self.logger = logger
+        self.save = bool(save)
+        self.model_file = os.path.join(output_dir, MODEL_FILE)
+        self.state = check_previous_run(output_dir, settings, keys=keys, artifacts=RUN_ARTIFACTS,
+                                        overwrite=overwrite, defaults=defaults)
+        self.stages = completed_stages(output_dir) if self.state == "trained" and save else {}
+
+    @property
+    def finished(self):
+        """Whether `output_dir` holds a finished run with these settings."""
+        return self.state == "finished"
+
+    def previous_metrics(self):
+        """The `metrics.json` of the finished run."""
+        self.logger.info(
+            "%s already holds a finished run with these settings; returning its metrics "
+            "(pass overwrite=True / --overwrite to train again).", self.output_dir,
+        )
+        return read_json(os.path.join(self.output_dir, METRICS_FILE))
+
+    def resumed_from_epoch(self):
+        """Epochs the interrupted run committed (0 unless it resumes)."""
+        if self.state != "resume":
+            return 0
+        return committed_epoch(os.path.join(self.output_dir, BACKUP_DIR))
+
+    @staticmethod
+    def seed(config):
+        """Seed the run with `config.seed`, with deterministic kernels if
+        `config.deterministic`."""
+        if config.deterministic:
+            from keras_sparse_moe.utils.determinism import enable_deterministic_ops
+
+            enable_deterministic_ops()
+        keras.utils.set_random_seed(config.seed)
+
+    @staticmethod
+    def compile(model, config, total_steps, no_decay, **options):
+        """Compile `model` with `config`'s optimizer over `total_steps` steps
+        (`no_decay`: variable-name fragments kept out of weight decay) and
+        the `keras.Model.compile` `options`, and build the optimizer."""
+        model.compile(optimizer=config.make_optimizer(total_steps, no_decay=no_decay), **options)
+        build_optimizer(model)
+
+    def trained_fit(self, model):
+        """None when the run must train; for a trained run, the results of
+        its `fit` stage, after loading its trained weights and optimizer
+        state into `model` (compiled like the saved model)."""
+        if "fit" not in self.stages:
+            return None
+        self.logger.info("%s holds a run whose training has finished; completing it without "
+                         "training again.", self.output_dir)
+        check_keras_archive(self.model_file)
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(self.model_file)
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(
+                f"Cannot load the trained model {self.model_file!r} ({error}); delete it, or pass "
+                "overwrite=True (--overwrite) to train again."
+            ) from None
+        return self.stages["fit"]
+
+    def fit(self, model, train, validation, config, *, callbacks=(), first_callbacks=(),
+            **options):
+        """Mark the run running and train `model` for `config.epochs` epochs.
+
+        Args:
+            model: the compiled model.
+            train: the training data.
+            validation: None or the validation data (`val_loss` is then
+                monitored, else `loss`).
+            config: the run's `TrainingConfig`.
+            callbacks: Keras callbacks after those of `make_callbacks`.
+            first_callbacks: Keras callbacks before them.
+            **options: more `keras.Model.fit` arguments.
+
+        Returns:
+            `(history, seconds)`.
+        """
+        fit_callbacks = list(first_callbacks) + make_callbacks(
+            self.output_dir, early_stopping_patience=config.early_stopping_patience,
+            monitor="loss" if validation is None else "val_loss", extra=list(callbacks),
+            keep_backup=self.save, terminate_on_nan=True,
+        )
+        write_json(os.path.join(self.output_dir, RUN_FILE),
+                   {"status": "running", "settings": self.settings})
+        start = time.time()
+        history = model.fit(train, validation_data=validation, epochs=config.epochs,
+                            callbacks=fit_callbacks, **options)
+        return history, time.time() - start
+
+    def commit(self, model, results):
+        """The commit point: save the trained model and record the `fit`
+        stage's `results`; from here on a re-run completes the run without
+        training."""
+        if self.save:
+            atomic_save_model(model, self.model_file)
+            record_stage(self.output_dir, self.settings, "fit", results, status="trained")
+            shutil.rmtree(os.path.join(self.output_dir, BACKUP_DIR), ignore_errors=True)
+
+    def stage(self, name, compute):
+        """The results of stage `name`: those recorded by a trained run that
+        did it, else `compute()`'s, recorded."""
+        if name in self.stages:
+            return self.stages[name]
+        results = compute()
+        if self.save:
+            record_stage(self.output_dir, self.settings, name, results)
+        return results
+
+    def save_preset(self, model):
+        """Write `output_dir/preset/` unless a trained run did; its path."""
+        path = os.path.join(self.output_dir, PRESET_DIR)
+        if "preset" not in self.stages or not os.path.isdir(path):
+            from keras_sparse_moe.presets import save_to_preset
+
+            save_to_preset(model, path)
+            record_stage(self.output_dir, self.settings, "preset")
+        return path
+
+    def finish(self, metrics):
+        """Write `metrics.json` and mark the run finished."""
+        write_json(os.path.join(self.output_dir, METRICS_FILE), metrics)
+        if self.save:
+            record_stage(self.output_dir, self.settings, "metrics", status="finished")
+        else:
+            write_json(os.path.join(self.output_dir, RUN_FILE),
+                       {"status": "finished", "settings": self.settings})
