@@ -563,13 +563,30 @@ def _evaluate(model, ds, info, batch_size, routing_examples, single_latency):
     return report, _routing_summary(tally)
 
 
-def _environment():
+def _metrics(label, data, split, report, routing, counts, start, fit=None):
+    """The metrics of an evaluation of model `label` (`report`, `routing`:
+    those of `_evaluate`; `counts`: `param_counts`; `start`: the `time()`
+    the call started), with the results of a training run's `fit` stage."""
     import keras
 
+    fit = fit or {}
     return {
+        "model": label,
+        "data": data,
+        "split": split,
+        **{k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix")},
+        "params_total": counts["total"],
+        "params_active": counts["active"],
+        "flops_per_example": counts.get("flops"),
         "backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "cpu_count": os.cpu_count(),
+        **{k: fit[k] for k in ("epochs_run", "resumed_from_epoch", "train_time_s") if fit},
+        "wall_time_s": time.time() - start,
+        **({"history": fit["history"]} if fit else {}),
+        "per_class": report.get("per_class", []),
+        "confusion_matrix": report.get("confusion_matrix", []),
+        "routing": routing,
     }
 
 
@@ -645,21 +662,7 @@ def evaluate_classifier(
     ds = _limit(ds, max_batches)
     logger.info("Evaluating on the %s split of %s ...", split, data)
     report, routing = _evaluate(model, ds, info, batch_size, routing_examples, single_image_latency)
-    counts = param_counts(model)
-    metrics = {
-        "model": os.fspath(label),
-        "data": data,
-        "split": split,
-        **{k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix")},
-        "params_total": counts["total"],
-        "params_active": counts["active"],
-        "flops_per_example": counts.get("flops"),
-        **_environment(),
-        "wall_time_s": time.time() - start,
-        "per_class": report["per_class"],
-        "confusion_matrix": report["confusion_matrix"],
-        "routing": routing,
-    }
+    metrics = _metrics(os.fspath(label), data, split, report, routing, param_counts(model), start)
     if output_dir is not None:
         write_json(os.path.join(output_dir, METRICS_FILE), metrics)
         if plots and routing:
@@ -707,15 +710,10 @@ def train_classifier(
     """Train an image classifier from a preset and evaluate it on the test
     split (`train` calls this for classifiers).
 
-    Re-running with the same `output_dir` resumes an interrupted run after
-    its last finished epoch (the settings must match); a run interrupted
-    after training (during the evaluation or the saves) is completed without
-    training again; re-running a finished run returns its metrics without
-    training (`overwrite=True` starts afresh). The run holds `output_dir`
-    (`run.lock`) while it lasts: a second run into the same directory fails
-    at once (`RunDirectoryLocked`, naming the holder's PID and host). The
-    run stops with a `NonFiniteLossError` naming the epoch and step when the
-    loss becomes NaN or infinite.
+    The run resumes, completes or returns an earlier run in `output_dir`
+    as `TrainingRun` says. It holds `output_dir` (`run.lock`) while it
+    lasts: a second run into the same directory fails at once
+    (`RunDirectoryLocked`, naming the holder's PID and host).
 
     Args:
         preset: preset name (e.g. `"moe_vit_tiny"`), preset directory or
@@ -789,9 +787,9 @@ def train_classifier(
     # Validate the data spec before touching the output directory.
     if datasets is None:
         parse_spec(data)
-    run = TrainingRun(output_dir, settings, keys=_RESUME_KEYS, logger=logger, overwrite=overwrite,
-                      defaults=_RESUME_DEFAULTS)
-    if run.finished:
+    run = TrainingRun(output_dir, settings, config, keys=_RESUME_KEYS, logger=logger,
+                      overwrite=overwrite, defaults=_RESUME_DEFAULTS)
+    if run.state == "finished":
         metrics = run.previous_metrics()
         if return_model:
             return metrics, load_classifier(os.path.join(output_dir, MODEL_FILE))
@@ -803,7 +801,6 @@ def train_classifier(
     from keras_sparse_moe.recipes.training import SparseCategoricalCrossentropyWithSmoothing
     from keras_sparse_moe.recipes.training import read_log
 
-    run.seed(config)
     model = load_classifier(preset, load_weights=load_weights, overrides=overrides)
     # (When this fails, `exclusive_run` removes a directory it created for the run.)
     train, validation, test, info = _datasets(
@@ -849,7 +846,7 @@ def train_classifier(
     validation = _limit(validation, max_batches)
     test = _limit(test, max_batches)
     run.compile(
-        model, config, steps * epochs, _NO_DECAY,
+        model, steps * epochs, _NO_DECAY,
         loss=SparseCategoricalCrossentropyWithSmoothing(config.label_smoothing, from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
@@ -872,7 +869,7 @@ def train_classifier(
             warnings.filterwarnings("ignore", message=r".*shuffle=True.*")
             # RoutingStatistics first: it adds its values to the epoch logs that the
             # CSV logger and the checkpoints then see.
-            history, train_time = run.fit(model, train, validation, config, callbacks=callbacks,
+            history, train_time = run.fit(model, train, validation, callbacks=callbacks,
                                           first_callbacks=[RoutingStatistics()], verbose=verbose)
         log = read_log(os.path.join(output_dir, LOG_FILE))
         fit_record = {
@@ -899,25 +896,8 @@ def train_classifier(
         evaluation = run.stage("evaluation", evaluate)
         report, routing = evaluation["report"], evaluation["routing"]
     metrics = {
-        "model": preset_label,
-        "data": data,
-        "split": eval_split,
-        **{k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix")},
-        "params_total": counts["total"],
-        "params_active": counts["active"],
-        "flops_per_example": counts.get("flops"),
-        **_environment(),
-        "epochs_run": fit_record["epochs_run"],
-        "resumed_from_epoch": fit_record["resumed_from_epoch"],
-        "train_time_s": fit_record["train_time_s"],
-        "wall_time_s": time.time() - start,
-        "history": fit_record["history"],
-        "per_class": report.get("per_class", []),
-        "confusion_matrix": report.get("confusion_matrix", []),
-        "routing": routing,
-        "settings": settings,
-        "dataset": info.to_dict(),
-        "artifacts": artifacts,
+        **_metrics(preset_label, data, eval_split, report, routing, counts, start, fit_record),
+        "settings": settings, "dataset": info.to_dict(), "artifacts": artifacts,
     }
     if plots:
         from keras_sparse_moe.recipes.plots import plot_run

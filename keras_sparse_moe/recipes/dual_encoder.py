@@ -52,21 +52,10 @@ def _datasets(model, data, batch_size, augment, seed, training=True, data_option
     from keras_sparse_moe.data import build_image_text_datasets
 
     image_shape = tuple(image_shape or model.backbone.image_shape)
-    options = check_data_options(data_options)  # outside the try: its own message
-    try:
-        return build_image_text_datasets(
-            data,
-            image_size=image_shape[:2],
-            batch_size=batch_size,
-            channels=image_shape[-1],
-            rescale=False,
-            augment=augment,
-            seed=seed,
-            drop_remainder=training,
-            **options,
-        )
-    except (ValueError, KeyError) as error:
-        raise ValueError(_not_image_text(data, error)) from error
+    return _image_text(data, data_options, build_image_text_datasets,
+                       image_size=image_shape[:2], batch_size=batch_size,
+                       channels=image_shape[-1], rescale=False, augment=augment, seed=seed,
+                       drop_remainder=training)
 
 
 def _resolve(data, data_options):
@@ -74,16 +63,21 @@ def _resolve(data, data_options):
     it share the source)."""
     from keras_sparse_moe.data import resolve_dataset
 
+    return _image_text(data, data_options, resolve_dataset, image_text=True)
+
+
+def _image_text(data, data_options, function, **arguments):
+    """`function(data, **arguments, **data_options)`, its errors reworded
+    for image-text pairs (after the check of `data_options`, which keeps
+    its own message)."""
     options = check_data_options(data_options)
     try:
-        return resolve_dataset(data, image_text=True, **options)
+        return function(data, **arguments, **options)
     except (ValueError, KeyError) as error:
-        raise ValueError(_not_image_text(data, error)) from error
-
-
-def _not_image_text(data, error):
-    return (f"Dataset {data!r} cannot be used to train a dual encoder: it needs image-caption "
-            f"pairs (captions from the data or class names for caption templates). {error}")
+        raise ValueError(
+            f"Dataset {data!r} cannot be used to train a dual encoder: it needs image-caption "
+            "pairs (captions from the data or class names for caption templates). "
+            f"{error}") from error
 
 
 def _missing_split(data, split):
@@ -116,15 +110,21 @@ def _check_has_captions(ds, data):
         )
 
 
-def _encode_images(model, ds):
-    """L2-normalised image embeddings and labels of a labelled dataset."""
-    embeddings, labels = [], []
+def _tower_inputs(model, ds, convert=True):
+    """`(images, batch)` of each batch of `ds`: its images as float32 NumPy,
+    through the model's image converter when `convert`."""
     converter = model.preprocessor.image_converter if model.preprocessor else None
     for batch in ds:
         images = batch["images"]
-        if converter is not None:
+        if converter is not None and convert:
             images = converter(images)
-        images = np.asarray(images, "float32")
+        yield np.asarray(images, "float32"), batch
+
+
+def _encode_images(model, ds):
+    """L2-normalised image embeddings and labels of a labelled dataset."""
+    embeddings, labels = [], []
+    for images, batch in _tower_inputs(model, ds):
         embeddings.append(
             np.asarray(model.backbone.image_encoder.predict(images, batch_size=len(images), verbose=0))
         )
@@ -152,13 +152,9 @@ def representative_tower_images(model, data="digits", samples=256, seed=0, data_
                          f"received {raw!r}.")
     train, _, _, _ = _datasets(model, data, 64, False, seed, training=False,
                                data_options=data_options, image_shape=shape)
-    converter = model.preprocessor.image_converter if model.preprocessor else None
     images, total = [], 0
-    for batch in train:
-        batch_images = batch["images"]
-        if converter is not None and not raw:
-            batch_images = converter(batch_images)
-        images.append(np.asarray(batch_images, "float32"))
+    for batch_images, _ in _tower_inputs(model, train, convert=not raw):
+        images.append(batch_images)
         total += len(images[-1])
         if total >= samples:
             break
@@ -244,13 +240,9 @@ def image_routing_by_class(model, data="digits", split="test", max_images=512, d
     train, validation, test, info = _datasets(model, data, 64, False, 0, training=False,
                                               data_options=data_options)
     ds = {"train": train, "validation": validation, "test": test}[split]
-    converter = model.preprocessor.image_converter if model.preprocessor else None
     images, labels = [], []
-    for batch in ds:
-        batch_images = batch["images"]
-        if converter is not None:
-            batch_images = converter(batch_images)
-        images.append(np.asarray(batch_images, "float32"))
+    for batch_images, batch in _tower_inputs(model, ds):
+        images.append(batch_images)
         labels.append(np.asarray(batch["labels"]))
         if sum(len(x) for x in images) >= max_images:
             break
@@ -280,18 +272,12 @@ def train_dual_encoder(
     """Train a dual encoder contrastively, then measure zero-shot accuracy
     (`train` calls this for dual encoders).
 
-    Re-running with the same `output_dir` resumes an interrupted run after
-    its last finished epoch (`make_callbacks`: crash-safe per-epoch
-    checkpoints) and returns a finished run's metrics without training; a
-    run with different settings there is refused (`overwrite=True` starts
-    afresh). `run.json` records the settings and the stages done: a run
-    interrupted after training (during the evaluation or the saves) is
-    completed without training again (with `save=True`, which keeps the
-    trained model in `model.keras`). The run holds `output_dir` (`run.lock`)
-    while it lasts: a second run into the same directory fails at once
-    (`RunDirectoryLocked`, naming the holder's PID and host). Training stops
-    with a `NonFiniteLossError` naming the epoch and step when the loss
-    becomes NaN or infinite.
+    The run resumes, completes (with `save=True`, which keeps the trained
+    model in `model.keras`) or returns an earlier run in `output_dir` as
+    `TrainingRun` says; a run with different settings there is refused.
+    It holds `output_dir` (`run.lock`) while it lasts: a second run into
+    the same directory fails at once (`RunDirectoryLocked`, naming the
+    holder's PID and host).
 
     Args:
         preset: preset name or directory, `.keras` file or model
@@ -354,12 +340,11 @@ def train_dual_encoder(
     data_options = check_data_options(data_options)
     if data_options:
         settings["data_options"] = data_options
-    run = TrainingRun(output_dir, settings, keys=_RESUME_KEYS, logger=logger, overwrite=overwrite,
-                      save=save)
-    if run.finished:
+    run = TrainingRun(output_dir, settings, config, keys=_RESUME_KEYS, logger=logger,
+                      overwrite=overwrite, save=save)
+    if run.state == "finished":
         return run.previous_metrics()
 
-    run.seed(config)
     model = load_dual_encoder(preset)
     # Resolved once: training, the zero-shot evaluation and the routing plot share it.
     source = _resolve(data, {"validation_fraction": config.validation_fraction, **data_options})
@@ -377,7 +362,7 @@ def train_dual_encoder(
     if max_batches is not None:
         train_pairs = train_pairs.take(max_batches)
         steps = min(steps, max_batches)
-    run.compile(model, config, steps * epochs, _NO_DECAY, run_eagerly=bool(run_eagerly))
+    run.compile(model, steps * epochs, _NO_DECAY, run_eagerly=bool(run_eagerly))
 
     val_pairs = None
     if validation is not None and info.counts.get("validation", 0) >= batch_size:
@@ -388,7 +373,7 @@ def train_dual_encoder(
     if fit_record is None:
         initial_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
         _, train_seconds = run.fit(
-            model, train_pairs, val_pairs, config, callbacks=callbacks,
+            model, train_pairs, val_pairs, callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras would warn otherwise
             verbose=verbose,
         )

@@ -69,7 +69,6 @@ def moe_layer_paths(model):
     return [("/".join(path[shared:]), layer) for path, layer in found]
 
 
-@contextlib.contextmanager
 def record_inputs(layers):
     """Temporarily wrap `call` of `layers` to record their first input.
 
@@ -87,25 +86,33 @@ def record_inputs(layers):
     """
     from keras import ops
 
+    def wrap(original, seen):
+        def call(inputs, *args, **kwargs):
+            seen.append(np.asarray(ops.convert_to_numpy(inputs)))
+            return original(inputs, *args, **kwargs)
+
+        return call
+
+    return _wrapped_calls(layers, wrap)
+
+
+@contextlib.contextmanager
+def _wrapped_calls(layers, wrap):
+    """Temporarily replace `call` of each of `layers` by `wrap(its call, its
+    records)`, where its records are its list in the yielded
+    `{id(layer): [...]}`; each layer's own `call` comes back afterwards."""
     records = {id(layer): [] for layer in layers}
-    saved = []
+    saved = [(layer, layer.__dict__.get("call")) for layer in layers]
     for layer in layers:
-        original = layer.call
-        saved.append((layer, "call" in layer.__dict__, layer.__dict__.get("call")))
-
-        def call(inputs, *args, _original=original, _name=id(layer), **kwargs):
-            records[_name].append(np.asarray(ops.convert_to_numpy(inputs)))
-            return _original(inputs, *args, **kwargs)
-
-        layer.__dict__["call"] = call
+        layer.__dict__["call"] = wrap(layer.call, records[id(layer)])
     try:
         yield records
     finally:
-        for layer, had_own, previous in saved:
-            if had_own:
-                layer.__dict__["call"] = previous
-            else:
+        for layer, previous in saved:
+            if previous is None:
                 layer.__dict__.pop("call", None)
+            else:
+                layer.__dict__["call"] = previous
 
 
 def _class_shares(per_token, token_labels, num_classes):
@@ -335,7 +342,6 @@ class RoutingTally:
         return result
 
 
-@contextlib.contextmanager
 def _record_routing(layers, valid=None):
     """Temporarily make `layers` record the routing dict of each call
     (`SparseMoE.call(..., return_routing=True)`) as tensors; with `valid`, a
@@ -343,24 +349,18 @@ def _record_routing(layers, valid=None):
     masked (`token_mask`)."""
     from keras import ops
 
-    records = {id(layer): [] for layer in layers}
-    for layer in layers:
-        original = layer.call
-
-        def call(inputs, *args, _original=original, _name=id(layer), **kwargs):
+    def wrap(original, seen):
+        def call(inputs, *args, **kwargs):
             wanted = kwargs.pop("return_routing", False)
             if valid is not None:
                 rows = ops.reshape(valid, (-1,) + (1,) * (len(inputs.shape) - 2))
                 mask = ops.broadcast_to(rows, ops.shape(inputs)[:-1])
                 given = kwargs.get("token_mask")
                 kwargs["token_mask"] = mask if given is None else ops.logical_and(given, mask)
-            outputs, routing = _original(inputs, *args, return_routing=True, **kwargs)
-            records[_name].append(routing)
+            outputs, routing = original(inputs, *args, return_routing=True, **kwargs)
+            seen.append(routing)
             return (outputs, routing) if wanted else outputs
 
-        layer.__dict__["call"] = call
-    try:
-        yield records
-    finally:
-        for layer in layers:
-            layer.__dict__.pop("call", None)
+        return call
+
+    return _wrapped_calls(layers, wrap)

@@ -29,16 +29,24 @@ from keras_sparse_moe.utils.io import write_json
 
 
 class TrainingRun:
-    """The run of a recipe with `settings` in `output_dir`.
+    """The run of a recipe with `settings` and `config` in `output_dir`.
 
-    Creating it checks that `output_dir` is writable and what it holds:
-    `state` is `check_previous_run`'s (`"fresh"`, `"resume"`, `"trained"`
-    or `"finished"`), and `stages` the stages a `"trained"` run recorded,
-    reused instead of run again.
+    Creating it checks that `output_dir` is writable and what it holds
+    (`state`, as `check_previous_run` says), and seeds the run unless it is
+    finished (`config.seed`; deterministic kernels if
+    `config.deterministic`). Re-running a recipe with the
+    same `output_dir` thus resumes an interrupted run after its last
+    finished epoch (the settings must match), completes a run interrupted
+    after training (during the evaluation or the saves) without training
+    again (`stages`: the results it recorded), and returns a finished run's
+    metrics without training (`overwrite=True` starts afresh). Training
+    stops with a `NonFiniteLossError` naming the epoch and step when the
+    loss becomes NaN or infinite.
 
     Args:
         output_dir: str, the run's output directory.
         settings: dict of the run's settings, recorded in `run.json`.
+        config: the run's `TrainingConfig`.
         keys: the settings that must match to resume or reuse a run.
         logger: the recipe's `logging.Logger`.
         overwrite: bool, delete an earlier run's files and start afresh.
@@ -48,28 +56,31 @@ class TrainingRun:
 
     Example:
     >>> import logging, tempfile
-    >>> run = TrainingRun(tempfile.mkdtemp(), {"epochs": 1}, keys=("epochs",),
-    ...                   logger=logging.getLogger("example"))
+    >>> from keras_sparse_moe.recipes.config import TrainingConfig
+    >>> run = TrainingRun(tempfile.mkdtemp(), {"epochs": 1}, TrainingConfig(epochs=1),
+    ...                   keys=("epochs",), logger=logging.getLogger("example"))
     >>> run.state, run.stages
     ('fresh', {})
     """
 
-    def __init__(self, output_dir, settings, *, keys, logger, overwrite=False, defaults=None,
-                 save=True):
+    def __init__(self, output_dir, settings, config, *, keys, logger, overwrite=False,
+                 defaults=None, save=True):
         check_writable_directory(output_dir)
         self.output_dir = output_dir
         self.settings = settings
+        self.config = config
         self.logger = logger
         self.save = bool(save)
         self.model_file = os.path.join(output_dir, MODEL_FILE)
         self.state = check_previous_run(output_dir, settings, keys=keys, artifacts=RUN_ARTIFACTS,
                                         overwrite=overwrite, defaults=defaults)
         self.stages = completed_stages(output_dir) if self.state == "trained" and save else {}
+        if self.state != "finished":
+            if config.deterministic:
+                from keras_sparse_moe.utils.determinism import enable_deterministic_ops
 
-    @property
-    def finished(self):
-        """Whether `output_dir` holds a finished run with these settings."""
-        return self.state == "finished"
+                enable_deterministic_ops()
+            keras.utils.set_random_seed(config.seed)
 
     def previous_metrics(self):
         """The `metrics.json` of the finished run."""
@@ -85,22 +96,12 @@ class TrainingRun:
             return 0
         return committed_epoch(os.path.join(self.output_dir, BACKUP_DIR))
 
-    @staticmethod
-    def seed(config):
-        """Seed the run with `config.seed`, with deterministic kernels if
-        `config.deterministic`."""
-        if config.deterministic:
-            from keras_sparse_moe.utils.determinism import enable_deterministic_ops
-
-            enable_deterministic_ops()
-        keras.utils.set_random_seed(config.seed)
-
-    @staticmethod
-    def compile(model, config, total_steps, no_decay, **options):
-        """Compile `model` with `config`'s optimizer over `total_steps` steps
-        (`no_decay`: variable-name fragments kept out of weight decay) and
-        the `keras.Model.compile` `options`, and build the optimizer."""
-        model.compile(optimizer=config.make_optimizer(total_steps, no_decay=no_decay), **options)
+    def compile(self, model, total_steps, no_decay, **options):
+        """Compile `model` with the config's optimizer over `total_steps`
+        steps (`no_decay`: variable-name fragments kept out of weight decay)
+        and the `keras.Model.compile` `options`, and build the optimizer."""
+        model.compile(optimizer=self.config.make_optimizer(total_steps, no_decay=no_decay),
+                      **options)
         build_optimizer(model)
 
     def trained_fit(self, model):
@@ -123,16 +124,14 @@ class TrainingRun:
             ) from None
         return self.stages["fit"]
 
-    def fit(self, model, train, validation, config, *, callbacks=(), first_callbacks=(),
-            **options):
-        """Mark the run running and train `model` for `config.epochs` epochs.
+    def fit(self, model, train, validation, *, callbacks=(), first_callbacks=(), **options):
+        """Mark the run running and train `model` for the config's epochs.
 
         Args:
             model: the compiled model.
             train: the training data.
             validation: None or the validation data (`val_loss` is then
                 monitored, else `loss`).
-            config: the run's `TrainingConfig`.
             callbacks: Keras callbacks after those of `make_callbacks`.
             first_callbacks: Keras callbacks before them.
             **options: more `keras.Model.fit` arguments.
@@ -141,14 +140,14 @@ class TrainingRun:
             `(history, seconds)`.
         """
         fit_callbacks = list(first_callbacks) + make_callbacks(
-            self.output_dir, early_stopping_patience=config.early_stopping_patience,
+            self.output_dir, early_stopping_patience=self.config.early_stopping_patience,
             monitor="loss" if validation is None else "val_loss", extra=list(callbacks),
             keep_backup=self.save, terminate_on_nan=True,
         )
         write_json(os.path.join(self.output_dir, RUN_FILE),
                    {"status": "running", "settings": self.settings})
         start = time.time()
-        history = model.fit(train, validation_data=validation, epochs=config.epochs,
+        history = model.fit(train, validation_data=validation, epochs=self.config.epochs,
                             callbacks=fit_callbacks, **options)
         return history, time.time() - start
 
