@@ -25,6 +25,15 @@ if os.environ.get("KERAS_BACKEND") == "jax" and "xla_cpu_use_fusion_emitters" no
     os.environ["XLA_FLAGS"] = (_FLAGS + " --xla_cpu_use_fusion_emitters=false"
                                " --xla_llvm_disable_expensive_passes=true")
 
+# PyTorch runs each small op on all cores by default; with one xdist worker
+# per core the workers' threads then fight over the cores: one thread each
+# makes the PyTorch leg about a quarter faster (tests/layers and tests/models:
+# 61 s -> 44 s). TensorFlow (no change measured) and JAX's XLA (twice as slow
+# on one thread) keep their defaults.
+if (os.environ.get("KERAS_BACKEND") == "torch"
+        and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) >= (os.cpu_count() or 1)):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # The command line's JAX compilation cache (keras_sparse_moe/utils/jax_cache.py)
 # stays off in the tests that call `cli.main`: they write nothing outside
 # pytest's temporary folders. tests/utils/test_jax_cache.py turns it on.

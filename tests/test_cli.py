@@ -231,6 +231,7 @@ def test_evaluate_command(trained, tmp_path, capsys):
     assert metrics["latency_ms_per_image"] > 0
 
 
+@pytest.mark.single_backend  # the command; tests/export covers the backends
 def test_export_command_checks_litert_accuracy(trained, tmp_path, capsys):
     _, data, out = trained
     path = tmp_path / "model.tflite"
@@ -305,6 +306,8 @@ def test_console_entry_point_in_a_subprocess():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() == "torch",
+                    reason="the run_demo docstring example runs the quick demo under PyTorch")
 def test_demo_quick(tmp_path, capsys):
     # The demo fine-tunes the shipped pretrained preset: after two batches at
     # the fine-tuning rate it still reads most digits (81% of the test split before any

@@ -1,19 +1,23 @@
 """`keras-sparse-moe train / evaluate / export` with a dual encoder (LIMoE):
 contrastive training with its artifacts, zero-shot evaluation of the shipped
-`limoe_tiny_digits`, export of both towers."""
+`limoe_tiny_digits`, export of both towers.
+
+These test the commands, once each: training and evaluation under PyTorch
+(the recipes they call are tested on every backend in
+tests/recipes/test_dual_encoder.py), the tower exports under TensorFlow, where
+they run in-process (tests/export/test_towers.py covers the other backends)."""
 
 import json
 import os
 import sys
 
-import keras
 import numpy as np
 import pytest
 
 from keras_sparse_moe.cli import main
 
-# Training runs eagerly on TensorFlow and PyTorch (a few batches: tracing would cost more).
-EAGER = [] if keras.backend.backend() == "jax" else ["--run-eagerly"]
+# Training runs eagerly (a few batches: tracing would cost more).
+EAGER = ["--run-eagerly"]
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +29,7 @@ def trained(tmp_path_factory, small_limoe_preset):
     return code, out
 
 
+@pytest.mark.single_backend("torch")
 def test_train_writes_artifacts(trained):
     code, out = trained
     assert code == 0
@@ -40,6 +45,7 @@ def test_train_writes_artifacts(trained):
     assert len(metrics["per_class"]) == 10
 
 
+@pytest.mark.single_backend("torch")
 def test_evaluate_shipped_preset_zero_shot(capsys, tmp_path):
     assert main(["evaluate", "--model", "limoe_tiny_digits", "--data", "digits",
                  "--output", str(tmp_path)]) == 0
@@ -51,6 +57,7 @@ def test_evaluate_shipped_preset_zero_shot(capsys, tmp_path):
     assert metrics["macro_f1"] > 0.9 and metrics["latency_ms_per_image"] > 0
 
 
+@pytest.mark.single_backend("torch")
 def test_evaluate_trained_model_file(capsys, trained):
     _, out = trained
     assert main(["evaluate", "--model", os.path.join(out, "model.keras"), "--data", "digits"]) == 0
@@ -86,6 +93,7 @@ def test_export_towers_without_the_litert_interpreter(capsys, tmp_path, monkeypa
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.single_backend
 def test_export_towers_reports_litert_zero_shot(capsys, tmp_path):
     # --no-preprocessing: the image tower takes preprocessed float32 images, which
     # the accuracy check computes from export.json.
@@ -107,7 +115,7 @@ def test_export_towers_reports_litert_zero_shot(capsys, tmp_path):
                                        "vocabulary.txt"]
 
 
-@pytest.mark.single_backend
+@pytest.mark.single_backend("torch")
 def test_rerun_returns_the_finished_run_other_settings_need_overwrite(trained, capsys,
                                                                      small_limoe_preset):
     # Last in this file: it replaces the module's trained run.

@@ -86,6 +86,7 @@ def test_a_folder_too_small_for_a_test_split_is_refused_before_training(tmp_path
     assert not (out / "model.keras").exists() and not (out / "log.csv").exists()
 
 
+@pytest.mark.single_backend("torch")  # the data handling; training: the test above
 def test_captioned_folder_without_labels_trains_and_saves(tmp_path, capsys, small_limoe_preset):
     # Image-caption pairs without class labels: contrastive training works, the model
     # is saved, and there is no zero-shot accuracy to measure (it needs labels).

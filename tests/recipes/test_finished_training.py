@@ -100,7 +100,7 @@ def test_classifier_run_killed_after_fit_is_completed_without_training(tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.single_backend  # the classifier test covers the backends; this one is slow
+@pytest.mark.single_backend("torch")  # the classifier test covers the backends
 def test_dual_encoder_run_killed_after_fit_is_completed_without_training(
         tmp_path, monkeypatch, small_limoe_preset):
     preset = small_limoe_preset  # limoe_tiny's tokenizer and image converter, a smaller network
