@@ -3,7 +3,9 @@
 # Exits non-zero if any backend fails or collects no test. Extra arguments go
 # to pytest (e.g. `-x -k router`). Tests run in KSM_WORKERS parallel pytest
 # processes (pytest-xdist; default 2, one per core: most tests compile or
-# run single-threaded); a test file stays on one worker so that its
+# run single-threaded; 3 on JAX, whose leg also waits on subprocesses: its
+# 8-device and two-process workers, the TensorFlow child of each export:
+# 718 s -> 577 s on 2 cores); a test file stays on one worker so that its
 # module-scoped fixtures are built once. KSM_WORKERS=0 runs in one process.
 # Each backend's report ends with its 15 slowest tests (to keep the suite in
 # CI's budget).
@@ -14,7 +16,9 @@ summary=""
 for backend in ${KSM_BACKENDS:-tensorflow jax torch}; do
   echo "===================== KERAS_BACKEND=$backend ====================="
   t0=$(date +%s)
-  workers=${KSM_WORKERS:-2}
+  default_workers=2
+  [ "$backend" = "jax" ] && default_workers=3
+  workers=${KSM_WORKERS:-$default_workers}
   parallel=()
   [ "$workers" != "0" ] && parallel=(-n "$workers" --dist loadfile)
   KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider --durations=15 ${parallel[@]+"${parallel[@]}"} "$@"

@@ -46,6 +46,7 @@ def test_arrays_are_shuffled_every_epoch_and_datasets_pass_without_shuffle():
     assert task.given[3] == {"shuffle": True}
 
 
+@pytest.mark.single_backend("torch")  # Keras's warning is the same on every backend
 def test_classifier_fit_gives_no_shuffle_warning():
     from keras_sparse_moe.models import MoEViTBackbone
     from keras_sparse_moe.models import MoEViTImageClassifier
