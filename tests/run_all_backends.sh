@@ -4,8 +4,9 @@
 # to pytest (e.g. `-x -k router`). Tests run in KSM_WORKERS parallel pytest
 # processes (pytest-xdist; default 2, one per core: most tests compile or
 # run single-threaded; 3 on JAX, whose leg also waits on subprocesses: its
-# 8-device and two-process workers, the TensorFlow child of each export:
-# 718 s -> 577 s on 2 cores); a test file stays on one worker so that its
+# 8-device and two-process workers, the TensorFlow child of each export; on
+# 2 cores 577 s and 752 s in two runs, 631-718 s in four runs with 2 workers);
+# a test file stays on one worker so that its
 # module-scoped fixtures are built once. KSM_WORKERS=0 runs in one process.
 # Each backend's report ends with its 15 slowest tests (to keep the suite in
 # CI's budget).
