@@ -21,13 +21,23 @@ JAX_ONLY_PACKAGES = ("keras_sparse_moe.distribution",)
 # does not depend on the backend, and tests/recipes, tests/export and
 # tests/convert run those paths on every backend. They run under TensorFlow,
 # the training recipes' under PyTorch (short eager trainings, several times
-# faster there). The layers' and models' examples run on every backend.
+# faster there). The layers' and models' examples run under TensorFlow and PyTorch
+# (JAX_SKIP_REASON below).
 SINGLE_BACKEND_PACKAGES = tuple(
     "keras_sparse_moe." + name
     for name in ("_cli_backend", "_quiet_tensorflow", "callbacks", "cli", "convert", "data", "export", "presets", "profile",
                  "profiling", "recipes", "utils")
 )
 UNDER_TORCH_PACKAGES = ("keras_sparse_moe.recipes",)
+# Under JAX an eager call compiles each of its ops on first use, so an example
+# that builds and calls a small model costs 3-15 s there (a fraction of a
+# second under PyTorch): the examples of the layers and models, which are
+# backend-agnostic code, run under TensorFlow and PyTorch. On JAX the same
+# layers and models go through keras-hub's harness and the behaviour tests
+# (tests/harness, tests/layers, tests/models), and the keras.distribution
+# examples run there only.
+JAX_SKIP_REASON = ("docstring examples run under TensorFlow and PyTorch; on JAX the "
+                   "harness and behaviour tests run the same layers and models")
 MODELS_PACKAGE = "keras_sparse_moe.models"
 
 
@@ -67,8 +77,12 @@ def _in(module_name, packages):
 
 def run_example(test):
     """Run one docstring example; fail with its output if any line differs."""
-    if test.name.startswith(JAX_ONLY_PACKAGES) and keras.backend.backend() != "jax":
-        pytest.skip("keras.distribution runs on the JAX backend only")
+    backend = keras.backend.backend()
+    if test.name.startswith(JAX_ONLY_PACKAGES):
+        if backend != "jax":
+            pytest.skip("keras.distribution runs on the JAX backend only")
+    elif backend == "jax":
+        pytest.skip(JAX_SKIP_REASON)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     output = []
     runner.run(test, out=output.append, clear_globs=True)

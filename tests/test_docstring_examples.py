@@ -1,5 +1,5 @@
 """Every docstring Example in the package outside the model families runs
-and prints what it says, on the current backend (the model families:
+and prints what it says, on the backends tests/docstring_examples.py names (the model families:
 tests/test_docstring_examples_models.py)."""
 
 import pytest

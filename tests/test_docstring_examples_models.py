@@ -1,5 +1,5 @@
 """Every docstring Example of the model families (keras_sparse_moe.models)
-runs and prints what it says, on the current backend (a file of its own so
+runs and prints what it says, under TensorFlow and PyTorch (a file of its own so
 that it runs beside tests/test_docstring_examples.py)."""
 
 import pytest
