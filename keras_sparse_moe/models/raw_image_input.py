@@ -18,6 +18,7 @@ cheap host-side check the classifiers run once on `fit` / `evaluate` /
 """
 
 import sys
+import weakref
 
 import numpy as np
 
@@ -248,21 +249,40 @@ def _first_batch_images(x):
 class InputRangeCheckMixin:
     """For keras-hub image tasks: `fit`, `evaluate` and `predict` warn once
     per model when their `x` (an array, a tensor, or the first batch of a
-    `tf.data.Dataset`, which runs the pipeline for that batch once more) is
-    clearly outside the `value_range` of the preprocessor's image converter.
-    Put it before the keras-hub base class."""
+    `tf.data.Dataset`) is clearly outside the `value_range` of the
+    preprocessor's image converter. A dataset's first batch is read (its
+    pipeline run for that batch once more) the first time the model sees the
+    dataset only, not again on each call (`fit` evaluates its
+    `validation_data` every epoch). Put it before the keras-hub base class."""
 
     def _warn_if_out_of_range(self, x):
         if getattr(self, "_input_range_warned", False):
             return
         converter = getattr(getattr(self, "preprocessor", None), "image_converter", None)
         check = getattr(converter, "out_of_range_message", None)
-        message = check(_first_batch_images(x)) if check is not None else None
+        if check is None or self._dataset_seen_before(x):
+            return
+        message = check(_first_batch_images(x))
         if message:
             import warnings
 
             self._input_range_warned = True
             warnings.warn(message, UserWarning, stacklevel=3)
+
+    def _dataset_seen_before(self, x):
+        """Whether `x` is a `tf.data.Dataset` this model has checked already
+        (held weakly; outside Keras's attribute tracking)."""
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(x, tf.data.Dataset):
+            return False
+        seen = self.__dict__.get("_range_checked_datasets")
+        if seen is None:
+            seen = weakref.WeakSet()
+            object.__setattr__(self, "_range_checked_datasets", seen)
+        if x in seen:
+            return True
+        seen.add(x)
+        return False
 
     def fit(self, x=None, *args, **kwargs):
         self._warn_if_out_of_range(x)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from keras_sparse_moe.models import MoEViTImageClassifier
+from keras_sparse_moe.models import raw_image_input
 from keras_sparse_moe.models.moe_vit import MoEViTImageClassifierPreprocessor
 from keras_sparse_moe.models.moe_vit import MoEViTImageConverter
 from keras_sparse_moe.presets import from_preset
@@ -68,7 +69,7 @@ def test_converter_config_round_trips():
         MoEViTImageConverter(raw_image_shape=(4, 4, 2))
 
 
-def test_predict_and_evaluate_warn_once_on_images_out_of_range(moe_vit_backbone):
+def test_predict_and_evaluate_warn_once_on_images_out_of_range(moe_vit_backbone, monkeypatch):
     keras.utils.set_random_seed(0)
     converter = MoEViTImageConverter(image_size=(8, 8), scale=1 / 16, value_range=(0, 16))
     model = MoEViTImageClassifier(moe_vit_backbone, num_classes=configs.NUM_CLASSES,
@@ -102,8 +103,20 @@ def test_predict_and_evaluate_warn_once_on_images_out_of_range(moe_vit_backbone)
         warnings.simplefilter("always")
         fresh = MoEViTImageClassifier(moe_vit_backbone, num_classes=configs.NUM_CLASSES,
                                       preprocessor=MoEViTImageClassifierPreprocessor(converter))
-        fresh.evaluate(tf.data.Dataset.from_tensor_slices((digits, labels)).batch(2), verbose=0)
+        in_range = tf.data.Dataset.from_tensor_slices((digits, labels)).batch(2)
+        fresh.evaluate(in_range, verbose=0)
     assert not [w for w in caught if "expects raw values" in str(w.message)]
+    # The model reads a dataset's first batch for the check once, not on every
+    # call (`fit` evaluates its `validation_data` every epoch); a new dataset is read.
+    reads = []
+    read = raw_image_input._first_batch_images
+    monkeypatch.setattr(raw_image_input, "_first_batch_images",
+                        lambda x: reads.append(x) or read(x))
+    fresh.evaluate(in_range, verbose=0)
+    fresh.predict(in_range, verbose=0)
+    assert reads == []
+    fresh.evaluate(in_range.take(1), verbose=0)
+    assert len(reads) == 1
 
 
 @pytest.mark.single_backend
