@@ -341,7 +341,7 @@ def _export_towers(args, model, quantization):
         except ValueError as error:
             raise CLIError(str(error)) from None
         images = representative_tower_images(model, data, args.calibration_samples,
-                                              raw=raw["shape"] if raw else False)
+                                              raw_shape=raw["shape"] if raw else None)
     paths = export_dual_encoder(model, args.output, quantization=quantization,
                                 representative_images=images, data=data,
                                 batch_size=args.batch_size, overwrite=args.overwrite,

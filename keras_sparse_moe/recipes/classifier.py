@@ -49,6 +49,7 @@ from keras_sparse_moe.utils.io import check_writable_directory
 from keras_sparse_moe.utils.io import load_keras_file
 from keras_sparse_moe.utils.io import write_json
 from keras_sparse_moe.utils.validation import check_choice
+from keras_sparse_moe.utils.validation import check_image_shape
 from keras_sparse_moe.utils.validation import check_int
 
 logger = logging.getLogger("keras_sparse_moe.recipes")
@@ -403,7 +404,8 @@ def representative_images(model, data="digits", samples=256, seed=0, data_option
         samples: int >= 1, number of images.
         seed: int >= 0.
         data_options: dict of extra `build_datasets` options.
-        raw_shape: None (model inputs) or the raw image shape.
+        raw_shape: None (model inputs) or the raw image shape
+            `(height, width, channels)`.
 
     Returns:
         float32 array `(samples, height, width, channels)`.
@@ -415,6 +417,7 @@ def representative_images(model, data="digits", samples=256, seed=0, data_option
     """
     model = load_classifier(model)
     samples = check_int("samples", samples, minimum=1)
+    raw_shape = check_image_shape("raw_shape", raw_shape)
     datasets = _datasets(model, data, 64, "none", seed, 0.1, data_options, training=False,
                          raw_shape=raw_shape)
     if datasets.train is None:

@@ -34,6 +34,7 @@ from keras_sparse_moe.recipes.run_lock import exclusive_run
 from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.recipes.training_run import TrainingRun
 from keras_sparse_moe.utils.validation import check_data_options
+from keras_sparse_moe.utils.validation import check_image_shape
 from keras_sparse_moe.utils.validation import check_int
 
 DEFAULT_PRESET = "limoe_tiny"
@@ -135,25 +136,22 @@ def _encode_images(model, ds):
 
 
 def representative_tower_images(model, data="digits", samples=256, seed=0, data_options=None,
-                                raw=False):
+                                raw_shape=None):
     """Training images of `data` for int8 calibration of the image tower of
-    a dual encoder (`data_options`: more dataset options, as in
-    `evaluate_zero_shot`).
-
-    `raw=False` gives preprocessed images (the image converter's output);
-    `raw=True` the images before the converter, at the model's image size,
-    and `raw=(height, width, channels)` raw images of that shape (both for a
-    tower that includes the preprocessing).
+    a dual encoder, as `representative_images` gives them for a classifier:
+    preprocessed images (the image converter's output), or with `raw_shape`
+    raw images of that `(height, width, channels)`, for a tower that
+    includes the preprocessing (the model's own image shape: raw images at
+    its size). `data_options`: more dataset options, as in
+    `evaluate_zero_shot`.
     """
     model = load_dual_encoder(model)
-    shape = None if isinstance(raw, bool) else tuple(int(d) for d in raw)
-    if shape is not None and len(shape) != 3:
-        raise ValueError(f"Argument `raw` must be a bool or (height, width, channels); "
-                         f"received {raw!r}.")
+    samples = check_int("samples", samples, minimum=1)
+    raw_shape = check_image_shape("raw_shape", raw_shape)
     train, _, _, _ = _datasets(model, data, 64, False, seed, training=False,
-                               data_options=data_options, image_shape=shape)
+                               data_options=data_options, image_shape=raw_shape)
     images, total = [], 0
-    for batch_images, _ in _tower_inputs(model, train, convert=not raw):
+    for batch_images, _ in _tower_inputs(model, train, convert=raw_shape is None):
         images.append(batch_images)
         total += len(images[-1])
         if total >= samples:

@@ -156,7 +156,7 @@ def test_int8_towers_keep_routers_float_and_zero_shot_accuracy(tmp_path):
     Keras (measured 0.9331 vs 0.9276 with 256 calibration images)."""
     from keras_sparse_moe.recipes.dual_encoder import representative_tower_images
 
-    images = representative_tower_images(PRESET, "digits", samples=64, raw=True)
+    images = representative_tower_images(PRESET, "digits", samples=64, raw_shape=(8, 8, 1))
     paths = export_dual_encoder(PRESET, tmp_path / "int8", quantization="int8",
                                 representative_images=images, data="digits")
     for key in ("image_encoder", "text_encoder"):

@@ -118,9 +118,10 @@ def test_representative_tower_images_of_another_raw_shape():
     from keras_sparse_moe.recipes.dual_encoder import representative_tower_images
 
     images = representative_tower_images("limoe_tiny_digits", "digits", samples=4,
-                                         raw=(16, 16, 3))
+                                         raw_shape=(16, 16, 3))
     assert images.shape == (4, 16, 16, 3) and images.dtype == np.float32
     assert 8.0 < float(images.max()) <= 16.0  # raw digits (0..16), before the converter
     np.testing.assert_array_equal(images[..., 0], images[..., 2])  # gray, as RGB
-    with pytest.raises(ValueError, match=r"`raw` must be a bool or \(height, width, channels\)"):
-        representative_tower_images("limoe_tiny_digits", "digits", samples=4, raw=(16, 16))
+    with pytest.raises(ValueError, match=r"`raw_shape` must be an image shape \(height, "
+                                         r"width, channels\).*received \(16, 16\)"):
+        representative_tower_images("limoe_tiny_digits", "digits", samples=4, raw_shape=(16, 16))
