@@ -289,7 +289,10 @@ class InputRangeCheckMixin:
         return super().fit(x, *args, **kwargs)
 
     def evaluate(self, x=None, *args, **kwargs):
-        self._warn_if_out_of_range(x)
+        # Within `fit`, Keras evaluates `validation_data` that `fit` has
+        # already preprocessed: nothing raw to check.
+        if not kwargs.get("_use_cached_eval_dataset", False):
+            self._warn_if_out_of_range(x)
         return super().evaluate(x, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):

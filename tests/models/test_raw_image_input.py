@@ -117,6 +117,16 @@ def test_predict_and_evaluate_warn_once_on_images_out_of_range(moe_vit_backbone,
     assert reads == []
     fresh.evaluate(in_range.take(1), verbose=0)
     assert len(reads) == 1
+    # `fit` checks its raw `x`, and not again the `validation_data` it has
+    # preprocessed (the scaled images, in [0, 1], would look out of range).
+    fresh = MoEViTImageClassifier(moe_vit_backbone, num_classes=configs.NUM_CLASSES,
+                                  preprocessor=MoEViTImageClassifierPreprocessor(converter))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pairs = tf.data.Dataset.from_tensor_slices((digits, labels)).batch(2)
+        fresh.compile(run_eagerly=keras.backend.backend() != "jax")  # 2 steps: no tracing
+        fresh.fit(pairs, validation_data=pairs, verbose=0)
+    assert not [w for w in caught if "expects raw values" in str(w.message)]
 
 
 @pytest.mark.single_backend
