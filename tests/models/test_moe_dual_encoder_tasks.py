@@ -1,6 +1,7 @@
 """Tokenizer, preprocessor, contrastive and zero-shot tasks, presets."""
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -117,6 +118,38 @@ def test_zero_shot_classifier(trained, tmp_path):
         MoEDualEncoderZeroShotClassifier(task.backbone, ["one"], templates=["no slot"])
     with pytest.raises(ValueError, match="class_names"):
         MoEDualEncoderZeroShotClassifier(task.backbone, "one")
+
+
+def test_fine_tuning_the_zero_shot_classifier_leaves_the_text_tower_as_it_is():
+    # The class table stands in for the text tower: its own weights are
+    # non-trainable here (no weight decay, no warning that they get no
+    # gradient), the image tower trains.
+    from keras_sparse_moe.models.moe_dual_encoder import LIMoEBackbone
+    from tests import configs
+
+    vocabulary_size = MoEDualEncoderTokenizer().vocabulary_size()
+    backbone = LIMoEBackbone(**{**configs.LIMOE, "vocabulary_size": vocabulary_size})
+    classifier = MoEDualEncoderZeroShotClassifier(backbone, ["zero", "one", "two"],
+                                                  templates=["{}"])
+    image_ids = {id(v) for v in backbone.image_encoder.weights}
+    text_only = [v for v in backbone.text_encoder.weights if id(v) not in image_ids]
+    trainable_ids = {id(v) for v in classifier.trainable_variables}
+    assert text_only and not any(id(v) in trainable_ids for v in text_only)
+    assert len(classifier.trainable_weights) + len(classifier.non_trainable_weights) == len(
+        classifier.weights)
+    text_before = [keras.ops.convert_to_numpy(v) for v in text_only]
+    image_before = [keras.ops.convert_to_numpy(v) for v in backbone.image_encoder.trainable_weights]
+    classifier.compile(optimizer=keras.optimizers.AdamW(1e-2, weight_decay=0.5),
+                       run_eagerly=keras.backend.backend() != "jax")  # one step
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        classifier.fit(configs.images(4, configs.LIMOE["image_shape"]), np.array([0, 1, 2, 1]),
+                       batch_size=4, verbose=0)
+    assert not [w for w in caught if "Gradients do not exist" in str(w.message)]
+    for variable, before in zip(text_only, text_before):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), before)
+    assert any(np.any(keras.ops.convert_to_numpy(v) != before)
+               for v, before in zip(backbone.image_encoder.trainable_weights, image_before))
 
 
 def test_save_to_preset_round_trip(trained, tmp_path):

@@ -47,6 +47,9 @@ class MoEDualEncoderZeroShotClassifier(
 
     `compile()` defaults (for `evaluate`): sparse categorical cross-entropy on
     the logits and `accuracy`; AdamW (1e-4) if the image tower is fine-tuned.
+    Fine-tuning updates the image tower and the contrastive head; the text
+    tower's own weights are non-trainable in this model (the class table
+    stands in for the text tower), so they stay as they are.
 
     Args:
         backbone: a `MoEDualEncoderBackbone`.
@@ -146,6 +149,41 @@ class MoEDualEncoderZeroShotClassifier(
         if metrics == "auto":
             metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    # The text tower is not in this model's graph: the class table stands in
+    # for it. Its own weights (token and position embeddings, text
+    # projection, ...; not those it shares with the image tower) are
+    # therefore non-trainable here, so that fine-tuning gives them no
+    # optimizer state and no weight decay (a zero gradient under JAX, none
+    # under TensorFlow, which warned that they had none): the text tower stays
+    # the one the class table came from, on every backend.
+    def _text_only_ids(self):
+        backbone = self.backbone
+        shared = {id(v) for v in backbone.image_encoder.variables}
+        shared.update(id(v) for v in backbone.contrastive_head.variables)
+        return {id(v) for v in backbone.text_encoder.variables if id(v) not in shared}
+
+    @property
+    def trainable_variables(self):
+        text_only = self._text_only_ids()
+        return [v for v in super().trainable_variables if id(v) not in text_only]
+
+    @property
+    def non_trainable_variables(self):
+        text_only = self._text_only_ids()
+        frozen = [v for v in super().trainable_variables if id(v) in text_only]
+        return super().non_trainable_variables + frozen
+
+    @property
+    def trainable_weights(self):
+        text_only = self._text_only_ids()
+        return [v for v in super().trainable_weights if id(v) not in text_only]
+
+    @property
+    def non_trainable_weights(self):
+        text_only = self._text_only_ids()
+        frozen = [v for v in super().trainable_weights if id(v) in text_only]
+        return super().non_trainable_weights + frozen
 
     def get_config(self):
         config = super().get_config()
