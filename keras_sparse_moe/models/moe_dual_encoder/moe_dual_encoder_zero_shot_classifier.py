@@ -163,27 +163,29 @@ class MoEDualEncoderZeroShotClassifier(
         shared.update(id(v) for v in backbone.contrastive_head.variables)
         return {id(v) for v in backbone.text_encoder.variables if id(v) not in shared}
 
+    def _split_text_only(self, trainable, non_trainable):
+        """`(trainable, non_trainable)` with the text tower's own variables
+        moved from the first to the second."""
+        text_only = self._text_only_ids()
+        return ([v for v in trainable if id(v) not in text_only],
+                non_trainable + [v for v in trainable if id(v) in text_only])
+
     @property
     def trainable_variables(self):
-        text_only = self._text_only_ids()
-        return [v for v in super().trainable_variables if id(v) not in text_only]
+        return self._split_text_only(super().trainable_variables, [])[0]
 
     @property
     def non_trainable_variables(self):
-        text_only = self._text_only_ids()
-        frozen = [v for v in super().trainable_variables if id(v) in text_only]
-        return super().non_trainable_variables + frozen
+        return self._split_text_only(super().trainable_variables,
+                                     super().non_trainable_variables)[1]
 
     @property
     def trainable_weights(self):
-        text_only = self._text_only_ids()
-        return [v for v in super().trainable_weights if id(v) not in text_only]
+        return self._split_text_only(super().trainable_weights, [])[0]
 
     @property
     def non_trainable_weights(self):
-        text_only = self._text_only_ids()
-        frozen = [v for v in super().trainable_weights if id(v) in text_only]
-        return super().non_trainable_weights + frozen
+        return self._split_text_only(super().trainable_weights, super().non_trainable_weights)[1]
 
     def get_config(self):
         config = super().get_config()
