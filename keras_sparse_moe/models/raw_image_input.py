@@ -44,9 +44,9 @@ def check_value_range(value_range):
     return (low, high)
 
 
-def check_raw_image_shape(raw_image_shape):
+def check_raw_image_shape(raw_image_shape, name="raw_image_shape"):
     """`raw_image_shape` as `(height, width, channels)` ints (channels 1 or
-    3), or None.
+    3), or None; errors name the argument `name`.
 
     Example:
     >>> check_raw_image_shape([8, 8, 1])
@@ -62,7 +62,7 @@ def check_raw_image_shape(raw_image_shape):
         or shape[2] not in (1, 3)
     ):
         raise ValueError(
-            "Argument `raw_image_shape` must be None or (height, width, channels) of ints "
+            f"Argument `{name}` must be None or (height, width, channels) of ints "
             f">= 1 with 1 or 3 channels, e.g. (8, 8, 1); received {raw_image_shape!r}."
         )
     return tuple(int(d) for d in shape)
@@ -252,8 +252,9 @@ class InputRangeCheckMixin:
     `tf.data.Dataset`) is clearly outside the `value_range` of the
     preprocessor's image converter. A dataset's first batch is read (its
     pipeline run for that batch once more) the first time the model sees the
-    dataset only, not again on each call (`fit` evaluates its
-    `validation_data` every epoch). Put it before the keras-hub base class."""
+    dataset only, not again on each later call with it (`evaluate` or
+    `predict` in a loop). The `validation_data` that `fit` has preprocessed
+    is not checked. Put it before the keras-hub base class."""
 
     def _warn_if_out_of_range(self, x):
         if getattr(self, "_input_range_warned", False):

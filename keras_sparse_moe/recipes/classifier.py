@@ -37,6 +37,7 @@ import numpy as np
 
 from keras_sparse_moe.data.sources import Datasets
 from keras_sparse_moe.data.sources import parse_spec
+from keras_sparse_moe.models.raw_image_input import check_raw_image_shape
 from keras_sparse_moe.recipes.augment import make_augmentation
 from keras_sparse_moe.recipes.metrics import classification_report
 from keras_sparse_moe.recipes.run_lock import exclusive_run
@@ -49,7 +50,6 @@ from keras_sparse_moe.utils.io import check_writable_directory
 from keras_sparse_moe.utils.io import load_keras_file
 from keras_sparse_moe.utils.io import write_json
 from keras_sparse_moe.utils.validation import check_choice
-from keras_sparse_moe.utils.validation import check_image_shape
 from keras_sparse_moe.utils.validation import check_int
 
 logger = logging.getLogger("keras_sparse_moe.recipes")
@@ -417,7 +417,7 @@ def representative_images(model, data="digits", samples=256, seed=0, data_option
     """
     model = load_classifier(model)
     samples = check_int("samples", samples, minimum=1)
-    raw_shape = check_image_shape("raw_shape", raw_shape)
+    raw_shape = check_raw_image_shape(raw_shape, name="raw_shape")
     datasets = _datasets(model, data, 64, "none", seed, 0.1, data_options, training=False,
                          raw_shape=raw_shape)
     if datasets.train is None:

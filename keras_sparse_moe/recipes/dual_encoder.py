@@ -30,11 +30,11 @@ import numpy as np
 from keras_sparse_moe.models.moe_dual_encoder import class_text_embeddings
 from keras_sparse_moe.models.moe_dual_encoder import load_dual_encoder
 from keras_sparse_moe.models.moe_dual_encoder import pack_prompts  # noqa: F401 - part of this module's API
+from keras_sparse_moe.models.raw_image_input import check_raw_image_shape
 from keras_sparse_moe.recipes.run_lock import exclusive_run
 from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.recipes.training_run import TrainingRun
 from keras_sparse_moe.utils.validation import check_data_options
-from keras_sparse_moe.utils.validation import check_image_shape
 from keras_sparse_moe.utils.validation import check_int
 
 DEFAULT_PRESET = "limoe_tiny"
@@ -147,7 +147,7 @@ def representative_tower_images(model, data="digits", samples=256, seed=0, data_
     """
     model = load_dual_encoder(model)
     samples = check_int("samples", samples, minimum=1)
-    raw_shape = check_image_shape("raw_shape", raw_shape)
+    raw_shape = check_raw_image_shape(raw_shape, name="raw_shape")
     train, _, _, _ = _datasets(model, data, 64, False, seed, training=False,
                                data_options=data_options, image_shape=raw_shape)
     images, total = [], 0

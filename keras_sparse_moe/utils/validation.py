@@ -88,26 +88,3 @@ def check_choice(name, value, choices):
     raise ValueError(
         f"Argument `{name}` must be one of {sorted(choices)}; received {value!r}.{hint}"
     )
-
-
-def check_image_shape(name, value, allow_none=True):
-    """`value` as a `(height, width, channels)` tuple of positive ints (or
-    None when allowed).
-
-    Example:
-    >>> check_image_shape("raw_shape", [16, 16, 3])
-    (16, 16, 3)
-    """
-    if value is None and allow_none:
-        return None
-    try:
-        shape = tuple(value)
-    except TypeError:
-        shape = ()
-    if len(shape) != 3 or any(isinstance(d, bool) or not isinstance(d, numbers.Integral)
-                              or d < 1 for d in shape):
-        raise ValueError(
-            f"Argument `{name}` must be an image shape (height, width, channels) of "
-            f"positive integers{' or None' if allow_none else ''}; received {value!r}."
-        )
-    return tuple(int(d) for d in shape)

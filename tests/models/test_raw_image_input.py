@@ -107,7 +107,7 @@ def test_predict_and_evaluate_warn_once_on_images_out_of_range(moe_vit_backbone,
         fresh.evaluate(in_range, verbose=0)
     assert not [w for w in caught if "expects raw values" in str(w.message)]
     # The model reads a dataset's first batch for the check once, not on every
-    # call (`fit` evaluates its `validation_data` every epoch); a new dataset is read.
+    # later call with it; a new dataset is read.
     reads = []
     read = raw_image_input._first_batch_images
     monkeypatch.setattr(raw_image_input, "_first_batch_images",

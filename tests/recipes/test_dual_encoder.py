@@ -122,6 +122,6 @@ def test_representative_tower_images_of_another_raw_shape():
     assert images.shape == (4, 16, 16, 3) and images.dtype == np.float32
     assert 8.0 < float(images.max()) <= 16.0  # raw digits (0..16), before the converter
     np.testing.assert_array_equal(images[..., 0], images[..., 2])  # gray, as RGB
-    with pytest.raises(ValueError, match=r"`raw_shape` must be an image shape \(height, "
-                                         r"width, channels\).*received \(16, 16\)"):
+    with pytest.raises(ValueError, match=r"`raw_shape` must be None or \(height, width, "
+                                         r"channels\).*received \(16, 16\)"):
         representative_tower_images("limoe_tiny_digits", "digits", samples=4, raw_shape=(16, 16))
