@@ -44,8 +44,6 @@ LAYERS = {
 # Scripts run with `python -m`: on top, and imported by no module.
 ENTRY_POINTS = {
     "keras_sparse_moe.export._convert",
-    "keras_sparse_moe.data._make_digits",
-    "keras_sparse_moe.data._make_optdigits",
 }
 ENTRY_LAYER = 8
 

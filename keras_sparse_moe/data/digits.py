@@ -3,7 +3,7 @@
 The data is `sklearn.datasets.load_digits()` (a copy of the test set of the
 UCI "Optical Recognition of Handwritten Digits" data), shipped inside the
 package as `digits.npz` (regenerate with
-`python -m keras_sparse_moe.data._make_digits`); scikit-learn is not needed.
+`python tools/make_digits.py` in a checkout); scikit-learn is not needed.
 
 Fixed split, in scikit-learn's order:
 

@@ -7,7 +7,7 @@ different writers, made by the same NIST preprocessing: 32x32 bitmaps
 counted in 4x4 blocks, values 0..16) ships beside it as
 `optdigits_train.npz`, for pretraining on real handwriting of writers the
 embedded digits never saw. No image in it equals an embedded digit (the file
-is built without them by `python -m keras_sparse_moe.data._make_optdigits`).
+is built without them by `tools/make_optdigits.py`).
 The data is licensed CC BY 4.0 by its authors.
 
 Splits, in UCI's order (neighbouring images tend to share a writer, so a

@@ -1,6 +1,7 @@
 """UCI optdigits' training set: real digits of other writers, none of them
 an embedded digit; its splits, its builder and its dataset spec."""
 
+import importlib.util
 import os
 
 import numpy as np
@@ -12,10 +13,17 @@ from keras_sparse_moe.data import load_digits
 from keras_sparse_moe.data import load_optdigits_train
 from keras_sparse_moe.data import parse_spec
 from keras_sparse_moe.data import resolve_dataset
-from keras_sparse_moe.data._make_optdigits import OPTDIGITS_TRAIN_CLASS_COUNTS
-from keras_sparse_moe.data._make_optdigits import make_optdigits_train
-from keras_sparse_moe.data._make_optdigits import read_optdigits_rows
 from keras_sparse_moe.data.optdigits import optdigits_split_ranges
+
+# The developer script that builds the shipped file (tools/, outside the wheel).
+_spec = importlib.util.spec_from_file_location(
+    "make_optdigits", os.path.join(os.path.dirname(__file__), "..", "..", "tools", "make_optdigits.py")
+)
+make_optdigits = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_optdigits)
+OPTDIGITS_TRAIN_CLASS_COUNTS = make_optdigits.OPTDIGITS_TRAIN_CLASS_COUNTS
+make_optdigits_train = make_optdigits.make_optdigits_train
+read_optdigits_rows = make_optdigits.read_optdigits_rows
 
 # Backend-independent (tf.data / NumPy / Python): runs once, under TensorFlow.
 pytestmark = pytest.mark.single_backend

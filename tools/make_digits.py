@@ -2,7 +2,7 @@
 
 scikit-learn is not a runtime dependency: the package ships the result. Run
 
-    python -m keras_sparse_moe.data._make_digits
+    python tools/make_digits.py
 
 to rewrite `keras_sparse_moe/data/digits.npz` (atomically). The file holds
 `images` (1797, 8, 8) uint8 with values 0..16 and `labels` (1797,) uint8 with
@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-DIGITS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.npz")
+DIGITS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "keras_sparse_moe", "data", "digits.npz")
 
 
 def make_digits(path=DIGITS_PATH):
