@@ -63,6 +63,10 @@ def _read(path):
         return handle.read()
 
 
+# What is tested is the recipe's bookkeeping (run.json, log.csv, which steps
+# a re-run skips), the same code on every backend; the resume tests of
+# tests/recipes/test_classifier.py train, save and reload on each backend.
+@pytest.mark.single_backend("torch")
 def test_classifier_run_killed_after_fit_is_completed_without_training(tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     # Killed between the end of fit and the saved model: the epochs are
@@ -100,7 +104,7 @@ def test_classifier_run_killed_after_fit_is_completed_without_training(tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.single_backend("torch")  # the classifier test covers the backends
+@pytest.mark.single_backend("torch")  # the recipes' bookkeeping, as above
 def test_dual_encoder_run_killed_after_fit_is_completed_without_training(
         tmp_path, monkeypatch, small_limoe_preset):
     preset = small_limoe_preset  # limoe_tiny's tokenizer and image converter, a smaller network
