@@ -76,8 +76,8 @@ def train(model, data="digits", config=None, output_dir="runs/train", **options)
     ...     tempfile.mkdtemp(), verbose=0, plots=False, routing_examples=0,
     ...     single_image_latency=False,
     ...     overrides={"num_layers": 2, "hidden_dim": 16, "mlp_dim": 16, "num_heads": 2})
-    >>> metrics["settings"]["epochs"], 0.0 <= metrics["accuracy"] <= 1.0
-    (1, True)
+    >>> metrics["settings"]["epochs"], metrics["epochs_run"], metrics["examples"]
+    (1, 1, 64)
     """
     config = check_config(config)
     if is_dual_encoder(model):
