@@ -757,11 +757,11 @@ def train_classifier(
     ...     TrainingConfig(epochs=1, max_batches=2), verbose=0, plots=False,
     ...     routing_examples=0, single_image_latency=False,
     ...     overrides={"num_layers": 2, "hidden_dim": 16, "mlp_dim": 16, "num_heads": 2})
-    >>> metrics["epochs_run"], metrics["examples"]  # two test batches of 32
-    (1, 64)
+    >>> metrics["epochs_run"], metrics["examples"]  # two test batches of 64
+    (1, 128)
     >>> import numpy as np
     >>> correct = np.trace(metrics["confusion_matrix"])
-    >>> bool(np.isclose(metrics["accuracy"], correct / 64))
+    >>> bool(np.isclose(metrics["accuracy"], correct / 128))
     True
     """
     from keras_sparse_moe.recipes.config import check_config

@@ -77,7 +77,7 @@ def train(model, data="digits", config=None, output_dir="runs/train", **options)
     ...     single_image_latency=False,
     ...     overrides={"num_layers": 2, "hidden_dim": 16, "mlp_dim": 16, "num_heads": 2})
     >>> metrics["settings"]["epochs"], metrics["epochs_run"], metrics["examples"]
-    (1, 1, 64)
+    (1, 1, 128)
     """
     config = check_config(config)
     if is_dual_encoder(model):
