@@ -52,7 +52,6 @@ import re
 import threading
 import zipfile
 
-import h5py
 import keras
 import keras_hub
 
@@ -297,7 +296,7 @@ def list_presets(family=None, params=True):
         if family is not None and spec.family != family:
             continue
         counts = _param_counts(spec) if params else {"total": None, "active": None}
-        backbone_cls, _, task_cls, _ = _spec_classes_and_configs(spec)
+        backbone_cls, _, task_cls = _spec_model(spec)
         rows.append(
             {
                 "name": spec.name,
@@ -338,18 +337,14 @@ def preset_classes(preset):
     if isinstance(preset, os.PathLike):
         preset = os.fspath(preset)
     if isinstance(preset, str) and preset in _REGISTRY:
-        backbone_cls, _, task_cls, _ = _spec_classes_and_configs(_REGISTRY[preset])
+        backbone_cls, _, task_cls = _spec_model(_REGISTRY[preset])
         return backbone_cls, task_cls
     if isinstance(preset, str) and preset.endswith(".keras") and os.path.isfile(preset):
         return _keras_file_classes(preset)
     if not isinstance(preset, str) or not os.path.isdir(preset):
         raise ValueError(_unknown_preset_message(preset))
     _check_preset_directory(preset, load_weights=False)
-    backbone_cls = _registered_class(_read_json(preset, _CONFIG_FILE), preset, _CONFIG_FILE)
-    task_cls = None
-    if os.path.isfile(os.path.join(preset, _TASK_CONFIG_FILE)):
-        task_config = _read_json(preset, _TASK_CONFIG_FILE)
-        task_cls = _registered_class(task_config, preset, _TASK_CONFIG_FILE)
+    _, backbone_cls, _, task_cls = _read_preset_directory(preset)
     return backbone_cls, task_cls
 
 
@@ -412,68 +407,72 @@ def _load(preset, cls, load_weights, overrides):
         )
     if not isinstance(load_weights, bool):
         raise ValueError(f"Argument `load_weights` must be a bool; received {load_weights!r}.")
+    label = preset
     if preset in _REGISTRY:
         spec = _REGISTRY[preset]
-        if spec.has_weights:
-            path = spec.weights_path
-            if "://" not in path and not os.path.isdir(path):
-                raise FileNotFoundError(
-                    f"Preset '{preset}' keeps its weights in the preset directory '{path}', "
-                    "which does not exist (reinstall keras-sparse-moe, or register the "
-                    "preset again with the right `weights` path)."
-                )
-            return _load_directory(path, cls, load_weights, overrides, label=preset)
-        return _build_from_spec(spec, cls, overrides)
-    if os.path.exists(preset):
-        if not os.path.isdir(preset):
-            raise ValueError(
-                f"Preset path '{preset}' is a file; a preset is a directory holding "
-                f"{_CONFIG_FILE} (write one with keras_sparse_moe.presets.save_to_preset)."
+        if not spec.has_weights:
+            return _build_from_spec(spec, cls, overrides)
+        preset = spec.weights_path
+        if "://" not in preset and not os.path.isdir(preset):
+            raise FileNotFoundError(
+                f"Preset '{label}' keeps its weights in the preset directory '{preset}', "
+                "which does not exist (reinstall keras-sparse-moe, or register the "
+                "preset again with the right `weights` path)."
             )
-        return _load_directory(preset, cls, load_weights, overrides, label=preset)
-    if "://" in preset:
-        return _load_directory(preset, cls, load_weights, overrides, label=preset)
-    if _is_keras_hub_preset(preset):
-        return _keras_hub_from_preset(cls, preset, load_weights, overrides)
-    raise ValueError(_unknown_preset_message(preset))
-
-
-def _is_keras_hub_preset(name):
-    """Whether `name` is one of keras-hub's built-in presets."""
-    return name in keras_hub.models.Backbone.presets
-
-
-def _keras_hub_from_preset(cls, preset, load_weights, overrides):
-    """keras-hub's own `from_preset` (built-in keras-hub names, or
-    Transformers / timm checkpoints that keras-hub converts)."""
-    if cls is None:
-        method = keras_hub.models.Backbone.from_preset
-    elif issubclass(cls, PresetMixin):
-        method = super(PresetMixin, cls).from_preset
-    else:
-        method = cls.from_preset
+    elif os.path.exists(preset) and not os.path.isdir(preset):
+        raise ValueError(
+            f"Preset path '{preset}' is a file; a preset is a directory holding "
+            f"{_CONFIG_FILE} (write one with keras_sparse_moe.presets.save_to_preset)."
+        )
+    elif (
+        not os.path.isdir(preset)
+        and "://" not in preset
+        and preset not in keras_hub.models.Backbone.presets
+    ):
+        raise ValueError(_unknown_preset_message(preset))
+    if os.path.isdir(preset):
+        return _load_directory(preset, cls, load_weights, overrides, label)
+    # A hub handle or a keras-hub built-in name: keras-hub's own `from_preset`
+    # (which also converts Transformers / timm checkpoints).
+    method = (
+        keras_hub.models.Backbone.from_preset if cls is None else super(PresetMixin, cls).from_preset
+    )
     return method(preset, load_weights=load_weights, **overrides)
+
+
+def _route(label, cls, backbone_cls, task_cls, overrides):
+    """What to build from a preset holding `backbone_cls` (and `task_cls`)
+    when asked for `cls`, and the overrides of each part.
+
+    Returns:
+        `(task_cls, backbone_over, task_over, input_over)`: the task class to
+        build (None: the backbone only; `cls` when the preset's own task is
+        not a `cls`), the backbone and task constructor overrides, and the
+        image converter overrides (`INPUT_OVERRIDES`).
+    """
+    if cls is not None:
+        _check_compatible(label, cls, backbone_cls, task_cls)
+        if not issubclass(cls, keras_hub.models.Task):
+            task_cls = None
+        elif task_cls is None or not issubclass(task_cls, cls):
+            task_cls = cls
+    overrides, input_over = _pop_input_overrides(label, overrides, task_cls is not None)
+    backbone_over, task_over = _split_overrides(label, overrides, backbone_cls, task_cls)
+    return task_cls, backbone_over, task_over, input_over
 
 
 def _build_from_spec(spec, cls, overrides):
     """Build an architecture preset with random weights."""
-    backbone_cls, backbone_config, task_cls, task_config = _spec_classes_and_configs(spec)
-    want_task = _wants_task(cls, task_cls)
-    if cls is not None:
-        _check_compatible(spec.name, cls, backbone_cls, task_cls)
-        if want_task:
-            task_cls = cls if task_cls is None or not issubclass(task_cls, cls) else task_cls
-    overrides, input_over = _pop_input_overrides(spec.name, overrides, want_task)
-    backbone_over, task_over = _split_overrides(
-        spec.name, overrides, backbone_cls, task_cls if want_task else None
+    task_cls, backbone_over, task_over, input_over = _route(
+        spec.name, cls, spec.backbone_cls, spec.task_cls, overrides
     )
     backbone = _construct(
-        spec.name, backbone_cls, {**backbone_config, **backbone_over}, backbone_over
+        spec.name, spec.backbone_cls, {**spec.backbone_config, **backbone_over}, backbone_over
     )
-    if not want_task:
+    if task_cls is None:
         return backbone
     preprocessor = spec.preprocessor(backbone) if spec.preprocessor is not None else None
-    kwargs = {**(task_config if task_cls is spec.task_cls else {}), **task_over}
+    kwargs = {**(spec.task_config if task_cls is spec.task_cls else {}), **task_over}
     task_kwargs = {"backbone": backbone, "preprocessor": preprocessor, **kwargs}
     task = _construct(spec.name, task_cls, task_kwargs, task_over)
     _apply_input_overrides(spec.name, task, input_over, backbone_over)
@@ -481,31 +480,16 @@ def _build_from_spec(spec, cls, overrides):
 
 
 def _load_directory(preset, cls, load_weights, overrides, label):
-    """Load a keras-hub-format preset directory (or hand a hub handle to
-    keras-hub's own `from_preset`)."""
-    if not os.path.isdir(preset):
-        return _keras_hub_from_preset(cls, preset, load_weights, overrides)
+    """Load a keras-hub-format preset directory."""
     _check_preset_directory(preset, load_weights)
-    config = _read_json(preset, _CONFIG_FILE)
-    backbone_cls = _registered_class(config, preset, _CONFIG_FILE)
-    task_config = None
-    task_cls = None
-    if os.path.isfile(os.path.join(preset, _TASK_CONFIG_FILE)):
-        task_config = _read_json(preset, _TASK_CONFIG_FILE)
-        task_cls = _registered_class(task_config, preset, _TASK_CONFIG_FILE)
-    want_task = _wants_task(cls, task_cls)
-    if cls is not None:
-        _check_compatible(label, cls, backbone_cls, task_cls)
-        if want_task and (task_cls is None or not issubclass(task_cls, cls)):
-            task_cls, task_config = cls, None
-    overrides, input_over = _pop_input_overrides(label, overrides, want_task)
-    backbone_over, task_over = _split_overrides(
-        label, overrides, backbone_cls, task_cls if want_task else None
+    config, backbone_cls, task_config, saved_task_cls = _read_preset_directory(preset)
+    task_cls, backbone_over, task_over, input_over = _route(
+        label, cls, backbone_cls, saved_task_cls, overrides
     )
     backbone = _load_backbone(preset, config, backbone_over, load_weights, label)
-    if not want_task:
+    if task_cls is None:
         return backbone
-    if task_config is not None:
+    if task_cls is saved_task_cls:
         task_config["config"] = {**task_config["config"], "backbone": backbone, **task_over}
         task = keras.saving.deserialize_keras_object(task_config)
         if hasattr(task.preprocessor, "load_preset_assets"):
@@ -583,6 +567,19 @@ def _read_json(preset, filename):
         return json.load(handle)
 
 
+def _read_preset_directory(path):
+    """`(config, backbone class, task config or None, task class or None)`
+    of a preset directory: the serialized backbone (`config.json`) and task
+    (`task.json`) and the registered classes they name."""
+    config = _read_json(path, _CONFIG_FILE)
+    backbone_cls = _registered_class(config, path, _CONFIG_FILE)
+    task_config = task_cls = None
+    if os.path.isfile(os.path.join(path, _TASK_CONFIG_FILE)):
+        task_config = _read_json(path, _TASK_CONFIG_FILE)
+        task_cls = _registered_class(task_config, path, _TASK_CONFIG_FILE)
+    return config, backbone_cls, task_config, task_cls
+
+
 def _check_preset_directory(path, load_weights):
     """Fail early, naming the file, on a missing or corrupt preset file."""
     config_path = os.path.join(path, _CONFIG_FILE)
@@ -614,11 +611,6 @@ def _check_preset_directory(path, load_weights):
         )
     for name in (_WEIGHTS_FILE, _TASK_WEIGHTS_FILE):
         file_path = os.path.join(path, name)
-        if os.path.isfile(file_path) and not h5py.is_hdf5(file_path):
-            raise ValueError(
-                f"Preset weights file '{file_path}' is not a valid HDF5 file; the preset "
-                "directory is corrupt."
-            )
         if os.path.isfile(file_path):
             check_hdf5_file(file_path, what="Preset weights file")
 
@@ -755,7 +747,7 @@ class PresetMixin:
         """Registered presets this class can be built from: {name: PresetSpec}."""
         usable = {}
         for spec in _REGISTRY.values():
-            backbone_cls, _, task_cls, _ = _spec_classes_and_configs(spec)
+            backbone_cls, _, task_cls = _spec_model(spec)
             try:
                 _check_compatible(spec.name, cls, backbone_cls, task_cls)
             except ValueError:
@@ -844,35 +836,16 @@ def _unknown_preset_message(name):
     )
 
 
-def _spec_classes_and_configs(spec):
-    """(backbone_cls, backbone_config, task_cls, task_config) of a spec,
-    read from its preset directory for weight presets without classes."""
+def _spec_model(spec):
+    """`(backbone class, backbone config, task class or None)` of a preset,
+    read from its preset directory for a weight preset registered without
+    classes (`(None, {}, None)` when that is a hub handle)."""
     if spec.backbone_cls is not None or not spec.has_weights:
-        return spec.backbone_cls, spec.backbone_config, spec.task_cls, spec.task_config
-    path = spec.weights_path
-    if not os.path.isdir(path):
-        return None, {}, None, {}
-    with open(os.path.join(path, _CONFIG_FILE), encoding="utf-8") as handle:
-        config = json.load(handle)
-    backbone_cls = _registered_class(config, path, _CONFIG_FILE)
-    task_cls, task_config = None, {}
-    task_path = os.path.join(path, _TASK_CONFIG_FILE)
-    if os.path.isfile(task_path):
-        with open(task_path, encoding="utf-8") as handle:
-            serialized = json.load(handle)
-        task_cls = _registered_class(serialized, path, _TASK_CONFIG_FILE)
-        task_config = {
-            k: v
-            for k, v in serialized["config"].items()
-            if k not in ("backbone", "preprocessor", "name")
-        }
-    return backbone_cls, dict(config["config"]), task_cls, task_config
-
-
-def _wants_task(cls, task_cls):
-    if cls is None:
-        return task_cls is not None
-    return issubclass(cls, keras_hub.models.Task)
+        return spec.backbone_cls, spec.backbone_config, spec.task_cls
+    if not os.path.isdir(spec.weights_path):
+        return None, {}, None
+    config, backbone_cls, _, task_cls = _read_preset_directory(spec.weights_path)
+    return backbone_cls, dict(config["config"]), task_cls
 
 
 def _check_compatible(label, cls, backbone_cls, task_cls):
@@ -1089,7 +1062,7 @@ def _input_description(spec):
 def _param_counts(spec):
     """Backbone parameter counts of a preset, computed once and cached."""
     if spec.name not in _PARAM_CACHE:
-        backbone_cls, backbone_config, _, _ = _spec_classes_and_configs(spec)
+        backbone_cls, backbone_config, _ = _spec_model(spec)
         counts = {"total": None, "active": None}
         counter = getattr(backbone_cls, "param_counts_from_config", None)
         if counter is not None:
