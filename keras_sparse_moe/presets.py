@@ -9,33 +9,17 @@ at import time; users build them by name:
 >>> type(model).__name__
 'MoEViTImageClassifier'
 
-Public API:
-
-- `register_preset(name, *, family, description, ...)`: add a preset (see its
-  docstring for the two kinds: built from a config, or loaded from a
-  shipped preset directory).
-- `get_preset(name)`: the registered `PresetSpec`.
-- `preset_classes(preset)`: the backbone and task classes of a registered
-  name or a preset directory, without building the model.
-- `list_presets(family=None, params=True)`: one dict per preset (name,
-  family, classes, parameter counts, whether weights ship, description).
-- `from_preset(preset, load_weights=True, **overrides)`: build a registered
-  preset, or load a keras-hub-format preset directory / `hf://` /
-  `kaggle://` handle. Returns the task when the preset has one, else the
-  backbone. `overrides` are routed by name to the backbone or the task
-  constructor.
-- `save_to_preset(model, directory)`: atomic keras-hub-format save of a
-  backbone or task.
-- `PresetMixin`: gives a keras-hub `Backbone` / `Task` subclass a
-  `from_preset` that looks in this registry first, and an atomic
-  `save_to_preset`.
+`register_preset` adds one: an architecture built from a config, or a
+keras-hub-format preset directory with weights. `from_preset` builds a
+registered name or loads a preset directory / `hf://` / `kaggle://` handle;
+`save_to_preset` writes a directory atomically; `PresetMixin` gives the
+model classes the same `from_preset` and `save_to_preset` (docs/models.md,
+"Presets").
 
 A preset directory holds `config.json` (backbone), `model.weights.h5`,
 `metadata.json` and, for a task, `task.json`, `task.weights.h5`,
-`preprocessor.json` plus converter configs / `assets/`. A directory is read
-with Keras deserialization in safe mode (no lambdas, no pickle) and
-`load_weights`; `hf://` / `kaggle://` handles and keras-hub's built-in preset
-names go to keras-hub's own `from_preset`.
+`preprocessor.json` plus converter configs / `assets/`. It is read with
+Keras deserialization in safe mode (no lambdas, no pickle).
 
 This module imports no model: the model families register their presets
 when `keras_sparse_moe.models` is imported (as `import keras_sparse_moe`
@@ -59,6 +43,7 @@ from keras_sparse_moe.profiling import profile_config
 from keras_sparse_moe.utils.deferred_init import build_then_load
 from keras_sparse_moe.utils.io import atomic_directory
 from keras_sparse_moe.utils.io import check_hdf5_file
+from keras_sparse_moe.utils.validation import check_choice
 from keras_sparse_moe.version import __version__
 
 PRESETS_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets_data")
@@ -284,13 +269,8 @@ def list_presets(family=None, params=True):
     >>> "moe_vit_tiny" in [row["name"] for row in rows]
     True
     """
-    families = sorted({spec.family for spec in _REGISTRY.values()})
-    if family is not None and family not in families:
-        close = difflib.get_close_matches(str(family), families, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
-            f"Argument `family` must be None or one of {families}; received {family!r}.{hint}"
-        )
+    if family is not None:
+        check_choice("family", family, {spec.family for spec in _REGISTRY.values()})
     rows = []
     for spec in sorted(_REGISTRY.values(), key=lambda s: (s.family, s.name)):
         if family is not None and spec.family != family:
@@ -434,10 +414,9 @@ def _load(preset, cls, load_weights, overrides):
         return _load_directory(preset, cls, load_weights, overrides, label)
     # A hub handle or a keras-hub built-in name: keras-hub's own `from_preset`
     # (which also converts Transformers / timm checkpoints).
-    method = (
-        keras_hub.models.Backbone.from_preset if cls is None else super(PresetMixin, cls).from_preset
-    )
-    return method(preset, load_weights=load_weights, **overrides)
+    if cls is None:
+        return keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights, **overrides)
+    return super(PresetMixin, cls).from_preset(preset, load_weights=load_weights, **overrides)
 
 
 def _route(label, cls, backbone_cls, task_cls, overrides):
@@ -645,12 +624,9 @@ def save_to_preset(model, directory, max_shard_size=10):
     written preset. An existing `directory` must be empty or a preset
     directory (holding `config.json`); anything else is refused.
 
-    A preset holds what inference needs: the configuration, the weights and
-    the preprocessing. A model that has been trained carries its optimizer's
-    state (for AdamW twice the size of the weights), which `from_preset`
-    never restores; such a model is saved through an untrained copy with the
-    same weights, so the preset holds no optimizer state and loads without
-    warnings.
+    A preset holds the configuration, the weights and the preprocessing, not
+    the optimizer's state (which `from_preset` never restores): a trained
+    model is saved through an untrained copy with the same weights.
 
     Args:
         model: a `keras_hub.models.Backbone` or `keras_hub.models.Task`.

@@ -224,22 +224,16 @@ checkpoint_presets = {
     ),
 }
 
-MOE_VIT_TINY_DIGITS = {
-    "family": "moe_vit",
-    "description": (
+# Trained weights shipped in keras_sparse_moe/presets_data/<name>/ (docs/results.md).
+weight_presets = {
+    "moe_vit_tiny_digits": (
         "moe_vit_tiny classifying the embedded handwritten digits: test-split accuracy "
         "0.992 (356/359; samples 1438..1796, never trained on; docs/results.md). Trained "
         "from moe_vit_tiny_synthetic_digits on the digits' training split together with "
         "optdigits-train (3,823 digits by 30 other writers). Takes raw 8x8x1 digits with "
         "values 0..16. Weights ship in the package (1.6 MB)."
     ),
-    "paper": VMOE_PAPER,
-}
-
-
-MOE_VIT_TINY_SYNTHETIC_DIGITS = {
-    "family": "moe_vit",
-    "description": (
+    "moe_vit_tiny_synthetic_digits": (
         "moe_vit_tiny trained on 50,000 synthetic handwritten digits only (pen-stroke "
         "templates and fonts in the UCI digits' format): 0.991 on its synthetic test "
         "split, 0.856 of the real digits' training split read without training on any "
@@ -247,7 +241,6 @@ MOE_VIT_TINY_SYNTHETIC_DIGITS = {
         "learning rate 5e-4). Takes raw 8x8x1 digits with values 0..16. Weights ship in "
         "the package (1.6 MB)."
     ),
-    "paper": VMOE_PAPER,
 }
 
 
@@ -268,8 +261,12 @@ def register_moe_vit_presets():
             preprocessor=preset["preprocessor"],
             overwrite=True,
         )
-    # Trained weights shipped in keras_sparse_moe/presets_data/ (docs/results.md).
-    register_preset("moe_vit_tiny_digits", weights="moe_vit_tiny_digits", overwrite=True,
-                    **MOE_VIT_TINY_DIGITS)
-    register_preset("moe_vit_tiny_synthetic_digits", weights="moe_vit_tiny_synthetic_digits",
-                    overwrite=True, **MOE_VIT_TINY_SYNTHETIC_DIGITS)
+    for name, description in weight_presets.items():
+        register_preset(
+            name,
+            family="moe_vit",
+            description=description,
+            paper=VMOE_PAPER,
+            weights=name,
+            overwrite=True,
+        )
