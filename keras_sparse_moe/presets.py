@@ -1014,17 +1014,16 @@ def _input_description(spec):
     """`"HxWxC, values LOW..HIGH"`: the raw images a preset's preprocessor
     expects (its image converter's `raw_image_shape`, or the backbone's
     `image_shape`, and `value_range`), read without building the model."""
-    if spec.preprocessor is None and not spec.has_weights:
-        return None
     if spec.has_weights:
-        path = os.path.join(spec.weights_path, "image_converter.json")
-        if "://" in path or not os.path.isfile(path):
-            return None
+        if not os.path.isfile(os.path.join(spec.weights_path, "image_converter.json")):
+            return None  # a hub handle, or a preset without an image converter
         settings = _read_json(spec.weights_path, "image_converter.json").get("config", {})
         image_shape = None
+    elif spec.preprocessor is None:
+        return None
     else:
         settings = getattr(spec.preprocessor, "keywords", None) or {}
-        image_shape = (spec.backbone_config or {}).get("image_shape")
+        image_shape = spec.backbone_config.get("image_shape")
     shape = settings.get("raw_image_shape") or image_shape
     value_range = settings.get("value_range")
     parts = []
