@@ -981,13 +981,10 @@ def _apply_input_overrides(label, model, input_over, backbone_over):
             f"Overrides {sorted(input_over)} need an image converter that declares its raw "
             f"input ({type(converter).__name__} does not)."
         )
-    shape_over = {}
-    scale = _check_scaling("scale", input_over.get("scale", converter.scale))
-    offset = _check_scaling("offset", input_over.get("offset", converter.offset))
-    if "raw_image_shape" in input_over:
-        shape_over["raw_image_shape"] = input_over["raw_image_shape"]
     try:
         if "scale" in input_over or "offset" in input_over:
+            scale = _check_scaling("scale", input_over.get("scale", converter.scale))
+            offset = _check_scaling("offset", input_over.get("offset", converter.offset))
             value_range = input_over.get("value_range")
             if value_range is None and converter.value_range is not None:
                 low, high = converter.model_value_range
@@ -1003,7 +1000,9 @@ def _apply_input_overrides(label, model, input_over, backbone_over):
             settings = converter.rescaled_to(input_over["value_range"])
         else:
             settings = {}
-        probe = type(converter)(**{**converter.get_config(), **settings, **shape_over})
+        if "raw_image_shape" in input_over:
+            settings["raw_image_shape"] = input_over["raw_image_shape"]
+        probe = type(converter)(**{**converter.get_config(), **settings})
     except ValueError as error:
         raise ValueError(f"Preset '{label}': {error}") from None
     for key in ("scale", "offset", "value_range", "raw_image_shape"):
