@@ -21,7 +21,6 @@ run finished (0 when there is nothing to resume).
 """
 
 import glob
-import json
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ from keras_sparse_moe.recipes.run_state import BACKUP_DIR
 from keras_sparse_moe.recipes.run_state import BEST_FILE
 from keras_sparse_moe.recipes.run_state import LAST_FILE
 from keras_sparse_moe.utils.io import atomic_path
+from keras_sparse_moe.utils.io import read_json
 from keras_sparse_moe.utils.io import remove_atomic_leftovers
 from keras_sparse_moe.utils.io import write_json
 
@@ -56,11 +56,7 @@ def committed_state(backup_dir):
     >>> committed_state(tempfile.mkdtemp()) is None
     True
     """
-    try:
-        with open(os.path.join(backup_dir, STATE_FILE), encoding="utf-8") as handle:
-            state = json.load(handle)
-    except (OSError, ValueError):
-        return None
+    state = read_json(os.path.join(backup_dir, STATE_FILE))
     if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
         return None
     if not os.path.isfile(os.path.join(backup_dir, str(state.get("checkpoint")))):
@@ -72,9 +68,8 @@ def _read_keras_backup(backup_dir):
     """(epoch, weights path) of a Keras `BackupAndRestore` directory, or None."""
     weights = os.path.join(backup_dir, _KERAS_WEIGHTS)
     try:
-        with open(os.path.join(backup_dir, _KERAS_METADATA), encoding="utf-8") as handle:
-            epoch = int(json.load(handle)["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+        epoch = int(read_json(os.path.join(backup_dir, _KERAS_METADATA))["epoch"])
+    except (ValueError, KeyError, TypeError):
         return None
     return (epoch, weights) if os.path.isfile(weights) else None
 
