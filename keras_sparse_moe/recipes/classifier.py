@@ -44,7 +44,6 @@ from keras_sparse_moe.recipes.run_lock import exclusive_run
 from keras_sparse_moe.recipes.run_state import HEATMAP_FILE
 from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.recipes.run_state import METRICS_FILE
-from keras_sparse_moe.recipes.run_state import MODEL_FILE
 from keras_sparse_moe.recipes.training_run import TrainingRun
 from keras_sparse_moe.utils.io import check_writable_directory
 from keras_sparse_moe.utils.io import load_keras_file
@@ -379,17 +378,6 @@ def _small(data):
     return isinstance(spec, str) and spec.strip().lower() == "digits"
 
 
-def _limit(ds, max_batches):
-    return ds if ds is None or max_batches is None else ds.take(max_batches)
-
-
-def _count_batches(ds):
-    count = int(ds.cardinality())
-    if count >= 0:
-        return count
-    return sum(1 for _ in ds)
-
-
 def representative_images(model, data="digits", samples=256, seed=0, data_options=None,
                           raw_shape=None):
     """Training images for full-integer (int8) LiteRT calibration:
@@ -662,7 +650,7 @@ def evaluate_classifier(
     ds = getattr(datasets, split)
     if ds is None:
         raise ValueError(f"Dataset {data!r} has no {split!r} split; its splits are {sorted(info.counts)}.")
-    ds = _limit(ds, max_batches)
+    ds = ds if max_batches is None else ds.take(max_batches)
     logger.info("Evaluating on the %s split of %s ...", split, data)
     report, routing = _evaluate(model, ds, info, batch_size, routing_examples, single_image_latency)
     metrics = _metrics(os.fspath(label), data, split, report, routing, param_counts(model), start)
@@ -678,17 +666,6 @@ def evaluate_classifier(
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
-def _steps_per_epoch(info, train, batch_size, max_batches):
-    count = info.counts.get("train")
-    if count is None:
-        steps = _count_batches(train)
-    else:
-        steps = count // batch_size if count >= batch_size else 1
-    if max_batches is not None:
-        steps = min(steps, max_batches)
-    return max(1, steps)
-
-
 @exclusive_run
 def train_classifier(
     preset=DEFAULT_PRESET,
@@ -768,8 +745,7 @@ def train_classifier(
 
     start = time.time()
     config = check_config(config)
-    epochs, batch_size, seed = config.epochs, config.batch_size, config.seed
-    augment, max_batches = config.augment, config.max_batches
+    epochs, batch_size, seed, augment = config.epochs, config.batch_size, config.seed, config.augment
     routing_examples = check_int("routing_examples", routing_examples, minimum=0)
     if jit_compile not in ("auto", True, False):
         raise ValueError(f"Argument `jit_compile` must be 'auto', True or False; received {jit_compile!r}.")
@@ -781,9 +757,6 @@ def train_classifier(
             "training: the classifier's head is sized from the classes of the data, so leave "
             "num_classes out of the overrides."
         )
-    if not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir):
-        raise ValueError(f"Argument `output_dir` must be a directory path; received {output_dir!r}.")
-    output_dir = os.fspath(output_dir)
     preset_label = _label(preset)
     datasets, data = (data, data.info.spec) if isinstance(data, Datasets) else (None, data)
     settings = {
@@ -796,10 +769,11 @@ def train_classifier(
         parse_spec(data)
     run = TrainingRun(output_dir, settings, config, keys=_RESUME_KEYS, logger=logger,
                       overwrite=overwrite, defaults=_RESUME_DEFAULTS)
+    output_dir = run.output_dir
     if run.state == "finished":
         metrics = run.previous_metrics()
         if return_model:
-            return metrics, load_classifier(os.path.join(output_dir, MODEL_FILE))
+            return metrics, load_classifier(run.model_file)
         return metrics
 
     import keras
@@ -848,12 +822,10 @@ def train_classifier(
         import tensorflow as tf
 
         train = train.map(augmentation, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    steps = _steps_per_epoch(info, train, batch_size, max_batches)
-    train = _limit(train, max_batches)
-    validation = _limit(validation, max_batches)
-    test = _limit(test, max_batches)
+    steps = run.steps_per_epoch(train, info.counts.get("train"))
+    train, validation, test = run.limit(train, validation, test)
     run.compile(
-        model, steps * epochs, _NO_DECAY,
+        model, steps, _NO_DECAY,
         loss=SparseCategoricalCrossentropyWithSmoothing(config.label_smoothing, from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
@@ -861,8 +833,8 @@ def train_classifier(
     )
     counts = param_counts(model)
     artifacts = {"model": run.model_file}
-    fit_record = run.trained_fit(model)
-    if fit_record is None:
+
+    def fit():
         resumed_from = run.resumed_from_epoch()
         if resumed_from:
             logger.info("Resuming %s after epoch %d of %d.", output_dir, resumed_from, epochs)
@@ -879,7 +851,7 @@ def train_classifier(
             history, train_time = run.fit(model, train, validation, callbacks=callbacks,
                                           first_callbacks=[RoutingStatistics()], verbose=verbose)
         log = read_log(os.path.join(output_dir, LOG_FILE))
-        fit_record = {
+        return {
             "epochs_run": len(next(iter(log.values()), [])),
             "resumed_from_epoch": resumed_from,
             "train_time_s": train_time,
@@ -887,7 +859,8 @@ def train_classifier(
             "history": {k: float(v[-1]) for k, v in history.history.items() if v}
             or {k: v[-1] for k, v in log.items() if v},
         }
-        run.commit(model, fit_record)
+
+    fit_record = run.train(model, fit)
     if save_preset:
         artifacts["preset"] = os.path.abspath(run.save_preset(model))
     eval_ds = test if test is not None else validation

@@ -326,10 +326,7 @@ def train_dual_encoder(
 
     config = check_config(config)
     batch_size = check_int("batch_size", config.batch_size, minimum=2)
-    epochs, seed, max_batches = config.epochs, config.seed, config.max_batches
     augment = config.augment != "none"
-    if not isinstance(output_dir, str) or not output_dir:
-        raise ValueError(f"Argument `output_dir` must be a non-empty path; received {output_dir!r}.")
     settings = {
         "preset": preset if isinstance(preset, str) else type(preset).__name__,
         "data": data, **config.to_dict(),
@@ -340,13 +337,14 @@ def train_dual_encoder(
         settings["data_options"] = data_options
     run = TrainingRun(output_dir, settings, config, keys=_RESUME_KEYS, logger=logger,
                       overwrite=overwrite, save=save)
+    output_dir = run.output_dir
     if run.state == "finished":
         return run.previous_metrics()
 
     model = load_dual_encoder(preset)
     # Resolved once: training, the zero-shot evaluation and the routing plot share it.
     source = _resolve(data, {"validation_fraction": config.validation_fraction, **data_options})
-    train, validation, test, info = _datasets(model, source, batch_size, augment, seed)
+    train, validation, test, info = _datasets(model, source, batch_size, augment, config.seed)
     labelled = bool(info.num_classes)
     if labelled and test is None:  # the zero-shot evaluation after training needs it
         raise ValueError(_missing_split(data, "test"))
@@ -356,27 +354,23 @@ def train_dual_encoder(
                        data)
     _check_has_captions(train, data)
     train_pairs = _to_pairs(train)
-    steps = max(1, info.counts.get("train", 0) // batch_size)
-    if max_batches is not None:
-        train_pairs = train_pairs.take(max_batches)
-        steps = min(steps, max_batches)
-    run.compile(model, steps * epochs, _NO_DECAY, run_eagerly=bool(run_eagerly))
-
+    run.compile(model, run.steps_per_epoch(train_pairs, info.counts.get("train")), _NO_DECAY,
+                run_eagerly=bool(run_eagerly))
     val_pairs = None
     if validation is not None and info.counts.get("validation", 0) >= batch_size:
         val_pairs = _to_pairs(validation)
-        if max_batches is not None:
-            val_pairs = val_pairs.take(max_batches)
-    fit_record = run.trained_fit(model)
-    if fit_record is None:
+    train_pairs, val_pairs = run.limit(train_pairs, val_pairs)
+
+    def fit():
         initial_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
         _, train_seconds = run.fit(
             model, train_pairs, val_pairs, callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras would warn otherwise
             verbose=verbose,
         )
-        fit_record = {"initial_loss": initial_loss, "train_seconds": train_seconds}
-        run.commit(model, fit_record)
+        return {"initial_loss": initial_loss, "train_seconds": train_seconds}
+
+    fit_record = run.train(model, fit)
     evaluation = run.stage("evaluation", lambda: {
         "final_loss": float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"]),
         "zero_shot": evaluate_zero_shot(model, source, templates=templates, split="test")
@@ -385,10 +379,10 @@ def train_dual_encoder(
     metrics = {
         "preset": settings["preset"],
         "data": data,
-        "epochs": epochs,
+        "epochs": config.epochs,
         "batch_size": batch_size,
         "learning_rate": config.learning_rate,
-        "seed": seed,
+        "seed": config.seed,
         "backend": keras.backend.backend(),
         "parameters": int(model.count_params()),
         "initial_loss": fit_record["initial_loss"],

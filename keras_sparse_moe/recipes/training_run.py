@@ -65,7 +65,11 @@ class TrainingRun:
 
     def __init__(self, output_dir, settings, config, *, keys, logger, overwrite=False,
                  defaults=None, save=True):
-        check_writable_directory(output_dir)
+        if not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir):
+            raise ValueError(
+                f"Argument `output_dir` must be a directory path; received {output_dir!r}."
+            )
+        output_dir = check_writable_directory(output_dir)
         self.output_dir = output_dir
         self.settings = settings
         self.config = config
@@ -96,20 +100,47 @@ class TrainingRun:
             return 0
         return committed_epoch(os.path.join(self.output_dir, BACKUP_DIR))
 
-    def compile(self, model, total_steps, no_decay, **options):
-        """Compile `model` with the config's optimizer over `total_steps`
-        steps (`no_decay`: variable-name fragments kept out of weight decay)
-        and the `keras.Model.compile` `options`, and build the optimizer."""
+    def limit(self, *datasets):
+        """`datasets` cut to the config's `max_batches` (None stays None)."""
+        limit = self.config.max_batches
+        return tuple(ds if ds is None or limit is None else ds.take(limit) for ds in datasets)
+
+    def steps_per_epoch(self, train, examples):
+        """Optimizer steps of an epoch over the batched `train` data holding
+        `examples` examples (None: count its batches), at most `max_batches`."""
+        if examples is None:
+            steps = int(train.cardinality())
+            steps = steps if steps >= 0 else sum(1 for _ in train)
+        else:
+            steps = examples // self.config.batch_size
+        if self.config.max_batches is not None:
+            steps = min(steps, self.config.max_batches)
+        return max(1, steps)
+
+    def compile(self, model, steps_per_epoch, no_decay, **options):
+        """Compile `model` with the config's optimizer over its epochs of
+        `steps_per_epoch` steps (`no_decay`: variable-name fragments kept
+        out of weight decay) and the `keras.Model.compile` `options`, and
+        build the optimizer."""
+        total_steps = steps_per_epoch * self.config.epochs
         model.compile(optimizer=self.config.make_optimizer(total_steps, no_decay=no_decay),
                       **options)
         build_optimizer(model)
 
-    def trained_fit(self, model):
-        """None when the run must train; for a trained run, the results of
-        its `fit` stage, after loading its trained weights and optimizer
-        state into `model` (compiled like the saved model)."""
+    def train(self, model, fit):
+        """The results of the `fit` stage. A trained run's are those it
+        recorded, after its trained weights and optimizer state are loaded
+        into `model` (compiled like the saved model). Otherwise `fit()`
+        trains `model` and returns them; then comes the commit point: the
+        trained model is saved and the stage recorded, so that a re-run
+        completes the run without training."""
         if "fit" not in self.stages:
-            return None
+            results = fit()
+            if self.save:
+                atomic_save_model(model, self.model_file)
+                record_stage(self.output_dir, self.settings, "fit", results, status="trained")
+                shutil.rmtree(os.path.join(self.output_dir, BACKUP_DIR), ignore_errors=True)
+            return results
         self.logger.info("%s holds a run whose training has finished; completing it without "
                          "training again.", self.output_dir)
         check_keras_archive(self.model_file)
@@ -150,15 +181,6 @@ class TrainingRun:
         history = model.fit(train, validation_data=validation, epochs=self.config.epochs,
                             callbacks=fit_callbacks, **options)
         return history, time.time() - start
-
-    def commit(self, model, results):
-        """The commit point: save the trained model and record the `fit`
-        stage's `results`; from here on a re-run completes the run without
-        training."""
-        if self.save:
-            atomic_save_model(model, self.model_file)
-            record_stage(self.output_dir, self.settings, "fit", results, status="trained")
-            shutil.rmtree(os.path.join(self.output_dir, BACKUP_DIR), ignore_errors=True)
 
     def stage(self, name, compute):
         """The results of stage `name`: those recorded by a trained run that
