@@ -96,12 +96,10 @@ def _is_better(mode, value, best):
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Per-epoch checkpoints that survive a crash and resume a run.
 
-    After every epoch the trained model is saved
-    once to `directory/backup/epoch_{N}.keras` (weights, optimizer state,
-    compile settings), `directory/last.keras` (and `directory/best.keras`
-    when `monitor` improved) are replaced by copies of it, and then the
-    epoch is committed in `directory/backup/state.json`. Each file appears by an atomic
-    rename, so a crash leaves the previous epoch's checkpoint or the new one.
+    After every epoch the trained model is saved once to
+    `directory/backup/epoch_{N}.keras`, `directory/last.keras` (and
+    `directory/best.keras` when `monitor` improved) are replaced by copies
+    of it, and then the epoch is committed in `directory/backup/state.json`.
 
     When `fit` starts and `directory/backup` holds a committed epoch, the
     weights and optimizer state are restored from it and `fit` continues

@@ -1,25 +1,13 @@
 """Train and evaluate image classifiers built from presets.
 
-`train` (`keras-sparse-moe train`, the `moe_vit` and `dense_vit` recipe
-scripts) trains image classifiers with `train_classifier`, and
-`keras-sparse-moe evaluate` is `evaluate_classifier`:
-
-- model from a preset (`moe_vit_tiny`, `vmoe_s32_e8_k2_last2`, a preset
-  directory, or a `.keras` file), with the number of classes taken from the
-  data;
-- `tf.data` pipelines from a dataset spec (`digits`, `tfds:NAME`,
-  `folder:PATH`) at the model's image size, with training augmentation;
-- `compile`: the optimizer of the `TrainingConfig` (AdamW with linear warmup
-  + cosine decay, decoupled weight decay, global-norm gradient clipping) and
-  label-smoothed cross-entropy; the MoE auxiliary losses are added by the
-  layers;
-- `fit` with the callbacks of `make_callbacks` (crash-safe best / last
-  checkpoints; re-running with the same output directory resumes after the
-  last finished epoch; CSV log; optional early stopping) and
-  `RoutingStatistics`;
-- test-split evaluation: accuracy, macro-F1, per-class precision / recall /
-  F1, confusion matrix, latency per image, routing statistics per MoE layer
-  and per class.
+`train_classifier` (what `train` and `keras-sparse-moe train` run for an
+image classifier) loads the classifier from a preset, a `.keras` file or a
+model, with its head sized from the data; trains it on the `tf.data`
+pipelines of a dataset spec with label-smoothed cross-entropy (the MoE
+auxiliary losses are added by the layers) and `RoutingStatistics`; and
+evaluates it like `evaluate_classifier` (`keras-sparse-moe evaluate`):
+accuracy, macro-F1, per-class precision / recall / F1, confusion matrix,
+latency per image and routing statistics per MoE layer and per class.
 
 Artifacts written by `train_classifier` into `output_dir`: `model.keras`,
 `preset/` (keras-hub preset directory), `metrics.json`, `run.json` (the

@@ -9,16 +9,14 @@
   captions of the same class in a batch are all counted as positive pairs
   (targets normalised per row), so repeated class captions are not treated
   as negatives;
-- AdamW with linear warmup + cosine decay, gradient clipping, light image
-  augmentation (random shifts) and resumable callbacks (`make_callbacks`);
+- light image augmentation (random shifts);
 - zero-shot test accuracy from text prompts only (`evaluate_zero_shot`):
   each class name is put into several templates, the text embeddings are
   averaged per class, and each test image gets the class of the closest
   (cosine) class embedding.
 
-Artifacts in `output_dir`: `model.keras`, `preset/` (keras-hub preset
-directory), `metrics.json`, `log.csv`, `best.keras`, `last.keras`, `backup/`
-(while training).
+Artifacts in `output_dir`: those of `train_classifier` (`model.keras`,
+`preset/`, `metrics.json`, `run.json`, `log.csv`, ...).
 """
 
 import logging
@@ -291,9 +289,7 @@ def train_dual_encoder(
         save: write `model.keras` and `preset/`.
         callbacks: more Keras callbacks for `fit` (after the recipe's own).
         overwrite: delete an earlier run's files in `output_dir` (only
-            those) and train afresh. Without it a finished run with the same
-            settings is returned as it is (its `metrics.json`, no training),
-            and a run with different settings is refused.
+            those) and train afresh.
         verbose: `fit` verbosity.
         plots: write the PNG figures: `training_curves.png` (loss and
             routing statistics per epoch) and `routing_heatmap.png` (per MoE

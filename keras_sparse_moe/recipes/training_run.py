@@ -14,7 +14,6 @@ from keras_sparse_moe.recipes.run_state import BACKUP_DIR
 from keras_sparse_moe.recipes.run_state import METRICS_FILE
 from keras_sparse_moe.recipes.run_state import MODEL_FILE
 from keras_sparse_moe.recipes.run_state import PRESET_DIR
-from keras_sparse_moe.recipes.run_state import RUN_ARTIFACTS
 from keras_sparse_moe.recipes.run_state import RUN_FILE
 from keras_sparse_moe.recipes.run_state import check_previous_run
 from keras_sparse_moe.recipes.run_state import completed_stages
@@ -32,16 +31,12 @@ class TrainingRun:
     """The run of a recipe with `settings` and `config` in `output_dir`.
 
     Creating it checks that `output_dir` is writable and what it holds
-    (`state`, as `check_previous_run` says), and seeds the run unless it is
-    finished (`config.seed`; deterministic kernels if
-    `config.deterministic`). Re-running a recipe with the
-    same `output_dir` thus resumes an interrupted run after its last
-    finished epoch (the settings must match), completes a run interrupted
-    after training (during the evaluation or the saves) without training
-    again (`stages`: the results it recorded), and returns a finished run's
-    metrics without training (`overwrite=True` starts afresh). Training
-    stops with a `NonFiniteLossError` naming the epoch and step when the
-    loss becomes NaN or infinite.
+    (`state`: `"fresh"`, `"resume"`, `"trained"` or `"finished"`, as
+    `run_state` describes; `stages`: the results a trained run recorded),
+    and seeds the run unless it is finished (`config.seed`; deterministic
+    kernels if `config.deterministic`). Training stops with a
+    `NonFiniteLossError` naming the epoch and step when the loss becomes
+    NaN or infinite.
 
     Args:
         output_dir: str, the run's output directory.
@@ -76,8 +71,8 @@ class TrainingRun:
         self.logger = logger
         self.save = bool(save)
         self.model_file = os.path.join(output_dir, MODEL_FILE)
-        self.state = check_previous_run(output_dir, settings, keys=keys, artifacts=RUN_ARTIFACTS,
-                                        overwrite=overwrite, defaults=defaults)
+        self.state = check_previous_run(output_dir, settings, keys=keys, overwrite=overwrite,
+                                        defaults=defaults)
         self.stages = completed_stages(output_dir) if self.state == "trained" and save else {}
         if self.state != "finished":
             if config.deterministic:
