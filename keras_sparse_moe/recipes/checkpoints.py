@@ -89,10 +89,6 @@ def committed_epoch(backup_dir):
     return legacy[0] if legacy else 0
 
 
-def _is_better(mode, value, best):
-    return value < best if mode == "min" else value > best
-
-
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Per-epoch checkpoints that survive a crash and resume a run.
 
@@ -210,7 +206,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 self._warned_missing = True
         else:
             value = float(value)
-            if not math.isnan(value) and _is_better(self.mode, value, self.best):
+            better = value < self.best if self.mode == "min" else value > self.best
+            if not math.isnan(value) and better:
                 improved = True
                 self.best, self.best_epoch = value, epoch + 1
 

@@ -139,8 +139,7 @@ class TrainingRun:
         self.logger.info("%s holds a run whose training has finished; completing it without "
                          "training again.", self.output_dir)
         check_keras_archive(self.model_file)
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
+        build_optimizer(model)  # its state is loaded too
         try:
             model.load_weights(self.model_file)
         except (OSError, ValueError, KeyError) as error:
