@@ -624,13 +624,13 @@ def evaluate_classifier(
         max_batches = check_int("max_batches", max_batches, minimum=1)
     if output_dir is not None:
         check_writable_directory(output_dir)
-    label = model if isinstance(model, (str, os.PathLike)) else getattr(model, "name", "model")
+    label = _label(model)
     model = load_classifier(model)
     datasets = _datasets(model, data, batch_size, "none", 0, 0.1, data_options, training=False)
     info = datasets.info
     if model.num_classes != info.num_classes:
         raise ValueError(
-            f"Model {os.fspath(label)!r} predicts {model.num_classes} classes but dataset "
+            f"Model {label!r} predicts {model.num_classes} classes but dataset "
             f"{data!r} has {info.num_classes}; evaluate on the data it was trained on, or "
             "train a new head with train_classifier."
         )
@@ -641,7 +641,7 @@ def evaluate_classifier(
     ds = ds if max_batches is None else ds.take(max_batches)
     logger.info("Evaluating on the %s split of %s ...", split, data)
     report, routing = _evaluate(model, ds, info, batch_size, routing_examples, single_image_latency)
-    metrics = _metrics(os.fspath(label), data, split, report, routing, param_counts(model), start)
+    metrics = _metrics(label, data, split, report, routing, param_counts(model), start)
     if output_dir is not None:
         write_json(os.path.join(output_dir, METRICS_FILE), metrics)
         if plots and routing:
