@@ -831,13 +831,10 @@ def train_classifier(
             "each), batch %d, backend %s.", preset_label, f"{counts['total']:,}",
             f"{counts['active']:,}", data, epochs, steps, batch_size, keras.backend.backend(),
         )
-        with warnings.catch_warnings():
-            # The tf.data pipeline shuffles itself; Keras warns that `shuffle` is ignored.
-            warnings.filterwarnings("ignore", message=r".*shuffle=True.*")
-            # RoutingStatistics first: it adds its values to the epoch logs that the
-            # CSV logger and the checkpoints then see.
-            history, train_time = run.fit(model, train, validation, callbacks=callbacks,
-                                          first_callbacks=[RoutingStatistics()], verbose=verbose)
+        # RoutingStatistics first: it adds its values to the epoch logs that the
+        # CSV logger and the checkpoints then see.
+        history, train_time = run.fit(model, train, validation, callbacks=callbacks,
+                                      first_callbacks=[RoutingStatistics()], verbose=verbose)
         log = read_log(os.path.join(output_dir, LOG_FILE))
         return {
             "epochs_run": len(next(iter(log.values()), [])),

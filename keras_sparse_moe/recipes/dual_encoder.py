@@ -359,11 +359,8 @@ def train_dual_encoder(
 
     def fit():
         initial_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
-        _, train_seconds = run.fit(
-            model, train_pairs, val_pairs, callbacks=callbacks,
-            shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras would warn otherwise
-            verbose=verbose,
-        )
+        _, train_seconds = run.fit(model, train_pairs, val_pairs, callbacks=callbacks,
+                                   verbose=verbose)
         return {"initial_loss": initial_loss, "train_seconds": train_seconds}
 
     fit_record = run.train(model, fit)

@@ -159,7 +159,9 @@ class TrainingRun:
                 monitored, else `loss`).
             callbacks: Keras callbacks after those of `make_callbacks`.
             first_callbacks: Keras callbacks before them.
-            **options: more `keras.Model.fit` arguments.
+            **options: more `keras.Model.fit` arguments (`shuffle` is False
+                unless given: the recipes' `tf.data` pipelines shuffle
+                themselves, seeded).
 
         Returns:
             `(history, seconds)`.
@@ -172,6 +174,7 @@ class TrainingRun:
         write_json(os.path.join(self.output_dir, RUN_FILE),
                    {"status": "running", "settings": self.settings})
         start = time.time()
+        options.setdefault("shuffle", False)  # (Keras warns that tf.data ignores it)
         history = model.fit(train, validation_data=validation, epochs=self.config.epochs,
                             callbacks=fit_callbacks, **options)
         return history, time.time() - start
