@@ -21,7 +21,6 @@ run finished (0 when there is nothing to resume).
 """
 
 import glob
-import json
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ from keras_sparse_moe.recipes.run_state import BACKUP_DIR
 from keras_sparse_moe.recipes.run_state import BEST_FILE
 from keras_sparse_moe.recipes.run_state import LAST_FILE
 from keras_sparse_moe.utils.io import atomic_path
+from keras_sparse_moe.utils.io import read_json
 from keras_sparse_moe.utils.io import remove_atomic_leftovers
 from keras_sparse_moe.utils.io import write_json
 
@@ -56,11 +56,7 @@ def committed_state(backup_dir):
     >>> committed_state(tempfile.mkdtemp()) is None
     True
     """
-    try:
-        with open(os.path.join(backup_dir, STATE_FILE), encoding="utf-8") as handle:
-            state = json.load(handle)
-    except (OSError, ValueError):
-        return None
+    state = read_json(os.path.join(backup_dir, STATE_FILE))
     if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
         return None
     if not os.path.isfile(os.path.join(backup_dir, str(state.get("checkpoint")))):
@@ -72,9 +68,8 @@ def _read_keras_backup(backup_dir):
     """(epoch, weights path) of a Keras `BackupAndRestore` directory, or None."""
     weights = os.path.join(backup_dir, _KERAS_WEIGHTS)
     try:
-        with open(os.path.join(backup_dir, _KERAS_METADATA), encoding="utf-8") as handle:
-            epoch = int(json.load(handle)["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+        epoch = int(read_json(os.path.join(backup_dir, _KERAS_METADATA))["epoch"])
+    except (ValueError, KeyError, TypeError):
         return None
     return (epoch, weights) if os.path.isfile(weights) else None
 
@@ -94,19 +89,13 @@ def committed_epoch(backup_dir):
     return legacy[0] if legacy else 0
 
 
-def _is_better(mode, value, best):
-    return value < best if mode == "min" else value > best
-
-
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Per-epoch checkpoints that survive a crash and resume a run.
 
-    After every epoch the trained model is saved
-    once to `directory/backup/epoch_{N}.keras` (weights, optimizer state,
-    compile settings), `directory/last.keras` (and `directory/best.keras`
-    when `monitor` improved) are replaced by copies of it, and then the
-    epoch is committed in `directory/backup/state.json`. Each file appears by an atomic
-    rename, so a crash leaves the previous epoch's checkpoint or the new one.
+    After every epoch the trained model is saved once to
+    `directory/backup/epoch_{N}.keras`, `directory/last.keras` (and
+    `directory/best.keras` when `monitor` improved) are replaced by copies
+    of it, and then the epoch is committed in `directory/backup/state.json`.
 
     When `fit` starts and `directory/backup` holds a committed epoch, the
     weights and optimizer state are restored from it and `fit` continues
@@ -217,7 +206,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 self._warned_missing = True
         else:
             value = float(value)
-            if not math.isnan(value) and _is_better(self.mode, value, self.best):
+            better = value < self.best if self.mode == "min" else value > self.best
+            if not math.isnan(value) and better:
                 improved = True
                 self.best, self.best_epoch = value, epoch + 1
 

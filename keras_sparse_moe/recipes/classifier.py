@@ -1,25 +1,13 @@
 """Train and evaluate image classifiers built from presets.
 
-`train` (`keras-sparse-moe train`, the `moe_vit` and `dense_vit` recipe
-scripts) trains image classifiers with `train_classifier`, and
-`keras-sparse-moe evaluate` is `evaluate_classifier`:
-
-- model from a preset (`moe_vit_tiny`, `vmoe_s32_e8_k2_last2`, a preset
-  directory, or a `.keras` file), with the number of classes taken from the
-  data;
-- `tf.data` pipelines from a dataset spec (`digits`, `tfds:NAME`,
-  `folder:PATH`) at the model's image size, with training augmentation;
-- `compile`: the optimizer of the `TrainingConfig` (AdamW with linear warmup
-  + cosine decay, decoupled weight decay, global-norm gradient clipping) and
-  label-smoothed cross-entropy; the MoE auxiliary losses are added by the
-  layers;
-- `fit` with the callbacks of `make_callbacks` (crash-safe best / last
-  checkpoints; re-running with the same output directory resumes after the
-  last finished epoch; CSV log; optional early stopping) and
-  `RoutingStatistics`;
-- test-split evaluation: accuracy, macro-F1, per-class precision / recall /
-  F1, confusion matrix, latency per image, routing statistics per MoE layer
-  and per class.
+`train_classifier` (what `train` and `keras-sparse-moe train` run for an
+image classifier) loads the classifier from a preset, a `.keras` file or a
+model, with its head sized from the data; trains it on the `tf.data`
+pipelines of a dataset spec with label-smoothed cross-entropy (the MoE
+auxiliary losses are added by the layers) and `RoutingStatistics`; and
+evaluates it like `evaluate_classifier` (`keras-sparse-moe evaluate`):
+accuracy, macro-F1, per-class precision / recall / F1, confusion matrix,
+latency per image and routing statistics per MoE layer and per class.
 
 Artifacts written by `train_classifier` into `output_dir`: `model.keras`,
 `preset/` (keras-hub preset directory), `metrics.json`, `run.json` (the
@@ -44,7 +32,6 @@ from keras_sparse_moe.recipes.run_lock import exclusive_run
 from keras_sparse_moe.recipes.run_state import HEATMAP_FILE
 from keras_sparse_moe.recipes.run_state import LOG_FILE
 from keras_sparse_moe.recipes.run_state import METRICS_FILE
-from keras_sparse_moe.recipes.run_state import MODEL_FILE
 from keras_sparse_moe.recipes.training_run import TrainingRun
 from keras_sparse_moe.utils.io import check_writable_directory
 from keras_sparse_moe.utils.io import load_keras_file
@@ -379,17 +366,6 @@ def _small(data):
     return isinstance(spec, str) and spec.strip().lower() == "digits"
 
 
-def _limit(ds, max_batches):
-    return ds if ds is None or max_batches is None else ds.take(max_batches)
-
-
-def _count_batches(ds):
-    count = int(ds.cardinality())
-    if count >= 0:
-        return count
-    return sum(1 for _ in ds)
-
-
 def representative_images(model, data="digits", samples=256, seed=0, data_options=None,
                           raw_shape=None):
     """Training images for full-integer (int8) LiteRT calibration:
@@ -648,13 +624,13 @@ def evaluate_classifier(
         max_batches = check_int("max_batches", max_batches, minimum=1)
     if output_dir is not None:
         check_writable_directory(output_dir)
-    label = model if isinstance(model, (str, os.PathLike)) else getattr(model, "name", "model")
+    label = _label(model)
     model = load_classifier(model)
     datasets = _datasets(model, data, batch_size, "none", 0, 0.1, data_options, training=False)
     info = datasets.info
     if model.num_classes != info.num_classes:
         raise ValueError(
-            f"Model {os.fspath(label)!r} predicts {model.num_classes} classes but dataset "
+            f"Model {label!r} predicts {model.num_classes} classes but dataset "
             f"{data!r} has {info.num_classes}; evaluate on the data it was trained on, or "
             "train a new head with train_classifier."
         )
@@ -662,10 +638,10 @@ def evaluate_classifier(
     ds = getattr(datasets, split)
     if ds is None:
         raise ValueError(f"Dataset {data!r} has no {split!r} split; its splits are {sorted(info.counts)}.")
-    ds = _limit(ds, max_batches)
+    ds = ds if max_batches is None else ds.take(max_batches)
     logger.info("Evaluating on the %s split of %s ...", split, data)
     report, routing = _evaluate(model, ds, info, batch_size, routing_examples, single_image_latency)
-    metrics = _metrics(os.fspath(label), data, split, report, routing, param_counts(model), start)
+    metrics = _metrics(label, data, split, report, routing, param_counts(model), start)
     if output_dir is not None:
         write_json(os.path.join(output_dir, METRICS_FILE), metrics)
         if plots and routing:
@@ -678,17 +654,6 @@ def evaluate_classifier(
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
-def _steps_per_epoch(info, train, batch_size, max_batches):
-    count = info.counts.get("train")
-    if count is None:
-        steps = _count_batches(train)
-    else:
-        steps = count // batch_size if count >= batch_size else 1
-    if max_batches is not None:
-        steps = min(steps, max_batches)
-    return max(1, steps)
-
-
 @exclusive_run
 def train_classifier(
     preset=DEFAULT_PRESET,
@@ -768,8 +733,7 @@ def train_classifier(
 
     start = time.time()
     config = check_config(config)
-    epochs, batch_size, seed = config.epochs, config.batch_size, config.seed
-    augment, max_batches = config.augment, config.max_batches
+    epochs, batch_size, seed, augment = config.epochs, config.batch_size, config.seed, config.augment
     routing_examples = check_int("routing_examples", routing_examples, minimum=0)
     if jit_compile not in ("auto", True, False):
         raise ValueError(f"Argument `jit_compile` must be 'auto', True or False; received {jit_compile!r}.")
@@ -781,9 +745,6 @@ def train_classifier(
             "training: the classifier's head is sized from the classes of the data, so leave "
             "num_classes out of the overrides."
         )
-    if not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir):
-        raise ValueError(f"Argument `output_dir` must be a directory path; received {output_dir!r}.")
-    output_dir = os.fspath(output_dir)
     preset_label = _label(preset)
     datasets, data = (data, data.info.spec) if isinstance(data, Datasets) else (None, data)
     settings = {
@@ -796,10 +757,11 @@ def train_classifier(
         parse_spec(data)
     run = TrainingRun(output_dir, settings, config, keys=_RESUME_KEYS, logger=logger,
                       overwrite=overwrite, defaults=_RESUME_DEFAULTS)
+    output_dir = run.output_dir
     if run.state == "finished":
         metrics = run.previous_metrics()
         if return_model:
-            return metrics, load_classifier(os.path.join(output_dir, MODEL_FILE))
+            return metrics, load_classifier(run.model_file)
         return metrics
 
     import keras
@@ -848,12 +810,10 @@ def train_classifier(
         import tensorflow as tf
 
         train = train.map(augmentation, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    steps = _steps_per_epoch(info, train, batch_size, max_batches)
-    train = _limit(train, max_batches)
-    validation = _limit(validation, max_batches)
-    test = _limit(test, max_batches)
+    steps = run.steps_per_epoch(train, info.counts.get("train"))
+    train, validation, test = run.limit(train, validation, test)
     run.compile(
-        model, steps * epochs, _NO_DECAY,
+        model, steps, _NO_DECAY,
         loss=SparseCategoricalCrossentropyWithSmoothing(config.label_smoothing, from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
@@ -861,8 +821,8 @@ def train_classifier(
     )
     counts = param_counts(model)
     artifacts = {"model": run.model_file}
-    fit_record = run.trained_fit(model)
-    if fit_record is None:
+
+    def fit():
         resumed_from = run.resumed_from_epoch()
         if resumed_from:
             logger.info("Resuming %s after epoch %d of %d.", output_dir, resumed_from, epochs)
@@ -871,15 +831,12 @@ def train_classifier(
             "each), batch %d, backend %s.", preset_label, f"{counts['total']:,}",
             f"{counts['active']:,}", data, epochs, steps, batch_size, keras.backend.backend(),
         )
-        with warnings.catch_warnings():
-            # The tf.data pipeline shuffles itself; Keras warns that `shuffle` is ignored.
-            warnings.filterwarnings("ignore", message=r".*shuffle=True.*")
-            # RoutingStatistics first: it adds its values to the epoch logs that the
-            # CSV logger and the checkpoints then see.
-            history, train_time = run.fit(model, train, validation, callbacks=callbacks,
-                                          first_callbacks=[RoutingStatistics()], verbose=verbose)
+        # RoutingStatistics first: it adds its values to the epoch logs that the
+        # CSV logger and the checkpoints then see.
+        history, train_time = run.fit(model, train, validation, callbacks=callbacks,
+                                      first_callbacks=[RoutingStatistics()], verbose=verbose)
         log = read_log(os.path.join(output_dir, LOG_FILE))
-        fit_record = {
+        return {
             "epochs_run": len(next(iter(log.values()), [])),
             "resumed_from_epoch": resumed_from,
             "train_time_s": train_time,
@@ -887,7 +844,8 @@ def train_classifier(
             "history": {k: float(v[-1]) for k, v in history.history.items() if v}
             or {k: v[-1] for k, v in log.items() if v},
         }
-        run.commit(model, fit_record)
+
+    fit_record = run.train(model, fit)
     if save_preset:
         artifacts["preset"] = os.path.abspath(run.save_preset(model))
     eval_ds = test if test is not None else validation

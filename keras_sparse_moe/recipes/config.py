@@ -93,12 +93,8 @@ class TrainingConfig:
 
     @classmethod
     def digits(cls, **changes):
-        """The recipe of the shipped digits presets: 100 epochs, batch 64,
-        learning rate 2e-3, affine augmentation and the defaults otherwise;
-        `changes` replace fields. `moe_vit_tiny_digits` is
-        `moe_vit_tiny_synthetic_digits` fine-tuned with it for 30 epochs at
-        learning rate 5e-4 on the digits together with `optdigits-train`
-        (`examples/digits`)."""
+        """The recipe of the shipped digits presets (docs/results.md): 100
+        epochs and the defaults otherwise; `changes` replace fields."""
         return cls(**{"epochs": 100, **changes})
 
     def replace(self, **changes):

@@ -9,16 +9,14 @@
   captions of the same class in a batch are all counted as positive pairs
   (targets normalised per row), so repeated class captions are not treated
   as negatives;
-- AdamW with linear warmup + cosine decay, gradient clipping, light image
-  augmentation (random shifts) and resumable callbacks (`make_callbacks`);
+- light image augmentation (random shifts);
 - zero-shot test accuracy from text prompts only (`evaluate_zero_shot`):
   each class name is put into several templates, the text embeddings are
   averaged per class, and each test image gets the class of the closest
   (cosine) class embedding.
 
-Artifacts in `output_dir`: `model.keras`, `preset/` (keras-hub preset
-directory), `metrics.json`, `log.csv`, `best.keras`, `last.keras`, `backup/`
-(while training).
+Artifacts in `output_dir`: those of `train_classifier` (`model.keras`,
+`preset/`, `metrics.json`, `run.json`, `log.csv`, ...).
 """
 
 import logging
@@ -291,9 +289,7 @@ def train_dual_encoder(
         save: write `model.keras` and `preset/`.
         callbacks: more Keras callbacks for `fit` (after the recipe's own).
         overwrite: delete an earlier run's files in `output_dir` (only
-            those) and train afresh. Without it a finished run with the same
-            settings is returned as it is (its `metrics.json`, no training),
-            and a run with different settings is refused.
+            those) and train afresh.
         verbose: `fit` verbosity.
         plots: write the PNG figures: `training_curves.png` (loss and
             routing statistics per epoch) and `routing_heatmap.png` (per MoE
@@ -326,10 +322,7 @@ def train_dual_encoder(
 
     config = check_config(config)
     batch_size = check_int("batch_size", config.batch_size, minimum=2)
-    epochs, seed, max_batches = config.epochs, config.seed, config.max_batches
     augment = config.augment != "none"
-    if not isinstance(output_dir, str) or not output_dir:
-        raise ValueError(f"Argument `output_dir` must be a non-empty path; received {output_dir!r}.")
     settings = {
         "preset": preset if isinstance(preset, str) else type(preset).__name__,
         "data": data, **config.to_dict(),
@@ -340,13 +333,14 @@ def train_dual_encoder(
         settings["data_options"] = data_options
     run = TrainingRun(output_dir, settings, config, keys=_RESUME_KEYS, logger=logger,
                       overwrite=overwrite, save=save)
+    output_dir = run.output_dir
     if run.state == "finished":
         return run.previous_metrics()
 
     model = load_dual_encoder(preset)
     # Resolved once: training, the zero-shot evaluation and the routing plot share it.
     source = _resolve(data, {"validation_fraction": config.validation_fraction, **data_options})
-    train, validation, test, info = _datasets(model, source, batch_size, augment, seed)
+    train, validation, test, info = _datasets(model, source, batch_size, augment, config.seed)
     labelled = bool(info.num_classes)
     if labelled and test is None:  # the zero-shot evaluation after training needs it
         raise ValueError(_missing_split(data, "test"))
@@ -356,27 +350,20 @@ def train_dual_encoder(
                        data)
     _check_has_captions(train, data)
     train_pairs = _to_pairs(train)
-    steps = max(1, info.counts.get("train", 0) // batch_size)
-    if max_batches is not None:
-        train_pairs = train_pairs.take(max_batches)
-        steps = min(steps, max_batches)
-    run.compile(model, steps * epochs, _NO_DECAY, run_eagerly=bool(run_eagerly))
-
+    run.compile(model, run.steps_per_epoch(train_pairs, info.counts.get("train")), _NO_DECAY,
+                run_eagerly=bool(run_eagerly))
     val_pairs = None
     if validation is not None and info.counts.get("validation", 0) >= batch_size:
         val_pairs = _to_pairs(validation)
-        if max_batches is not None:
-            val_pairs = val_pairs.take(max_batches)
-    fit_record = run.trained_fit(model)
-    if fit_record is None:
+    train_pairs, val_pairs = run.limit(train_pairs, val_pairs)
+
+    def fit():
         initial_loss = float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"])
-        _, train_seconds = run.fit(
-            model, train_pairs, val_pairs, callbacks=callbacks,
-            shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras would warn otherwise
-            verbose=verbose,
-        )
-        fit_record = {"initial_loss": initial_loss, "train_seconds": train_seconds}
-        run.commit(model, fit_record)
+        _, train_seconds = run.fit(model, train_pairs, val_pairs, callbacks=callbacks,
+                                   verbose=verbose)
+        return {"initial_loss": initial_loss, "train_seconds": train_seconds}
+
+    fit_record = run.train(model, fit)
     evaluation = run.stage("evaluation", lambda: {
         "final_loss": float(model.evaluate(train_pairs, verbose=0, return_dict=True)["loss"]),
         "zero_shot": evaluate_zero_shot(model, source, templates=templates, split="test")
@@ -385,10 +372,10 @@ def train_dual_encoder(
     metrics = {
         "preset": settings["preset"],
         "data": data,
-        "epochs": epochs,
+        "epochs": config.epochs,
         "batch_size": batch_size,
         "learning_rate": config.learning_rate,
-        "seed": seed,
+        "seed": config.seed,
         "backend": keras.backend.backend(),
         "parameters": int(model.count_params()),
         "initial_loss": fit_record["initial_loss"],

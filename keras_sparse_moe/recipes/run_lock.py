@@ -20,10 +20,8 @@ import logging
 import os
 import socket
 
-from keras_sparse_moe.recipes.checkpoints import committed_epoch
 from keras_sparse_moe.recipes.run_state import BACKUP_DIR
-from keras_sparse_moe.recipes.run_state import LOG_FILE
-from keras_sparse_moe.recipes.training import truncate_csv_log
+from keras_sparse_moe.utils.io import read_json
 from keras_sparse_moe.utils.io import remove_atomic_leftovers
 
 try:
@@ -41,11 +39,7 @@ class RunDirectoryLocked(RuntimeError):
 
 def _holder(path):
     """The `{"pid", "host", "started"}` record of a lock file, or {}."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
-    except (OSError, ValueError):
-        return {}
+    record = read_json(path)
     return record if isinstance(record, dict) else {}
 
 
@@ -230,11 +224,10 @@ def exclusive_run(function):
 
 
 def remove_stale_files(output_dir):
-    """Delete what an interrupted run can leave half-done in `output_dir`:
-    temporary files and directories of atomic writes (`.tmp-*`, `.old-*`,
-    in the directory and in `backup/`), and rows of `log.csv` for epochs
-    that `backup/` does not hold (logged just before a crash; the resumed
-    run trains those epochs again).
+    """Delete what interrupted atomic writes left half-done in `output_dir`
+    and its `backup/`: the `.tmp-*` and `.old-*` files and directories.
+    (Rows of `log.csv` for epochs that `backup/` does not hold are dropped
+    by the CSV logger of `make_callbacks` when the resumed run starts.)
 
     Call it only while holding the directory's `RunLock` (another run's
     temporary files are not stale).
@@ -251,9 +244,3 @@ def remove_stale_files(output_dir):
         return
     for directory in (output_dir, os.path.join(output_dir, BACKUP_DIR)):
         remove_atomic_leftovers(directory)
-    log = os.path.join(output_dir, LOG_FILE)
-    backup = os.path.join(output_dir, BACKUP_DIR)
-    if os.path.isfile(log) and os.path.isdir(backup):
-        epochs = committed_epoch(backup)
-        if epochs:
-            truncate_csv_log(log, epochs)

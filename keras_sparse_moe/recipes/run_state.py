@@ -42,20 +42,20 @@ RUN_ARTIFACTS = (
 """A run's own files (and directories): `overwrite` deletes these, nothing else."""
 
 
-def clear_run(output_dir, artifacts):
-    """Delete the files and directories named in `artifacts` (a run's own
-    outputs) from `output_dir`; anything else there is left alone.
+def clear_run(output_dir):
+    """Delete a run's own files and directories (`RUN_ARTIFACTS`) from
+    `output_dir`; anything else there is left alone.
 
     Example:
     >>> import os, tempfile
     >>> directory = tempfile.mkdtemp()
     >>> for name in ("log.csv", "notes.txt"):
     ...     _ = open(os.path.join(directory, name), "w").write("x")
-    >>> clear_run(directory, ("log.csv", "backup"))
+    >>> clear_run(directory)
     >>> os.listdir(directory)
     ['notes.txt']
     """
-    for name in artifacts:
+    for name in RUN_ARTIFACTS:
         path = os.path.join(output_dir, name)
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -63,7 +63,7 @@ def clear_run(output_dir, artifacts):
             os.remove(path)
 
 
-def check_previous_run(output_dir, settings, *, keys, artifacts, overwrite=False, defaults=None):
+def check_previous_run(output_dir, settings, *, keys, overwrite=False, defaults=None):
     """`"fresh"`, `"resume"` or `"finished"` for a run with `settings` in
     `output_dir`.
 
@@ -71,8 +71,7 @@ def check_previous_run(output_dir, settings, *, keys, artifacts, overwrite=False
         output_dir: the run's output directory (may not exist yet).
         settings: dict of this call's settings.
         keys: the settings that must match to resume or to reuse a finished run.
-        artifacts: the run's own file names, deleted when `overwrite`.
-        overwrite: delete an earlier run's artifacts and start afresh.
+        overwrite: delete an earlier run's files (`RUN_ARTIFACTS`) and start afresh.
         defaults: values of `keys` that older `run.json` files do not record.
 
     Raises:
@@ -80,11 +79,11 @@ def check_previous_run(output_dir, settings, *, keys, artifacts, overwrite=False
 
     Example:
     >>> import tempfile
-    >>> check_previous_run(tempfile.mkdtemp(), {"epochs": 3}, keys=("epochs",), artifacts=())
+    >>> check_previous_run(tempfile.mkdtemp(), {"epochs": 3}, keys=("epochs",))
     'fresh'
     """
     if overwrite:
-        clear_run(output_dir, artifacts)
+        clear_run(output_dir)
         return "fresh"
     previous = read_json(os.path.join(output_dir, RUN_FILE))
     backup = os.path.isdir(os.path.join(output_dir, BACKUP_DIR))

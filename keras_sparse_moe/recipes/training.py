@@ -315,7 +315,7 @@ def make_callbacks(output_dir, early_stopping_patience=None, monitor="val_loss",
         extra: more callbacks to append.
         keep_backup: keep `output_dir/backup/` when `fit` ends (the caller
             deletes it once the trained model is saved).
-        terminate_on_nan: stop training with a `FloatingPointError` naming
+        terminate_on_nan: stop training with a `NonFiniteLossError` naming
             the epoch and step when the loss is NaN or infinite
             (`StopOnNonFiniteLoss`, first in the list).
 

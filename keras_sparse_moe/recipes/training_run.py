@@ -14,7 +14,6 @@ from keras_sparse_moe.recipes.run_state import BACKUP_DIR
 from keras_sparse_moe.recipes.run_state import METRICS_FILE
 from keras_sparse_moe.recipes.run_state import MODEL_FILE
 from keras_sparse_moe.recipes.run_state import PRESET_DIR
-from keras_sparse_moe.recipes.run_state import RUN_ARTIFACTS
 from keras_sparse_moe.recipes.run_state import RUN_FILE
 from keras_sparse_moe.recipes.run_state import check_previous_run
 from keras_sparse_moe.recipes.run_state import completed_stages
@@ -32,16 +31,12 @@ class TrainingRun:
     """The run of a recipe with `settings` and `config` in `output_dir`.
 
     Creating it checks that `output_dir` is writable and what it holds
-    (`state`, as `check_previous_run` says), and seeds the run unless it is
-    finished (`config.seed`; deterministic kernels if
-    `config.deterministic`). Re-running a recipe with the
-    same `output_dir` thus resumes an interrupted run after its last
-    finished epoch (the settings must match), completes a run interrupted
-    after training (during the evaluation or the saves) without training
-    again (`stages`: the results it recorded), and returns a finished run's
-    metrics without training (`overwrite=True` starts afresh). Training
-    stops with a `NonFiniteLossError` naming the epoch and step when the
-    loss becomes NaN or infinite.
+    (`state`: `"fresh"`, `"resume"`, `"trained"` or `"finished"`, as
+    `run_state` describes; `stages`: the results a trained run recorded),
+    and seeds the run unless it is finished (`config.seed`; deterministic
+    kernels if `config.deterministic`). Training stops with a
+    `NonFiniteLossError` naming the epoch and step when the loss becomes
+    NaN or infinite.
 
     Args:
         output_dir: str, the run's output directory.
@@ -65,15 +60,19 @@ class TrainingRun:
 
     def __init__(self, output_dir, settings, config, *, keys, logger, overwrite=False,
                  defaults=None, save=True):
-        check_writable_directory(output_dir)
+        if not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir):
+            raise ValueError(
+                f"Argument `output_dir` must be a directory path; received {output_dir!r}."
+            )
+        output_dir = check_writable_directory(output_dir)
         self.output_dir = output_dir
         self.settings = settings
         self.config = config
         self.logger = logger
         self.save = bool(save)
         self.model_file = os.path.join(output_dir, MODEL_FILE)
-        self.state = check_previous_run(output_dir, settings, keys=keys, artifacts=RUN_ARTIFACTS,
-                                        overwrite=overwrite, defaults=defaults)
+        self.state = check_previous_run(output_dir, settings, keys=keys, overwrite=overwrite,
+                                        defaults=defaults)
         self.stages = completed_stages(output_dir) if self.state == "trained" and save else {}
         if self.state != "finished":
             if config.deterministic:
@@ -96,25 +95,51 @@ class TrainingRun:
             return 0
         return committed_epoch(os.path.join(self.output_dir, BACKUP_DIR))
 
-    def compile(self, model, total_steps, no_decay, **options):
-        """Compile `model` with the config's optimizer over `total_steps`
-        steps (`no_decay`: variable-name fragments kept out of weight decay)
-        and the `keras.Model.compile` `options`, and build the optimizer."""
+    def limit(self, *datasets):
+        """`datasets` cut to the config's `max_batches` (None stays None)."""
+        limit = self.config.max_batches
+        return tuple(ds if ds is None or limit is None else ds.take(limit) for ds in datasets)
+
+    def steps_per_epoch(self, train, examples):
+        """Optimizer steps of an epoch over the batched `train` data holding
+        `examples` examples (None: count its batches), at most `max_batches`."""
+        if examples is None:
+            steps = int(train.cardinality())
+            steps = steps if steps >= 0 else sum(1 for _ in train)
+        else:
+            steps = examples // self.config.batch_size
+        if self.config.max_batches is not None:
+            steps = min(steps, self.config.max_batches)
+        return max(1, steps)
+
+    def compile(self, model, steps_per_epoch, no_decay, **options):
+        """Compile `model` with the config's optimizer over its epochs of
+        `steps_per_epoch` steps (`no_decay`: variable-name fragments kept
+        out of weight decay) and the `keras.Model.compile` `options`, and
+        build the optimizer."""
+        total_steps = steps_per_epoch * self.config.epochs
         model.compile(optimizer=self.config.make_optimizer(total_steps, no_decay=no_decay),
                       **options)
         build_optimizer(model)
 
-    def trained_fit(self, model):
-        """None when the run must train; for a trained run, the results of
-        its `fit` stage, after loading its trained weights and optimizer
-        state into `model` (compiled like the saved model)."""
+    def train(self, model, fit):
+        """The results of the `fit` stage. A trained run's are those it
+        recorded, after its trained weights and optimizer state are loaded
+        into `model` (compiled like the saved model). Otherwise `fit()`
+        trains `model` and returns them; then comes the commit point: the
+        trained model is saved and the stage recorded, so that a re-run
+        completes the run without training."""
         if "fit" not in self.stages:
-            return None
+            results = fit()
+            if self.save:
+                atomic_save_model(model, self.model_file)
+                record_stage(self.output_dir, self.settings, "fit", results, status="trained")
+                shutil.rmtree(os.path.join(self.output_dir, BACKUP_DIR), ignore_errors=True)
+            return results
         self.logger.info("%s holds a run whose training has finished; completing it without "
                          "training again.", self.output_dir)
         check_keras_archive(self.model_file)
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
+        build_optimizer(model)  # its state is loaded too
         try:
             model.load_weights(self.model_file)
         except (OSError, ValueError, KeyError) as error:
@@ -134,7 +159,9 @@ class TrainingRun:
                 monitored, else `loss`).
             callbacks: Keras callbacks after those of `make_callbacks`.
             first_callbacks: Keras callbacks before them.
-            **options: more `keras.Model.fit` arguments.
+            **options: more `keras.Model.fit` arguments (`shuffle` is False
+                unless given: the recipes' `tf.data` pipelines shuffle
+                themselves, seeded).
 
         Returns:
             `(history, seconds)`.
@@ -147,18 +174,10 @@ class TrainingRun:
         write_json(os.path.join(self.output_dir, RUN_FILE),
                    {"status": "running", "settings": self.settings})
         start = time.time()
+        options.setdefault("shuffle", False)  # (Keras warns that tf.data ignores it)
         history = model.fit(train, validation_data=validation, epochs=self.config.epochs,
                             callbacks=fit_callbacks, **options)
         return history, time.time() - start
-
-    def commit(self, model, results):
-        """The commit point: save the trained model and record the `fit`
-        stage's `results`; from here on a re-run completes the run without
-        training."""
-        if self.save:
-            atomic_save_model(model, self.model_file)
-            record_stage(self.output_dir, self.settings, "fit", results, status="trained")
-            shutil.rmtree(os.path.join(self.output_dir, BACKUP_DIR), ignore_errors=True)
 
     def stage(self, name, compute):
         """The results of stage `name`: those recorded by a trained run that

@@ -13,7 +13,6 @@ from keras_sparse_moe.utils.io import write_json
 pytestmark = pytest.mark.single_backend
 
 KEYS = ("epochs", "seed")
-ARTIFACTS = ("run.json", "metrics.json", "log.csv", "backup")
 SETTINGS = {"epochs": 3, "seed": 0, "verbose": 2}
 
 
@@ -26,7 +25,7 @@ def _run(directory, status, settings=SETTINGS, metrics=True, backup=False):
 
 
 def _state(directory, settings=SETTINGS, **kwargs):
-    return check_previous_run(str(directory), settings, keys=KEYS, artifacts=ARTIFACTS, **kwargs)
+    return check_previous_run(str(directory), settings, keys=KEYS, **kwargs)
 
 
 def test_empty_or_missing_directory_is_fresh(tmp_path):
