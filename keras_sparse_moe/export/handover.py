@@ -11,13 +11,15 @@ loads it in Keras safe mode. This module:
   importable function (safe mode refuses Python lambdas);
 - lists the modules of custom layers so that the child imports them (which
   registers their classes) with their import roots on `PYTHONPATH`;
-- runs the child and turns its failure into a `ValueError` carrying the
-  child's own message.
+- runs the child (`convert_in_child`, for `export_litert` and
+  `export_dual_encoder` alike) and turns its failure into a `ValueError`
+  carrying the child's own message.
 """
 
 import os
 import subprocess
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -105,6 +107,40 @@ def child_command(modules, *args):
     if roots:
         env["PYTHONPATH"] = os.pathsep.join(roots + [p for p in [env.get("PYTHONPATH")] if p])
     return command, env
+
+
+def convert_in_child(model, output, quantization, batch_size, quantize_routers, raw, arrays,
+                     *args):
+    """Save `model` to a temporary `.keras` file and convert it in a
+    TensorFlow-backend child into `output`.
+
+    Args:
+        raw: the `raw_input_spec` of the export, or None (no preprocessing).
+        arrays: dict `{flag: data}` of calibration data (None: not given),
+            handed over as `.npz` files.
+        *args: more command-line arguments of the child.
+    """
+    modules = custom_modules(model)
+    with tempfile.TemporaryDirectory(prefix="ksm-export-") as tmp:
+        model_path = os.path.join(tmp, "model.keras")
+        model.save(model_path)
+        args = [*args, "--model", model_path, "--output", os.path.abspath(output),
+                "--batch-size", "none" if batch_size is None else str(batch_size)]
+        if quantization:
+            args += ["--quantization", quantization]
+        if quantize_routers:
+            args += ["--quantize-routers"]
+        if raw is None:
+            args += ["--no-preprocessing"]
+        else:
+            args += ["--input-image-shape", ",".join(str(d) for d in raw["shape"]),
+                     "--input-dtype", raw["dtype"]]
+        for flag, data in arrays.items():
+            if data is not None:
+                data_path = os.path.join(tmp, flag.strip("-") + ".npz")
+                save_arrays(data_path, data)
+                args += [flag, data_path]
+        run_child(*child_command(modules, *args))
 
 
 def run_child(command, env):

@@ -25,7 +25,6 @@ mode. Either way:
 import json
 import os
 import re
-import tempfile
 import warnings
 
 import keras
@@ -47,25 +46,45 @@ raw shape, dtype and value range, preprocessing)."""
 _BUILTIN_EXCLUDED = ("CUSTOM", "DELEGATE")
 
 
-def _check_output_path(path):
-    path = os.fspath(path)
+def check_parent_directory(path, what):
+    """Check that the directory of `path` exists and is writable; `what`
+    names the output in the errors."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(
-            f"Cannot write the LiteRT model to {path!r}: directory {directory!r} does not "
-            "exist. Create it first."
+            f"Cannot write {what} to {path!r}: directory {directory!r} does not exist. "
+            "Create it first."
         )
     if not os.access(directory, os.W_OK):
         raise ValueError(
-            f"Cannot write the LiteRT model to {path!r}: directory {directory!r} is not "
-            "writable."
+            f"Cannot write {what} to {path!r}: directory {directory!r} is not writable."
         )
-    if os.path.isdir(path):
-        raise ValueError(f"Output path {path!r} is a directory; give a file name such as model.tflite.")
-    return path
 
 
-def check_quantization(quantization, representative_data):
+def check_export_args(quantization, representative_data, quantize_routers, batch_size,
+                      data_argument="representative_data"):
+    """The arguments shared by `export_litert` and `export_dual_encoder`:
+    `quantization` (see `check_quantization`; `data_argument` names the
+    calibration data in its error), `quantize_routers` (a bool, True only
+    with `"int8"`) and `batch_size` (an int >= 1 or None)."""
+    check_quantization(quantization, representative_data, data_argument)
+    if not isinstance(quantize_routers, bool):
+        raise ValueError(
+            f"Argument `quantize_routers` must be True or False; received {quantize_routers!r}."
+        )
+    if quantize_routers and quantization != "int8":
+        raise ValueError(
+            "Argument `quantize_routers=True` applies to quantization='int8' only (the other "
+            f"modes keep router activations in float); received quantization={quantization!r}."
+        )
+    if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(
+            f"Argument `batch_size` must be an int >= 1 or None (dynamic); received {batch_size!r}."
+        )
+
+
+def check_quantization(quantization, representative_data, data_argument="representative_data"):
     """`quantization` is one of `QUANTIZATION_MODES`; `"int8"` has
     calibration data."""
     if quantization not in QUANTIZATION_MODES:
@@ -75,7 +94,7 @@ def check_quantization(quantization, representative_data):
         )
     if quantization == "int8" and representative_data is None:
         raise ValueError(
-            "quantization='int8' (full integer) needs `representative_data`: a few hundred "
+            f"quantization='int8' (full integer) needs `{data_argument}`: a few hundred "
             "typical model inputs (e.g. training images) to calibrate activation ranges. "
             "Use quantization='dynamic_int8' to quantize weights only."
         )
@@ -86,19 +105,6 @@ def check_quantization(quantization, representative_data):
             "quantization='int8' calibrates on the LiteRT interpreter (ai_edge_litert), which "
             "cannot be imported here; export with quantization=None, 'float16' or "
             f"'dynamic_int8', or install it ({LITERT_INSTALL_HINT})."
-        )
-
-
-def check_quantize_routers(quantization, quantize_routers):
-    """`quantize_routers` is a bool, and True only with `"int8"`."""
-    if not isinstance(quantize_routers, bool):
-        raise ValueError(
-            f"Argument `quantize_routers` must be True or False; received {quantize_routers!r}."
-        )
-    if quantize_routers and quantization != "int8":
-        raise ValueError(
-            "Argument `quantize_routers=True` applies to quantization='int8' only (the other "
-            f"modes keep router activations in float); received quantization={quantization!r}."
         )
 
 
@@ -642,14 +648,11 @@ def export_litert(
     >>> export_litert(model, out) == out
     True
     """
-    check_quantization(quantization, representative_data)
-    check_quantize_routers(quantization, quantize_routers)
-    path = _check_output_path(path)
-    if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(
-            f"Argument `batch_size` must be an int >= 1 or None (dynamic); received {batch_size!r}."
-        )
+    check_export_args(quantization, representative_data, quantize_routers, batch_size)
+    path = os.fspath(path)
+    check_parent_directory(path, "the LiteRT model")
+    if os.path.isdir(path):
+        raise ValueError(f"Output path {path!r} is a directory; give a file name such as model.tflite.")
     if image_converter is not None and keras.backend.backend() != "tensorflow":
         raise ValueError(
             "Argument `image_converter` needs the TensorFlow backend (the converter is not "
@@ -664,44 +667,19 @@ def export_litert(
             "included the file takes raw images: use `input_image_shape`."
         )
     representative = _as_representative(representative_data)
-    if keras.backend.backend() == "tensorflow":
-        data = _convert_tensorflow(model, quantization, representative, batch_size, input_shape,
-                                   quantize_routers=quantize_routers, raw=raw,
-                                   converter=converter)
-        _write_atomic(path, data)
-        return path
-    _export_via_subprocess(model, path, quantization, representative, batch_size, input_shape,
-                           quantize_routers, raw)
-    return path
-
-
-def _export_via_subprocess(model, path, quantization, representative, batch_size, input_shape,
-                           quantize_routers=False, raw=None):
-    # Validate here, in the user's process, for a clear error.
-    if raw is None:
-        model_input_specs(model, batch_size, input_shape)
-    modules = handover.custom_modules(model)
-    with tempfile.TemporaryDirectory(prefix="ksm-export-") as tmp:
-        model_path = os.path.join(tmp, "model.keras")
-        model.save(model_path)
-        args = ["--model", model_path, "--output", os.path.abspath(path),
-                "--batch-size", "none" if batch_size is None else str(batch_size)]
-        if quantization:
-            args += ["--quantization", quantization]
-        if quantize_routers:
-            args += ["--quantize-routers"]
-        if representative is not None:
-            data_path = os.path.join(tmp, "representative.npz")
-            handover.save_arrays(data_path, representative)
-            args += ["--representative", data_path]
+    if keras.backend.backend() != "tensorflow":
+        if raw is None:  # validated here, in the user's process, for a clear error
+            model_input_specs(model, batch_size, input_shape)
+        args = []
         if input_shape is not None:
             args += ["--input-shape", ",".join(str(int(d)) for d in input_shape)]
-        if raw is None:
-            args += ["--no-preprocessing"]
-        else:
-            args += ["--input-image-shape", ",".join(str(d) for d in raw["shape"]),
-                     "--input-dtype", raw["dtype"]]
-        handover.run_child(*handover.child_command(modules, *args))
+        handover.convert_in_child(model, path, quantization, batch_size, quantize_routers, raw,
+                                  {"--representative": representative}, *args)
+        return path
+    data = _convert_tensorflow(model, quantization, representative, batch_size, input_shape,
+                               quantize_routers=quantize_routers, raw=raw, converter=converter)
+    _write_atomic(path, data)
+    return path
 
 
 def list_litert_ops(path):
