@@ -808,30 +808,23 @@ class LiteRTModel:
         """Input names as given at export (converter prefixes removed)."""
         return [_input_name(d["name"]) for d in self.inputs]
 
-    def _feed(self, batch):
-        if not isinstance(batch, dict):
+    def _arrays(self, inputs):
+        """The arrays of `inputs` (an array, or a dict keyed by input name)
+        in the interpreter's input order and dtypes."""
+        if not isinstance(inputs, dict):
             if len(self.inputs) != 1:
                 raise ValueError(
                     f"LiteRT model {self.path!r} has inputs {self.input_names}: pass a dict "
                     "of arrays keyed by these names."
                 )
-            batch = {self.input_names[0]: batch}
-        missing = [name for name in self.input_names if name not in batch]
+            inputs = {self.input_names[0]: inputs}
+        missing = [name for name in self.input_names if name not in inputs]
         if missing:
             raise ValueError(
                 f"LiteRT model {self.path!r} needs inputs {self.input_names}; missing {missing}."
             )
-        arrays = [self._as_input(batch[name], detail) for detail, name in
-                  zip(self.inputs, self.input_names)]
-        if self.batch_size is None:
-            n = len(arrays[0])
-            if any(int(d["shape"][0]) != n for d in self.interpreter.get_input_details()):
-                for detail, array in zip(self.inputs, arrays):
-                    self.interpreter.resize_tensor_input(detail["index"], array.shape)
-                with quiet_if_cli():
-                    self.interpreter.allocate_tensors()
-        for detail, array in zip(self.inputs, arrays):
-            self.interpreter.set_tensor(detail["index"], array)
+        return [self._as_input(inputs[name], detail) for detail, name in
+                zip(self.inputs, self.input_names)]
 
     def _as_input(self, values, detail):
         dtype = np.dtype(detail["dtype"])
@@ -845,54 +838,50 @@ class LiteRTModel:
                 )
         return values.astype(dtype)
 
-    def predict_on_batch(self, batch):
-        """Run exactly one batch of the model's batch size (an array, or a
-        dict of arrays for several inputs)."""
-        self._feed(batch)
+    def _run(self, arrays):
+        if self.batch_size is None:
+            n = len(arrays[0])
+            if any(int(d["shape"][0]) != n for d in self.interpreter.get_input_details()):
+                for detail, array in zip(self.inputs, arrays):
+                    self.interpreter.resize_tensor_input(detail["index"], array.shape)
+                with quiet_if_cli():
+                    self.interpreter.allocate_tensors()
+        for detail, array in zip(self.inputs, arrays):
+            self.interpreter.set_tensor(detail["index"], array)
         self.interpreter.invoke()
         return np.array(self.interpreter.get_tensor(self.output["index"]))
 
+    def predict_on_batch(self, batch):
+        """Run exactly one batch of the model's batch size (an array, or a
+        dict of arrays for several inputs)."""
+        return self._run(self._arrays(batch))
+
     def __call__(self, inputs):
-        columns = inputs if isinstance(inputs, dict) else {None: inputs}
-        names = self.input_names if isinstance(inputs, dict) else [None]
-        arrays = {}
-        for name, detail in zip(names, self.inputs if isinstance(inputs, dict) else [self.input]):
-            if name not in columns:
-                raise ValueError(
-                    f"LiteRT model {self.path!r} needs inputs {self.input_names}; received "
-                    f"{sorted(columns)}."
-                )
-            array = self._as_input(columns[name], detail)
+        arrays = self._arrays(inputs)
+        for name, detail, array in zip(self.input_names, self.inputs, arrays):
             expected = tuple(int(d) for d in detail["shape"][1:])
             if tuple(array.shape[1:]) != expected:
-                label = f"input {name!r}" if name else "inputs"
+                label = f"input {name!r}" if isinstance(inputs, dict) else "inputs"
                 raise ValueError(
                     f"LiteRT model {self.path!r} expects {label} of shape (N,) + {expected}; "
                     f"received {array.shape}."
                 )
-            arrays[name] = array
-        n = len(next(iter(arrays.values())))
         if self.batch_size is None:
-            return self.predict_on_batch(arrays if isinstance(inputs, dict) else arrays[None])
+            return self._run(arrays)
+        n = len(arrays[0])
         outputs = []
         for start in range(0, n, self.batch_size):
-            chunk = {}
-            for name, array in arrays.items():
-                part = array[start : start + self.batch_size]
-                pad = self.batch_size - len(part)
-                if pad:
-                    part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
-                chunk[name] = part
-            pad = self.batch_size - min(self.batch_size, n - start)
-            batch = chunk if isinstance(inputs, dict) else chunk[None]
-            outputs.append(self.predict_on_batch(batch)[: self.batch_size - pad])
+            chunk = [array[start : start + self.batch_size] for array in arrays]
+            pad = self.batch_size - len(chunk[0])
+            if pad:  # the last batch, padded with copies of its last row
+                chunk = [np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+                         for part in chunk]
+            outputs.append(self._run(chunk)[: self.batch_size - pad])
         return np.concatenate(outputs, axis=0)
 
 
 def _input_name(name):
     """`serving_default_token_ids:0` -> `token_ids`."""
     name = name.split(":")[0]
-    for prefix in ("serving_default_",):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    return name
+    prefix = "serving_default_"
+    return name[len(prefix):] if name.startswith(prefix) else name
