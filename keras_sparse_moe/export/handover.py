@@ -29,11 +29,6 @@ ERROR_MARKER = "KERAS_SPARSE_MOE_EXPORT_ERROR:"
 _KNOWN_PACKAGES = ("keras", "keras_sparse_moe", "keras_hub", "tensorflow", "builtins")
 
 
-def _layers(model):
-    layers = getattr(model, "_flatten_layers", None)
-    return list(layers()) if layers is not None else [model]
-
-
 def _origin(obj):
     """`(module, qualname)` of a class or function."""
     return getattr(obj, "__module__", None) or "", getattr(obj, "__qualname__", "") or ""
@@ -56,7 +51,7 @@ def custom_modules(model):
         ValueError: naming the first layer that cannot be rebuilt, and why.
     """
     modules = set()
-    for layer in _layers(model):
+    for layer in model._flatten_layers():
         reason = _unimportable_reason(type(layer), "class")
         if reason is None and isinstance(layer, keras.layers.Lambda):
             function = getattr(layer, "function", None)

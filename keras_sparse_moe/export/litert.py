@@ -1,25 +1,13 @@
-"""LiteRT (TFLite) export from any Keras backend.
+"""LiteRT (TFLite) export from any Keras backend (`export_litert`) and the
+runner of the exported files (`LiteRTModel`).
 
-Design: the TensorFlow LiteRT converter needs a TensorFlow graph. When the
-current backend is TensorFlow the model is traced and converted in-process.
-On JAX or PyTorch the model is saved to a temporary `.keras` file (the format
-is backend-neutral: weights are plain arrays) and converted by a child Python
-process started with `KERAS_BACKEND=tensorflow`
-(`python -m keras_sparse_moe.export._convert`), which loads it in Keras safe
-mode. Either way:
-
-- the graph is traced with `training=False`: no routing noise or jitter, and
-  the static *eval* capacity of every `SparseMoE` layer;
-- the batch size is fixed (default 1), so every shape is static, or dynamic
-  (`batch_size=None`: the interpreter is resized to each batch);
-- a task with an image preprocessor takes *raw* images by default
-  (`include_preprocessing`): the channel conversion, the resize and
-  `raw * scale + offset` of its image converter are part of the graph;
-- only LiteRT builtin ops are allowed (`TFLITE_BUILTINS`, no Flex / select TF
-  ops, no custom ops); a conversion that needs anything else fails with an
-  error naming the op, why it is not allowed and the layer it comes from;
-- full int8 keeps the routers in float32 (`float_routers.py`);
-- the file is written atomically: a failed export leaves no file behind.
+TensorFlow traces and converts the model in-process; JAX and PyTorch hand a
+backend-neutral `.keras` file to a TensorFlow-backend child (`handover.py`,
+`_convert.py`). The graph is traced with `training=False` (no routing noise,
+the static eval capacity of every `SparseMoE` layer), with only LiteRT
+builtin ops: a conversion that needs any other op fails with an error naming
+the op, why it is not allowed and its layer. Full int8 keeps the routers in
+float32 (`float_routers.py`). Design and limits: docs/export.md.
 """
 
 import json
@@ -302,12 +290,11 @@ _GRAYSCALE_WEIGHTS = [0.2989, 0.587, 0.114]
 the data pipelines convert RGB images for grayscale models."""
 
 
-def _raw_serving(model, raw, batch_size, converter=None):
-    """The signature and serving function of an export taking raw images."""
+def _raw_serving(model, raw, converter=None):
+    """The serving function of an export taking raw images."""
     import tensorflow as tf
 
     converter = converter if converter is not None else image_converter(model)
-    signature = [tf.TensorSpec((batch_size,) + raw["shape"], raw["dtype"], name=RAW_INPUT_NAME)]
 
     def serve(images):
         # Float from the start, as the data pipelines resize (Keras' Resizing
@@ -320,7 +307,7 @@ def _raw_serving(model, raw, batch_size, converter=None):
                 x = tf.tile(x, [1, 1, 1, 3])
         return model(converter(x), training=False)
 
-    return signature, serve
+    return serve
 
 
 def _cast(array, dtype):
@@ -340,18 +327,16 @@ def _convert_tensorflow(model, quantization, representative, batch_size, input_s
 
     if raw is not None:
         specs = [(RAW_INPUT_NAME, (batch_size,) + raw["shape"], raw["dtype"])]
-        signature, serve_raw = _raw_serving(model, raw, batch_size, converter)
-        serve = tf.function(serve_raw, input_signature=signature)
+        serve = _raw_serving(model, raw, converter)
     else:
         specs = model_input_specs(model, batch_size, input_shape)
-        signature = [tf.TensorSpec(shape, dtype, name=name) for name, shape, dtype in specs]
 
-        @tf.function(input_signature=signature)
         def serve(*tensors):
             return model(_pack_inputs(model, list(tensors)), training=False)
 
+    signature = [tf.TensorSpec(shape, dtype, name=name) for name, shape, dtype in specs]
     try:
-        concrete = serve.get_concrete_function()
+        concrete = tf.function(serve, input_signature=signature).get_concrete_function()
     except Exception as error:  # Any error raised by a layer's call().
         raise _tracing_error(model, error) from None
     # No trackable object: the converter then freezes variables to constants
@@ -472,8 +457,7 @@ _WHY = {
 
 
 def _layer_names(model):
-    flatten = getattr(model, "_flatten_layers", None)
-    return {layer.name: type(layer).__name__ for layer in (flatten() if flatten else [])}
+    return {layer.name: type(layer).__name__ for layer in model._flatten_layers()}
 
 
 def _layer_of_scope(scope, layers):
