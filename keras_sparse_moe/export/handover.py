@@ -92,18 +92,6 @@ def import_roots(modules):
     return roots
 
 
-def child_command(modules, *args):
-    """Command line and environment of a conversion child."""
-    command = [sys.executable, "-m", "keras_sparse_moe.export._convert", *args]
-    for name in modules:
-        command += ["--import", name]
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-    roots = import_roots(modules)
-    if roots:
-        env["PYTHONPATH"] = os.pathsep.join(roots + [p for p in [env.get("PYTHONPATH")] if p])
-    return command, env
-
-
 def convert_in_child(model, output, quantization, batch_size, quantize_routers, raw, arrays,
                      *args):
     """Save `model` to a temporary `.keras` file and convert it in a
@@ -135,11 +123,20 @@ def convert_in_child(model, output, quantization, batch_size, quantize_routers, 
                 data_path = os.path.join(tmp, flag.strip("-") + ".npz")
                 save_arrays(data_path, data)
                 args += [flag, data_path]
-        run_child(*child_command(modules, *args))
+        run_child(modules, args)
 
 
-def run_child(command, env):
-    """Run a conversion child; a `ValueError` with its message on failure."""
+def run_child(modules, args):
+    """Run a conversion child with `args`, importing `modules` (custom
+    layers) from their import roots; a `ValueError` with its message on
+    failure."""
+    command = [sys.executable, "-m", "keras_sparse_moe.export._convert", *args]
+    for name in modules:
+        command += ["--import", name]
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    roots = import_roots(modules)
+    if roots:
+        env["PYTHONPATH"] = os.pathsep.join(roots + [p for p in [env.get("PYTHONPATH")] if p])
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode == 0:
         return

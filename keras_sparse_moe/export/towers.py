@@ -125,8 +125,7 @@ def _manifest(task, quantization, batch_size, class_names, quantize_routers=Fals
         }
         if raw is not None:
             preprocessing["steps"] = raw["preprocessing"]
-    image_shape = list(raw["shape"]) if raw is not None else [
-        int(d) for d in backbone.image_shape]
+    image_shape = raw["shape"] if raw is not None else backbone.image_shape
     value_range = raw["value_range"] if raw is not None else None
     batch = -1 if batch_size is None else batch_size  # -1: dynamic, as LiteRT's shape_signature
     manifest = {
@@ -144,7 +143,7 @@ def _manifest(task, quantization, batch_size, class_names, quantize_routers=Fals
         "text_encoder": {"file": TEXT_FILE, "inputs": ["token_ids", "padding_mask"],
                          "shape": [batch, int(backbone.max_sequence_length)],
                          "dtype": "int32"},
-        "embedding_dim": int(task.backbone.image_encoder.outputs[0].shape[-1]),
+        "embedding_dim": int(backbone.image_encoder.outputs[0].shape[-1]),
         "embeddings": "L2-normalised; similarity = dot product",
         "class_names": class_names,
     }
@@ -179,10 +178,8 @@ def _text_calibration(task, groups):
     texts = [t for g in (groups or []) for t in g]
     if len(texts) < 16:
         from keras_sparse_moe.data import zero_shot_prompts
-        from keras_sparse_moe.data.prompts import DEFAULT_PROMPT_TEMPLATES
 
-        texts += [t for g in zero_shot_prompts(_CALIBRATION_NAMES, DEFAULT_PROMPT_TEMPLATES)
-                  for t in g]
+        texts += [t for g in zero_shot_prompts(_CALIBRATION_NAMES) for t in g]
     return pack_prompts(task, texts)
 
 
