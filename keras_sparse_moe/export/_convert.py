@@ -1,10 +1,11 @@
-"""Child process of `export_litert` on JAX/PyTorch: load a `.keras` file on
-the TensorFlow backend (safe mode) and convert it to LiteRT.
+"""Child process of `export_litert` and `export_dual_encoder` on JAX/PyTorch:
+load a `.keras` file on the TensorFlow backend (safe mode) and convert it to
+LiteRT (started by `handover.convert_in_child`).
 
 Usage: KERAS_BACKEND=tensorflow python -m keras_sparse_moe.export._convert \
-    --model M.keras --output OUT.tflite [--quantization Q] [--representative R.npz]
-    [--batch-size N|none] [--no-preprocessing | --input-image-shape H,W,C --input-dtype D]
-    [--import MODULE ...]
+    [--towers] --model M.keras --output OUT.tflite|DIR [--quantization Q]
+    [--representative R.npz] [--text-representative T.npz] [--batch-size N|none]
+    [--no-preprocessing | --input-image-shape H,W,C --input-dtype D] [--import MODULE ...]
 
 Errors are reported to the parent through `handover.report_error`.
 """
@@ -56,6 +57,8 @@ def main(argv=None):
         except Exception as error:
             raise handover.load_error(error) from None
         batch_size = None if args.batch_size == "none" else int(args.batch_size)
+        image_shape = (tuple(int(d) for d in args.input_image_shape.split(","))
+                       if args.input_image_shape else None)
         if args.towers:
             from keras_sparse_moe.export.towers import export_towers_in_child
 
@@ -64,9 +67,7 @@ def main(argv=None):
             export_towers_in_child(
                 model, args.output, args.quantization, images, text, batch_size,
                 args.quantize_routers, include_preprocessing=not args.no_preprocessing,
-                input_image_shape=(tuple(int(d) for d in args.input_image_shape.split(","))
-                                   if args.input_image_shape else None),
-                input_dtype=args.input_dtype)
+                input_image_shape=image_shape, input_dtype=args.input_dtype)
             return
         shape = (
             tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else None
@@ -79,9 +80,8 @@ def main(argv=None):
             batch_size=batch_size,
             input_shape=shape,
             quantize_routers=args.quantize_routers,
-            include_preprocessing=False if args.no_preprocessing else True,
-            input_image_shape=(tuple(int(d) for d in args.input_image_shape.split(","))
-                               if args.input_image_shape else None),
+            include_preprocessing=not args.no_preprocessing,
+            input_image_shape=image_shape,
             input_dtype=args.input_dtype,
         )
     except ValueError as error:

@@ -23,9 +23,7 @@ def router_scopes(model):
     """Names of the router layers of `model` (their Keras name scopes)."""
     from keras_sparse_moe.layers import Router
 
-    flatten = getattr(model, "_flatten_layers", None)
-    layers = flatten() if flatten is not None else []
-    return sorted({layer.name for layer in layers if isinstance(layer, Router)})
+    return sorted({layer.name for layer in model._flatten_layers() if isinstance(layer, Router)})
 
 
 def _scope_pattern(scopes):

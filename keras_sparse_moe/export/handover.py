@@ -11,13 +11,15 @@ loads it in Keras safe mode. This module:
   importable function (safe mode refuses Python lambdas);
 - lists the modules of custom layers so that the child imports them (which
   registers their classes) with their import roots on `PYTHONPATH`;
-- runs the child and turns its failure into a `ValueError` carrying the
-  child's own message.
+- runs the child (`convert_in_child`, for `export_litert` and
+  `export_dual_encoder` alike) and turns its failure into a `ValueError`
+  carrying the child's own message.
 """
 
 import os
 import subprocess
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -25,11 +27,6 @@ import numpy as np
 SINGLE_INPUT_KEY = "__single_input__"
 ERROR_MARKER = "KERAS_SPARSE_MOE_EXPORT_ERROR:"
 _KNOWN_PACKAGES = ("keras", "keras_sparse_moe", "keras_hub", "tensorflow", "builtins")
-
-
-def _layers(model):
-    layers = getattr(model, "_flatten_layers", None)
-    return list(layers()) if layers is not None else [model]
 
 
 def _origin(obj):
@@ -54,7 +51,7 @@ def custom_modules(model):
         ValueError: naming the first layer that cannot be rebuilt, and why.
     """
     modules = set()
-    for layer in _layers(model):
+    for layer in model._flatten_layers():
         reason = _unimportable_reason(type(layer), "class")
         if reason is None and isinstance(layer, keras.layers.Lambda):
             function = getattr(layer, "function", None)
@@ -95,8 +92,44 @@ def import_roots(modules):
     return roots
 
 
-def child_command(modules, *args):
-    """Command line and environment of a conversion child."""
+def convert_in_child(model, output, quantization, batch_size, quantize_routers, raw, arrays,
+                     *args):
+    """Save `model` to a temporary `.keras` file and convert it in a
+    TensorFlow-backend child into `output`.
+
+    Args:
+        raw: the `raw_input_spec` of the export, or None (no preprocessing).
+        arrays: dict `{flag: data}` of calibration data (None: not given),
+            handed over as `.npz` files.
+        *args: more command-line arguments of the child.
+    """
+    modules = custom_modules(model)
+    with tempfile.TemporaryDirectory(prefix="ksm-export-") as tmp:
+        model_path = os.path.join(tmp, "model.keras")
+        model.save(model_path)
+        args = [*args, "--model", model_path, "--output", os.path.abspath(output),
+                "--batch-size", "none" if batch_size is None else str(batch_size)]
+        if quantization:
+            args += ["--quantization", quantization]
+        if quantize_routers:
+            args += ["--quantize-routers"]
+        if raw is None:
+            args += ["--no-preprocessing"]
+        else:
+            args += ["--input-image-shape", ",".join(str(d) for d in raw["shape"]),
+                     "--input-dtype", raw["dtype"]]
+        for flag, data in arrays.items():
+            if data is not None:
+                data_path = os.path.join(tmp, flag.strip("-") + ".npz")
+                save_arrays(data_path, data)
+                args += [flag, data_path]
+        run_child(modules, args)
+
+
+def run_child(modules, args):
+    """Run a conversion child with `args`, importing `modules` (custom
+    layers) from their import roots; a `ValueError` with its message on
+    failure."""
     command = [sys.executable, "-m", "keras_sparse_moe.export._convert", *args]
     for name in modules:
         command += ["--import", name]
@@ -104,11 +137,6 @@ def child_command(modules, *args):
     roots = import_roots(modules)
     if roots:
         env["PYTHONPATH"] = os.pathsep.join(roots + [p for p in [env.get("PYTHONPATH")] if p])
-    return command, env
-
-
-def run_child(command, env):
-    """Run a conversion child; a `ValueError` with its message on failure."""
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode == 0:
         return

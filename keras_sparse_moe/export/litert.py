@@ -1,31 +1,18 @@
-"""LiteRT (TFLite) export from any Keras backend.
+"""LiteRT (TFLite) export from any Keras backend (`export_litert`) and the
+runner of the exported files (`LiteRTModel`).
 
-Design: the TensorFlow LiteRT converter needs a TensorFlow graph. When the
-current backend is TensorFlow the model is traced and converted in-process.
-On JAX or PyTorch the model is saved to a temporary `.keras` file (the format
-is backend-neutral: weights are plain arrays) and converted by a child Python
-process started with `KERAS_BACKEND=tensorflow`
-(`python -m keras_sparse_moe.export._convert`), which loads it in Keras safe
-mode. Either way:
-
-- the graph is traced with `training=False`: no routing noise or jitter, and
-  the static *eval* capacity of every `SparseMoE` layer;
-- the batch size is fixed (default 1), so every shape is static, or dynamic
-  (`batch_size=None`: the interpreter is resized to each batch);
-- a task with an image preprocessor takes *raw* images by default
-  (`include_preprocessing`): the channel conversion, the resize and
-  `raw * scale + offset` of its image converter are part of the graph;
-- only LiteRT builtin ops are allowed (`TFLITE_BUILTINS`, no Flex / select TF
-  ops, no custom ops); a conversion that needs anything else fails with an
-  error naming the op, why it is not allowed and the layer it comes from;
-- full int8 keeps the routers in float32 (`float_routers.py`);
-- the file is written atomically: a failed export leaves no file behind.
+TensorFlow traces and converts the model in-process; JAX and PyTorch hand a
+backend-neutral `.keras` file to a TensorFlow-backend child (`handover.py`,
+`_convert.py`). The graph is traced with `training=False` (no routing noise,
+the static eval capacity of every `SparseMoE` layer), with only LiteRT
+builtin ops: a conversion that needs any other op fails with an error naming
+the op, why it is not allowed and its layer. Full int8 keeps the routers in
+float32 (`float_routers.py`). Design and limits: docs/export.md.
 """
 
 import json
 import os
 import re
-import tempfile
 import warnings
 
 import keras
@@ -47,25 +34,45 @@ raw shape, dtype and value range, preprocessing)."""
 _BUILTIN_EXCLUDED = ("CUSTOM", "DELEGATE")
 
 
-def _check_output_path(path):
-    path = os.fspath(path)
+def check_parent_directory(path, what):
+    """Check that the directory of `path` exists and is writable; `what`
+    names the output in the errors."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(
-            f"Cannot write the LiteRT model to {path!r}: directory {directory!r} does not "
-            "exist. Create it first."
+            f"Cannot write {what} to {path!r}: directory {directory!r} does not exist. "
+            "Create it first."
         )
     if not os.access(directory, os.W_OK):
         raise ValueError(
-            f"Cannot write the LiteRT model to {path!r}: directory {directory!r} is not "
-            "writable."
+            f"Cannot write {what} to {path!r}: directory {directory!r} is not writable."
         )
-    if os.path.isdir(path):
-        raise ValueError(f"Output path {path!r} is a directory; give a file name such as model.tflite.")
-    return path
 
 
-def check_quantization(quantization, representative_data):
+def check_export_args(quantization, representative_data, quantize_routers, batch_size,
+                      data_argument="representative_data"):
+    """The arguments shared by `export_litert` and `export_dual_encoder`:
+    `quantization` (see `check_quantization`; `data_argument` names the
+    calibration data in its error), `quantize_routers` (a bool, True only
+    with `"int8"`) and `batch_size` (an int >= 1 or None)."""
+    check_quantization(quantization, representative_data, data_argument)
+    if not isinstance(quantize_routers, bool):
+        raise ValueError(
+            f"Argument `quantize_routers` must be True or False; received {quantize_routers!r}."
+        )
+    if quantize_routers and quantization != "int8":
+        raise ValueError(
+            "Argument `quantize_routers=True` applies to quantization='int8' only (the other "
+            f"modes keep router activations in float); received quantization={quantization!r}."
+        )
+    if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(
+            f"Argument `batch_size` must be an int >= 1 or None (dynamic); received {batch_size!r}."
+        )
+
+
+def check_quantization(quantization, representative_data, data_argument="representative_data"):
     """`quantization` is one of `QUANTIZATION_MODES`; `"int8"` has
     calibration data."""
     if quantization not in QUANTIZATION_MODES:
@@ -75,7 +82,7 @@ def check_quantization(quantization, representative_data):
         )
     if quantization == "int8" and representative_data is None:
         raise ValueError(
-            "quantization='int8' (full integer) needs `representative_data`: a few hundred "
+            f"quantization='int8' (full integer) needs `{data_argument}`: a few hundred "
             "typical model inputs (e.g. training images) to calibrate activation ranges. "
             "Use quantization='dynamic_int8' to quantize weights only."
         )
@@ -86,19 +93,6 @@ def check_quantization(quantization, representative_data):
             "quantization='int8' calibrates on the LiteRT interpreter (ai_edge_litert), which "
             "cannot be imported here; export with quantization=None, 'float16' or "
             f"'dynamic_int8', or install it ({LITERT_INSTALL_HINT})."
-        )
-
-
-def check_quantize_routers(quantization, quantize_routers):
-    """`quantize_routers` is a bool, and True only with `"int8"`."""
-    if not isinstance(quantize_routers, bool):
-        raise ValueError(
-            f"Argument `quantize_routers` must be True or False; received {quantize_routers!r}."
-        )
-    if quantize_routers and quantization != "int8":
-        raise ValueError(
-            "Argument `quantize_routers=True` applies to quantization='int8' only (the other "
-            f"modes keep router activations in float); received quantization={quantization!r}."
         )
 
 
@@ -296,12 +290,11 @@ _GRAYSCALE_WEIGHTS = [0.2989, 0.587, 0.114]
 the data pipelines convert RGB images for grayscale models."""
 
 
-def _raw_serving(model, raw, batch_size, converter=None):
-    """The signature and serving function of an export taking raw images."""
+def _raw_serving(model, raw, converter=None):
+    """The serving function of an export taking raw images."""
     import tensorflow as tf
 
     converter = converter if converter is not None else image_converter(model)
-    signature = [tf.TensorSpec((batch_size,) + raw["shape"], raw["dtype"], name=RAW_INPUT_NAME)]
 
     def serve(images):
         # Float from the start, as the data pipelines resize (Keras' Resizing
@@ -314,7 +307,7 @@ def _raw_serving(model, raw, batch_size, converter=None):
                 x = tf.tile(x, [1, 1, 1, 3])
         return model(converter(x), training=False)
 
-    return signature, serve
+    return serve
 
 
 def _cast(array, dtype):
@@ -334,18 +327,16 @@ def _convert_tensorflow(model, quantization, representative, batch_size, input_s
 
     if raw is not None:
         specs = [(RAW_INPUT_NAME, (batch_size,) + raw["shape"], raw["dtype"])]
-        signature, serve_raw = _raw_serving(model, raw, batch_size, converter)
-        serve = tf.function(serve_raw, input_signature=signature)
+        serve = _raw_serving(model, raw, converter)
     else:
         specs = model_input_specs(model, batch_size, input_shape)
-        signature = [tf.TensorSpec(shape, dtype, name=name) for name, shape, dtype in specs]
 
-        @tf.function(input_signature=signature)
         def serve(*tensors):
             return model(_pack_inputs(model, list(tensors)), training=False)
 
+    signature = [tf.TensorSpec(shape, dtype, name=name) for name, shape, dtype in specs]
     try:
-        concrete = serve.get_concrete_function()
+        concrete = tf.function(serve, input_signature=signature).get_concrete_function()
     except Exception as error:  # Any error raised by a layer's call().
         raise _tracing_error(model, error) from None
     # No trackable object: the converter then freezes variables to constants
@@ -466,8 +457,7 @@ _WHY = {
 
 
 def _layer_names(model):
-    flatten = getattr(model, "_flatten_layers", None)
-    return {layer.name: type(layer).__name__ for layer in (flatten() if flatten else [])}
+    return {layer.name: type(layer).__name__ for layer in model._flatten_layers()}
 
 
 def _layer_of_scope(scope, layers):
@@ -642,14 +632,11 @@ def export_litert(
     >>> export_litert(model, out) == out
     True
     """
-    check_quantization(quantization, representative_data)
-    check_quantize_routers(quantization, quantize_routers)
-    path = _check_output_path(path)
-    if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(
-            f"Argument `batch_size` must be an int >= 1 or None (dynamic); received {batch_size!r}."
-        )
+    check_export_args(quantization, representative_data, quantize_routers, batch_size)
+    path = os.fspath(path)
+    check_parent_directory(path, "the LiteRT model")
+    if os.path.isdir(path):
+        raise ValueError(f"Output path {path!r} is a directory; give a file name such as model.tflite.")
     if image_converter is not None and keras.backend.backend() != "tensorflow":
         raise ValueError(
             "Argument `image_converter` needs the TensorFlow backend (the converter is not "
@@ -664,44 +651,19 @@ def export_litert(
             "included the file takes raw images: use `input_image_shape`."
         )
     representative = _as_representative(representative_data)
-    if keras.backend.backend() == "tensorflow":
-        data = _convert_tensorflow(model, quantization, representative, batch_size, input_shape,
-                                   quantize_routers=quantize_routers, raw=raw,
-                                   converter=converter)
-        _write_atomic(path, data)
-        return path
-    _export_via_subprocess(model, path, quantization, representative, batch_size, input_shape,
-                           quantize_routers, raw)
-    return path
-
-
-def _export_via_subprocess(model, path, quantization, representative, batch_size, input_shape,
-                           quantize_routers=False, raw=None):
-    # Validate here, in the user's process, for a clear error.
-    if raw is None:
-        model_input_specs(model, batch_size, input_shape)
-    modules = handover.custom_modules(model)
-    with tempfile.TemporaryDirectory(prefix="ksm-export-") as tmp:
-        model_path = os.path.join(tmp, "model.keras")
-        model.save(model_path)
-        args = ["--model", model_path, "--output", os.path.abspath(path),
-                "--batch-size", "none" if batch_size is None else str(batch_size)]
-        if quantization:
-            args += ["--quantization", quantization]
-        if quantize_routers:
-            args += ["--quantize-routers"]
-        if representative is not None:
-            data_path = os.path.join(tmp, "representative.npz")
-            handover.save_arrays(data_path, representative)
-            args += ["--representative", data_path]
+    if keras.backend.backend() != "tensorflow":
+        if raw is None:  # validated here, in the user's process, for a clear error
+            model_input_specs(model, batch_size, input_shape)
+        args = []
         if input_shape is not None:
             args += ["--input-shape", ",".join(str(int(d)) for d in input_shape)]
-        if raw is None:
-            args += ["--no-preprocessing"]
-        else:
-            args += ["--input-image-shape", ",".join(str(d) for d in raw["shape"]),
-                     "--input-dtype", raw["dtype"]]
-        handover.run_child(*handover.child_command(modules, *args))
+        handover.convert_in_child(model, path, quantization, batch_size, quantize_routers, raw,
+                                  {"--representative": representative}, *args)
+        return path
+    data = _convert_tensorflow(model, quantization, representative, batch_size, input_shape,
+                               quantize_routers=quantize_routers, raw=raw, converter=converter)
+    _write_atomic(path, data)
+    return path
 
 
 def list_litert_ops(path):
@@ -830,30 +792,23 @@ class LiteRTModel:
         """Input names as given at export (converter prefixes removed)."""
         return [_input_name(d["name"]) for d in self.inputs]
 
-    def _feed(self, batch):
-        if not isinstance(batch, dict):
+    def _arrays(self, inputs):
+        """The arrays of `inputs` (an array, or a dict keyed by input name)
+        in the interpreter's input order and dtypes."""
+        if not isinstance(inputs, dict):
             if len(self.inputs) != 1:
                 raise ValueError(
                     f"LiteRT model {self.path!r} has inputs {self.input_names}: pass a dict "
                     "of arrays keyed by these names."
                 )
-            batch = {self.input_names[0]: batch}
-        missing = [name for name in self.input_names if name not in batch]
+            inputs = {self.input_names[0]: inputs}
+        missing = [name for name in self.input_names if name not in inputs]
         if missing:
             raise ValueError(
                 f"LiteRT model {self.path!r} needs inputs {self.input_names}; missing {missing}."
             )
-        arrays = [self._as_input(batch[name], detail) for detail, name in
-                  zip(self.inputs, self.input_names)]
-        if self.batch_size is None:
-            n = len(arrays[0])
-            if any(int(d["shape"][0]) != n for d in self.interpreter.get_input_details()):
-                for detail, array in zip(self.inputs, arrays):
-                    self.interpreter.resize_tensor_input(detail["index"], array.shape)
-                with quiet_if_cli():
-                    self.interpreter.allocate_tensors()
-        for detail, array in zip(self.inputs, arrays):
-            self.interpreter.set_tensor(detail["index"], array)
+        return [self._as_input(inputs[name], detail) for detail, name in
+                zip(self.inputs, self.input_names)]
 
     def _as_input(self, values, detail):
         dtype = np.dtype(detail["dtype"])
@@ -867,54 +822,50 @@ class LiteRTModel:
                 )
         return values.astype(dtype)
 
-    def predict_on_batch(self, batch):
-        """Run exactly one batch of the model's batch size (an array, or a
-        dict of arrays for several inputs)."""
-        self._feed(batch)
+    def _run(self, arrays):
+        if self.batch_size is None:
+            n = len(arrays[0])
+            if any(int(d["shape"][0]) != n for d in self.interpreter.get_input_details()):
+                for detail, array in zip(self.inputs, arrays):
+                    self.interpreter.resize_tensor_input(detail["index"], array.shape)
+                with quiet_if_cli():
+                    self.interpreter.allocate_tensors()
+        for detail, array in zip(self.inputs, arrays):
+            self.interpreter.set_tensor(detail["index"], array)
         self.interpreter.invoke()
         return np.array(self.interpreter.get_tensor(self.output["index"]))
 
+    def predict_on_batch(self, batch):
+        """Run exactly one batch of the model's batch size (an array, or a
+        dict of arrays for several inputs)."""
+        return self._run(self._arrays(batch))
+
     def __call__(self, inputs):
-        columns = inputs if isinstance(inputs, dict) else {None: inputs}
-        names = self.input_names if isinstance(inputs, dict) else [None]
-        arrays = {}
-        for name, detail in zip(names, self.inputs if isinstance(inputs, dict) else [self.input]):
-            if name not in columns:
-                raise ValueError(
-                    f"LiteRT model {self.path!r} needs inputs {self.input_names}; received "
-                    f"{sorted(columns)}."
-                )
-            array = self._as_input(columns[name], detail)
+        arrays = self._arrays(inputs)
+        for name, detail, array in zip(self.input_names, self.inputs, arrays):
             expected = tuple(int(d) for d in detail["shape"][1:])
             if tuple(array.shape[1:]) != expected:
-                label = f"input {name!r}" if name else "inputs"
+                label = f"input {name!r}" if isinstance(inputs, dict) else "inputs"
                 raise ValueError(
                     f"LiteRT model {self.path!r} expects {label} of shape (N,) + {expected}; "
                     f"received {array.shape}."
                 )
-            arrays[name] = array
-        n = len(next(iter(arrays.values())))
         if self.batch_size is None:
-            return self.predict_on_batch(arrays if isinstance(inputs, dict) else arrays[None])
+            return self._run(arrays)
+        n = len(arrays[0])
         outputs = []
         for start in range(0, n, self.batch_size):
-            chunk = {}
-            for name, array in arrays.items():
-                part = array[start : start + self.batch_size]
-                pad = self.batch_size - len(part)
-                if pad:
-                    part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
-                chunk[name] = part
-            pad = self.batch_size - min(self.batch_size, n - start)
-            batch = chunk if isinstance(inputs, dict) else chunk[None]
-            outputs.append(self.predict_on_batch(batch)[: self.batch_size - pad])
+            chunk = [array[start : start + self.batch_size] for array in arrays]
+            pad = self.batch_size - len(chunk[0])
+            if pad:  # the last batch, padded with copies of its last row
+                chunk = [np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+                         for part in chunk]
+            outputs.append(self._run(chunk)[: self.batch_size - pad])
         return np.concatenate(outputs, axis=0)
 
 
 def _input_name(name):
     """`serving_default_token_ids:0` -> `token_ids`."""
     name = name.split(":")[0]
-    for prefix in ("serving_default_",):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    return name
+    prefix = "serving_default_"
+    return name[len(prefix):] if name.startswith(prefix) else name

@@ -26,22 +26,20 @@ directory is written atomically: it appears complete or not at all.
 
 import json
 import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
 
 from keras_sparse_moe.export import handover
-from keras_sparse_moe.export.litert import check_quantization
-from keras_sparse_moe.export.litert import check_quantize_routers
+from keras_sparse_moe.export.litert import check_export_args
+from keras_sparse_moe.export.litert import check_parent_directory
 from keras_sparse_moe.export.litert import export_litert
 from keras_sparse_moe.export.litert import image_converter
 from keras_sparse_moe.export.litert import raw_input_spec
 from keras_sparse_moe.models.moe_dual_encoder import class_text_embeddings
 from keras_sparse_moe.models.moe_dual_encoder import load_dual_encoder
 from keras_sparse_moe.models.moe_dual_encoder import pack_prompts
-from keras_sparse_moe.utils.io import default_permissions
+from keras_sparse_moe.utils.io import atomic_directory
 
 IMAGE_FILE = "image_encoder.tflite"
 TEXT_FILE = "text_encoder.tflite"
@@ -55,22 +53,11 @@ _CALIBRATION_NAMES = ("cat", "dog", "bird", "car", "tree", "house", "person", "f
                       "chair", "number", "letter", "shape")
 
 
-def _load_task(model):
-    return load_dual_encoder(model)
-
-
 def _check_directory(directory, overwrite):
     if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
         raise ValueError(f"Argument `directory` must be a directory path; received {directory!r}.")
     directory = os.path.abspath(os.fspath(directory))
-    parent = os.path.dirname(directory)
-    if not os.path.isdir(parent):
-        raise ValueError(
-            f"Cannot write the towers to {directory!r}: parent directory {parent!r} does not "
-            "exist. Create it first."
-        )
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"Cannot write the towers to {directory!r}: {parent!r} is not writable.")
+    check_parent_directory(directory, "the towers")
     if os.path.isfile(directory):
         raise ValueError(f"Output {directory!r} is a file; give a directory for the two towers.")
     if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
@@ -138,8 +125,7 @@ def _manifest(task, quantization, batch_size, class_names, quantize_routers=Fals
         }
         if raw is not None:
             preprocessing["steps"] = raw["preprocessing"]
-    image_shape = list(raw["shape"]) if raw is not None else [
-        int(d) for d in backbone.image_shape]
+    image_shape = raw["shape"] if raw is not None else backbone.image_shape
     value_range = raw["value_range"] if raw is not None else None
     batch = -1 if batch_size is None else batch_size  # -1: dynamic, as LiteRT's shape_signature
     manifest = {
@@ -157,7 +143,7 @@ def _manifest(task, quantization, batch_size, class_names, quantize_routers=Fals
         "text_encoder": {"file": TEXT_FILE, "inputs": ["token_ids", "padding_mask"],
                          "shape": [batch, int(backbone.max_sequence_length)],
                          "dtype": "int32"},
-        "embedding_dim": int(task.backbone.image_encoder.outputs[0].shape[-1]),
+        "embedding_dim": int(backbone.image_encoder.outputs[0].shape[-1]),
         "embeddings": "L2-normalised; similarity = dot product",
         "class_names": class_names,
     }
@@ -173,17 +159,10 @@ def _jsonable(value):
     return array.tolist()
 
 
-def _representative_for_towers(task, representative_images, quantization, raw=None):
-    """Calibration data of both towers for int8."""
+def _representative_images(task, representative_images, quantization, raw=None):
+    """Calibration images of the image tower for int8, checked against its input."""
     if quantization != "int8":
-        return None, None
-    if representative_images is None:
-        raise ValueError(
-            "quantization='int8' needs `representative_images`: a few hundred images as the "
-            "image tower takes them (raw images, or preprocessed ones with "
-            "include_preprocessing=False; the text tower is calibrated on the prompts or on "
-            "a built-in set of captions)."
-        )
+        return None
     images = np.asarray(representative_images, dtype="float32")
     expected = tuple(raw["shape"]) if raw is not None else tuple(task.backbone.image_shape)
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
@@ -192,17 +171,15 @@ def _representative_for_towers(task, representative_images, quantization, raw=No
             f"Argument `representative_images` must be {kind} of shape (N,) + {expected} (the "
             f"image tower's input); received shape {images.shape}."
         )
-    return images, None
+    return images
 
 
 def _text_calibration(task, groups):
     texts = [t for g in (groups or []) for t in g]
     if len(texts) < 16:
         from keras_sparse_moe.data import zero_shot_prompts
-        from keras_sparse_moe.data.prompts import DEFAULT_PROMPT_TEMPLATES
 
-        texts += [t for g in zero_shot_prompts(_CALIBRATION_NAMES, DEFAULT_PROMPT_TEMPLATES)
-                  for t in g]
+        texts += [t for g in zero_shot_prompts(_CALIBRATION_NAMES) for t in g]
     return pack_prompts(task, texts)
 
 
@@ -279,28 +256,17 @@ def export_dual_encoder(
     >>> sorted(paths)[:3]
     ['class_embeddings', 'class_names', 'image_encoder']
     """
-    check_quantization(quantization, representative_images)
-    check_quantize_routers(quantization, quantize_routers)
-    if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(
-            f"Argument `batch_size` must be an int >= 1 or None (dynamic); received {batch_size!r}."
-        )
+    check_export_args(quantization, representative_images, quantize_routers, batch_size,
+                      data_argument="representative_images")
     directory = _check_directory(directory, overwrite)
-    task = _load_task(model)
+    task = load_dual_encoder(model)
     raw = raw_input_spec(task, include_preprocessing, input_image_shape, input_dtype)
     names, groups = _class_prompts(class_names, prompts, templates, data, data_options)
-    images, _ = _representative_for_towers(task, representative_images, quantization, raw)
-    parent = os.path.dirname(directory)
-    staging = tempfile.mkdtemp(prefix=".tmp-towers-", dir=parent)
-    try:
+    images = _representative_images(task, representative_images, quantization, raw)
+    with atomic_directory(directory) as staging:
         text_data = _text_calibration(task, groups) if quantization == "int8" else None
-        if keras.backend.backend() == "tensorflow":
-            _export_towers_here(task, staging, quantization, images, text_data, batch_size,
-                                quantize_routers, raw)
-        else:
-            _export_towers_subprocess(task, staging, quantization, images, text_data, batch_size,
-                                      quantize_routers, raw)
+        _export_towers(task, staging, quantization, images, text_data, batch_size,
+                       quantize_routers, raw)
         paths = {"image_encoder": IMAGE_FILE, "text_encoder": TEXT_FILE}
         if groups is not None:
             table = class_text_embeddings(task, groups).astype("float32")
@@ -318,23 +284,18 @@ def export_dual_encoder(
             json.dump(_manifest(task, quantization, batch_size, names, quantize_routers, raw), f,
                       indent=2)
         paths["manifest"] = MANIFEST_FILE
-        default_permissions(staging)
-        if os.path.isdir(directory):
-            backup = tempfile.mkdtemp(prefix=".old-towers-", dir=parent)
-            os.rmdir(backup)
-            os.replace(directory, backup)
-            os.replace(staging, directory)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {key: os.path.join(directory, name) for key, name in paths.items()}
 
 
-def _export_towers_here(task, directory, quantization, images, text_data, batch_size,
-                        quantize_routers=False, raw=None):
+def _export_towers(task, directory, quantization, images, text_data, batch_size,
+                   quantize_routers=False, raw=None):
+    """Convert both towers into `directory`: here on TensorFlow, else in one
+    TensorFlow-backend child (which runs this function on the saved task)."""
+    if keras.backend.backend() != "tensorflow":
+        handover.convert_in_child(
+            task, directory, quantization, batch_size, quantize_routers, raw,
+            {"--representative": images, "--text-representative": text_data}, "--towers")
+        return
     backbone = task.backbone
     export_litert(backbone.image_encoder, os.path.join(directory, IMAGE_FILE),
                   quantization=quantization, representative_data=images, batch_size=batch_size,
@@ -347,42 +308,14 @@ def _export_towers_here(task, directory, quantization, images, text_data, batch_
                   batch_size=batch_size, quantize_routers=quantize_routers)
 
 
-def _export_towers_subprocess(task, directory, quantization, images, text_data, batch_size,
-                              quantize_routers=False, raw=None):
-    modules = handover.custom_modules(task)
-    with tempfile.TemporaryDirectory(prefix="ksm-towers-") as tmp:
-        model_path = os.path.join(tmp, "model.keras")
-        task.save(model_path)
-        args = ["--towers", "--model", model_path, "--output", directory,
-                "--batch-size", "none" if batch_size is None else str(batch_size)]
-        if quantization:
-            args += ["--quantization", quantization]
-        if quantize_routers:
-            args += ["--quantize-routers"]
-        if raw is None:
-            args += ["--no-preprocessing"]
-        else:
-            args += ["--input-image-shape", ",".join(str(d) for d in raw["shape"]),
-                     "--input-dtype", raw["dtype"]]
-        if images is not None:
-            data_path = os.path.join(tmp, "images.npz")
-            handover.save_arrays(data_path, images)
-            args += ["--representative", data_path]
-        if text_data is not None:
-            text_path = os.path.join(tmp, "text.npz")
-            handover.save_arrays(text_path, text_data)
-            args += ["--text-representative", text_path]
-        handover.run_child(*handover.child_command(modules, *args))
-
-
 def export_towers_in_child(task, directory, quantization, images, text_data, batch_size,
                            quantize_routers=False, include_preprocessing=False,
                            input_image_shape=None, input_dtype="uint8"):
-    """Child-process side of `_export_towers_subprocess` (TensorFlow backend):
-    `task` is the dual encoder loaded from the parent's `.keras` file."""
+    """Child-process side of `_export_towers` (TensorFlow backend): `task`
+    is the dual encoder loaded from the parent's `.keras` file."""
     raw = raw_input_spec(task, include_preprocessing, input_image_shape, input_dtype)
-    _export_towers_here(task, directory, quantization, images, text_data, batch_size,
-                        quantize_routers, raw)
+    _export_towers(task, directory, quantization, images, text_data, batch_size,
+                   quantize_routers, raw)
 
 
 def _preprocess(images, preprocessing):

@@ -142,8 +142,7 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
             f.write(b"partial")
         raise RuntimeError("converter crashed")
 
-    monkeypatch.setattr(towers, "_export_towers_here", fail)
-    monkeypatch.setattr(towers, "_export_towers_subprocess", fail)
+    monkeypatch.setattr(towers, "_export_towers", fail)
     with pytest.raises(RuntimeError, match="crashed"):
         export_dual_encoder(PRESET, tmp_path / "towers")
     assert os.listdir(tmp_path) == []
